@@ -1,0 +1,3 @@
+from honeytrap.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,275 @@
+"""The attack record: what one connection (or one UDP exchange) to a dynamic server produced.
+
+The connection part is complete and immutable once the connection ends; analysis plugins only
+add downloads, download tries and notes, through the methods below (thread-safe: plugins run in
+a worker pool off the connection path). A *virtual* attack is derived from another by decoding
+its payload (b64Decode, deUnicode); what is found in it is attached to the root attack too.
+
+`to_json` is the one canonical serialisation (T-Pot's attackers.json shape, see REFERENCE.md),
+used by logJSON, hpfeeds and the spools, so every output agrees.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+
+class Mode(enum.Enum):
+    """Operation modes. The values are the original's PORTCONF_* numbers, which T-Pot's
+    attackers.json carries in `operation_mode`; keeping them keeps existing ELK mappings valid."""
+
+    NONE = 0
+    NORMAL = 1
+    IGNORE = 2
+    MIRROR = 4
+    PROXY = 8
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+class Payload:
+    """Bytes with their size and hashes (computed once, on first use)."""
+
+    __slots__ = ("data", "__dict__")
+
+    def __init__(self, data: bytes = b"") -> None:
+        self.data = bytes(data)
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    @cached_property
+    def md5(self) -> str:
+        return hashlib.md5(self.data, usedforsecurity=False).hexdigest()
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @cached_property
+    def sha512(self) -> str:
+        return hashlib.sha512(self.data).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Payload) and other.data == self.data
+
+    def __hash__(self) -> int:
+        return hash(self.data)
+
+    def __repr__(self) -> str:
+        return f"Payload({self.size} bytes, md5={self.md5})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "md5_hash": self.md5,
+            "sha512_hash": self.sha512,
+            "length": self.size,
+            "data_hex": self.data.hex(),
+        }
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One side of an attack: the attacker's connection, or our mirror/proxy connection."""
+
+    protocol: str  # "tcp" or "udp"
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    payload: Payload = field(default_factory=Payload)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "local_ip": self.local_addr,
+            "local_port": self.local_port,
+            "remote_ip": self.remote_addr,
+            "remote_port": self.remote_port,
+            "payload": self.payload.to_json(),
+        }
+
+
+# T-Pot's attackers.json always carries proxy_connection; the C code filled an unused one with
+# zeros. We keep the key (ELK mappings expect it) with the same zero values.
+_NO_CONNECTION = Connection("ip", "0.0.0.0", 0, "0.0.0.0", 0)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file fetched on the attacker's behalf (or the payload itself, type "raw")."""
+
+    type: str  # "ftp", "tftp", "http", "raw", "vnc", ...
+    remote_addr: str
+    remote_port: int
+    filename: str
+    uri: str
+    payload: Payload
+    user: str = ""
+    password: str = ""
+    protocol: str = "tcp"
+    local_addr: str = ""
+    local_port: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        payload = self.payload.to_json()
+        payload["sha256_hash"] = self.payload.sha256
+        return {
+            "type": self.type,
+            "protocol": self.protocol,
+            "remote_ip": self.remote_addr,
+            "remote_port": self.remote_port,
+            "local_ip": self.local_addr,
+            "local_port": self.local_port,
+            "username": self.user,
+            "password": self.password,
+            "uri": self.uri,
+            "filename": self.filename,
+            "payload": payload,
+        }
+
+
+@dataclass(frozen=True)
+class DownloadTry:
+    """One attempt to download, whatever its outcome ("ok", "refused", "failed")."""
+
+    type: str
+    uri: str
+    host: str
+    port: int
+    outcome: str
+    reason: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "uri": self.uri,
+            "host": self.host,
+            "port": self.port,
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+
+@dataclass(eq=False)
+class Attack:
+    """One attack. Build it with `Attack.begin(...)`, finish it with `finish(...)`."""
+
+    attack_connection: Connection
+    mode: Mode = Mode.NORMAL
+    start_time: float = field(default_factory=time.time)
+    end_time: float = 0.0
+    proxy_connection: Connection | None = None
+    is_virtual: bool = False
+    parent: Attack | None = None
+    id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    downloads: list[Download] = field(default_factory=list)
+    download_tries: list[DownloadTry] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    # Free-form per-plugin results (e.g. {"ClamAV": {...}}); written under "analysis" in JSON.
+    analysis: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def root(self) -> Attack:
+        attack = self
+        while attack.parent is not None:
+            attack = attack.parent
+        return attack
+
+    @property
+    def payload(self) -> bytes:
+        """The attack string: what the attacker sent."""
+        return self.attack_connection.payload.data
+
+    def derive(self, data: bytes, note: str) -> Attack:
+        """A virtual attack: the same connection with a decoded payload."""
+        conn = self.attack_connection
+        virtual = Attack(
+            attack_connection=Connection(
+                conn.protocol,
+                conn.local_addr,
+                conn.local_port,
+                conn.remote_addr,
+                conn.remote_port,
+                Payload(data),
+            ),
+            mode=self.mode,
+            start_time=self.start_time,
+            end_time=self.end_time,
+            proxy_connection=self.proxy_connection,
+            is_virtual=True,
+            parent=self,
+        )
+        virtual.notes.append(note)
+        return virtual
+
+    def _each_up(self) -> list[Attack]:
+        chain: list[Attack] = []
+        attack: Attack | None = self
+        while attack is not None:
+            chain.append(attack)
+            attack = attack.parent
+        return chain
+
+    def add_download(self, download: Download) -> None:
+        """Record a download here and on every attack this one was derived from."""
+        for attack in self._each_up():
+            with attack._lock:
+                attack.downloads.append(download)
+
+    def add_download_try(self, attempt: DownloadTry) -> None:
+        for attack in self._each_up():
+            with attack._lock:
+                attack.download_tries.append(attempt)
+
+    def add_note(self, note: str) -> None:
+        with self._lock:
+            self.notes.append(note)
+
+    def set_analysis(self, plugin: str, result: Any) -> None:
+        with self._lock:
+            self.analysis[plugin] = result
+
+    def to_json(self) -> dict[str, Any]:
+        """T-Pot's attackers.json shape; downloads as a list (the fork flattened them)."""
+        start = _iso(self.start_time)
+        with self._lock:
+            downloads = [d.to_json() for d in self.downloads]
+            tries = [t.to_json() for t in self.download_tries]
+            notes = list(self.notes)
+            analysis = dict(self.analysis)
+        return {
+            "@timestamp": start,
+            "id": self.id,
+            "start_time": start,
+            "end_time": _iso(self.end_time or self.start_time),
+            "is_virtual": self.is_virtual,
+            "operation_mode": self.mode.value,
+            "operation_mode_name": self.mode.label,
+            "attack_connection": self.attack_connection.to_json(),
+            "proxy_connection": (self.proxy_connection or _NO_CONNECTION).to_json(),
+            "download_count": len(downloads),
+            "download_tries": len(tries),
+            "downloads": downloads,
+            "download_attempts": tries,
+            "notes": notes,
+            "analysis": analysis,
+        }
+
+
+def _iso(timestamp: float) -> str:
+    """ISO 8601 in UTC with milliseconds, as Elasticsearch's date type reads it."""
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"

@@ -1,0 +1,70 @@
+"""Connection monitors: how the master learns that someone tried an unserved port.
+
+A monitor has a file descriptor for the master's selector and, when it is readable, yields
+`Held` attempts. The master decides by the port's mode, starts a dynamic server if needed, and
+then calls `release()` on each held attempt:
+- nfq: the packet was held in NFQUEUE; release() gives the accept verdict, so the very first SYN
+  or datagram reaches the server just bound (or the kernel's RST, if nothing was bound).
+- pcap: the attempt was already refused by the kernel (we saw its RST or ICMP port
+  unreachable); release() does nothing, the attacker's retry reaches the new server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from honeytrap.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A connection attempt to the sensor: `local_*` is the sensor's side (the port to serve)."""
+
+    protocol: str  # "tcp" or "udp"
+    family: int  # socket.AF_INET or socket.AF_INET6
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+
+
+class Held(Protocol):
+    attempt: Attempt
+
+    def release(self) -> None:
+        """Let the attempt go on (nfq: accept verdict). Idempotent."""
+
+
+class Monitor(Protocol):
+    def fileno(self) -> int: ...
+
+    def poll(self) -> list[Held]:
+        """Read what is pending without blocking; return the attempts seen."""
+        ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class Seen:
+    """A held attempt with nothing to release (pcap: the kernel already answered)."""
+
+    attempt: Attempt
+
+    def release(self) -> None:
+        return None
+
+
+REMOVED_MONITORS = {
+    "ipq": "the ip_queue monitor was removed from Linux in 3.5; use monitor = \"nfq\" or \"pcap\"",
+    "ipfw": "the ipfw divert monitor was never implemented; use monitor = \"nfq\" or \"pcap\"",
+}
+MONITORS = ("pcap", "nfq")
+
+
+def check_monitor_name(name: str) -> None:
+    if name in REMOVED_MONITORS:
+        raise ConfigError(REMOVED_MONITORS[name], key="monitor")
+    if name not in MONITORS:
+        raise ConfigError(f"unknown monitor {name!r}; use \"nfq\" or \"pcap\"", key="monitor")

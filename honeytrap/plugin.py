@@ -1,0 +1,203 @@
+"""Plugins: loading, the hook registry, and reloading (all in this one place; STYLE.md).
+
+A plugin is `<plugin_dir>/<Name>.py`, loaded by a `plugin-<Name>` line of the configuration in
+file order. It exposes `load(ctx: PluginContext) -> object`; the object's methods named after
+hooks are registered, in the order of the configuration file within each hook:
+
+    perread(self, event: ReadEvent) -> None          every read, on the connection path: be quick
+    preproc(self, attack: Attack) -> Iterable[Attack] | None
+    analyze(self, attack: Attack) -> Iterable[Attack] | None
+    savedata(self, attack: Attack) -> Iterable[Attack] | None
+    postproc(self, attack: Attack) -> Iterable[Attack] | None
+    after_fork(self) -> None     in each dynamic server, after privileges are dropped
+    close(self) -> None          on reload and exit
+
+Attack hooks run off the connection path (pipeline.py). An attack hook may return *virtual*
+attacks (`attack.derive(...)`); they run through every hook before the attack that produced them
+goes on, so downloads found in them are attached to it before it is saved.
+
+`load` runs in the master, as root, before any fork: open files and check options there (an
+error is a PluginError naming the plugin, fatal at start, logged on SIGHUP with the old plugins
+kept). Anything per-process (threads, database connections) belongs in `after_fork`. Write
+files with single `os.write` calls on O_APPEND descriptors: several dynamic servers share them.
+SIGHUP builds a new Registry from scratch: new module objects, new hook lists.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from honeytrap.attack import Attack
+from honeytrap.config import Config, OptionValue, PluginSpec
+from honeytrap.errors import PluginError
+
+ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
+HOOKS = ("perread", *ATTACK_HOOKS)
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+AttackHook = Callable[[Attack], Iterable[Attack] | None]
+
+log = logging.getLogger("honeytrap.plugin")
+
+
+@dataclass(frozen=True)
+class ReadEvent:
+    """One read on a connection, for PERREAD hooks. `direction` is "in" for bytes from the
+    attacker, "out" for bytes from the mirror/proxy peer."""
+
+    protocol: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    direction: str
+    data: bytes
+
+
+@dataclass
+class PluginContext:
+    """What a plugin's `load` receives: its name, its options, the whole configuration."""
+
+    name: str
+    options: Mapping[str, OptionValue]
+    config: Config
+    log: logging.Logger
+
+    def option(self, key: str, default: str | None = None) -> str:
+        """A string option; PluginError if missing without default or not a string."""
+        value = self.options.get(key, default)
+        if value is None:
+            raise PluginError(f"plugin {self.name}: option {key!r} is required")
+        if not isinstance(value, str):
+            raise PluginError(f"plugin {self.name}: option {key!r} must be a string")
+        return value
+
+    def option_list(self, key: str) -> list[str]:
+        """A list of strings (a single string counts as a list of one)."""
+        value = self.options.get(key, [])
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return [str(v) for v in value]
+        raise PluginError(f"plugin {self.name}: option {key!r} must be a list of strings")
+
+    def option_int(self, key: str, default: int) -> int:
+        raw = self.option(key, str(default))
+        try:
+            return int(raw, 0)
+        except ValueError as exc:
+            raise PluginError(f"plugin {self.name}: option {key!r}: not a number: {raw!r}") from exc
+
+
+@dataclass
+class LoadedPlugin:
+    name: str
+    module: ModuleType
+    instance: object
+
+
+@dataclass
+class Registry:
+    """The hook lists, in configuration-file order within each hook."""
+
+    plugins: list[LoadedPlugin] = field(default_factory=list)
+    hooks: dict[str, list[tuple[str, Callable[..., Any]]]] = field(
+        default_factory=lambda: {hook: [] for hook in HOOKS}
+    )
+
+    def register(self, plugin: LoadedPlugin) -> None:
+        self.plugins.append(plugin)
+        for hook in HOOKS:
+            method = getattr(plugin.instance, hook, None)
+            if callable(method):
+                self.hooks[hook].append((plugin.name, method))
+
+    def perread(self, event: ReadEvent) -> None:
+        """Run the PERREAD hooks; a failing one is logged and the others still run."""
+        for name, hook in self.hooks["perread"]:
+            try:
+                hook(event)
+            except Exception:
+                log.exception("plugin %s failed in perread", name)
+
+    def after_fork(self) -> None:
+        for plugin in self.plugins:
+            method = getattr(plugin.instance, "after_fork", None)
+            if callable(method):
+                try:
+                    method()
+                except Exception:
+                    log.exception("plugin %s failed in after_fork", plugin.name)
+
+    def close(self) -> None:
+        for plugin in reversed(self.plugins):
+            method = getattr(plugin.instance, "close", None)
+            if callable(method):
+                try:
+                    method()
+                except Exception:
+                    log.exception("plugin %s failed to close", plugin.name)
+
+
+def load_module(plugin_dir: str, name: str) -> ModuleType:
+    """Import `<plugin_dir>/<name>.py` as a fresh module (never reusing sys.modules: a reload
+    must see the file as it is now)."""
+    if not _NAME.match(name):
+        raise PluginError(f"plugin name {name!r} is not a valid module name")
+    path = os.path.join(plugin_dir, f"{name}.py")
+    if not os.path.isfile(path):
+        raise PluginError(f"plugin {name}: no file {path}")
+    module_name = f"honeytrap_plugins.{name}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise PluginError(f"plugin {name}: cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise PluginError(f"plugin {name}: {path} failed to import: {exc!r}") from exc
+    return module
+
+
+def load_plugin(spec: PluginSpec, config: Config) -> LoadedPlugin:
+    module = load_module(config.plugin_dir, spec.name)
+    factory = getattr(module, "load", None)
+    if not callable(factory):
+        raise PluginError(f"plugin {spec.name}: module has no load(ctx) function")
+    ctx = PluginContext(
+        name=spec.name,
+        options=spec.options,
+        config=config,
+        log=logging.getLogger(f"honeytrap.plugin.{spec.name}"),
+    )
+    try:
+        instance = factory(ctx)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"plugin {spec.name}: load failed: {exc!r}") from exc
+    return LoadedPlugin(spec.name, module, instance)
+
+
+def load_plugins(config: Config) -> Registry:
+    """Load every configured plugin in file order. On any failure, close what was loaded and
+    raise PluginError: a half-loaded registry never goes live."""
+    registry = Registry()
+    try:
+        for spec in config.plugins:
+            registry.register(load_plugin(spec, config))
+            log.info("plugin %s loaded", spec.name)
+    except BaseException:
+        registry.close()
+        raise
+    return registry
