@@ -1,0 +1,164 @@
+"""Files the output plugins write, shared by several processes at once.
+
+Plugins are loaded in the master, as root, before dynamic servers are forked; the servers run
+the attack hooks after dropping to -u/-g. So everything is opened here at load time:
+
+- log files are opened O_APPEND and written with one `os.write` per record. On a local file
+  system the kernel appends each write whole (the inode lock is held for the whole write), so
+  records from several servers never interleave. No Python buffered file objects: their buffers
+  would be copied by fork and flushed twice, or cut records in half.
+- directories new files are created in are made at load time, handed to the user and group
+  the servers run as, and kept open: files are created relative to the directory descriptor, so
+  an unprivileged server needs write access to that directory only, not to the path above it.
+"""
+
+from __future__ import annotations
+
+import errno
+import grp
+import logging
+import os
+import pwd
+import uuid
+from dataclasses import dataclass
+
+from honeytrap.config import Config
+from honeytrap.errors import PluginError
+
+log = logging.getLogger("honeytrap.outfile")
+
+# The original's logAttacker opened its file under umask 022 and SaveFile chmod'ed to 0644:
+# readable by the analysis tools of the sensor, writable only by its owner.
+LOG_FILE_MODE = 0o644
+SAVED_FILE_MODE = 0o644
+# Directories servers create files in: owned by the server user, which alone may write there.
+DIRECTORY_MODE = 0o755
+# Attempts to find a free name when an exclusive create collides (names are unique by
+# construction; this only covers a file left over from an earlier run with the same name).
+MAX_NAME_ATTEMPTS = 100
+
+_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+@dataclass(frozen=True)
+class Owner:
+    """The uid/gid dynamic servers run as; -1 leaves that id unchanged (as os.chown does)."""
+
+    uid: int = -1
+    gid: int = -1
+
+    @property
+    def unchanged(self) -> bool:
+        return self.uid == -1 and self.gid == -1
+
+
+def server_owner(config: Config, plugin: str) -> Owner:
+    """Resolve -u/-g (names or numbers) the way the servers do: -u alone also means the user's
+    primary group. An unknown name is a PluginError naming the plugin."""
+    uid = gid = -1
+    if config.user:
+        try:
+            user = config.user
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except (KeyError, OverflowError) as exc:
+            raise PluginError(f"plugin {plugin}: no such user {config.user!r}") from exc
+        uid, gid = entry.pw_uid, entry.pw_gid
+    if config.group:
+        try:
+            group = config.group
+            gentry = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except (KeyError, OverflowError) as exc:
+            raise PluginError(f"plugin {plugin}: no such group {config.group!r}") from exc
+        gid = gentry.gr_gid
+    return Owner(uid, gid)
+
+
+def open_append(path: str, plugin: str) -> int:
+    """Open (creating) a log file for appending; PluginError naming the plugin on failure."""
+    try:
+        return os.open(path, _APPEND_FLAGS, LOG_FILE_MODE)
+    except OSError as exc:
+        raise PluginError(f"plugin {plugin}: cannot open {path}: {exc.strerror}") from exc
+
+
+def append_record(fd: int, record: bytes) -> None:
+    """Append one record with one write. A short write (disk full) writes the rest rather than
+    losing it; the record may then be split, which we log."""
+    written = os.write(fd, record)
+    if written < len(record):
+        log.error("short write (%d of %d bytes): record may be split", written, len(record))
+        view = memoryview(record)[written:]
+        while view:
+            view = view[os.write(fd, view):]
+
+
+def open_directory(path: str, owner: Owner, plugin: str) -> int:
+    """Create `path` if needed, give it to the servers' user/group, and return a descriptor
+    for it (files are created relative to it: see the module docstring)."""
+    try:
+        os.makedirs(path, DIRECTORY_MODE, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PluginError(f"plugin {plugin}: cannot use directory {path}: {exc.strerror}") from exc
+    try:
+        if not owner.unchanged:
+            os.fchown(fd, owner.uid, owner.gid)
+    except OSError as exc:
+        os.close(fd)
+        raise PluginError(f"plugin {plugin}: cannot chown {path}: {exc.strerror}") from exc
+    return fd
+
+
+def create_exclusive(dir_fd: int, names: list[str], data: bytes) -> str:
+    """Write `data` to the first of `names` that does not exist yet in the directory, created
+    exclusively. Returns the name used; FileExistsError if every name is taken."""
+    for name in names:
+        try:
+            fd = os.open(name, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+        try:
+            _write_all(fd, data)
+        finally:
+            os.close(fd)
+        return name
+    raise FileExistsError(errno.EEXIST, "every candidate name is taken", names[-1])
+
+
+def publish(dir_fd: int, name: str, data: bytes) -> bool:
+    """Make `name` hold `data`, never visible half written: write a temporary file, then rename
+    it into place. False (and nothing written) if `name` exists already: the name is derived
+    from the content, so an existing file holds the same bytes."""
+    if exists(dir_fd, name):
+        return False
+    temp = f".tmp-{uuid.uuid4().hex}"
+    create_exclusive(dir_fd, [temp], data)
+    try:
+        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        os.unlink(temp, dir_fd=dir_fd)
+        raise
+    return True
+
+
+def exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def close_fd(fd: int | None) -> None:
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            log.warning("closing fd %d failed", fd, exc_info=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

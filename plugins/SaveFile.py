@@ -1,0 +1,95 @@
+"""SaveFile: the attack string and every downloaded sample to disk (the original's SaveFile).
+
+Options (as the original's): `attacks_dir`, `downloads_dir`.
+
+At SAVEDATA:
+- the attack string goes to `attacks_dir/from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`
+  (UTC start time, the attack's id): made from our own data only, never from attacker bytes,
+  and unique by construction. The original put the pid in the name and created it exclusively:
+  with a fork per connection, pids wrapped and about one attack in ten was lost.
+  Attacks with no data are not saved (as the original). Virtual attacks are not saved: their
+  data is decoded from the root attack's, which is.
+- each download's payload goes to `downloads_dir/<md5>` (the original's naming, without its
+  attacker-chosen file name suffix): one file per content, published by rename so a reader
+  never sees half a sample.
+The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) lists them.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from hashlib import sha256
+
+from honeytrap import outfile
+from honeytrap.attack import Attack
+from honeytrap.plugin import PluginContext
+
+# Attack ids are uuid4 hex; anything else (a plugin's own id) is hashed into a safe name part.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_PROTOCOLS = frozenset({"tcp", "udp", "raw"})
+
+
+class SaveFile:
+    def __init__(self, ctx: PluginContext) -> None:
+        self.log = ctx.log
+        self.attacks_path = ctx.option("attacks_dir")
+        self.downloads_path = ctx.option("downloads_dir")
+        owner = outfile.server_owner(ctx.config, ctx.name)
+        self.attacks_fd: int | None = outfile.open_directory(self.attacks_path, owner, ctx.name)
+        try:
+            self.downloads_fd: int | None = outfile.open_directory(
+                self.downloads_path, owner, ctx.name
+            )
+        except BaseException:
+            outfile.close_fd(self.attacks_fd)
+            raise
+
+    def savedata(self, attack: Attack) -> None:
+        result: dict[str, object] = {}
+        if not attack.is_virtual and attack.payload:
+            result["attack_file"] = self._save_attack(attack)
+        samples = self._save_downloads(attack)
+        if samples:
+            result["downloads"] = samples
+        if result:
+            attack.set_analysis("SaveFile", result)
+
+    def _save_attack(self, attack: Attack) -> str:
+        assert self.attacks_fd is not None, "savedata after close"
+        base = attack_file_name(attack)
+        names = [base] + [f"{base}.{n}" for n in range(1, outfile.MAX_NAME_ATTEMPTS)]
+        name = outfile.create_exclusive(self.attacks_fd, names, attack.payload)
+        if name != base:
+            self.log.warning("attack file %s existed already: saved as %s", base, name)
+        return f"{self.attacks_path}/{name}"
+
+    def _save_downloads(self, attack: Attack) -> list[str]:
+        assert self.downloads_fd is not None, "savedata after close"
+        paths: list[str] = []
+        for download in list(attack.downloads):  # a copy: other hooks may add to it
+            payload = download.payload
+            if payload.size == 0:
+                continue
+            if outfile.publish(self.downloads_fd, payload.md5, payload.data):
+                self.log.info("sample %s saved (%d bytes)", payload.md5, payload.size)
+            paths.append(f"{self.downloads_path}/{payload.md5}")
+        return paths
+
+    def close(self) -> None:
+        outfile.close_fd(self.attacks_fd)
+        outfile.close_fd(self.downloads_fd)
+        self.attacks_fd = self.downloads_fd = None
+
+
+def attack_file_name(attack: Attack) -> str:
+    """`from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`: only our own data in it."""
+    conn = attack.attack_connection
+    proto = conn.protocol if conn.protocol in _PROTOCOLS else "ip"
+    stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(attack.start_time))
+    ident = attack.id if _SAFE_ID.match(attack.id) else sha256(attack.id.encode()).hexdigest()
+    return f"from_port_{int(conn.local_port)}-{proto}_{stamp}_{ident}"
+
+
+def load(ctx: PluginContext) -> SaveFile:
+    return SaveFile(ctx)
