@@ -1,16 +1,30 @@
 """The one configuration object, built and validated up front (STYLE.md).
 
 `load_config(path)` reads a file in the original's syntax (see confparse.py) into a `Config`;
-`apply_options` lays command-line values over it (the man page: the command line wins).
-Nothing here is read at import time; the CLI passes the object down.
+`apply_overrides` (alias `apply_options`) lays command-line values over it (the man page: the
+command line wins). Nothing here is read at import time; the CLI passes the object down.
+
+Checking follows the original's readconf.c where it was strict (portconf_default "proxy" is an
+error, a protocol/port pair configured twice is an error) and is stricter where it was sloppy
+(it took "t" and "" for tcp, ports by atoi, a proxy map without target_host). Unknown keys are
+warnings, kept in `Config.warnings`, so a file written for a newer or older honeytrap still starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
+import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
+from honeytrap import confparse
 from honeytrap.attack import Mode
+from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
+from honeytrap.errors import ConfigError
+from honeytrap.monitor import check_monitor_name
 
 # A plugin option value as the config syntax can express it: a string, a list, or a block.
 OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
@@ -34,6 +48,25 @@ DEFAULT_MAX_SERVER_RATE = 200
 # Normal mode: how often the template is repeated on an idle connection, as the C original
 # did (sent after each read timeout without data, 10 times; closed after 11 idle timeouts).
 DEFAULT_TEMPLATE_REPEAT = 10
+
+# Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
+# An attack is held in memory until its plugins ran: more than this per connection is a mistake.
+MAX_READ_LIMIT = 1024 * 1024 * 1024
+# A timeout longer than a day means "never"; the original capped -l and -r at 255 seconds.
+MAX_TIMEOUT = 86400.0
+# One dynamic server per protocol/port pair at most.
+MAX_SERVERS_LIMIT = 2 * 65535
+# Connections per server: far above any real use, below file descriptor table sizes.
+MAX_CONNECTIONS_LIMIT = 1_000_000
+# Servers started per second: above this the master only forks.
+MAX_SERVER_RATE_LIMIT = 100_000
+# Template repetitions on one idle connection (the original: 10).
+MAX_TEMPLATE_REPEAT = 1000
+MAX_LOGLEVEL = 6  # man page: -t 0..6
+MAX_NFQ_QUEUE = 65535  # NFQUEUE numbers are 16 bits
+
+PROTOCOLS = ("tcp", "udp")
+PLUGIN_PREFIX = "plugin-"
 
 
 @dataclass(frozen=True)
@@ -99,6 +132,8 @@ class Config:
     download_allow: list[str] = field(default_factory=list)
     # Where this came from, for messages and SIGHUP.
     source: str = ""
+    # Non-fatal findings while loading (unknown keys, values given twice), also logged.
+    warnings: list[str] = field(default_factory=list)
 
     def port_mode(self, protocol: str, port: int) -> PortConf:
         """The handling of protocol/port: its portconf entry, else the default (-m: mirror)."""
@@ -107,3 +142,370 @@ class Config:
             return conf
         default = Mode.MIRROR if self.mirror_all else self.portconf_default
         return PortConf(protocol, port, default)
+
+
+_log = logging.getLogger("honeytrap.config")
+
+# Numeric keys: (lowest, highest) accepted, for the file and for command-line overrides alike.
+_RANGES: dict[str, tuple[float, float]] = {
+    "read_limit": (1, MAX_READ_LIMIT),  # the original: "Read limit must be a positive value"
+    "listen_timeout": (0.001, MAX_TIMEOUT),
+    "read_timeout": (0.001, MAX_TIMEOUT),
+    "loglevel": (0, MAX_LOGLEVEL),
+    "nfq_queue": (0, MAX_NFQ_QUEUE),
+    "max_servers": (1, MAX_SERVERS_LIMIT),
+    "max_connections": (1, MAX_CONNECTIONS_LIMIT),
+    "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
+    "template_repeat": (0, MAX_TEMPLATE_REPEAT),
+}
+_DEFAULT_MODES = {"ignore": Mode.IGNORE, "normal": Mode.NORMAL, "mirror": Mode.MIRROR}
+_BOOLEANS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
+_SECTION_KEYS = ("protocol", "port")
+_PROXY_KEYS = ("protocol", "port", "target_host", "target_port", "target_protocol")
+
+
+def _where(node: Entry | Scalar | ListNode | Block) -> dict[str, Any]:
+    return {"file": node.file, "line": node.line}
+
+
+def _error(message: str, node: Entry | Value, key: str) -> ConfigError:
+    return ConfigError(message, key=key, **_where(node))
+
+
+def _scalar(entry: Entry, key: str) -> Scalar:
+    if not isinstance(entry.value, Scalar):
+        raise _error('expects a "string" value', entry, key)
+    return entry.value
+
+
+def _scalars(entry: Entry, key: str) -> list[Scalar]:
+    """A string or a flat list of strings (`port = "22"` or `port = ["22", "80"]`)."""
+    if isinstance(entry.value, Scalar):
+        return [entry.value]
+    if isinstance(entry.value, ListNode):
+        items = list(entry.value.items)
+        if all(isinstance(item, Scalar) for item in items):
+            return [item for item in items if isinstance(item, Scalar)]
+    raise _error('expects a "string" or a list of strings', entry, key)
+
+
+def _block(entry: Entry, key: str) -> Block:
+    if not isinstance(entry.value, Block):
+        raise _error("expects a { block }", entry, key)
+    return entry.value
+
+
+# Converters of top-level values: (value, key) -> typed value, ConfigError naming the key.
+
+
+def _text(value: Scalar, key: str) -> str:
+    return value.value
+
+
+def _path(value: Scalar, key: str) -> str:
+    if not value.value:
+        raise _error("must not be empty", value, key)
+    return value.value  # relative paths stay as given (the CLI decides what they are relative to)
+
+
+def _boolean(value: Scalar, key: str) -> bool:
+    word = value.value.strip().lower()
+    if word not in _BOOLEANS:
+        raise _error(f'expects "yes"/"no" (or "on"/"off"), not {value.value!r}', value, key)
+    return _BOOLEANS[word]
+
+
+def _number(value: Scalar, key: str) -> int | float:
+    low, high = _RANGES[key]
+    is_int = isinstance(low, int) and isinstance(high, int)
+    try:
+        number: int | float = int(value.value.strip(), 10) if is_int else float(value.value)
+    except ValueError:
+        kind = "a whole number" if is_int else "a number"
+        raise _error(f"expects {kind}, not {value.value!r}", value, key) from None
+    _check_range(key, number, value)
+    return number
+
+
+def _check_range(key: str, number: float, node: Scalar | None = None) -> None:
+    low, high = _RANGES[key]
+    if math.isnan(number) or not low <= number <= high:
+        where = _where(node) if node is not None else {}
+        raise ConfigError(f"must be between {low:g} and {high:g}, not {number!r}", key=key, **where)
+
+
+def _address(value: Scalar, key: str) -> str:
+    if value.value:
+        try:
+            ipaddress.ip_address(value.value)
+        except ValueError:
+            raise _error(f"not an IP address: {value.value!r}", value, key) from None
+    return value.value
+
+
+def _default_mode(value: Scalar, key: str) -> Mode:
+    if value.value == "proxy":
+        # As in the original: a proxy needs a target, which a default cannot name.
+        raise _error("proxy mode cannot be the default (it needs a target); "
+                     "use ignore, normal or mirror", value, key)
+    if value.value not in _DEFAULT_MODES:
+        raise _error(f"expects ignore, normal or mirror, not {value.value!r}", value, key)
+    return _DEFAULT_MODES[value.value]
+
+
+def _monitor(value: Scalar, key: str) -> str:
+    try:
+        check_monitor_name(value.value)
+    except ConfigError as exc:
+        raise _error(exc.message, value, key) from exc
+    return value.value
+
+
+Converter: TypeAlias = Callable[[Scalar, str], object]
+
+# Top-level keys with one string value: key -> converter. The field is named like the key.
+_SCALAR_KEYS: dict[str, Converter] = {
+    # The original's keys (readconf.c config_keywords).
+    "logfile": _path,
+    "pidfile": _path,
+    "response_dir": _path,
+    "plugin_dir": _path,
+    "read_limit": _number,
+    "bind_address": _address,
+    "replace_private_ips": _boolean,
+    "promisc": _boolean,
+    "user": _text,
+    "group": _text,
+    "portconf_default": _default_mode,
+    # The original's command-line options, accepted as keys too.
+    "listen_timeout": _number,
+    "read_timeout": _number,
+    "loglevel": _number,
+    "foreground": _boolean,
+    "interface": _text,
+    "address": _text,
+    "mirror_all": _boolean,
+    "bpf_expression": _text,
+    # Our extensions.
+    "monitor": _monitor,
+    "nfq_queue": _number,
+    "max_servers": _number,
+    "max_connections": _number,
+    "max_server_rate": _number,
+    "template_repeat": _number,
+}
+
+
+def _cidrs(entry: Entry, key: str) -> list[str]:
+    networks = []
+    for value in _scalars(entry, key):
+        try:
+            networks.append(str(ipaddress.ip_network(value.value.strip(), strict=False)))
+        except ValueError:
+            raise _error(f"not an address or network (CIDR): {value.value!r}", value,
+                         key) from None
+    return networks
+
+
+def _protocol(value: Scalar, key: str) -> str:
+    protocol = value.value.strip().lower()
+    if protocol not in PROTOCOLS:
+        raise _error(f'expects "tcp" or "udp", not {value.value!r}', value, key)
+    return protocol
+
+
+def _port(value: Scalar, key: str) -> int:
+    text = value.value.strip()
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise _error(f"expects a port number 1..65535, not {value.value!r}", value, key)
+    return int(text)
+
+
+def _single(values: list[Scalar], section: Entry, key: str) -> Scalar:
+    if len(values) != 1:
+        raise _error("needs exactly one value", values[1] if values else section, key)
+    return values[0]
+
+
+class _Builder:
+    """Walks the top-level entries in file order and collects the Config's values."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.values: dict[str, Any] = {}
+        self.seen: dict[str, Entry] = {}
+        self.ports: dict[tuple[str, int], PortConf] = {}
+        self.port_origin: dict[tuple[str, int], Scalar] = {}
+        self.plugins: list[PluginSpec] = []
+        self.warnings: list[str] = []
+
+    def warn(self, message: str, node: Entry | Value, key: str) -> None:
+        text = str(_error(message, node, key))
+        _log.warning("%s", text)
+        self.warnings.append(text)
+
+    def build(self, tree: Block) -> Config:
+        for entry in tree.entries:
+            self.entry(entry)
+        config = dataclasses.replace(Config(), **self.values)
+        config.ports = self.ports
+        config.plugins = self.plugins
+        config.warnings = self.warnings
+        config.source = self.path
+        return config
+
+    def entry(self, entry: Entry) -> None:
+        key = entry.key
+        if key in _SCALAR_KEYS:
+            self.remember(entry)
+            self.values[key] = _SCALAR_KEYS[key](_scalar(entry, key), key)
+        elif key == "download_allow":
+            self.remember(entry)
+            self.values[key] = _cidrs(entry, key)
+        elif key == "portconf":
+            self.portconf(_block(entry, key))
+        elif key.startswith(PLUGIN_PREFIX):
+            self.plugin(entry)
+        else:
+            self.warn("unknown key, ignored", entry, key)
+
+    def remember(self, entry: Entry) -> None:
+        first = self.seen.get(entry.key)
+        if first is not None:
+            self.warn(f"given again (first at {first.file}:{first.line}); this value wins",
+                      entry, entry.key)
+        self.seen[entry.key] = entry
+
+    # portconf = { ignore|normal|mirror = { protocol port } proxy = { <name> = { ... } } }
+
+    def portconf(self, block: Block) -> None:
+        for section in block.entries:
+            key = f"portconf.{section.key}"
+            if section.key in _DEFAULT_MODES:
+                fields = self.fields(_block(section, key), key, _SECTION_KEYS)
+                self.add_ports(section, key, fields, _DEFAULT_MODES[section.key], None)
+            elif section.key == "proxy":
+                for mapping in _block(section, key).entries:
+                    self.proxy_map(mapping, f"{key}.{mapping.key}")
+            else:
+                self.warn("unknown portconf section (known: ignore, normal, mirror, proxy), "
+                          "ignored", section, key)
+
+    def proxy_map(self, mapping: Entry, key: str) -> None:
+        fields = self.fields(_block(mapping, key), key, _PROXY_KEYS)
+        if not fields["target_host"]:
+            raise _error("proxy map needs target_host", mapping, f"{key}.target_host")
+        host = _single(fields["target_host"], mapping, f"{key}.target_host")
+        if not host.value.strip() or any(c.isspace() for c in host.value):
+            raise _error(f"not a host name or address: {host.value!r}", host,
+                         f"{key}.target_host")
+        port = protocol = None
+        if fields["target_port"]:
+            port = _port(_single(fields["target_port"], mapping, key), f"{key}.target_port")
+        if fields["target_protocol"]:
+            protocol = _protocol(_single(fields["target_protocol"], mapping, key),
+                                 f"{key}.target_protocol")
+        # A missing target port or protocol means "the same as the one attacked".
+        target = (host.value, port, protocol)
+        self.add_ports(mapping, key, fields, Mode.PROXY, target)
+
+    def fields(self, block: Block, key: str, known: tuple[str, ...]) -> dict[str, list[Scalar]]:
+        """Values of a portconf section by key. A key given twice adds its values, as in the
+        original (`protocol = "tcp"  protocol = "udp"` means both)."""
+        fields: dict[str, list[Scalar]] = {name: [] for name in known}
+        for entry in block.entries:
+            if entry.key in fields:
+                fields[entry.key].extend(_scalars(entry, f"{key}.{entry.key}"))
+            else:
+                self.warn(f"unknown key (known: {', '.join(known)}), ignored", entry,
+                          f"{key}.{entry.key}")
+        return fields
+
+    def add_ports(self, section: Entry, key: str, fields: dict[str, list[Scalar]], mode: Mode,
+                  target: tuple[str, int | None, str | None] | None) -> None:
+        for name in _SECTION_KEYS:
+            if not fields[name]:
+                raise _error(f"section needs {name}", section, f"{key}.{name}")
+        protocols = [_protocol(value, f"{key}.protocol") for value in fields["protocol"]]
+        for protocol in dict.fromkeys(protocols):
+            for value in fields["port"]:
+                port = _port(value, f"{key}.port")
+                proxy = None
+                if target is not None:
+                    host, target_port, target_protocol = target
+                    proxy = ProxyTarget(host, target_port or port, target_protocol or protocol)
+                name = section.key if mode is Mode.PROXY else ""
+                self.add_port(PortConf(protocol, port, mode, proxy, name), value, key)
+
+    def add_port(self, conf: PortConf, where: Scalar, key: str) -> None:
+        pair = (conf.protocol, conf.port)
+        first = self.port_origin.get(pair)
+        if first is not None:
+            raise _error(f"port {conf.port}/{conf.protocol} is configured twice "
+                         f"(first at {first.file}:{first.line})", where, f"{key}.port")
+        self.ports[pair] = conf
+        self.port_origin[pair] = where
+
+    # plugin-<Name> = "" | { option = "value" ... }
+
+    def plugin(self, entry: Entry) -> None:
+        name = entry.key[len(PLUGIN_PREFIX):]
+        if not name:
+            raise _error("plugin name missing (write plugin-<Name>)", entry, entry.key)
+        for spec in self.plugins:
+            if spec.name == name:
+                raise _error(f"plugin {name} is loaded twice (first at {spec.file}:{spec.line})",
+                             entry, entry.key)
+        if isinstance(entry.value, ListNode):
+            raise _error('expects "" or a { block } of options', entry, entry.key)
+        options: dict[str, OptionValue] = {}
+        if isinstance(entry.value, Block):
+            options = self.options(entry.value, entry.key)
+        elif entry.value.value:
+            self.warn('value ignored: give plugin options in a { block }', entry, entry.key)
+        self.plugins.append(PluginSpec(name, options, entry.file, entry.line))
+
+    def options(self, block: Block, key: str) -> dict[str, OptionValue]:
+        options: dict[str, OptionValue] = {}
+        for entry in block.entries:
+            if entry.key in options:
+                self.warn("option given again; this value wins", entry, f"{key}.{entry.key}")
+            options[entry.key] = self.option(entry.value, f"{key}.{entry.key}")
+        return options
+
+    def option(self, value: Value, key: str) -> OptionValue:
+        if isinstance(value, Scalar):
+            return value.value
+        if isinstance(value, ListNode):
+            return [self.option(item, key) for item in value.items]
+        return self.options(value, key)
+
+
+def build_config(tree: Block, path: str = "") -> Config:
+    """Check a parsed tree and turn it into a Config (no I/O)."""
+    return _Builder(path).build(tree)
+
+
+def load_config(path: str, read: confparse.Reader = confparse.read_text) -> Config:
+    """Read, parse and check the configuration file at `path` (includes spliced in)."""
+    return build_config(confparse.load(path, read), path)
+
+
+def apply_overrides(config: Config, **values: Any) -> Config:
+    """A copy of `config` with the given fields replaced; None means "not given".
+
+    The CLI passes the command-line values here (the man page: they override the file). Numeric
+    values are range-checked and `monitor` named like in the file; an unknown field name is a
+    programming error (TypeError).
+    """
+    given = {name: value for name, value in values.items() if value is not None}
+    for name, value in given.items():
+        if name in _RANGES and isinstance(value, int | float):
+            _check_range(name, value)
+        elif name == "monitor" and isinstance(value, str):
+            check_monitor_name(value)
+    return dataclasses.replace(config, **given)
+
+
+# The name the module docstring used first; the CLI may call either.
+apply_options = apply_overrides

@@ -266,10 +266,14 @@ def load(path: str, read: Reader = read_text) -> Block:
     it from the working directory, which made a file's meaning depend on where honeytrap was
     started). `include` may name one file or a list of files.
     """
-    return _load(path, read, (os.path.realpath(path),))
+    return _load(path, read, ((os.path.realpath(path), path),))
 
 
-def _load(path: str, read: Reader, chain: tuple[str, ...]) -> Block:
+# The files being included, outermost first: (real path to spot loops, path as named).
+_Chain: TypeAlias = tuple[tuple[str, str], ...]
+
+
+def _load(path: str, read: Reader, chain: _Chain) -> Block:
     top = parse(read(path), path)
     entries: list[Entry] = []
     for entry in top.entries:
@@ -294,17 +298,18 @@ def _include_targets(entry: Entry) -> list[tuple[str, Scalar]]:
     return targets
 
 
-def _include(target: str, where: Scalar, read: Reader, chain: tuple[str, ...]) -> tuple[Entry, ...]:
+def _include(target: str, where: Scalar, read: Reader, chain: _Chain) -> tuple[Entry, ...]:
     real = os.path.realpath(target)
-    if real in chain:
-        loop = " -> ".join([*chain[chain.index(real):], real])
+    reals = [link[0] for link in chain]
+    if real in reals:
+        loop = " -> ".join([link[1] for link in chain[reals.index(real):]] + [target])
         raise ConfigError(f"include loop: {loop}", file=where.file, line=where.line,
                           key=INCLUDE_KEY)
     if len(chain) > MAX_INCLUDE_DEPTH:
         raise ConfigError(f"includes nested deeper than {MAX_INCLUDE_DEPTH} files",
                           file=where.file, line=where.line, key=INCLUDE_KEY)
     try:
-        return _load(target, read, (*chain, real)).entries
+        return _load(target, read, (*chain, (real, target))).entries
     except ConfigError as exc:
         if exc.file == target and exc.line is None:
             # The included file could not be read: say which line asked for it.
