@@ -99,6 +99,10 @@ class Pipeline:
 
     def submit(self, attack: Attack) -> None:
         """Queue a finished attack. Never blocks the caller."""
+        if self._stopping:
+            # No worker would ever take it, and drain() would wait for it forever.
+            log.error("pipeline closed: attack %s not processed", attack.id)
+            return
         job = Job(deque(self._steps(attack, 0)))
         with self._idle:
             self._pending += 1
@@ -171,8 +175,11 @@ class Pipeline:
         try:
             produced = step.call(step.attack)
             return [a for a in produced or () if isinstance(a, Attack)]
-        except Exception:
-            self.counters.plugin_failures += 1
+        except BaseException:
+            # BaseException too: a plugin's sys.exit() would otherwise end this worker thread
+            # quietly, and its job (the attack) would never finish.
+            with self._idle:
+                self.counters.plugin_failures += 1
             log.exception(
                 "plugin %s failed in %s for attack %s", step.plugin, step.hook, step.attack.id
             )
@@ -182,7 +189,8 @@ class Pipeline:
         extra: list[Step] = []
         for virtual in virtuals:
             if step.depth + 1 > MAX_VIRTUAL_DEPTH or job.virtuals >= MAX_VIRTUAL_PER_ATTACK:
-                self.counters.virtual_refused += 1
+                with self._idle:
+                    self.counters.virtual_refused += 1
                 log.warning(
                     "attack %s: virtual attack from %s dropped (limit of %d deep, %d in all)",
                     step.attack.root.id, step.plugin, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK,
@@ -215,7 +223,8 @@ class Pipeline:
                 if now - worker.started < self.plugin_timeout:
                     continue
                 worker.abandoned = True
-            self.counters.plugin_timeouts += 1
+            with self._idle:
+                self.counters.plugin_timeouts += 1
             self._workers.remove(worker)
             self._abandoned += 1
             log.error(

@@ -158,15 +158,34 @@ def load_module(plugin_dir: str, name: str) -> ModuleType:
         raise PluginError(f"plugin {name}: no file {path}")
     module_name = f"honeytrap_plugins.{name}"
     spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
+    if spec is None:
         raise PluginError(f"plugin {name}: cannot load {path}")
+    try:
+        with open(path, "rb") as source:
+            # Compiled from the source every time, not through the import system's bytecode
+            # cache: a .pyc is trusted when the source's mtime (in whole seconds) and size
+            # match, so an edit within the same second would reload the old code; and
+            # plugin_dir may be read-only.
+            code = compile(source.read(), path, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise PluginError(f"plugin {name}: {path} failed to compile: {exc!r}") from exc
     module = importlib.util.module_from_spec(spec)
+    previous = sys.modules.get(module_name)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
     try:
-        spec.loader.exec_module(module)
+        exec(code, module.__dict__)  # noqa: S102 - running the configured plugin is the point
     except Exception as exc:
+        _restore_module(module_name, previous)
         raise PluginError(f"plugin {name}: {path} failed to import: {exc!r}") from exc
     return module
+
+
+def _restore_module(module_name: str, previous: ModuleType | None) -> None:
+    """Take a module that failed to import out of sys.modules again."""
+    if previous is None:
+        sys.modules.pop(module_name, None)
+    else:
+        sys.modules[module_name] = previous
 
 
 def load_plugin(spec: PluginSpec, config: Config) -> LoadedPlugin:
@@ -182,8 +201,10 @@ def load_plugin(spec: PluginSpec, config: Config) -> LoadedPlugin:
     )
     try:
         instance = factory(ctx)
-    except PluginError:
-        raise
+    except PluginError as exc:
+        if str(exc).startswith(f"plugin {spec.name}:"):
+            raise
+        raise PluginError(f"plugin {spec.name}: {exc}") from exc
     except Exception as exc:
         raise PluginError(f"plugin {spec.name}: load failed: {exc!r}") from exc
     return LoadedPlugin(spec.name, module, instance)
