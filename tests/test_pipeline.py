@@ -1,0 +1,353 @@
+"""The pipeline: attack hooks in order, off the connection path, isolated from each other."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import types
+from collections.abc import Iterable
+
+import pytest
+
+from honeytrap.attack import Attack, Connection, Download, Payload
+from honeytrap.pipeline import MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
+from honeytrap.plugin import ATTACK_HOOKS, LoadedPlugin, Registry
+
+# Bound on every wait in these tests: far above what any step needs, so only a bug reaches it.
+WAIT = 30.0
+
+
+class FakeClock:
+    """The pipeline's clock, advanced by the test (the watchdog measures hook time with it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Journal:
+    """What the plugins saw, in order, from any worker thread."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, str, bytes]] = []
+        self.lock = threading.Lock()
+
+    def add(self, plugin: str, hook: str, attack: Attack) -> None:
+        with self.lock:
+            self.entries.append((plugin, hook, attack.payload))
+
+    def seen_by(self, plugin: str) -> list[tuple[str, bytes]]:
+        with self.lock:
+            return [(hook, data) for name, hook, data in self.entries if name == plugin]
+
+
+class Recorder:
+    """A plugin with every attack hook, writing what it sees to the journal."""
+
+    def __init__(self, name: str, journal: Journal) -> None:
+        self.name, self.journal = name, journal
+
+    def preproc(self, attack: Attack) -> None:
+        self.journal.add(self.name, "preproc", attack)
+
+    def analyze(self, attack: Attack) -> None:
+        self.journal.add(self.name, "analyze", attack)
+
+    def savedata(self, attack: Attack) -> None:
+        self.journal.add(self.name, "savedata", attack)
+
+    def postproc(self, attack: Attack) -> None:
+        self.journal.add(self.name, "postproc", attack)
+
+
+def registry_of(*plugins: tuple[str, object]) -> Registry:
+    registry = Registry()
+    for name, instance in plugins:
+        registry.register(LoadedPlugin(name, types.ModuleType(name), instance))
+    return registry
+
+
+def attack(data: bytes = b"root") -> Attack:
+    return Attack(Connection("tcp", "192.0.2.1", 80, "198.51.100.7", 40001, Payload(data)))
+
+
+def every_hook(data: bytes) -> list[tuple[str, bytes]]:
+    return [(hook, data) for hook in ATTACK_HOOKS]
+
+
+def run(registry: Registry, *attacks: Attack) -> Pipeline:
+    pipeline = Pipeline(registry, workers=2)
+    for a in attacks:
+        pipeline.submit(a)
+    assert pipeline.close(WAIT)
+    return pipeline
+
+
+def test_hooks_run_by_hook_then_in_configuration_order() -> None:
+    journal = Journal()
+    run(registry_of(("A", Recorder("A", journal)), ("B", Recorder("B", journal))), attack())
+    assert journal.entries == [
+        (name, hook, b"root") for hook in ATTACK_HOOKS for name in ("A", "B")
+    ]
+
+
+class Raiser:
+    def analyze(self, attack: Attack) -> None:
+        raise ValueError("plugin bug")
+
+
+def test_a_raising_plugin_is_logged_and_later_plugins_still_see_the_attack(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = Journal()
+    registry = registry_of(("Raiser", Raiser()), ("After", Recorder("After", journal)))
+    with caplog.at_level(logging.ERROR, logger="honeytrap.pipeline"):
+        pipeline = run(registry, attack())
+    assert journal.seen_by("After") == every_hook(b"root")
+    assert pipeline.counters.plugin_failures == 1
+    assert "plugin Raiser failed in analyze" in caplog.text
+
+
+class Exiter:
+    def preproc(self, attack: Attack) -> None:
+        raise SystemExit(3)
+
+
+def test_a_plugin_calling_sys_exit_does_not_stop_the_attack() -> None:
+    journal = Journal()
+    registry = registry_of(("Exiter", Exiter()), ("After", Recorder("After", journal)))
+    pipeline = run(registry, attack(b"one"), attack(b"two"))
+    assert sorted(journal.seen_by("After")) == sorted(every_hook(b"one") + every_hook(b"two"))
+    assert pipeline.counters.plugin_failures == 2
+
+
+class Hanger:
+    """Blocks in ANALYZE until the test releases it (bounded, so it never outlives the test)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def analyze(self, attack: Attack) -> None:
+        self.thread = threading.current_thread()
+        self.entered.set()
+        self.release.wait(WAIT)
+
+
+def test_a_hanging_plugin_is_abandoned_and_later_plugins_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal, hanger, clock = Journal(), Hanger(), FakeClock()
+    registry = registry_of(("Hanger", hanger), ("After", Recorder("After", journal)))
+    pipeline = Pipeline(registry, workers=1, plugin_timeout=5.0, clock=clock)
+    try:
+        pipeline.submit(attack())
+        assert hanger.entered.wait(WAIT)
+        clock.now += 6.0  # the hook has now run longer than plugin_timeout
+        with caplog.at_level(logging.ERROR, logger="honeytrap.pipeline"):
+            pipeline.check_hung()
+        assert pipeline.drain(WAIT)
+        assert journal.seen_by("After") == every_hook(b"root")
+        assert pipeline.counters.plugin_timeouts == 1
+        assert "plugin Hanger hung in analyze" in caplog.text
+    finally:
+        hanger.release.set()
+        assert pipeline.close(WAIT)
+    assert hanger.thread is not None
+    hanger.thread.join(WAIT)
+    # The abandoned thread, once free, retires: it does not run the job's steps a second time.
+    assert not hanger.thread.is_alive()
+    assert journal.seen_by("After") == every_hook(b"root")
+
+
+def test_the_watchdog_thread_abandons_a_hook_on_its_own() -> None:
+    """With the real clock and a short plugin_timeout, nobody calls check_hung by hand."""
+    journal, hanger = Journal(), Hanger()
+    registry = registry_of(("Hanger", hanger), ("After", Recorder("After", journal)))
+    pipeline = Pipeline(registry, workers=1, plugin_timeout=0.2)
+    try:
+        pipeline.submit(attack())
+        assert pipeline.drain(WAIT)
+        assert journal.seen_by("After") == every_hook(b"root")
+        assert pipeline.counters.plugin_timeouts == 1
+    finally:
+        hanger.release.set()
+        assert pipeline.close(WAIT)
+
+
+def test_the_watchdog_leaves_a_hook_within_its_time_alone() -> None:
+    journal, hanger, clock = Journal(), Hanger(), FakeClock()
+    registry = registry_of(("Hanger", hanger), ("After", Recorder("After", journal)))
+    pipeline = Pipeline(registry, workers=1, plugin_timeout=5.0, clock=clock)
+    try:
+        pipeline.submit(attack())
+        assert hanger.entered.wait(WAIT)
+        clock.now += 4.0
+        pipeline.check_hung()
+        assert pipeline.counters.plugin_timeouts == 0
+    finally:
+        hanger.release.set()
+        assert pipeline.close(WAIT)
+    assert journal.seen_by("After") == every_hook(b"root")
+
+
+class Decoder:
+    """PREPROC: the root attack yields one virtual attack with its payload decoded."""
+
+    def preproc(self, attack: Attack) -> Iterable[Attack]:
+        return [] if attack.is_virtual else [attack.derive(b"decoded", "test decoder")]
+
+
+def test_a_virtual_attack_goes_through_every_hook_before_its_parent_goes_on() -> None:
+    journal = Journal()
+    registry = registry_of(("Decoder", Decoder()), ("After", Recorder("After", journal)))
+    run(registry, attack())
+    assert journal.seen_by("After") == every_hook(b"decoded") + every_hook(b"root")
+
+
+class Finder:
+    """ANALYZE: finds a download in virtual attacks only, as a download plugin would."""
+
+    def analyze(self, attack: Attack) -> None:
+        if attack.is_virtual:
+            sample = Payload(b"sample")
+            attack.add_download(Download("http", "203.0.113.9", 80, "x", "http://x/", sample))
+
+
+class DownloadCounter:
+    def __init__(self) -> None:
+        self.at_savedata: dict[bytes, int] = {}
+
+    def savedata(self, attack: Attack) -> None:
+        self.at_savedata[attack.payload] = len(attack.downloads)
+
+
+def test_downloads_of_a_virtual_attack_are_on_its_parent_before_the_parent_is_saved() -> None:
+    counter = DownloadCounter()
+    registry = registry_of(("Decoder", Decoder()), ("Finder", Finder()), ("Saver", counter))
+    run(registry, attack())
+    assert counter.at_savedata == {b"decoded": 1, b"root": 1}
+
+
+class EndlessDecoder:
+    """Every attack, virtual or not, yields another: only the depth limit stops it."""
+
+    def preproc(self, attack: Attack) -> Iterable[Attack]:
+        return [attack.derive(attack.payload + b"+", "again")]
+
+
+def test_virtual_attacks_nest_at_most_max_virtual_depth() -> None:
+    journal = Journal()
+    registry = registry_of(("Endless", EndlessDecoder()), ("After", Recorder("After", journal)))
+    pipeline = run(registry, attack(b"r"))
+    postprocs = [data for hook, data in journal.seen_by("After") if hook == "postproc"]
+    assert postprocs == [b"r" + b"+" * n for n in range(MAX_VIRTUAL_DEPTH, -1, -1)]
+    assert pipeline.counters.virtual_refused == 1
+
+
+class Flooder:
+    """The root attack yields far more virtual attacks than allowed."""
+
+    def preproc(self, attack: Attack) -> Iterable[Attack]:
+        if attack.is_virtual:
+            return []
+        return [attack.derive(b"v%d" % i, "flood") for i in range(MAX_VIRTUAL_PER_ATTACK + 10)]
+
+
+def test_one_attack_yields_at_most_max_virtual_per_attack() -> None:
+    journal = Journal()
+    registry = registry_of(("Flooder", Flooder()), ("After", Recorder("After", journal)))
+    pipeline = run(registry, attack())
+    postprocs = [data for hook, data in journal.seen_by("After") if hook == "postproc"]
+    assert len(postprocs) == MAX_VIRTUAL_PER_ATTACK + 1  # the virtual ones and the root
+    assert pipeline.counters.virtual_refused == 10
+
+
+class Returner:
+    """Hooks returning things that are not attacks."""
+
+    def preproc(self, attack: Attack) -> object:
+        return ["not an attack", 7, None]
+
+    def analyze(self, attack: Attack) -> object:
+        return 42  # not even iterable: counted as a failure
+
+
+def test_return_values_other_than_attacks_are_ignored() -> None:
+    journal = Journal()
+    registry = registry_of(("Returner", Returner()), ("After", Recorder("After", journal)))
+    pipeline = run(registry, attack())
+    assert journal.seen_by("After") == every_hook(b"root")
+    assert pipeline.counters.plugin_failures == 1
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def postproc(self, attack: Attack) -> None:
+        self.entered.set()
+        self.release.wait(WAIT)
+
+
+def test_drain_waits_for_every_submitted_attack() -> None:
+    gate = Gate()
+    pipeline = Pipeline(registry_of(("Gate", gate)), workers=1)
+    try:
+        pipeline.submit(attack())
+        assert gate.entered.wait(WAIT)
+        assert not pipeline.drain(0.05)
+        assert pipeline.pending() == 1
+        gate.release.set()
+        assert pipeline.drain(WAIT)
+        assert pipeline.pending() == 0 and pipeline.counters.finished == 1
+    finally:
+        gate.release.set()
+        pipeline.close(WAIT)
+
+
+def test_close_reports_attacks_left_unfinished(caplog: pytest.LogCaptureFixture) -> None:
+    gate = Gate()
+    pipeline = Pipeline(registry_of(("Gate", gate)), workers=1)
+    try:
+        pipeline.submit(attack())
+        assert gate.entered.wait(WAIT)
+        with caplog.at_level(logging.ERROR, logger="honeytrap.pipeline"):
+            assert not pipeline.close(0.05)
+        assert "1 attacks unfinished" in caplog.text
+    finally:
+        gate.release.set()
+
+
+def test_close_finishes_queued_attacks_then_stops_the_workers() -> None:
+    journal = Journal()
+    pipeline = Pipeline(registry_of(("R", Recorder("R", journal))), workers=2)
+    for i in range(20):
+        pipeline.submit(attack(b"%d" % i))
+    assert pipeline.close(WAIT)
+    assert len(journal.seen_by("R")) == 20 * len(ATTACK_HOOKS)
+    for worker in pipeline._workers:
+        assert worker.thread is not None
+        worker.thread.join(WAIT)
+        assert not worker.thread.is_alive()
+
+
+def test_an_attack_submitted_after_close_is_refused_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    journal = Journal()
+    pipeline = Pipeline(registry_of(("R", Recorder("R", journal))), workers=1)
+    assert pipeline.close(WAIT)
+    with caplog.at_level(logging.ERROR, logger="honeytrap.pipeline"):
+        pipeline.submit(attack())
+    assert "not processed" in caplog.text
+    assert pipeline.drain(WAIT) and journal.entries == []
+
+
+def test_an_attack_with_no_plugins_finishes() -> None:
+    pipeline = run(Registry(), attack())
+    assert pipeline.counters.attacks == pipeline.counters.finished == 1
