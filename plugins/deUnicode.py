@@ -1,0 +1,30 @@
+"""deUnicode (PREPROC): UTF-16LE text in the payload, narrowed, becomes a virtual attack.
+
+Windows exploits carry commands and URLs as UTF-16 ("c\\0m\\0d\\0"), which the command parsers
+of the downloaders would not see. Every run of at least honeytrap.decode.MIN_UTF16_CHARS
+UTF-16LE characters is narrowed to one byte a character; the rest of the payload is kept, and
+the result runs through every hook as a virtual attack. No options.
+"""
+
+from __future__ import annotations
+
+from honeytrap.attack import Attack
+from honeytrap.decode import narrow_utf16
+from honeytrap.plugin import PluginContext
+
+
+class DeUnicode:
+    def __init__(self, ctx: PluginContext) -> None:
+        self.log = ctx.log
+
+    def preproc(self, attack: Attack) -> list[Attack]:
+        virtuals = []
+        for found in narrow_utf16(attack.payload):
+            self.log.info("attack %s: %s", attack.id, found.note)
+            attack.add_note(f"deUnicode: {found.note}")
+            virtuals.append(attack.derive(found.data, f"deUnicode: {found.note}"))
+        return virtuals
+
+
+def load(ctx: PluginContext) -> DeUnicode:
+    return DeUnicode(ctx)

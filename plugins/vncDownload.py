@@ -1,0 +1,33 @@
+"""vncDownload (ANALYZE): what an attacker typed into a VNC session, as a virtual attack.
+
+Bots that find an open VNC server log in, press Win+R and type a command line that downloads
+their malware. The original scraped the printable bytes of a session starting with
+`RFB 003.008` into a string and ran the analyzers on it, so that the download plugins found
+the URL; it downloads nothing itself. We do the same with a real reading of the client's RFB
+messages (honeytrap.decode.vnc_keystrokes: key presses, modifiers, backspace, pasted text), and
+the typed text runs through every hook as a virtual attack: httpDownload, ftpDownload and
+tftpDownload fetch what it names, under the download policy, and attach it here. No options.
+"""
+
+from __future__ import annotations
+
+from honeytrap.attack import Attack
+from honeytrap.decode import vnc_keystrokes
+from honeytrap.plugin import PluginContext
+
+
+class VncDownload:
+    def __init__(self, ctx: PluginContext) -> None:
+        self.log = ctx.log
+
+    def analyze(self, attack: Attack) -> list[Attack]:
+        virtuals = []
+        for found in vnc_keystrokes(attack.payload):
+            self.log.info("attack %s: %s", attack.id, found.note)
+            attack.add_note(f"vncDownload: {found.note}")
+            virtuals.append(attack.derive(found.data, f"vncDownload: {found.note}"))
+        return virtuals
+
+
+def load(ctx: PluginContext) -> VncDownload:
+    return VncDownload(ctx)
