@@ -1,0 +1,3 @@
+"""Test plugin without a load() function."""
+
+VALUE = 1
