@@ -136,3 +136,42 @@ class Lab:
                 except (ProcessLookupError, ValueError):
                     pass
             run("ip", "netns", "del", host.name, check=False)
+
+
+_libc = None
+CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    global _libc
+    import ctypes
+
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+class inside:  # noqa: N801 - used as a context manager: `with inside(lab.attacker): ...`
+    """Run the block with this thread in the host's network namespace. Sockets made inside stay
+    in that namespace after the block, so a test can open them there and use them anywhere."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self._home = -1
+
+    def __enter__(self) -> Host:
+        self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        target = self.host.enter()
+        try:
+            _setns(target)
+        finally:
+            os.close(target)
+        return self.host
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _setns(self._home)
+        finally:
+            os.close(self._home)

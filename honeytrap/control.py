@@ -1,0 +1,83 @@
+"""The control channel between the master and one dynamic server: a socketpair carrying
+newline-terminated words (and one JSON object after "stats ").
+
+server -> master: busy | idle | expire | released | stats {...}
+master -> server: stop (drain: let open connections finish) | shutdown (record and close now)
+An empty message means the other end is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+from typing import Any
+
+log = logging.getLogger("honeytrap.control")
+
+# A message is a word or a small JSON object; anything longer is a bug on the other side.
+MAX_MESSAGE = 64 * 1024
+
+
+class Channel:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self._buffer = bytearray()
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, message: str) -> None:
+        if self.closed:
+            return
+        try:
+            self.sock.sendall(message.encode() + b"\n")
+        except BlockingIOError:
+            log.warning("control channel full: %s dropped", message.split(" ", 1)[0])
+        except OSError:
+            self.closed = True
+
+    def send_stats(self, stats: dict[str, Any]) -> None:
+        self.send("stats " + json.dumps(stats, separators=(",", ":")))
+
+    def receive(self) -> list[str]:
+        """Every complete message pending; "" (last) when the other end closed."""
+        messages: list[str] = []
+        while True:
+            try:
+                chunk = self.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self.closed = True
+                break
+            self._buffer += chunk
+            if len(self._buffer) > MAX_MESSAGE and b"\n" not in self._buffer:
+                log.error("control channel: oversized message discarded")
+                self._buffer.clear()
+        *lines, rest = self._buffer.split(b"\n")
+        self._buffer = bytearray(rest)
+        messages.extend(line.decode(errors="replace") for line in lines)
+        if self.closed:
+            messages.append("")
+        return messages
+
+    def close(self) -> None:
+        self.closed = True
+        self.sock.close()
+
+
+def parse_stats(message: str) -> dict[str, int] | None:
+    if not message.startswith("stats "):
+        return None
+    try:
+        data = json.loads(message[6:])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}

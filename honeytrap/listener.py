@@ -1,0 +1,70 @@
+"""Binding a port for a dynamic server (done by the master, as root, before the fork).
+
+Binding in the master, not the child, means the port is listening the moment bind() returns:
+the master can let the held SYN through at once, and a port already bound by a real service
+(EADDRINUSE) costs no fork at all.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+# The kernel caps this at net.core.somaxconn; asking high keeps bursts queued, not refused.
+LISTEN_BACKLOG = 4096
+
+
+class PortInUse(Exception):
+    """The port is served by someone else (a real service, or our own draining server)."""
+
+
+def _new(family: int, protocol: str) -> socket.socket:
+    kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
+    sock = socket.socket(family, kind)
+    if protocol == "tcp":
+        # TIME_WAIT leftovers of an earlier server on this port must not block the next one.
+        # (Never for UDP: there SO_REUSEADDR would let us share a real service's port.)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    return sock
+
+
+def bind_port(protocol: str, port: int, bind_address: str, family_hint: int) -> socket.socket:
+    """A bound (and, for TCP, listening) non-blocking socket. Without bind_address: dual-stack
+    [::] so IPv4 and IPv6 attackers reach one server; IPv4 only where IPv6 is off, or the
+    attempt's family only where the other family's port is taken. Raises PortInUse."""
+    candidates: list[tuple[int, str, int | None]]
+    if bind_address:
+        wanted = socket.AF_INET6 if ":" in bind_address else socket.AF_INET
+        candidates = [(wanted, bind_address, None)]
+    else:
+        candidates = [
+            (socket.AF_INET6, "::", 0),
+            (family_hint, "::" if family_hint == socket.AF_INET6 else "0.0.0.0", 1),
+        ]
+    in_use = False
+    for family, address, v6only in candidates:
+        try:
+            sock = _new(family, protocol)
+        except OSError as exc:
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT):
+                continue
+            raise
+        try:
+            if family == socket.AF_INET6 and v6only is not None:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            sock.bind((address, port))
+            if protocol == "tcp":
+                sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            sock.close()
+            if exc.errno == errno.EADDRINUSE:
+                in_use = True
+                continue
+            if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+                continue
+            raise
+        sock.setblocking(False)
+        return sock
+    if in_use:
+        raise PortInUse(f"{port}/{protocol}")
+    raise OSError(errno.EADDRNOTAVAIL, f"cannot bind {port}/{protocol}")

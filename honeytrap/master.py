@@ -1,0 +1,473 @@
+"""The master: watches the monitor, owns the table of dynamic servers, handles signals.
+
+It stays root and never reads attacker bytes beyond packet headers. One selector loop over the
+monitor's descriptor, a signal wake-up socket and one control channel per dynamic server.
+
+Bounds (an Internet-wide sweep must not fork-bomb us): at most `max_servers` running servers
+(the least recently used idle one is stopped to make room, else the attempt is refused), at most
+`max_server_rate` new servers a second, and a bounded queue of attempts waiting for a port whose
+old server is still letting go of it. Every refusal is counted and logged (rate-limited); a
+refused nfq attempt is still accepted untouched, so the kernel answers it with a reset.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from honeytrap import control, daemon
+from honeytrap import log as logs
+from honeytrap.attack import Mode
+from honeytrap.config import Config, PortConf
+from honeytrap.control import Channel
+from honeytrap.errors import HoneytrapError
+from honeytrap.listener import PortInUse, bind_port
+from honeytrap.monitor import Held, Monitor
+from honeytrap.plugin import Registry, load_plugins
+from honeytrap.privileges import Identity
+from honeytrap.server import ServerSpec, child_main
+
+log = logging.getLogger("honeytrap.master")
+
+# On SIGTERM, dynamic servers get this long to record their attacks and exit; stragglers
+# are then killed (by pid: never the process group, which may hold processes not ours).
+SHUTDOWN_TIMEOUT = 45.0
+# Attempts held for one port while its previous server releases it.
+MAX_PENDING_PER_PORT = 64
+# Dynamic servers that were told to stop but still finish their work (not counted in
+# max_servers): at most this many times max_servers, else new attempts are refused.
+DRAINING_FACTOR = 2
+# A refusal is logged at most once per this many seconds (with the count since the last line).
+REFUSAL_LOG_INTERVAL = 5.0
+# Statistics are logged this often (and on SIGUSR1).
+STATS_LOG_INTERVAL = 300.0
+
+
+@dataclass
+class ServerHandle:
+    key: tuple[str, int]
+    pid: int
+    channel: Channel
+    conf: PortConf
+    started: float
+    last_used: float
+    busy: bool = False
+    draining: bool = False
+    released: bool = False
+    stats: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class MasterStats:
+    attempts: int = 0
+    ignored: int = 0
+    servers_started: int = 0
+    servers_evicted: int = 0
+    refused_no_room: int = 0
+    refused_rate: int = 0
+    refused_draining: int = 0
+    ports_in_use: int = 0
+    fork_failures: int = 0
+    bind_failures: int = 0
+    server_crashes: int = 0
+
+
+class TokenBucket:
+    """At most `rate` events a second, with bursts up to `rate`."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.tokens = float(rate)
+        self.clock = clock
+        self.last = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+class Master:
+    def __init__(
+        self,
+        config: Config,
+        registry: Registry,
+        monitor: Monitor,
+        identity: Identity,
+        *,
+        reload_config: Callable[[], Config],
+        keep_out_of_children: Callable[[], list[int]] = lambda: [],
+    ) -> None:
+        self.config = config
+        self.registry = registry
+        self.monitor = monitor
+        self.identity = identity
+        self.reload_config = reload_config
+        self.keep_out_of_children = keep_out_of_children
+        self.stats = MasterStats()
+        self.finished_stats: dict[str, int] = {}
+        self.servers: dict[tuple[str, int], ServerHandle] = {}  # running
+        self.releasing: dict[tuple[str, int], ServerHandle] = {}  # draining, port not yet free
+        self.children: dict[int, ServerHandle] = {}  # every live dynamic server, by pid
+        self.pending: dict[tuple[str, int], list[Held]] = {}
+        self.bucket = TokenBucket(config.max_server_rate)
+        self.selector = selectors.DefaultSelector()
+        self._signals: list[int] = []
+        self._running = True
+        self._refusals_logged = 0.0
+        self._refusals_unlogged = 0
+        self._wake_r, self._wake_w = socket.socketpair()
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._install_signals()
+        self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
+        self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
+        next_stats = time.monotonic() + STATS_LOG_INTERVAL
+        log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
+        while self._running:
+            for key, _events in self.selector.select(timeout=1.0):
+                if key.data == "monitor":
+                    self._on_monitor()
+                elif key.data == "signal":
+                    self._on_signals()
+                elif isinstance(key.data, ServerHandle):
+                    self._on_channel(key.data)
+            if time.monotonic() >= next_stats:
+                next_stats = time.monotonic() + STATS_LOG_INTERVAL
+                self.log_stats()
+        return self._shutdown()
+
+    def _install_signals(self) -> None:
+        self._wake_w.setblocking(False)
+        self._wake_r.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, self._note_signal)
+
+    def _note_signal(self, signum: int, _frame: object) -> None:
+        self._signals.append(signum)
+
+    def _on_signals(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        signals, self._signals = self._signals, []
+        for signum in dict.fromkeys(signals):
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                log.log(logs.NOTICE, "%s received: shutting down", signal.Signals(signum).name)
+                self._running = False
+            elif signum == signal.SIGHUP:
+                self.reload()
+            elif signum == signal.SIGUSR1:
+                self.log_stats()
+            elif signum == signal.SIGCHLD:
+                self._reap()
+
+    # --- attempts ---------------------------------------------------------------------------
+
+    def _on_monitor(self) -> None:
+        try:
+            attempts = self.monitor.poll()
+        except OSError as exc:
+            log.error("monitor read failed: %s", exc)
+            return
+        for held in attempts:
+            try:
+                self.on_attempt(held)
+            finally:
+                if not self._is_pending(held):
+                    held.release()
+
+    def _is_pending(self, held: Held) -> bool:
+        key = (held.attempt.protocol, held.attempt.local_port)
+        return any(h is held for h in self.pending.get(key, ()))
+
+    def on_attempt(self, held: Held) -> None:
+        attempt = held.attempt
+        self.stats.attempts += 1
+        key = (attempt.protocol, attempt.local_port)
+        conf = self.config.port_mode(attempt.protocol, attempt.local_port)
+        if conf.mode is Mode.IGNORE:
+            self.stats.ignored += 1
+            return
+        server = self.servers.get(key)
+        if server is not None:
+            server.last_used = time.monotonic()
+            return
+        if key in self.releasing:
+            waiting = self.pending.setdefault(key, [])
+            if len(waiting) < MAX_PENDING_PER_PORT:
+                waiting.append(held)
+            else:
+                self._refuse("refused_draining", key)
+            return
+        self.start_server(key, conf, attempt.family)
+
+    def start_server(self, key: tuple[str, int], conf: PortConf, family: int) -> bool:
+        if len(self.children) - len(self.servers) >= DRAINING_FACTOR * self.config.max_servers:
+            self._refuse("refused_draining", key)
+            return False
+        if len(self.servers) >= self.config.max_servers and not self._evict_one():
+            self._refuse("refused_no_room", key)
+            return False
+        if not self.bucket.take():
+            self._refuse("refused_rate", key)
+            return False
+        try:
+            sock = bind_port(conf.protocol, conf.port, self.config.bind_address, family)
+        except PortInUse:
+            self.stats.ports_in_use += 1
+            log.debug("port %d/%s is served by someone else", conf.port, conf.protocol)
+            return False
+        except OSError as exc:
+            self.stats.bind_failures += 1
+            log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
+            return False
+        try:
+            handle = self._fork(conf, sock)
+        finally:
+            sock.close()
+        if handle is None:
+            return False
+        self.servers[key] = handle
+        self.children[handle.pid] = handle
+        self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
+        self.stats.servers_started += 1
+        log.log(
+            logs.NOTICE, "dynamic server for %d/%s started (pid %d, %s mode)",
+            conf.port, conf.protocol, handle.pid, conf.mode.label,
+        )
+        return True
+
+    def _fork(self, conf: PortConf, sock: socket.socket) -> ServerHandle | None:
+        parent_end, child_end = socket.socketpair()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self.stats.fork_failures += 1
+            log.error("fork failed for %d/%s: %s", conf.port, conf.protocol, exc.strerror)
+            parent_end.close()
+            child_end.close()
+            return None
+        if pid == 0:  # the dynamic server
+            status = 1
+            try:
+                parent_end.close()
+                spec = ServerSpec(
+                    conf, sock, self.config, self.registry, self.identity, child_end,
+                    close_in_child=self._fds_for_child(),
+                )
+                status = child_main(spec)
+            except BaseException:
+                log.exception("dynamic server %d/%s failed", conf.port, conf.protocol)
+            finally:
+                logging.shutdown()
+                os._exit(status)
+        child_end.close()
+        now = time.monotonic()
+        return ServerHandle((conf.protocol, conf.port), pid, Channel(parent_end), conf, now, now)
+
+    def _fds_for_child(self) -> list[int]:
+        fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
+        fds += [h.channel.fileno() for h in self.children.values() if not h.channel.closed]
+        selector_fd = getattr(self.selector, "fileno", None)
+        if callable(selector_fd):
+            fds.append(selector_fd())
+        fds += self.keep_out_of_children()
+        return fds
+
+    def _evict_one(self) -> bool:
+        idle = [h for h in self.servers.values() if not h.busy]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda h: h.last_used)
+        self.stats.servers_evicted += 1
+        log.info("evicting idle server for %d/%s to make room", victim.conf.port,
+                 victim.conf.protocol)
+        self._drain(victim, "stop")
+        return True
+
+    def _drain(self, handle: ServerHandle, how: str) -> None:
+        if not handle.draining:
+            handle.draining = True
+            if self.servers.get(handle.key) is handle:
+                del self.servers[handle.key]
+                if not handle.released:
+                    self.releasing[handle.key] = handle
+        handle.channel.send(how)
+
+    def _refuse(self, counter: str, key: tuple[str, int]) -> None:
+        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+        now = time.monotonic()
+        self._refusals_unlogged += 1
+        if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
+            log.warning(
+                "no room for a server on %d/%s (%s); %d attempts refused since the last report",
+                key[1], key[0], counter.replace("_", " "), self._refusals_unlogged,
+            )
+            self._refusals_logged = now
+            self._refusals_unlogged = 0
+
+    # --- dynamic servers --------------------------------------------------------------------
+
+    def _on_channel(self, handle: ServerHandle) -> None:
+        for message in handle.channel.receive():
+            if message == "busy":
+                handle.busy = True
+                handle.last_used = time.monotonic()
+            elif message == "idle":
+                handle.busy = False
+                handle.last_used = time.monotonic()
+            elif message == "expire":
+                if not handle.busy:
+                    self._drain(handle, "stop")
+            elif message == "released":
+                self._released(handle)
+            elif message.startswith("stats "):
+                stats = control.parse_stats(message)
+                if stats is not None:
+                    handle.stats = stats
+            elif message == "":
+                self._gone(handle)
+
+    def _released(self, handle: ServerHandle) -> None:
+        handle.released = True
+        if self.servers.get(handle.key) is handle:  # stopped itself (SIGTERM to the child)
+            del self.servers[handle.key]
+        if self.releasing.get(handle.key) is handle:
+            del self.releasing[handle.key]
+        waiting = self.pending.pop(handle.key, [])
+        if waiting and self._running:
+            attempt = waiting[0].attempt
+            conf = self.config.port_mode(attempt.protocol, attempt.local_port)
+            if conf.mode is not Mode.IGNORE:
+                self.start_server(handle.key, conf, attempt.family)
+        for held in waiting:
+            held.release()
+
+    def _gone(self, handle: ServerHandle) -> None:
+        """The channel closed: the server exited (or crashed)."""
+        try:
+            self.selector.unregister(handle.channel.fileno())
+        except (KeyError, ValueError):
+            pass
+        if not handle.released:
+            self._released(handle)
+        handle.channel.close()
+        for name, value in handle.stats.items():
+            if name != "final":
+                self.finished_stats[name] = self.finished_stats.get(name, 0) + value
+        handle.stats = {}
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.children.pop(pid, None)
+            if handle is None:
+                continue
+            code = os.waitstatus_to_exitcode(status)
+            if code != 0:
+                self.stats.server_crashes += 1
+                log.error("dynamic server %d/%s (pid %d) exited with status %d",
+                          handle.conf.port, handle.conf.protocol, pid, code)
+            if not handle.channel.closed:
+                self._on_channel(handle)  # read its last words (final stats)
+                if not handle.channel.closed:
+                    self._gone(handle)
+
+    # --- reload, stats, shutdown ------------------------------------------------------------
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the configuration and reload the plugins from scratch; on any error
+        keep running with the old ones. Running servers are drained so new connections meet
+        the new configuration."""
+        daemon.notify("RELOADING=1")
+        try:
+            config = self.reload_config()
+            registry = load_plugins(config)
+        except HoneytrapError as exc:
+            log.error("reload failed, keeping the running configuration: %s", exc)
+            daemon.notify("READY=1")
+            return
+        old = self.registry
+        self.config, self.registry = config, registry
+        self.bucket = TokenBucket(config.max_server_rate)
+        old.close()
+        logs.reopen()
+        for handle in list(self.servers.values()):
+            self._drain(handle, "stop")
+        log.log(logs.NOTICE, "configuration and %d plugins reloaded", len(registry.plugins))
+        daemon.notify("READY=1")
+
+    def totals(self) -> dict[str, int]:
+        totals = dict(self.stats.__dict__)
+        for name, value in self.finished_stats.items():
+            totals[name] = totals.get(name, 0) + value
+        for handle in self.children.values():
+            for name, value in handle.stats.items():
+                if name != "final":
+                    totals[name] = totals.get(name, 0) + value
+        totals["servers_running"] = len(self.servers)
+        totals["servers_total"] = len(self.children)
+        return totals
+
+    def log_stats(self) -> None:
+        totals = self.totals()
+        log.log(logs.NOTICE, "statistics: %s",
+                " ".join(f"{k}={v}" for k, v in sorted(totals.items())))
+
+    def _shutdown(self) -> int:
+        daemon.notify("STOPPING=1")
+        for waiting in self.pending.values():
+            for held in waiting:
+                held.release()
+        self.pending.clear()
+        for handle in list(self.children.values()):
+            self._drain(handle, "shutdown")
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        while self.children and time.monotonic() < deadline:
+            for key, _events in self.selector.select(timeout=0.2):
+                if key.data == "monitor":
+                    for held in self.monitor.poll():
+                        held.release()
+                elif isinstance(key.data, ServerHandle):
+                    self._on_channel(key.data)
+                elif key.data == "signal":
+                    self._on_signals()
+            self._reap()
+        for pid in list(self.children):
+            log.error("dynamic server pid %d did not stop in time: killing it", pid)
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ECHILD:
+                    raise
+        self.children.clear()
+        self.log_stats()
+        self.monitor.close()
+        self.registry.close()
+        log.log(logs.NOTICE, "honeytrap stopped")
+        return 0

@@ -1,0 +1,73 @@
+"""Dropping root, as the man page asks: "use the -u and -g flags to drop privileges early".
+
+Dynamic servers get their listening socket bound by the master (root) and drop to the
+configured user and group before they read a single attacker byte.
+"""
+
+from __future__ import annotations
+
+import grp
+import logging
+import os
+import pwd
+from dataclasses import dataclass
+
+from honeytrap.errors import ConfigError
+
+log = logging.getLogger("honeytrap.privileges")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who dynamic servers run as. None: stay as we are (root; warned about at start)."""
+
+    uid: int | None
+    gid: int | None
+    user: str = ""
+    group: str = ""
+
+
+def resolve(user: str, group: str) -> Identity:
+    """Look up -u/-g (names or numbers). A missing user or group is a configuration error:
+    starting anyway as root would silently defeat the operator's intent."""
+    uid = gid = None
+    if user:
+        try:
+            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
+        except (KeyError, OverflowError) as exc:
+            raise ConfigError(f"no such user: {user!r}", key="user") from exc
+        uid = entry.pw_uid
+        gid = entry.pw_gid  # the user's primary group unless -g says otherwise
+    if group:
+        try:
+            gentry = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
+        except (KeyError, OverflowError) as exc:
+            raise ConfigError(f"no such group: {group!r}", key="group") from exc
+        gid = gentry.gr_gid
+    return Identity(uid, gid, user, group)
+
+
+def drop(identity: Identity) -> None:
+    """setgroups, setgid, setuid, in that order, then check root cannot be regained."""
+    if identity.gid is not None:
+        os.setgroups([])
+        os.setgid(identity.gid)
+    if identity.uid is not None:
+        os.setuid(identity.uid)
+        if identity.uid != 0:
+            try:
+                os.setuid(0)
+            except PermissionError:
+                pass
+            else:
+                raise RuntimeError("privileges were not dropped: setuid(0) succeeded")
+    if identity.gid is not None and os.getgid() != identity.gid:
+        raise RuntimeError("group was not changed")
+
+
+def chown_for(identity: Identity, path: str) -> None:
+    """Give a directory we created as root to the identity servers run as."""
+    if identity.uid is None and identity.gid is None:
+        return
+    os.chown(path, -1 if identity.uid is None else identity.uid,
+             -1 if identity.gid is None else identity.gid)

@@ -1,0 +1,561 @@
+"""A dynamic server: one process per protocol/port, forked by the master (master.py).
+
+The master binds the port (as root) and forks; the child loads the port's template, drops
+privileges before it reads a single attacker byte, and serves every connection to the port
+concurrently on one asyncio loop (the original forked per connection; a slow attacker here delays
+nobody). Finished attacks go to the plugin pipeline (pipeline.py), off the connection path.
+
+It ends when the master says so over the control channel (control.py): after the listen timeout
+without connections (the server asks, "expire"), on eviction, reload or shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from honeytrap import control, privileges
+from honeytrap.addresses import split
+from honeytrap.attack import Attack, Connection, Mode, Payload
+from honeytrap.config import Config, PortConf
+from honeytrap.pipeline import Pipeline
+from honeytrap.plugin import ReadEvent, Registry
+from honeytrap.session import Closed, NormalSession, Output, UdpExchange
+from honeytrap.templates import load_template
+
+log = logging.getLogger("honeytrap.server")
+
+# No connection may last longer than this, however it trickles: bounds how long an attacker can
+# hold a slot (read_limit bounds the bytes, this the time).
+MAX_CONNECTION_SECONDS = 600.0
+# Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
+ACCEPT_BATCH = 64
+# accept() failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): wait this long
+# before trying again, doubling up to the maximum; logged at most once per back-off period.
+ACCEPT_BACKOFF_MIN = 0.05
+ACCEPT_BACKOFF_MAX = 2.0
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+# After "stop", connections already queued in the kernel are taken for this long before the
+# listening socket is closed, so a SYN the master let through just before is still served.
+STOP_GRACE = 0.2
+# On shutdown, the pipeline gets this long to finish the attacks in flight.
+PIPELINE_DRAIN_SECONDS = 30.0
+# Datagrams read per wake-up of a UDP socket.
+UDP_BATCH = 64
+UDP_BUFFER = 65535
+# in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+CMSG_SPACE = socket.CMSG_SPACE(32)
+# Server statistics are sent to the master at most this often.
+STATS_INTERVAL = 10.0
+
+
+@dataclass
+class ServerStats:
+    connections: int = 0
+    attacks: int = 0
+    bytes_in: int = 0
+    refused_full: int = 0
+    accept_errors: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ServerSpec:
+    """What the master hands a dynamic server."""
+
+    port: PortConf
+    sock: socket.socket
+    config: Config
+    registry: Registry
+    identity: privileges.Identity
+    control: socket.socket
+    close_in_child: list[int] = field(default_factory=list)
+
+
+def child_main(spec: ServerSpec) -> int:
+    """Runs in the forked child; returns the exit status."""
+    for fd in spec.close_in_child:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)  # the master decides; it tells us over the channel
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    conf = spec.port
+    template = load_template(spec.config.response_dir, conf.protocol, conf.port)
+    privileges.drop(spec.identity)
+    spec.registry.after_fork()
+    pipeline = Pipeline(spec.registry)
+    server = DynamicServer(spec, template, pipeline)
+    try:
+        asyncio.run(server.serve())
+    finally:
+        done = pipeline.close(PIPELINE_DRAIN_SECONDS)
+        spec.registry.close()
+        server.send_stats(final=True)
+    return 0 if done else 1
+
+
+class DynamicServer:
+    def __init__(self, spec: ServerSpec, template: bytes, pipeline: Pipeline) -> None:
+        self.spec = spec
+        self.config = spec.config
+        self.port = spec.port
+        self.template = template
+        self.pipeline = pipeline
+        self.stats = ServerStats()
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self.stopping = False
+        self.finished: asyncio.Event | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.channel = control.Channel(spec.control)
+        self.connections: set[Finisher] = set()
+        self._accepting = False
+        self._backoff = ACCEPT_BACKOFF_MIN
+        self._expire_sent = False
+        self._last_stats = 0.0
+        self._listener_closed = False
+        self.udp: UdpServer | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.finished = asyncio.Event()
+        self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
+        self.loop.add_reader(self.spec.control.fileno(), self._on_control)
+        self.spec.sock.setblocking(False)
+        if self.port.protocol == "tcp":
+            self._resume_accepting()
+        else:
+            self.udp = UdpServer(self)
+            self.udp.start()
+        self._arm_listen_timer()
+        await self.finished.wait()
+
+    def _arm_listen_timer(self) -> None:
+        assert self.loop is not None
+        self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+
+    def _check_listen_timeout(self) -> None:
+        if self.stopping:
+            return
+        idle_for = time.monotonic() - self.last_activity
+        if self.active == 0 and idle_for >= self.config.listen_timeout:
+            if not self._expire_sent:
+                self._expire_sent = True
+                self.channel.send("expire")
+            # The master answers with "stop"; if it does not, we ask again next period.
+            assert self.loop is not None
+            self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+            return
+        assert self.loop is not None
+        timeout = self.config.listen_timeout
+        wait = timeout - idle_for if self.active == 0 else timeout
+        self.loop.call_later(max(wait, 0.05), self._check_listen_timeout)
+
+    def _on_control(self) -> None:
+        for message in self.channel.receive():
+            if message == "stop":
+                self.stop(abort=False)
+            elif message == "shutdown":
+                self.stop(abort=True)
+            elif message == "":  # the master went away
+                self.stop(abort=True)
+
+    def shutdown(self) -> None:
+        self.stop(abort=True)
+
+    def stop(self, *, abort: bool) -> None:
+        """Stop serving: take what the kernel already queued, close the port, tell the master
+        it is free, then finish (abort=True: close open connections now and record them)."""
+        assert self.loop is not None
+        if not self.stopping:
+            self.stopping = True
+            self.loop.call_later(0 if abort else STOP_GRACE, self._close_listener)
+        if abort:
+            for conn in list(self.connections):
+                conn.abort(Closed.SHUTDOWN)
+        self._maybe_finish()
+
+    def _close_listener(self) -> None:
+        assert self.loop is not None
+        if self.port.protocol == "tcp":
+            self._pause_accepting()
+            self._accept_batch(drain=True)
+        elif self.udp is not None:
+            self.udp.stop()
+        try:
+            self.spec.sock.close()
+        finally:
+            self.channel.send("released")
+            self._listener_closed = True
+            self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if (
+            self.stopping
+            and self._listener_closed
+            and not self.connections
+            and self.finished is not None
+        ):
+            self.finished.set()
+
+    # --- accounting --------------------------------------------------------------------------
+
+    def connection_opened(self, conn: Finisher) -> None:
+        self.connections.add(conn)
+        self.active += 1
+        self.stats.connections += 1
+        self.last_activity = time.monotonic()
+        if self.active == 1:
+            self.channel.send("busy")
+        if self.port.protocol == "tcp" and self.active >= self.config.max_connections:
+            self._pause_accepting()
+
+    def connection_closed(self, conn: Finisher, attack: Attack) -> None:
+        self.connections.discard(conn)
+        self.active -= 1
+        self.last_activity = time.monotonic()
+        self.stats.attacks += 1
+        self.stats.bytes_in += attack.attack_connection.payload.size
+        self.pipeline.submit(attack)
+        if self.active == 0:
+            self.channel.send("idle")
+        if (
+            self.port.protocol == "tcp"
+            and not self.stopping
+            and self.active < self.config.max_connections
+        ):
+            self._resume_accepting()
+        if time.monotonic() - self._last_stats > STATS_INTERVAL:
+            self.send_stats()
+        self._maybe_finish()
+
+    def send_stats(self, final: bool = False) -> None:
+        self._last_stats = time.monotonic()
+        stats = self.stats.as_dict()
+        stats.update({f"pipeline_{k}": v for k, v in self.pipeline.counters.__dict__.items()})
+        stats["final"] = int(final)
+        self.channel.send_stats(stats)
+
+    def perread(self, conn: Connection, direction: str, data: bytes) -> None:
+        if self.spec.registry.hooks["perread"]:
+            self.spec.registry.perread(
+                ReadEvent(
+                    conn.protocol, conn.local_addr, conn.local_port,
+                    conn.remote_addr, conn.remote_port, direction, data,
+                )
+            )
+
+    # --- TCP accept loop ----------------------------------------------------------------------
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self.stopping:
+            assert self.loop is not None
+            self.loop.add_reader(self.spec.sock.fileno(), self._accept_batch)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            assert self.loop is not None
+            self.loop.remove_reader(self.spec.sock.fileno())
+            self._accepting = False
+
+    def _accept_batch(self, drain: bool = False) -> None:
+        assert self.loop is not None
+        for _ in range(ACCEPT_BATCH if not drain else self.config.max_connections):
+            if self.active >= self.config.max_connections:
+                if drain:
+                    self.stats.refused_full += 1
+                return
+            try:
+                sock, _addr = self.spec.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                self._backoff = ACCEPT_BACKOFF_MIN
+                return
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    self._back_off(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the peer gave up before we took it
+                raise
+            self._start_connection(sock)
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of fds or memory: stop accepting for a while (the kernel keeps the backlog)."""
+        assert self.loop is not None
+        self.stats.accept_errors += 1
+        log.warning(
+            "port %d/tcp: accept failed (%s): backing off %.2f s",
+            self.port.port, os.strerror(exc.errno or 0), self._backoff,
+        )
+        self._pause_accepting()
+        self.loop.call_later(self._backoff, self._resume_accepting)
+        self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+
+    def _start_connection(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        sock.setblocking(False)
+        handler = self.handler_factory()
+        task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
+        task.add_done_callback(_log_task_failure)
+
+    def handler_factory(self) -> asyncio.Protocol:
+        return NormalConnection(self)
+
+
+def _log_task_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("connection setup failed: %r", task.exception())
+
+
+class Finisher:
+    """A connection or exchange the server can abort on shutdown."""
+
+    def abort(self, why: Closed) -> None:
+        raise NotImplementedError
+
+
+class NormalConnection(asyncio.Protocol, Finisher):
+    """Normal mode over TCP: a NormalSession driven by data, the read-timeout clock and EOF."""
+
+    def __init__(self, server: DynamicServer) -> None:
+        self.server = server
+        config = server.config
+        self.session = NormalSession(
+            server.template,
+            read_limit=config.read_limit,
+            template_repeat=config.template_repeat,
+        )
+        self.read_timeout = config.read_timeout
+        self.transport: asyncio.Transport | None = None
+        self.conn: Connection | None = None
+        self.start = time.time()
+        self.last_data = time.monotonic()
+        self.timer: asyncio.TimerHandle | None = None
+        self.lifetime: asyncio.TimerHandle | None = None
+        self.done = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        local = split(transport.get_extra_info("sockname"))
+        remote = split(transport.get_extra_info("peername"))
+        self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
+        loop = asyncio.get_running_loop()
+        self.timer = loop.call_later(self.read_timeout, self._tick)
+        self.lifetime = loop.call_later(MAX_CONNECTION_SECONDS, self.abort, Closed.LIFETIME)
+        self.server.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
+        assert self.conn is not None
+        self.server.perread(self.conn, "in", data)
+        self._apply(self.session.on_data(data))
+
+    def eof_received(self) -> bool:
+        self._apply(self.session.on_eof())
+        return False
+
+    def _tick(self) -> None:
+        if self.done:
+            return
+        loop = asyncio.get_running_loop()
+        waited = time.monotonic() - self.last_data
+        if waited < self.read_timeout:
+            self.timer = loop.call_later(self.read_timeout - waited, self._tick)
+            return
+        self.last_data = time.monotonic()
+        self._apply(self.session.on_timeout())
+        if not self.done:
+            self.timer = loop.call_later(self.read_timeout, self._tick)
+
+    def _apply(self, out: Output) -> None:
+        if self.transport is None:
+            return
+        if out.send and not self.transport.is_closing():
+            self.transport.write(out.send)
+        if out.close:
+            self.transport.close()
+
+    def abort(self, why: Closed) -> None:
+        self.session.abort(why)
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done:
+            return
+        self.done = True
+        for handle in (self.timer, self.lifetime):
+            if handle is not None:
+                handle.cancel()
+        if self.session.closed is Closed.OPEN:
+            self.session.abort(Closed.RESET if exc else Closed.EOF)
+        assert self.conn is not None
+        conn = self.conn
+        attack = Attack(
+            attack_connection=Connection(
+                conn.protocol, conn.local_addr, conn.local_port, conn.remote_addr,
+                conn.remote_port, Payload(self.session.payload),
+            ),
+            mode=Mode.NORMAL,
+            start_time=self.start,
+            end_time=time.time(),
+        )
+        if self.session.truncated:
+            attack.add_note(f"read_limit of {self.session.read_limit} bytes reached")
+        self.server.connection_closed(self, attack)
+
+
+class UdpServer:
+    """Normal mode over UDP: one reply per datagram, one attack per peer exchange."""
+
+    def __init__(self, server: DynamicServer) -> None:
+        self.server = server
+        self.sock = server.spec.sock
+        self.family = self.sock.family
+        self.exchanges: dict[tuple[str, int], UdpPeer] = {}
+        if self.family == socket.AF_INET6:
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+        else:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+
+    def start(self) -> None:
+        assert self.server.loop is not None
+        self.server.loop.add_reader(self.sock.fileno(), self._readable)
+
+    def stop(self) -> None:
+        assert self.server.loop is not None
+        self._readable()  # what already arrived is still answered and recorded
+        self.server.loop.remove_reader(self.sock.fileno())
+
+    def _readable(self) -> None:
+        for _ in range(UDP_BATCH):
+            try:
+                data, ancdata, _flags, addr = self.sock.recvmsg(UDP_BUFFER, CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    self.server.stats.accept_errors += 1
+                    return
+                if exc.errno == errno.ECONNREFUSED:
+                    continue  # an ICMP error for an earlier reply
+                raise
+            self._datagram(data, ancdata, addr)
+
+    def _datagram(
+        self, data: bytes, ancdata: list[tuple[int, int, bytes]], addr: tuple[str, int]
+    ) -> None:
+        remote = split(addr)
+        local_addr, pktinfo = _local_address(self.family, ancdata)
+        peer = self.exchanges.get(remote)
+        if peer is None:
+            if len(self.exchanges) >= self.server.config.max_connections:
+                self.server.stats.refused_full += 1
+                return
+            conn = Connection("udp", local_addr, self.server.port.port, remote[0], remote[1])
+            peer = UdpPeer(self, conn)
+            self.exchanges[remote] = peer
+            self.server.connection_opened(peer)
+        self.server.perread(peer.conn, "in", data)
+        reply = peer.exchange.on_datagram(data)
+        peer.touch()
+        try:
+            if pktinfo is not None:
+                self.sock.sendmsg([reply], [pktinfo], 0, addr)
+            else:
+                self.sock.sendto(reply, addr)
+        except OSError as exc:
+            log.debug("port %d/udp: reply failed: %s", self.server.port.port, exc.strerror)
+
+    def finished(self, peer: UdpPeer) -> None:
+        key = (peer.conn.remote_addr, peer.conn.remote_port)
+        self.exchanges.pop(key, None)
+
+
+class UdpPeer(Finisher):
+    def __init__(self, udp: UdpServer, conn: Connection) -> None:
+        self.udp = udp
+        self.conn = conn
+        server = udp.server
+        self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit)
+        self.start = time.time()
+        self.last = time.monotonic()
+        assert server.loop is not None
+        self.timer = server.loop.call_later(server.config.read_timeout, self._tick)
+        self.done = False
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def _tick(self) -> None:
+        server = self.udp.server
+        waited = time.monotonic() - self.last
+        timeout = server.config.read_timeout
+        if waited < timeout and not self.done:
+            assert server.loop is not None
+            self.timer = server.loop.call_later(timeout - waited, self._tick)
+            return
+        self.abort(Closed.IDLE)
+
+    def abort(self, why: Closed) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.timer.cancel()
+        self.udp.finished(self)
+        conn = self.conn
+        attack = Attack(
+            attack_connection=Connection(
+                "udp", conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port,
+                Payload(self.exchange.payload),
+            ),
+            mode=Mode.NORMAL,
+            start_time=self.start,
+            end_time=time.time(),
+        )
+        if self.exchange.truncated:
+            attack.add_note(f"read_limit of {self.exchange.read_limit} bytes reached")
+        self.udp.server.connection_closed(self, attack)
+
+
+def _local_address(
+    family: int, ancdata: list[tuple[int, int, bytes]]
+) -> tuple[str, tuple[int, int, bytes] | None]:
+    """The datagram's destination (our) address from IPV6_PKTINFO / IP_PKTINFO, and the
+    ancillary item to send the reply from that same address."""
+    for level, kind, data in ancdata:
+        is_v6 = level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
+        if family == socket.AF_INET6 and is_v6:
+            if len(data) >= 20:
+                address = socket.inet_ntop(socket.AF_INET6, data[:16])
+                reply = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, data[:16] + bytes(4))
+                return split((address, 0))[0], reply
+        if family == socket.AF_INET and level == socket.IPPROTO_IP and kind == IP_PKTINFO:
+            if len(data) >= 12:
+                address = socket.inet_ntop(socket.AF_INET, data[8:12])
+                # in_pktinfo: ifindex 0, spec_dst = our address, addr ignored on send.
+                reply = (socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + data[8:12] + bytes(4))
+                return address, reply
+    return "", None
+
+
+ChildMain = Callable[[ServerSpec], int]

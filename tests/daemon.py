@@ -1,0 +1,169 @@
+"""Running the real honeytrap daemon inside a sensor namespace, for end-to-end tests.
+
+Readiness is the daemon's own sd_notify("READY=1") on a NOTIFY_SOCKET of ours: an explicit
+signal, never a sleep or a polled log file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from netns import Host, Lab
+
+REPO = Path(__file__).resolve().parent.parent
+HONEYTRAP = [sys.executable, "-m", "honeytrap"]
+READY_TIMEOUT = 30.0
+
+
+def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> None:
+    """Queue new TCP SYNs and new UDP flows arriving on the veth to NFQUEUE (IPv4 and IPv6),
+    as the README tells operators to, with --queue-bypass so nothing is dropped without us."""
+    for tool in ("iptables", "ip6tables"):
+        for port in exclude_tcp:
+            host.cmd(tool, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+        for proto in ("tcp", "udp"):
+            match = ["--syn"] if proto == "tcp" else []
+            host.cmd(
+                tool, "-A", "INPUT", "-i", host.dev, "-p", proto, *match,
+                "-m", "conntrack", "--ctstate", "NEW",
+                "-j", "NFQUEUE", "--queue-num", str(queue), "--queue-bypass",
+            )
+
+
+@dataclass
+class Honeytrap:
+    lab: Lab
+    workdir: Path
+    extra_config: str = ""
+    plugins: str = ""
+    args: list[str] = field(default_factory=list)
+    monitor: str = "nfq"
+    proc: subprocess.Popen[bytes] | None = None
+    notify: socket.socket | None = None
+
+    def __post_init__(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o755)
+        self.attacks_dir = self.workdir / "attacks"
+        self.downloads_dir = self.workdir / "downloads"
+        self.attackers_json = self.workdir / "attackers.json"
+        self.attacker_log = self.workdir / "attacker.log"
+        self.logfile = self.workdir / "honeytrap.log"
+        self.pidfile = self.workdir / "honeytrap.pid"
+        self.configfile = self.workdir / "honeytrap.conf"
+
+    def write_config(self) -> None:
+        plugins = self.plugins or f"""
+plugin-SaveFile = {{
+    attacks_dir = "{self.attacks_dir}"
+    downloads_dir = "{self.downloads_dir}"
+}}
+plugin-logAttacker = {{ logfile = "{self.attacker_log}" }}
+plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
+"""
+        self.configfile.write_text(
+            f"""// written by tests/daemon.py
+monitor = "{self.monitor}"
+response_dir = "{REPO / 'templates'}"
+plugin_dir = "{REPO / 'plugins'}"
+logfile = "{self.logfile}"
+pidfile = "{self.pidfile}"
+read_limit = "1048576"
+{self.extra_config}
+{plugins}
+"""
+        )
+
+    def command(self, *extra: str) -> list[str]:
+        return [*HONEYTRAP, "-D", "-C", str(self.configfile), "-t", "6", *self.args, *extra]
+
+    def start(self, *extra: str, ready: bool = True) -> Honeytrap:
+        self.write_config()
+        notify_path = self.workdir / "notify.sock"
+        if notify_path.exists():
+            notify_path.unlink()
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(notify_path))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
+        self.proc = self.lab.spawn(
+            self.lab.sensor, self.command(*extra), env=env, cwd=str(REPO),
+            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr.log", "wb"),
+        )
+        if ready:
+            self.wait_for("READY=1")
+        return self
+
+    def wait_for(self, state: str, timeout: float = READY_TIMEOUT) -> None:
+        assert self.notify is not None and self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"honeytrap exited with {self.proc.returncode} before {state}:\n"
+                    + self.stderr()
+                )
+            self.notify.settimeout(min(0.5, max(0.01, deadline - time.monotonic())))
+            try:
+                message = self.notify.recv(4096).decode()
+            except TimeoutError:
+                continue
+            if state in message.split("\n"):
+                return
+        raise AssertionError(f"no {state} from honeytrap within {timeout} s:\n" + self.stderr())
+
+    def stderr(self) -> str:
+        try:
+            return (self.workdir / "stderr.log").read_text(errors="replace")[-5000:]
+        except OSError:
+            return ""
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, and wait for a clean exit (the daemon finishes attacks in flight)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self.notify is not None:
+            self.notify.close()
+        return code
+
+    def records(self) -> list[dict[str, object]]:
+        if not self.attackers_json.exists():
+            return []
+        return [json.loads(line) for line in self.attackers_json.read_text().splitlines()]
+
+    def wait_records(self, count: int, timeout: float = 20.0) -> list[dict[str, object]]:
+        """attackers.json is the daemon's output under test: wait (bounded) for `count` lines."""
+        deadline = time.monotonic() + timeout
+        while True:
+            records = self.records()
+            if len(records) >= count or time.monotonic() > deadline:
+                return records
+            time.sleep(0.05)
+
+    def children(self) -> list[int]:
+        """Pids of the daemon's child processes (the dynamic servers)."""
+        assert self.proc is not None
+        master = self.master_pid()
+        out = subprocess.run(
+            ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
+        ).stdout
+        return [int(p) for p in out.split()]
+
+    def master_pid(self) -> int:
+        assert self.proc is not None
+        # `ip netns exec` execs the command: the Popen pid is the daemon itself.
+        return self.proc.pid
