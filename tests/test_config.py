@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -377,8 +378,21 @@ def test_fuzz_file_bytes_give_config_or_config_error(data: bytes) -> None:
         pass
 
 
-def test_fuzz_real_file_with_invalid_bytes(tmp_path: Path) -> None:
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200).map(lambda data: b'logfile = "' + data))
+def test_fuzz_bytes_on_disk_give_config_or_config_error(data: bytes) -> None:
+    """Through the real reader: invalid UTF-8 included."""
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "x.conf"
+        path.write_bytes(data)
+        try:
+            load_config(str(path))
+        except ConfigError:
+            pass
+
+
+def test_invalid_utf8_on_disk_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "x.conf"
     path.write_bytes(b'logfile = "\xc3\x28"')
-    with pytest.raises(ConfigError):
+    with pytest.raises(ConfigError, match="UTF-8"):
         load_config(str(path))
