@@ -16,16 +16,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from honeytrap.attack import Attack, Connection, Download, Mode, Payload
 from honeytrap.config import Config, PluginSpec
 from honeytrap.errors import PluginError
 from honeytrap.pipeline import Pipeline
-from honeytrap.plugin import LoadedPlugin, Registry, load_plugins
+from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugins
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "plugins")
 START = 1714564800.25  # 2024-05-01 12:00:00.250 UTC
 STAMP = "2024-05-01T120000"
+SAVEFILE = load_module(PLUGIN_DIR, "SaveFile")
+LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
 NUL_PAYLOAD = b"GET / HTTP/1.0\r\n\x00\x00\xff\x00attack\x00"
 # Bound on how long a forked writer may take before the test kills it and fails.
 CHILD_TIMEOUT = 60.0
@@ -399,3 +403,25 @@ def test_a_server_that_dropped_to_nobody_still_saves_and_logs(tmp_path: Path) ->
     assert (tmp_path / "dl" / hashlib.md5(b"sample").hexdigest()).read_bytes() == b"sample"
     assert len((tmp_path / "attacker.log").read_text().splitlines()) == 1
     assert read_json_lines(tmp_path / "attackers.json")[0]["id"] == attack.id
+
+
+# --- attacker-controlled fields never shape names or lines (fuzzed) ---------------------------
+
+ATTACK_NAME = re.compile(r"from_port_-?[0-9]+-(tcp|udp|raw|ip)_[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{6}_"
+                         r"[A-Za-z0-9]{1,64}")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ident=st.text(), protocol=st.text(), port=st.integers(-(2**31), 2**31),
+    remote=st.text(), payload=st.binary(max_size=256),
+    start=st.floats(min_value=0, max_value=4e9, allow_nan=False),
+)
+def test_file_names_and_log_lines_take_nothing_from_odd_fields(
+    ident: str, protocol: str, port: int, remote: str, payload: bytes, start: float
+) -> None:
+    conn = Connection(protocol, "192.0.2.1", port, remote, 40001, Payload(payload))
+    attack = Attack(conn, start_time=start, id=ident)
+    assert ATTACK_NAME.fullmatch(SAVEFILE.attack_file_name(attack))
+    line = LOGATTACKER.format_line(attack)
+    assert line.isascii() and line.count("\n") == 1 and line.endswith("\n")
