@@ -1,0 +1,77 @@
+"""What the central-store plugins share: spool options, and the life cycle of their writer.
+
+`load` (master, root): validate options, create the spool directory and hand it to the user the
+dynamic servers run as. No thread, no connection: the master forks.
+`after_fork` (each dynamic server, unprivileged): start the writer thread; it connects when it
+has something to deliver (new records, or a spool left by another process or an earlier run).
+Hooks only enqueue. `close`: deliver what can be within CLOSE_TIMEOUT, spool the rest.
+"""
+
+from __future__ import annotations
+
+import os
+
+from honeytrap import privileges
+from honeytrap.errors import ConfigError, PluginError
+from honeytrap.outputs.writer import (
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_CLOSE_TIMEOUT,
+    Record,
+    Sink,
+    Writer,
+)
+from honeytrap.plugin import PluginContext
+from honeytrap.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, Spool
+
+# Spools live beside the other spools of the system, one directory per plugin.
+SPOOL_ROOT = "/var/spool/honeytrap"
+
+
+class Output:
+    """Owns one sink's writer and spool; plugins wrap it with their hooks."""
+
+    def __init__(self, ctx: PluginContext, sink: Sink) -> None:
+        self.ctx = ctx
+        self.sink = sink
+        self.spool_dir = ctx.option("spool_dir", os.path.join(SPOOL_ROOT, ctx.name))
+        self.max_records = _positive(ctx, "spool_max_records", DEFAULT_MAX_RECORDS)
+        self.max_bytes = _positive(ctx, "spool_max_bytes", DEFAULT_MAX_BYTES)
+        self.backoff_max = float(_positive(ctx, "retry_max", int(DEFAULT_BACKOFF_MAX)))
+        try:
+            ident = privileges.resolve(ctx.config.user, ctx.config.group)
+        except ConfigError as exc:
+            raise PluginError(f"plugin {ctx.name}: {exc}") from exc
+        try:
+            Spool.prepare(self.spool_dir, _id(ident.uid), _id(ident.gid))
+        except OSError as exc:
+            raise PluginError(f"plugin {ctx.name}: spool_dir {self.spool_dir}: {exc}") from exc
+        self.writer: Writer | None = None
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            spool = Spool(self.spool_dir, max_records=self.max_records, max_bytes=self.max_bytes)
+            self.writer = Writer(
+                self.sink, spool, log=self.ctx.log, backoff_max=self.backoff_max
+            )
+        return self.writer
+
+    def after_fork(self) -> None:
+        self._writer().start()
+
+    def submit(self, record: Record) -> None:
+        self._writer().submit(record)
+
+    def close(self, timeout: float = DEFAULT_CLOSE_TIMEOUT) -> None:
+        if self.writer is not None:
+            self.writer.close(timeout)
+
+
+def _id(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+def _positive(ctx: PluginContext, key: str, default: int) -> int:
+    value = ctx.option_int(key, default)
+    if value <= 0:
+        raise PluginError(f"plugin {ctx.name}: option {key!r} must be positive")
+    return value
