@@ -1,0 +1,249 @@
+"""The analyzer plugins magicPE, SpamSum and ClamAV (a real clamd with our own signatures),
+loaded by the real loader and run through the pipeline."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+import signal
+import struct
+import subprocess
+import time
+import types
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from honeytrap.attack import Attack, Connection, Download, Payload
+from honeytrap.config import Config, PluginSpec
+from honeytrap.pipeline import Pipeline
+from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugin, load_plugins
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PLUGIN_DIR = os.path.join(ROOT, "plugins")
+# Bound on every wait: far above what any step needs, so only a bug reaches it.
+WAIT = 30.0
+CLAMD = "/usr/sbin/clamd"
+# Our own signatures: a body pattern (.ndb) and a whole-file MD5 (.hdb), nothing from the net.
+MARKER = b"HONEYTRAP-CLAMAV-TEST-SIGNATURE"
+SAMPLE = random.Random(4).randbytes(4096)
+
+
+def pe_image(body: bytes = b"") -> bytes:
+    """A minimal PE32 i386 header: DOS header, e_lfanew = 0x40, "PE\\0\\0", COFF, magic 0x10b."""
+    dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40)
+    coff = struct.pack("<HHIIIHH", 0x14C, 1, 0, 0, 0, 0xE0, 0x102)
+    return dos + b"PE\0\0" + coff + struct.pack("<H", 0x10B) + b"\0" * 222 + body
+
+
+def attack_of(payload: bytes) -> Attack:
+    return Attack(Connection("tcp", "198.18.0.2", 445, "198.18.0.1", 40000, Payload(payload)))
+
+
+class Fetch:
+    """A stand-in downloader configured before the analyzers: attaches one sample."""
+
+    def __init__(self, sample: bytes) -> None:
+        self.sample = sample
+
+    def analyze(self, attack: Attack) -> None:
+        if not attack.is_virtual:
+            attack.add_download(
+                Download("http", "198.18.0.1", 80, "x.exe", "http://198.18.0.1/x.exe",
+                         Payload(self.sample))
+            )
+
+
+def run(
+    plugins: list[PluginSpec], payload: bytes, sample: bytes | None = None, **config: object
+) -> Attack:
+    cfg = Config(plugin_dir=PLUGIN_DIR, plugins=plugins, **config)  # type: ignore[arg-type]
+    registry = Registry()
+    if sample is not None:
+        registry.register(LoadedPlugin("Fetch", types.ModuleType("fetch"), Fetch(sample)))
+    for plugin_spec in plugins:
+        registry.register(load_plugin(plugin_spec, cfg))
+    pipeline = Pipeline(registry, workers=1)
+    attack = attack_of(payload)
+    try:
+        pipeline.submit(attack)
+        assert pipeline.drain(WAIT)
+    finally:
+        pipeline.close(WAIT)
+        registry.close()
+    return attack
+
+
+def spec(name: str, **options: str) -> PluginSpec:
+    return PluginSpec(name, dict(options))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# magicPE
+
+
+def test_pe_payload_is_kept_as_raw_download() -> None:
+    image = pe_image(b"\xcc" * 100)
+    attack = run([spec("magicPE")], image)
+    (download,) = attack.downloads
+    assert (download.type, download.payload.data) == ("raw", image)
+    assert (download.remote_addr, download.remote_port) == ("198.18.0.1", 40000)
+    assert attack.analysis["magicPE"][download.payload.md5]["type"] == "PE32 (i386)"
+
+
+def test_elf_inside_base64_lands_on_the_root() -> None:
+    elf = Path("/bin/true").read_bytes()
+    attack = run([spec("b64Decode"), spec("magicPE")], b"Negotiate " + base64.b64encode(elf))
+    assert [d.payload.data for d in attack.downloads] == [elf]
+    assert attack.to_json()["download_count"] == 1
+
+
+def test_text_is_not_a_sample() -> None:
+    attack = run([spec("magicPE")], b"MZ but just text " * 20)
+    assert attack.downloads == [] and "magicPE" not in attack.analysis
+
+
+# ---------------------------------------------------------------------------------------------
+# SpamSum
+
+
+def test_spamsum_records_the_payload_hash_without_options() -> None:
+    attack = run([spec("SpamSum")], b"GET /a HTTP/1.0\r\n" * 50)
+    (result,) = attack.analysis["SpamSum"].values()
+    assert result["source"] == "payload" and result["ssdeep"].count(":") == 2
+
+
+def test_spamsum_hashes_samples() -> None:
+    attack = run([spec("SpamSum")], b"x", sample=SAMPLE)
+    assert attack.analysis["SpamSum"][hashlib.md5(SAMPLE).hexdigest()]["source"] == "download"
+
+
+def test_spamsum_learns_md5_sums(tmp_path: Path) -> None:
+    options = {"md5sum_sigfile": str(tmp_path / "md5"), "spamsum_sigfile": str(tmp_path / "ss")}
+    payload = random.Random(1).randbytes(8192)
+    first = run([spec("SpamSum", **options)], payload)
+    second = run([spec("SpamSum", **options)], payload)
+    md5 = hashlib.md5(payload).hexdigest()
+    assert first.analysis["SpamSum"][md5]["md5_known"] is False
+    assert second.analysis["SpamSum"][md5]["md5_known"] is True
+    assert (tmp_path / "md5").read_text().splitlines() == [md5]
+
+
+def test_spamsum_finds_similar_attacks(tmp_path: Path) -> None:
+    options = {"md5sum_sigfile": str(tmp_path / "md5"), "spamsum_sigfile": str(tmp_path / "ss")}
+    text = random.Random(2).randbytes(20000).hex().encode()
+    run([spec("SpamSum", **options)], text)
+    variant = text[:10000] + b"CHANGED" + text[10007:]
+    result = run([spec("SpamSum", **options)], variant).analysis["SpamSum"]
+    (entry,) = result.values()
+    assert entry["similar"] and entry["best_score"] >= 90
+    assert len((tmp_path / "ss").read_text().splitlines()) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# ClamAV, against a real clamd
+
+
+def _wait_gone(pid: int) -> None:
+    """Bounded wait for a process that is not our child to exit (or linger as a zombie)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return
+        if state == "Z":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"clamd {pid} did not exit")
+
+
+@pytest.fixture(scope="module")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """clamd with only our signatures, on a unix socket in a temp dir. Ready when the command
+    returns: clamd binds its socket before it daemonizes, and the parent exits then."""
+    if not os.path.exists(CLAMD):
+        pytest.fail("clamd is missing: apt-get install -y clamav-daemon")
+    tmp = tmp_path_factory.mktemp("clamd")
+    (tmp / "db").mkdir()
+    (tmp / "db" / "test.ndb").write_text(f"Honeytrap.Test.Marker:0:*:{MARKER.hex()}\n")
+    md5 = hashlib.md5(SAMPLE).hexdigest()
+    (tmp / "db" / "test.hdb").write_text(f"{md5}:{len(SAMPLE)}:Honeytrap.Test.Sample\n")
+    sock = tmp / "clamd.sock"
+    conf = tmp / "clamd.conf"
+    conf.write_text(
+        f"LocalSocket {sock}\nDatabaseDirectory {tmp / 'db'}\nPidFile {tmp / 'clamd.pid'}\n"
+        f"TemporaryDirectory {tmp}\nLogFile {tmp / 'clamd.log'}\nForeground no\n"
+    )
+    subprocess.run([CLAMD, "-c", str(conf)], check=True, timeout=WAIT, capture_output=True)
+    pid = int((tmp / "clamd.pid").read_text())
+    try:
+        yield str(sock)
+    finally:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        _wait_gone(pid)
+
+
+def test_clamav_flags_an_infected_payload(clamd: str) -> None:
+    attack = run([spec("ClamAV", clamd_socket=clamd)], b"xx " + MARKER + b" yy")
+    (result,) = attack.analysis["ClamAV"].values()
+    assert result["status"] == "infected"
+    assert result["signature"].startswith("Honeytrap.Test.Marker")
+
+
+def test_clamav_scans_samples_after_the_downloader(clamd: str) -> None:
+    attack = run([spec("ClamAV", clamd_socket=clamd)], b"GET / HTTP/1.0\r\n", sample=SAMPLE)
+    results = attack.analysis["ClamAV"]
+    assert results[hashlib.md5(SAMPLE).hexdigest()]["signature"].startswith("Honeytrap.Test.Sample")
+    assert results[hashlib.md5(b"GET / HTTP/1.0\r\n").hexdigest()]["status"] == "clean"
+
+
+def test_clamav_scans_decoded_payloads(clamd: str) -> None:
+    payload = b"Negotiate " + base64.b64encode(MARKER)
+    attack = run([spec("b64Decode"), spec("ClamAV", clamd_socket=clamd)], payload)
+    statuses = {r["source"]: r["status"] for r in attack.analysis["ClamAV"].values()}
+    assert statuses == {"payload": "clean", "virtual payload": "infected"}
+
+
+def test_clamav_scans_a_large_payload_in_chunks(clamd: str) -> None:
+    payload = b"\0" * 300_000 + MARKER
+    attack = run([spec("ClamAV", clamd_socket=clamd)], payload)
+    assert [r["status"] for r in attack.analysis["ClamAV"].values()] == ["infected"]
+
+
+def test_clamd_down_is_recorded_not_raised(tmp_path: Path) -> None:
+    attack = run([spec("ClamAV", clamd_socket=str(tmp_path / "none.sock"))], b"data")
+    (result,) = attack.analysis["ClamAV"].values()
+    assert result["status"] == "error"
+
+
+def test_original_libclamav_options_are_accepted(tmp_path: Path) -> None:
+    options = {"clamd_socket": str(tmp_path / "none.sock"), "clamdb_path": "/var/lib/clamav",
+               "temp_dir": "/tmp"}
+    registry = load_plugins(Config(plugin_dir=PLUGIN_DIR, plugins=[spec("ClamAV", **options)]))
+    registry.close()
+
+
+def test_clamd_addresses() -> None:
+    assert CLAMAV.parse_address("/run/clamd.ctl")[1] == "/run/clamd.ctl"
+    assert CLAMAV.parse_address("127.0.0.1:3310")[1] == ("127.0.0.1", 3310)
+    assert CLAMAV.parse_address("[::1]:3310")[1] == ("::1", 3310)
+    with pytest.raises(ValueError):
+        CLAMAV.parse_address("clamd")
+
+
+@given(reply=st.binary(max_size=300))
+@settings(max_examples=200, deadline=None)
+def test_clamd_reply_parser_never_raises(reply: bytes) -> None:
+    assert CLAMAV.parse_reply(reply).status in ("clean", "infected", "error")
+
+
+CLAMAV = load_module(PLUGIN_DIR, "ClamAV")
