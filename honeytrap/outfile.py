@@ -133,11 +133,14 @@ def publish(dir_fd: int, name: str, data: bytes) -> bool:
     if exists(dir_fd, name):
         return False
     temp = f".tmp-{uuid.uuid4().hex}"
-    create_exclusive(dir_fd, [temp], data)
     try:
+        create_exclusive(dir_fd, [temp], data)
         os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except BaseException:
-        os.unlink(temp, dir_fd=dir_fd)
+        try:
+            os.unlink(temp, dir_fd=dir_fd)  # a half-written sample (disk full) is not kept
+        except FileNotFoundError:
+            pass
         raise
     return True
 
