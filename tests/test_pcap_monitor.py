@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from netns import Host, Lab
 
+from honeytrap.config import Config
 from honeytrap.errors import ConfigError
 from honeytrap.monitor import Attempt
 from honeytrap.monitor.pcap import (
@@ -29,6 +30,7 @@ from honeytrap.monitor.pcap import (
     RecentAttempts,
     build_filter,
     check_expression,
+    open_pcap_monitor,
 )
 
 PYTHON = sys.executable
@@ -37,6 +39,7 @@ ATTACKER_PORT = 40001  # the attacker binds this source port, so the attempt's r
 
 DRIVER = r"""
 import dataclasses, json, os, select, sys, time
+from honeytrap.config import Config
 from honeytrap.errors import ConfigError
 from honeytrap.monitor.pcap import PcapMonitor
 args = json.loads(sys.argv[1])
@@ -267,6 +270,16 @@ def test_check_expression_accepts_a_valid_expression() -> None:
 def test_monitor_with_bad_expression_raises_config_error() -> None:
     with pytest.raises(ConfigError, match="bad BPF expression"):
         PcapMonitor("lo", ["127.0.0.1"], "frobnicate 7")
+
+
+def test_open_pcap_monitor_takes_interface_address_and_expression() -> None:
+    config = Config(interface="lo", address="127.0.0.1", bpf_expression="not port 22")
+    monitor = open_pcap_monitor(config)
+    try:
+        assert (monitor.interface, monitor.addresses) == ("lo", ["127.0.0.1"])
+        assert monitor.filter.endswith(" and (not port 22)")
+    finally:
+        monitor.close()
 
 
 def test_filter_names_each_address_by_family() -> None:

@@ -16,7 +16,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pcapy
 
@@ -24,6 +24,9 @@ from honeytrap.errors import ConfigError, ProtocolError
 from honeytrap.monitor import Attempt, Held, Seen
 from honeytrap.monitor.interfaces import default_interface, interface_addresses
 from honeytrap.monitor.packet import DLT_EN10MB, classify, supported_linktype
+
+if TYPE_CHECKING:
+    from honeytrap.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -207,3 +210,20 @@ class PcapMonitor:
         if not self._closed:
             self._closed = True
             self._capture.close()
+
+
+def open_pcap_monitor(config: Config) -> PcapMonitor:
+    """The pcap monitor the configuration asks for: `-i`, `-a`, `-p` and the BPF expression."""
+    monitor = PcapMonitor(
+        config.interface or None,
+        [config.address] if config.address else [],
+        config.bpf_expression or None,
+        config.promisc,
+    )
+    log.info(
+        "pcap monitor on %s watching %s (filter: %s)",
+        monitor.interface,
+        ", ".join(monitor.addresses),
+        monitor.filter,
+    )
+    return monitor
