@@ -21,12 +21,13 @@ MAX_REDIRECTS = 5
 # Bots' servers often serve the binary only to the tools bots use; look like wget.
 USER_AGENT = "Wget/1.21.3"
 _REDIRECTS = (301, 302, 303, 307, 308)
+_Peer = tuple[str, int]
 
 
 def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
     addresses = ctx.addresses
     for _ in range(MAX_REDIRECTS + 1):
-        response, conn = _get(request, addresses, ctx)
+        response, conn, (remote, local) = _get(request, addresses, ctx)
         try:
             if response.status in _REDIRECTS:
                 location = response.getheader("Location") or ""
@@ -38,9 +39,6 @@ def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
             if length.isdigit() and int(length) > ctx.policy.max_size:
                 raise DownloadRefused(f"larger than {ctx.policy.max_size} bytes")
             data = read_capped(response.read1, ctx.policy.max_size, ctx.deadline)
-            sock = conn.sock
-            assert sock is not None
-            remote, local = sock.getpeername(), sock.getsockname()
             return Fetched(data, str(remote[0]), int(remote[1]), str(local[0]), int(local[1]))
         except http.client.HTTPException as exc:
             raise DownloadError(f"HTTP: {exc!r}") from exc
@@ -51,15 +49,20 @@ def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
 
 def _get(
     request: DownloadRequest, addresses: list[IPAddress], ctx: FetchContext
-) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection]:
+) -> tuple[http.client.HTTPResponse, http.client.HTTPConnection, tuple[_Peer, _Peer]]:
+    """Send the GET; the response, the connection (to close), and the socket's endpoints
+    (http.client lets go of the socket once a `Connection: close` response arrives)."""
     conn = _connection(request, addresses, ctx)
     try:
+        conn.connect()
+        assert conn.sock is not None
+        ends = (conn.sock.getpeername(), conn.sock.getsockname())
         conn.putrequest("GET", request.path, skip_accept_encoding=True)
         conn.putheader("User-Agent", USER_AGENT)
         conn.putheader("Accept", "*/*")
         conn.putheader("Connection", "close")
         conn.endheaders()
-        return conn.getresponse(), conn
+        return conn.getresponse(), conn, ends
     except http.client.HTTPException as exc:
         conn.close()
         raise DownloadError(f"HTTP: {exc!r}") from exc
