@@ -94,10 +94,11 @@ read_limit = "1048576"
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
-        self.proc = self.lab.spawn(
-            self.lab.sensor, self.command(*extra), env=env, cwd=str(REPO),
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "stderr.log", "wb"),
-        )
+        with open(self.workdir / "stderr.log", "ab") as stderr:
+            self.proc = self.lab.spawn(
+                self.lab.sensor, self.command(*extra), env=env, cwd=str(REPO),
+                stdout=subprocess.DEVNULL, stderr=stderr,
+            )
         if ready:
             self.wait_for("READY=1")
         return self
@@ -138,6 +139,7 @@ read_limit = "1048576"
         code = self.proc.wait(timeout)
         if self.notify is not None:
             self.notify.close()
+            self.notify = None
         return code
 
     def records(self) -> list[dict[str, object]]:

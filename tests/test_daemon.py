@@ -1,0 +1,269 @@
+"""End to end: the real daemon in a sensor namespace, NFQUEUE rules, real SYNs and datagrams from
+an attacker namespace, and the three outputs (attackers.json, attacker.log, SaveFile) checked."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import HONEYTRAP, REPO, Honeytrap, nfq_rules
+from netns import Lab, inside
+
+PAYLOAD = b"GET /cgi-bin/x HTTP/1.0\r\n\x00\xff\xfe binary \x1b[31m %s %n\r\n\r\n"
+
+
+@pytest.fixture
+def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "5"])
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        ht.stop()
+
+
+def connect(host_ns: object, address: str, port: int, timeout: float = 5.0) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with inside(host_ns):  # type: ignore[arg-type]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect((address, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def udp_socket(host_ns: object, family: int) -> socket.socket:
+    with inside(host_ns):  # type: ignore[arg-type]
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.settimeout(5)
+    return sock
+
+
+def payload_of(record: dict[str, object]) -> bytes:
+    conn = record["attack_connection"]
+    assert isinstance(conn, dict)
+    return bytes.fromhex(conn["payload"]["data_hex"])
+
+
+@pytest.mark.parametrize("family", ["ip4", "ip6"])
+def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
+    lab: Lab, sensor: Honeytrap, family: str
+) -> None:
+    sensor.start()
+    address = getattr(lab.sensor, family)
+    sock = connect(lab.attacker, address, 21)  # the very first SYN: no retry needed
+    banner = sock.recv(4096)
+    assert banner == (REPO / "templates" / "21_tcp").read_bytes()
+    sock.sendall(PAYLOAD)
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(4096) == b""  # a half-closed client gets nothing more
+    sock.close()
+
+    records = sensor.wait_records(1)
+    assert len(records) == 1
+    record = records[0]
+    assert payload_of(record) == PAYLOAD
+    conn = record["attack_connection"]
+    assert isinstance(conn, dict)
+    assert conn["protocol"] == "tcp"
+    assert conn["local_port"] == 21
+    assert conn["remote_ip"] == getattr(lab.attacker, family)
+    assert conn["local_ip"] == address
+    assert conn["payload"]["md5_hash"] == hashlib.md5(PAYLOAD).hexdigest()
+    assert conn["payload"]["length"] == len(PAYLOAD)
+
+    sensor.stop()
+    saved = list(sensor.attacks_dir.iterdir())
+    assert [p.read_bytes() for p in saved] == [PAYLOAD]
+    line = sensor.attacker_log.read_text()
+    assert hashlib.md5(PAYLOAD).hexdigest() in line
+    assert "%n" not in line and "\x1b" not in line  # attacker bytes never reach the log line
+
+
+def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 8080)
+    children = sensor.children()
+    assert len(children) == 1
+    status = Path(f"/proc/{children[0]}/status").read_text()
+    nobody = pwd.getpwnam("nobody")
+    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
+    gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
+    groups = next(line for line in status.splitlines() if line.startswith("Groups:")).split()[1:]
+    assert set(uids) == {str(nobody.pw_uid)}
+    assert set(gids) != {"0"}
+    assert groups == []
+    sock.close()
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_udp_datagram_is_answered_once_and_recorded_once(
+    lab: Lab, sensor: Honeytrap, family: int
+) -> None:
+    sensor.start()
+    address = lab.sensor.ip4 if family == socket.AF_INET else lab.sensor.ip6
+    sock = udp_socket(lab.attacker, family)
+    sock.sendto(b"\x00\x01probe", (address, 5060))
+    reply, _ = sock.recvfrom(65535)
+    assert reply == (REPO / "templates" / "5060_udp").read_bytes()
+    sock.settimeout(2.5)  # longer than the read timeout that ends the exchange
+    with pytest.raises(TimeoutError):
+        sock.recvfrom(65535)  # exactly one reply: the original sent about ten
+    sock.close()
+    records = sensor.wait_records(1)
+    assert len(records) == 1
+    assert payload_of(records[0]) == b"\x00\x01probe"
+    sensor.stop()
+    assert len(sensor.records()) == 1
+
+
+def test_ignored_port_is_not_served_and_real_services_are_left_alone(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.extra_config = 'portconf = { ignore = { protocol = "tcp" port = ["2323"] } }'
+    with inside(lab.sensor):
+        real = socket.create_server(("0.0.0.0", 2424))
+    sensor.start()
+    with pytest.raises(ConnectionRefusedError):
+        connect(lab.attacker, lab.sensor.ip4, 2323)
+    client = connect(lab.attacker, lab.sensor.ip4, 2424)
+    served, _ = real.accept()
+    client.sendall(b"to the real service")
+    assert served.recv(100) == b"to the real service"
+    client.close()
+    served.close()
+    real.close()
+    assert sensor.children() == []
+    sensor.stop()
+    assert sensor.records() == []
+
+
+def test_dynamic_server_ends_after_the_listen_timeout(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.args = ["-l", "1"]
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 80)
+    sock.close()
+    assert len(sensor.children()) == 1
+    deadline = time.monotonic() + 15
+    while sensor.children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sensor.children() == []
+    # and the port is served again, by a new server, on the next attempt
+    sock = connect(lab.attacker, lab.sensor.ip4, 80)
+    sock.sendall(b"again")
+    sock.close()
+    assert [payload_of(r) for r in sensor.wait_records(2)][-1] == b"again"
+
+
+def test_sigterm_records_attacks_in_flight_and_removes_the_pid_file(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.start()
+    assert sensor.pidfile.read_text().strip() == str(sensor.master_pid())
+    sock = connect(lab.attacker, lab.sensor.ip4, 25)
+    sock.sendall(b"EHLO in-flight\r\n")
+    time.sleep(0.2)  # let the bytes arrive; the connection stays open across SIGTERM
+    assert sensor.stop() == 0
+    assert [payload_of(r) for r in sensor.records()] == [b"EHLO in-flight\r\n"]
+    assert not sensor.pidfile.exists()
+    sock.close()
+
+
+def test_second_instance_is_refused_while_the_first_lives(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    second = subprocess.run(
+        lab.sensor.argv(*sensor.command()), capture_output=True, text=True, timeout=30,
+        env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=str(REPO),
+    )
+    assert second.returncode == 1
+    assert "already runs" in second.stderr
+    assert sensor.proc is not None and sensor.proc.poll() is None
+
+
+def test_sighup_reloads_plugins_and_keeps_the_old_config_when_broken(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 110)
+    sock.sendall(b"before")
+    sock.close()
+    assert len(sensor.wait_records(1)) == 1
+
+    # Drop logJSON, add a second logJSON-shaped output elsewhere: the reload must re-register hooks.
+    other = sensor.workdir / "other.json"
+    sensor.plugins = f'plugin-logJSON = {{ logfile = "{other}" }}'
+    sensor.write_config()
+    sensor.signal(signal.SIGHUP)
+    sensor.wait_for("READY=1")
+    sock = connect(lab.attacker, lab.sensor.ip4, 110)
+    sock.sendall(b"after")
+    sock.close()
+    deadline = time.monotonic() + 15
+    while not (other.exists() and other.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b"after".hex() in other.read_text()
+    assert len(sensor.records()) == 1  # the old output no longer receives attacks
+
+    sensor.configfile.write_text(sensor.configfile.read_text() + "\nportconf_default = \n")
+    sensor.signal(signal.SIGHUP)
+    sensor.wait_for("READY=1")
+    sock = connect(lab.attacker, lab.sensor.ip4, 110)
+    sock.sendall(b"still serving")
+    sock.close()
+    deadline = time.monotonic() + 15
+    while b"still serving".hex() not in other.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b"still serving".hex() in other.read_text()
+    assert "reload failed" in sensor.logfile.read_text()
+    assert sensor.stop() == 0
+
+
+def test_configuration_error_names_file_and_line(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text('logfile = "/tmp/x"\nportconf_default = "sideways"\n')
+    proc = subprocess.run(
+        [*HONEYTRAP, "-D", "-C", str(conf)], capture_output=True, text=True, timeout=30,
+        cwd=str(REPO),
+    )
+    assert proc.returncode == 2
+    assert f"{conf}:2" in proc.stderr
+    assert "portconf_default" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "status", "stream", "text"),
+    [
+        (["-h"], 0, "stdout", "usage: honeytrap"),
+        (["-v"], 0, "stdout", "honeytrap 2."),
+        (["-x"], 2, "stderr", "usage: honeytrap"),
+        (["-t", "9"], 2, "stderr", "log level"),
+        (["-l", "soon"], 2, "stderr", "seconds"),
+    ],
+)
+def test_command_line_usage(argv: list[str], status: int, stream: str, text: str) -> None:
+    proc = subprocess.run(
+        [*HONEYTRAP, *argv], capture_output=True, text=True, timeout=30, cwd=str(REPO)
+    )
+    assert proc.returncode == status
+    assert text in getattr(proc, stream)
+
+
+def test_missing_user_is_refused(tmp_path: Path) -> None:
+    conf = tmp_path / "ok.conf"
+    conf.write_text(f'logfile = "{tmp_path}/log"\n')
+    proc = subprocess.run(
+        [*HONEYTRAP, "-D", "-C", str(conf), "-u", "no-such-user-here"],
+        capture_output=True, text=True, timeout=30, cwd=str(REPO),
+    )
+    assert proc.returncode == 2
+    assert "no such user" in proc.stderr
