@@ -32,7 +32,7 @@ OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
 # Named limits and defaults. Each says why.
 DEFAULT_CONFIG_FILE = "/etc/honeytrap/honeytrap.conf"  # man page / REFERENCE.md
 DEFAULT_LOGFILE = "/var/log/honeytrap.log"
-DEFAULT_PIDFILE = "/var/run/honeytrap.pid"
+DEFAULT_PIDFILE = "/run/honeytrap.pid"
 DEFAULT_LISTEN_TIMEOUT = 30.0  # man page: "-l ... Default is 30" (the C code used 120)
 DEFAULT_READ_TIMEOUT = 1.0  # man page: "-r ... Default is 1"
 DEFAULT_LOGLEVEL = 3  # man page: "-t ... Default is 3"
@@ -102,7 +102,7 @@ class Config:
     # The original's top-level keys.
     logfile: str = DEFAULT_LOGFILE
     pidfile: str = DEFAULT_PIDFILE
-    response_dir: str = "/etc/honeytrap/responses"
+    response_dir: str = "/usr/share/honeytrap/templates"
     plugin_dir: str = "/usr/lib/honeytrap/plugins"
     read_limit: int = DEFAULT_READ_LIMIT
     bind_address: str = ""  # empty: all addresses
