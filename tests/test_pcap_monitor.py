@@ -193,6 +193,20 @@ def test_refused_datagram_is_reported(lab: Lab, monitor: Any, version: int) -> N
 
 
 @pytest.mark.netns
+@pytest.mark.parametrize("version", [4, 6])
+def test_any_device_reports_through_linux_cooked_capture(
+    lab: Lab, monitor: Any, version: int
+) -> None:
+    """-i any: pcap's pseudo-device (link type SLL), every interface's addresses."""
+    sensor = lab.sensor.ip4 if version == 4 else lab.sensor.ip6
+    driver = monitor(interface="any")
+    driver.ready()
+    datagram(lab.attacker, sensor, 69)
+    attempt = driver.attempt()
+    assert (attempt.protocol, attempt.local_addr, attempt.local_port) == ("udp", sensor, 69)
+
+
+@pytest.mark.netns
 def test_default_interface_and_addresses_are_the_sensors(lab: Lab, monitor: Any) -> None:
     """Without -i and -a: the first interface up that is not loopback, and all its addresses."""
     ready = monitor().ready()
