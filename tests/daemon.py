@@ -52,7 +52,7 @@ class Honeytrap:
 
     def __post_init__(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.workdir, 0o755)
+        os.chmod(self.workdir, 0o755)  # noqa: S103 - servers run as nobody
         self.attacks_dir = self.workdir / "attacks"
         self.downloads_dir = self.workdir / "downloads"
         self.attackers_json = self.workdir / "attackers.json"

@@ -267,3 +267,118 @@ def test_missing_user_is_refused(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no such user" in proc.stderr
+
+
+def sweep(lab: Lab, address: str, ports: range, deadline: float) -> dict[str, int]:
+    """Connect to every port once (non-blocking, many at a time), as a scanner does; bounded
+    in count (len(ports)) and time (deadline). Returns how the attempts ended."""
+    import selectors
+
+    outcome = {"connected": 0, "refused": 0, "timeout": 0}
+    selector = selectors.DefaultSelector()
+    pending = iter(ports)
+    in_flight = 0
+    window = 200
+    exhausted = False
+    while (in_flight or not exhausted) and time.monotonic() < deadline:
+        while not exhausted and in_flight < window:
+            port = next(pending, None)
+            if port is None:
+                exhausted = True
+                break
+            with inside(lab.attacker):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect_ex((address, port))
+            selector.register(sock, selectors.EVENT_WRITE, time.monotonic())
+            in_flight += 1
+        for key, _ in selector.select(timeout=0.2):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            outcome["connected" if err == 0 else "refused"] += 1
+            selector.unregister(sock)
+            sock.close()
+            in_flight -= 1
+        for key in list(selector.get_map().values()):
+            if time.monotonic() - key.data > 5:
+                outcome["timeout"] += 1
+                selector.unregister(key.fileobj)
+                key.fileobj.close()  # type: ignore[union-attr]
+                in_flight -= 1
+    for key in list(selector.get_map().values()):
+        key.fileobj.close()  # type: ignore[union-attr]
+    selector.close()
+    return outcome
+
+
+def test_port_sweep_is_survived_with_bounded_processes(lab: Lab, sensor: Honeytrap) -> None:
+    """2,000 ports swept: the number of dynamic servers never passes max_servers (plus those
+    draining), refusals are counted, and the daemon still serves afterwards."""
+    max_servers = 16
+    sensor.extra_config = f'max_servers = "{max_servers}"\nmax_server_rate = "100"'
+    sensor.start()
+    peak = 0
+    import threading
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, len(sensor.children()))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        outcome = sweep(lab, lab.sensor.ip4, range(20000, 22000), time.monotonic() + 120)
+    finally:
+        stop.set()
+        watcher.join()
+    assert sum(outcome.values()) == 2000
+    assert outcome["connected"] > 0
+    assert 0 < peak <= 3 * max_servers  # running + draining (DRAINING_FACTOR = 2)
+    assert sensor.proc is not None and sensor.proc.poll() is None
+    sock = connect(lab.attacker, lab.sensor.ip4, 80)
+    sock.sendall(b"after the sweep")
+    sock.close()
+    assert sensor.stop() == 0
+    log = sensor.logfile.read_text()
+    assert "refused" in log or "evicting" in log
+    payloads = [payload_of(r) for r in sensor.records()]
+    assert b"after the sweep" in payloads
+    assert payloads.count(b"") == outcome["connected"] - 0  # every connection became a record
+
+
+def test_daemonizes_without_d_and_stops_on_sigterm(lab: Lab, tmp_path: Path) -> None:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "bg")
+    ht.write_config()
+    proc = subprocess.run(
+        lab.sensor.argv(*[a for a in ht.command() if a != "-D"]), capture_output=True,
+        timeout=30, env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=str(REPO),
+    )
+    assert proc.returncode == 0  # the parent returns once the daemon detached
+    deadline = time.monotonic() + 20
+    while not (ht.pidfile.exists() and ht.pidfile.read_text().strip()) and (
+        time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
+    pid = int(ht.pidfile.read_text())
+    try:
+        assert Path(f"/proc/{pid}").exists()
+        assert os.getsid(pid) != os.getsid(0)  # a session of its own: detached from ours
+        while "master running" not in ht.logfile.read_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        sock = connect(lab.attacker, lab.sensor.ip4, 23)
+        sock.sendall(b"root\r\n")
+        sock.close()
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists()
+    assert not ht.pidfile.exists()
+    assert [payload_of(r) for r in ht.records()] == [b"root\r\n"]

@@ -11,6 +11,7 @@ then calls `release()` on each held attempt:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -39,7 +40,7 @@ class Held(Protocol):
 class Monitor(Protocol):
     def fileno(self) -> int: ...
 
-    def poll(self) -> list[Held]:
+    def poll(self) -> Sequence[Held]:
         """Read what is pending without blocking; return the attempts seen."""
         ...
 
