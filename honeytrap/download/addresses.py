@@ -26,7 +26,7 @@ _COMPAT = ipaddress.IPv6Network("::/96")
 
 # Reasons that no `download_allow` entry overrides: fetching from ourselves, from nowhere or
 # from a group is never what a sample download is.
-ALWAYS_REFUSED = frozenset({"loopback", "unspecified", "multicast", "sensor address"})
+ALWAYS_REFUSED = frozenset({"loopback", "unspecified", "multicast", "a sensor address"})
 
 
 def parse_ip(text: str) -> IPAddress | None:
@@ -106,9 +106,11 @@ def refusal(
     reached = normalise(addr)
     candidates: list[IPAddress] = [reached, *embedded_ipv4(reached)]
     for candidate in candidates:
-        if candidate in own_set:
-            return f"{candidate} is a sensor address"
+        if candidate is reached and _translated(reached):
+            continue  # a NAT64 address is judged by the IPv4 address it translates to
         reason = classify(candidate)
+        if candidate in own_set and reason not in ALWAYS_REFUSED:
+            reason = "a sensor address"
         if reason is None:
             continue
         if reason not in ALWAYS_REFUSED and _allowed(candidate, allow):
@@ -117,6 +119,10 @@ def refusal(
             return f"{candidate} is {reason}"
         return f"{reached} embeds {candidate}, which is {reason}"
     return None
+
+
+def _translated(addr: IPAddress) -> bool:
+    return isinstance(addr, ipaddress.IPv6Address) and (addr in _NAT64 or addr in _NAT64_LOCAL)
 
 
 def _allowed(addr: IPAddress, allow: Iterable[IPNetwork]) -> bool:

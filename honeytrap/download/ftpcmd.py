@@ -159,11 +159,11 @@ def _from_url(url: str) -> DownloadRequest | None:
         host = parts.hostname or ""
     except ValueError:
         return None
-    path = urllib.parse.unquote(parts.path.lstrip("/"), errors="replace")
+    path = urllib.parse.unquote(parts.path.lstrip("/"), encoding="latin-1")
     if not valid_host(host) or not path:
         return None
-    user = urllib.parse.unquote(parts.username or "", errors="replace")
-    password = urllib.parse.unquote(parts.password or "", errors="replace")
+    user = urllib.parse.unquote(parts.username or "", encoding="latin-1")
+    password = urllib.parse.unquote(parts.password or "", encoding="latin-1")
     if not user:
         user, password = ANONYMOUS
     return _request(host, port, path, basename(path), user, password)

@@ -32,6 +32,7 @@ class ReplyReader:
         self._buffer = b""
         self._code: bytes | None = None
         self._lines: list[bytes] = []
+        self._size = 0  # bytes in self._lines
 
     def feed(self, data: bytes) -> list[Reply]:
         self._buffer += data
@@ -52,15 +53,17 @@ class ReplyReader:
             if len(head) < 3 or not head.isdigit():
                 raise ProtocolError(f"not an FTP reply: {line[:40]!r}")
             if line[3:4] == b"-":
-                self._code, self._lines = head, [line[4:]]
+                self._code, self._lines, self._size = head, [line[4:]], len(line)
                 return None
             return Reply(int(head), line[4:])
-        self._lines.append(line)
         if head == self._code and line[3:4] == b" ":
+            self._lines.append(line[4:])
             reply = Reply(int(head), b"\n".join(self._lines))
             self._code, self._lines = None, []
             return reply
-        if sum(len(x) for x in self._lines) > MAX_REPLY:
+        self._lines.append(line)
+        self._size += len(line)
+        if self._size > MAX_REPLY:
             raise ProtocolError("FTP reply too long")
         return None
 
@@ -96,4 +99,6 @@ def command(verb: str, argument: str = "") -> bytes:
     if any(c in argument for c in "\r\n\x00"):
         raise ProtocolError("line break in an FTP argument")
     line = f"{verb} {argument}" if argument else verb
-    return line.encode("utf-8", errors="replace") + b"\r\n"
+    # Latin-1: the argument came from the attacker's bytes decoded as Latin-1; this sends
+    # exactly those bytes again.
+    return line.encode("latin-1", errors="replace") + b"\r\n"

@@ -80,9 +80,10 @@ def from_url(url: str) -> DownloadRequest | None:
         return None
     if scheme not in HTTP_PORTS or not valid_host(host) or not port:
         return None
-    path = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE)
+    # Latin-1 gives back the attacker's bytes, which are then percent-encoded as they were.
+    path = urllib.parse.quote(parts.path or "/", safe=_PATH_SAFE, encoding="latin-1")
     if parts.query:
-        path += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE)
+        path += "?" + urllib.parse.quote(parts.query, safe=_PATH_SAFE, encoding="latin-1")
     return DownloadRequest(
         type="http",
         host=host,
