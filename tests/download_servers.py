@@ -5,7 +5,7 @@ Run as a script inside a namespace (`ip netns exec ... python download_servers.p
 
     ftp  <root> <ip> <user> <password> [passive-only]   pyftpdlib, port chosen by the kernel
     tftp <root> <ip>                       tftpd-hpa (in.tftpd, inetd style on a bound socket)
-    http <root> <ip> <mode> <log>          http.server; mode: plain | slow | redirect:<url>
+    http <root> <ip> <mode> <log>          http.server; mode: plain | tls | slow | redirect:<url>
     attack                                 reads a JSON job on stdin, prints the attack's JSON
 
 Each server prints `ready <port>` once its socket is bound: the explicit ready signal.
@@ -137,6 +137,19 @@ def _http(root: str, ip: str, mode: str, log: str) -> None:
     if ":" in ip:
         server_class = type("V6", (server_class,), {"address_family": socket.AF_INET6})
     server = server_class((ip, 0), functools.partial(Handler, directory=root))
+    if mode == "tls":
+        # A self-signed certificate, as malware hosts use: the client must not verify it.
+        import ssl
+
+        cert = os.path.join(root, "..", "cert.pem")
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=evil",
+             "-days", "1", "-keyout", cert, "-out", cert],
+            check=True, capture_output=True, timeout=60,
+        )
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     _ready(server.server_address[1])
     server.serve_forever()
 

