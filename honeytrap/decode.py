@@ -41,25 +41,37 @@ MIN_BASE64_CHARS = 8
 MAX_BASE64_CHARS = 4 * 1024 * 1024
 # Decoded results from one payload at most: each becomes a virtual attack running every hook.
 MAX_BASE64_RESULTS = 8
+# Matches examined per carrier (duplicates and empty decodes included): repeated carriers
+# must not make the search quadratic in effect.
+MAX_BASE64_MATCHES = 64
 
 _B64 = rb"[A-Za-z0-9+/]{%d,}+=*" % MIN_BASE64_CHARS
 # PowerShell accepts any unambiguous prefix of a parameter name: -e, -en, -enc ... and -ec.
 _ENC_FLAGS = b"|".join([b"ec"] + [b"encodedcommand"[:n] for n in range(14, 0, -1)])
 
-# (carrier, regex with the token in group 1, is the decoded text UTF-16LE?)
-_CARRIERS: tuple[tuple[str, re.Pattern[bytes], bool], ...] = (
+# Only this much of a payload is searched for carriers (the regex engine holds the GIL, which
+# the dynamic server's connection loop shares: a 20 MiB read_limit payload would stall it for
+# seconds). A token that starts in this window is still read to its end (MAX_BASE64_CHARS).
+MAX_BASE64_SCAN = 2 * 1024 * 1024
+_B64_TOKEN = re.compile(rb"[A-Za-z0-9+/]*=*")
+
+# (carrier, a lowercase word it cannot do without, regex with the token's start in group 1,
+# is the decoded text UTF-16LE?). The word lets us skip a carrier's regex with one find().
+_CARRIERS: tuple[tuple[str, bytes, re.Pattern[bytes], bool], ...] = (
     # HTTP/SMB/RPC auth (SPNEGO); the original's only carrier.
-    ("Negotiate", re.compile(rb"Negotiate (" + _B64 + rb")"), False),
-    ("NTLM", re.compile(rb"NTLM (" + _B64 + rb")"), False),
+    ("Negotiate", b"negotiate ", re.compile(rb"Negotiate (" + _B64 + rb")"), False),
+    ("NTLM", b"ntlm ", re.compile(rb"NTLM (" + _B64 + rb")"), False),
     # powershell -EncodedCommand <base64 of UTF-16LE>
     (
         "powershell -EncodedCommand",
+        b"powershell",
         re.compile(rb"(?i)(?<![\w-])[-/](?:" + _ENC_FLAGS + rb")\s+[\"']?(" + _B64 + rb")"),
         True,
     ),
     # echo <base64> | base64 -d (also printf, --decode, -D of BSD)
     (
         "echo | base64 -d",
+        b"base64",
         re.compile(
             rb"(?:echo|printf)\s+(?:-[a-zA-Z]+\s+)*[\"']?("
             + _B64
@@ -70,18 +82,21 @@ _CARRIERS: tuple[tuple[str, re.Pattern[bytes], bool], ...] = (
     # base64 -d <<< <base64>
     (
         "base64 -d <<<",
+        b"<<<",
         re.compile(rb"base64\s+(?:-d|--decode)\s*<<<\s*[\"']?(" + _B64 + rb")"),
         False,
     ),
     # RFC 2397 data: URIs
     (
         "data: URI",
+        b";base64,",
         re.compile(rb"(?i)data:[\w.+/-]*(?:;[\w.+-]+=[\w.+-]+)*;base64,(" + _B64 + rb")"),
         False,
     ),
-    # [Convert]::FromBase64String('...') and JavaScript's atob('...')
+    # [Convert]::FromBase64String('...'), JavaScript's atob('...'), Python's b64decode('...')
     (
         "FromBase64String",
+        b"(",
         re.compile(rb"(?i)(?:FromBase64String|atob|b64decode)\(\s*[\"'](" + _B64 + rb")[\"']"),
         False,
     ),
@@ -109,16 +124,23 @@ def find_base64(payload: bytes) -> list[Decoded]:
     """Base64 tokens in known carriers, decoded; distinct results in order of the carriers."""
     results: list[Decoded] = []
     seen: set[bytes] = set()
-    for carrier, pattern, wide in _CARRIERS:
-        for match in pattern.finditer(payload):
-            data = _b64decode(match.group(1))
+    window = payload[:MAX_BASE64_SCAN]
+    lowered = window.lower()
+    for carrier, word, pattern, wide in _CARRIERS:
+        if word not in lowered:
+            continue
+        for count, match in enumerate(pattern.finditer(window)):
+            if count >= MAX_BASE64_MATCHES:
+                break
+            start = match.start(1)
+            token = _B64_TOKEN.match(payload, start, start + MAX_BASE64_CHARS + 2)
+            data = _b64decode(token.group(0) if token else b"")
             if wide:
                 data = utf16le_to_utf8(data)
             if not data or data in seen:
                 continue
             seen.add(data)
-            cut = " (cut)" if len(match.group(1).rstrip(b"=")) > MAX_BASE64_CHARS else ""
-            results.append(Decoded(data, f"base64 in {carrier} at offset {match.start(1)}{cut}"))
+            results.append(Decoded(data, f"base64 in {carrier} at offset {start}"))
             if len(results) >= MAX_BASE64_RESULTS:
                 return results
     return results
@@ -131,6 +153,9 @@ def find_base64(payload: bytes) -> list[Decoded]:
 # by chance in binary data (little-endian integers), 8 characters rarely do ("http://x").
 MIN_UTF16_CHARS = 8
 _UTF16_RUN = re.compile(rb"(?:[^\x00]\x00){%d,}" % MIN_UTF16_CHARS)
+# Runs are looked for in this much of a payload (one regex pass, holding the GIL; see
+# MAX_BASE64_SCAN); the rest is kept as it is.
+MAX_UTF16_SCAN = 2 * 1024 * 1024
 
 
 def narrow_utf16(payload: bytes) -> list[Decoded]:
@@ -146,7 +171,9 @@ def narrow_utf16(payload: bytes) -> list[Decoded]:
         runs += 1
         return match.group(0)[::2]
 
-    narrowed = _UTF16_RUN.sub(narrow, payload)
+    if b"\0" not in payload:
+        return []
+    narrowed = _UTF16_RUN.sub(narrow, payload[:MAX_UTF16_SCAN]) + payload[MAX_UTF16_SCAN:]
     if not runs:
         return []
     return [Decoded(narrowed, f"UTF-16LE: {runs} run(s) narrowed")]
@@ -321,6 +348,12 @@ def parse_xpatterns(text: bytes, file: str = "") -> list[bytes]:
 
 # The typed text is kept up to this size: a command line or a script, not a novel.
 MAX_VNC_TEXT = 64 * 1024
+# Client bytes walked at most (131072 key events; the walk is a Python loop per message, and
+# per byte while resynchronising, so this bounds its time on a 20 MiB read_limit payload).
+MAX_VNC_SCAN = 1024 * 1024
+# Bytes skipped while looking for the next message: a real session needs only the handshake
+# skipped (a few dozen bytes); junk after an RFB line is given up on after this many.
+MAX_VNC_RESYNC = 4096
 # Client messages of RFC 6143 section 7.5 we walk: type -> fixed size (SetEncodings and
 # ClientCutText have a variable tail, handled below).
 _VNC_FIXED = {0: 20, 3: 10, 4: 8, 5: 6}
@@ -358,7 +391,7 @@ def _vnc_message_streams(payload: bytes) -> Iterable[bytes]:
     """Where the client's messages may start, after the handshake: RFB 3.7/3.8 send the
     chosen security type (and a DES response for type 2), 3.3 a DES response or nothing;
     then ClientInit (one byte)."""
-    rest = payload[12:]
+    rest = payload[12:MAX_VNC_SCAN]
     if payload[:12] in (b"RFB 003.007\n", b"RFB 003.008\n") and rest:
         auth = _VNC_AUTH_RESPONSE if rest[0] == 2 else 0
         yield rest[1 + auth + 1 :]
@@ -369,13 +402,14 @@ def _vnc_message_streams(payload: bytes) -> Iterable[bytes]:
 def _vnc_text(data: bytes) -> list[str]:
     text: list[str] = []
     held: set[int] = set()
-    size = 0
+    size = skipped = 0
     pos = 0
-    while pos < len(data) and size < MAX_VNC_TEXT:
+    while pos < len(data) and size < MAX_VNC_TEXT and skipped < MAX_VNC_RESYNC:
         kind = data[pos]
         length = _vnc_length(data, pos)
         if length is None:
             pos += 1  # not a message here: resynchronise byte by byte
+            skipped += 1
             continue
         if kind == 4:
             down, keysym = data[pos + 1], struct.unpack_from(">I", data, pos + 4)[0]

@@ -137,6 +137,17 @@ def test_same_token_twice_is_one_result() -> None:
     assert len(decode.find_base64(b"Negotiate " + token + b" Negotiate " + token)) == 1
 
 
+def test_token_starting_in_the_scan_window_is_read_to_its_end() -> None:
+    blob = bytes(range(256)) * 8192  # 2 MiB: its base64 runs past MAX_BASE64_SCAN
+    payload = b"x" * (decode.MAX_BASE64_SCAN - 100) + b"Negotiate " + base64.b64encode(blob)
+    assert [d.data for d in decode.find_base64(payload)] == [blob]
+
+
+def test_carrier_past_the_scan_window_is_not_searched() -> None:
+    payload = b"x" * decode.MAX_BASE64_SCAN + b"Negotiate " + base64.b64encode(COMMAND)
+    assert decode.find_base64(payload) == []
+
+
 # ---------------------------------------------------------------------------------------------
 # UTF-16
 
@@ -219,6 +230,11 @@ def test_vnc_backspace_and_paste() -> None:
 def test_vnc_with_vnc_authentication() -> None:
     session = b"RFB 003.008\n\x02" + bytes(range(16, 32)) + b"\x01" + typed("calc.exe")
     assert decode.vnc_keystrokes(session)[0].data == b"calc.exe"
+
+
+def test_vnc_junk_is_given_up_on() -> None:
+    session = b"RFB 003.008\n" + b"\x02" * (2 * decode.MAX_VNC_RESYNC) + typed("calc")
+    assert decode.vnc_keystrokes(session) == []
 
 
 def test_not_a_vnc_session() -> None:
