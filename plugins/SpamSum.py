@@ -12,8 +12,9 @@ Options (the original's; both optional, without them only the hashes are recorde
     spamsum_sigfile = "/opt/honeytrap/spamsum.sigs"   one ssdeep hash a line, learnt likewise
     threshold       = "90"                            score (0-100) that counts as "similar"
 
-The record, on the root attack: analysis["SpamSum"][<md5>] = {"source", "ssdeep", "md5_known",
-"best_score", "best_match", "similar"} for the payload, each virtual payload and each sample.
+The record, on the root attack: analysis["SpamSum"][<md5>] = {"source", "ssdeep", "truncated",
+"md5_known", "best_score", "best_match", "similar"} for the payload, each virtual payload
+and each sample.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ DEFAULT_THRESHOLD = 90
 MAX_SIGNATURES = 200_000
 # Bytes read from a signature file per refresh (the file grows as other servers append).
 MAX_REFRESH_BYTES = 16 * 1024 * 1024
+# ppdeep is pure Python (about 1 s per MiB here): data past this is not hashed, and the
+# record says so ("truncated"). 16 MiB is httpDownload's sample cap, so samples hash whole.
+MAX_HASH_BYTES = 16 * 1024 * 1024
 # A line longer than this is not an MD5 or ssdeep hash (ssdeep: at most ~150 characters).
 MAX_LINE = 512
 
@@ -155,9 +159,16 @@ class SpamSum:
         root.set_analysis("SpamSum", results)
 
     def _hash(self, source: str, payload: Payload) -> dict[str, Any]:
-        digest = str(ppdeep.hash(payload.data))
-        result: dict[str, Any] = {"source": source, "ssdeep": digest, "md5_known": False,
-                                  "best_score": 0, "best_match": None, "similar": False}
+        digest = str(ppdeep.hash(payload.data[:MAX_HASH_BYTES]))
+        result: dict[str, Any] = {
+            "source": source,
+            "ssdeep": digest,
+            "truncated": payload.size > MAX_HASH_BYTES,
+            "md5_known": False,
+            "best_score": 0,
+            "best_match": None,
+            "similar": False,
+        }
         try:
             if self.md5s is not None:
                 self.md5s.refresh()
