@@ -80,7 +80,7 @@ class SigFile:
             return
         self.known.add(line)
         blocksize = _blocksize(line)
-        if blocksize:
+        if blocksize and line.count(":") == 2:  # else ppdeep refuses it ("Invalid hash format")
             self.by_blocksize.setdefault(blocksize, []).append(line)
 
     def append(self, line: str) -> None:
@@ -97,7 +97,10 @@ class SigFile:
         with self._lock:
             for size in (blocksize, blocksize * 2, blocksize // 2):
                 for line in self.by_blocksize.get(size, ()):
-                    score = int(ppdeep.compare(digest, line))
+                    try:
+                        score = int(ppdeep.compare(digest, line))
+                    except ValueError:  # a line of the file that is not an ssdeep hash
+                        continue
                     if score > best:
                         best, best_line = score, line
                         if best >= threshold:

@@ -145,6 +145,14 @@ def test_spamsum_finds_similar_attacks(tmp_path: Path) -> None:
     assert len((tmp_path / "ss").read_text().splitlines()) == 2
 
 
+def test_spamsum_survives_a_garbled_signature_file(tmp_path: Path) -> None:
+    sigs = tmp_path / "ss"
+    sigs.write_bytes(b"3:abc\n3:a:b:c\n\xff\xfe:zz\n" + b"9" * 5000 + b"\n12:x")
+    attack = run([spec("SpamSum", spamsum_sigfile=str(sigs))], b"GET /x HTTP/1.0\r\n" * 30)
+    (entry,) = attack.analysis["SpamSum"].values()
+    assert entry["best_score"] == 0 and not entry["similar"]
+
+
 # ---------------------------------------------------------------------------------------------
 # ClamAV, against a real clamd
 
