@@ -49,6 +49,9 @@ DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 _RESCAN_INTERVAL = 1.0
 # Keys name files: a conservative alphabet and length (ids and hex hashes fit).
 _KEY = re.compile(r"^[A-Za-z0-9_-]{1,150}$")
+# A replay batch reads at most about this much into memory (records hold payloads of up to
+# read_limit bytes, hex-encoded: a batch of 200 of them must not take gigabytes).
+CLAIM_MAX_BYTES = 32 * 1024 * 1024
 _SUFFIX = ".rec"
 _TMP_PREFIX = ".tmp-"
 REJECTED_DIR = "rejected"
@@ -209,15 +212,18 @@ class Spool:
         with os.scandir(self.directory) as entries:
             return sorted(e.name for e in entries if e.name.endswith(_SUFFIX))
 
-    def claim(self, limit: int) -> list[Claim]:
-        """Up to `limit` of the oldest records no other process holds, locked for us."""
+    def claim(self, limit: int, max_bytes: int = CLAIM_MAX_BYTES) -> list[Claim]:
+        """Up to `limit` of the oldest records no other process holds, locked for us, read
+        into memory up to about `max_bytes` (always at least one)."""
         claims: list[Claim] = []
+        size = 0
         for name in self.names():
-            if len(claims) >= limit:
+            if len(claims) >= limit or size >= max_bytes:
                 break
             claim = self._claim_one(name)
             if claim is not None:
                 claims.append(claim)
+                size += len(claim.data)
         return claims
 
     def _claim_one(self, name: str) -> Claim | None:
@@ -274,7 +280,12 @@ class Spool:
 
     def _remove_dead_temps(self) -> None:
         """Temp files whose writer process is gone are half-written records: remove them."""
-        with os.scandir(self.directory) as entries:
+        for directory in (self.directory, os.path.join(self.directory, REJECTED_DIR)):
+            self._remove_dead_temps_in(directory)
+
+    @staticmethod
+    def _remove_dead_temps_in(directory: str) -> None:
+        with os.scandir(directory) as entries:
             for entry in entries:
                 if not entry.name.startswith(_TMP_PREFIX):
                     continue

@@ -222,3 +222,10 @@ def test_writer_close_leaves_queued_records_in_the_spool(tmp_path: Path) -> None
         writer.submit(Record(f"a{n}", float(n), b"x"))
     writer.close(WAIT)
     assert len(spool.names()) == 3
+
+
+def test_a_replay_batch_is_bounded_in_bytes(tmp_path: Path) -> None:
+    spool = Spool(str(tmp_path))
+    for n in range(5):
+        spool.put(f"k{n}", b"x" * 100, when=float(n))
+    assert keys(spool.claim(10, max_bytes=250)) == ["k0", "k1", "k2"]
