@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from honeytrap import control, daemon
+from honeytrap import control, daemon, metrics
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -128,6 +128,8 @@ class Master:
         self._refusals_logged = 0.0
         self._refusals_unlogged = 0
         self._wake_r, self._wake_w = socket.socketpair()
+        # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
+        self.metrics = metrics.start(config, self.totals, self.selector)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -145,6 +147,10 @@ class Master:
                     self._on_signals()
                 elif isinstance(key.data, ServerHandle):
                     self._on_channel(key.data)
+                elif isinstance(key.data, metrics.Ready):
+                    key.data.callback()
+            if self.metrics is not None:
+                self.metrics.tick()
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + STATS_LOG_INTERVAL
                 self.log_stats()
@@ -289,6 +295,8 @@ class Master:
         if callable(selector_fd):
             fds.append(selector_fd())
         fds += self.keep_out_of_children()
+        if self.metrics is not None:
+            fds += self.metrics.fds()
         return fds
 
     def _evict_one(self) -> bool:
@@ -467,6 +475,8 @@ class Master:
                     raise
         self.children.clear()
         self.log_stats()
+        if self.metrics is not None:
+            self.metrics.close()
         self.monitor.close()
         self.registry.close()
         log.log(logs.NOTICE, "honeytrap stopped")

@@ -1,0 +1,245 @@
+"""Prometheus exposition of the master's statistics (`metrics_listen = "host:port"`).
+
+The master is single-threaded and forks dynamic servers, so the exporter runs no thread: its
+listening socket and its scrapers' sockets are served from the master's own selector loop,
+non-blocking, and the collector reads `Master.totals()` at scrape time in that same thread. Every
+descriptor it owns is listed by `fds()`, so the master closes them in its children (a scrape
+connection inherited by a dynamic server would never see its end).
+
+A scraper gets one response per connection (HTTP/1.0, then close). Whatever a scraper sends is
+only searched for the end of its request headers; nothing of it is interpreted beyond the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import selectors
+import socket
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import partial
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from honeytrap.errors import ConfigError
+
+log = logging.getLogger("honeytrap.metrics")
+
+PREFIX = "honeytrap_"
+# Scrapers served at once; more wait in the listen backlog (Prometheus scrapes one at a time).
+MAX_SCRAPERS = 16
+LISTEN_BACKLOG = 16
+# A request's headers larger than this are not a scrape: the connection is closed.
+MAX_REQUEST = 8192
+# A scraper that neither finishes its request nor reads its answer is dropped after this long,
+# so a stalled client cannot hold one of the MAX_SCRAPERS slots.
+SCRAPE_TIMEOUT = 10.0
+# Statistic names come partly from dynamic servers (which read attacker bytes): only names of
+# this shape become metric names.
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# Statistics that go up and down; every other one only goes up (a Prometheus counter).
+GAUGES = frozenset({"servers_running", "servers_total", "spool_depth", "pipeline_pending"})
+HELP = {
+    "attempts": "Connection attempts seen by the monitor",
+    "ignored": "Attempts to ports in ignore mode",
+    "servers_started": "Dynamic servers started",
+    "servers_evicted": "Idle dynamic servers stopped to make room",
+    "refused_no_room": "Attempts refused: max_servers busy servers",
+    "refused_rate": "Attempts refused: max_server_rate exceeded",
+    "refused_draining": "Attempts refused: too many servers still finishing",
+    "refused_full": "Connections refused: max_connections on one server",
+    "connections": "Connections and UDP exchanges accepted",
+    "attacks": "Attacks recorded",
+    "bytes_in": "Attack payload bytes received",
+    "accept_errors": "accept() failures for lack of descriptors or memory",
+    "server_crashes": "Dynamic servers that exited with an error",
+    "servers_running": "Dynamic servers serving a port now",
+    "servers_total": "Dynamic server processes alive now (running and finishing)",
+    "pipeline_plugin_failures": "Plugin hooks that raised",
+    "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
+    "spool_depth": "Attacks waiting in output spools",
+}
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); port 0 picks a free port (tests).
+    Raises ConfigError."""
+    host, sep, port_text = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigError(f"metrics_listen must be host:port, not {text!r}", key="metrics_listen")
+    return host, int(port_text)
+
+
+class TotalsCollector(Collector):
+    """Turns a totals() dict into metric families, at scrape time."""
+
+    def __init__(self, totals: Callable[[], dict[str, int]]) -> None:
+        self.totals = totals
+
+    def collect(self) -> Iterator[Metric]:
+        for name, value in sorted(self.totals().items()):
+            if not NAME.match(name):
+                continue
+            doc = HELP.get(name, f"honeytrap statistic {name}")
+            if name in GAUGES:
+                yield GaugeMetricFamily(PREFIX + name, doc, value=value)
+            else:
+                yield CounterMetricFamily(PREFIX + name, doc, value=value)
+
+
+def render(totals: Callable[[], dict[str, int]]) -> bytes:
+    """The text exposition format of the totals (protocol logic: no sockets)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(TotalsCollector(totals))
+    return generate_latest(registry)
+
+
+def respond(request: bytes, body: Callable[[], bytes]) -> bytes:
+    """The whole HTTP/1.0 answer to a complete request head."""
+    line = request.split(b"\r\n", 1)[0].split(b" ")
+    if len(line) < 2 or line[0] not in (b"GET", b"HEAD"):
+        return _answer(b"405 Method Not Allowed", b"text/plain", b"GET /metrics\n", line)
+    path = line[1].split(b"?", 1)[0]
+    if path not in (b"/metrics", b"/"):
+        return _answer(b"404 Not Found", b"text/plain", b"GET /metrics\n", line)
+    content = b"text/plain; version=0.0.4; charset=utf-8"
+    return _answer(b"200 OK", content, body(), line)
+
+
+def _answer(status: bytes, ctype: bytes, body: bytes, line: list[bytes]) -> bytes:
+    head = (
+        b"HTTP/1.0 " + status + b"\r\nContent-Type: " + ctype
+        + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+    return head if line[0] == b"HEAD" else head + body
+
+
+@dataclass
+class Ready:
+    """Selector key data: the master calls `callback()` when the descriptor is ready."""
+
+    callback: Callable[[], None]
+
+
+@dataclass
+class _Scraper:
+    sock: socket.socket
+    started: float
+    request: bytearray = field(default_factory=bytearray)
+    answer: bytes = b""
+
+
+class Exporter:
+    """The /metrics endpoint, served from the caller's selector."""
+
+    def __init__(
+        self, listen: str, totals: Callable[[], dict[str, int]], selector: selectors.BaseSelector
+    ) -> None:
+        host, port = parse_listen(listen)
+        self.totals = totals
+        self.selector = selector
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, port))
+            self.sock.listen(LISTEN_BACKLOG)
+        except OSError as exc:
+            self.sock.close()
+            raise ConfigError(
+                f"metrics_listen {listen}: {exc.strerror}", key="metrics_listen"
+            ) from exc
+        self.sock.setblocking(False)
+        self.scrapers: dict[int, _Scraper] = {}
+        self.selector.register(self.sock, selectors.EVENT_READ, Ready(self._accept))
+        log.info("Prometheus metrics on http://%s:%d/metrics", host, port)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        name = self.sock.getsockname()
+        return str(name[0]), int(name[1])
+
+    def fds(self) -> list[int]:
+        """Every descriptor of ours (for the master to close in its children)."""
+        if self.sock.fileno() < 0:
+            return []
+        return [self.sock.fileno(), *self.scrapers]
+
+    def _accept(self) -> None:
+        while len(self.scrapers) < MAX_SCRAPERS:
+            try:
+                sock, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: the scraper retries at its interval
+                log.warning("metrics: accept failed: %s", exc.strerror)
+                return
+            sock.setblocking(False)
+            scraper = _Scraper(sock, time.monotonic())
+            self.scrapers[sock.fileno()] = scraper
+            self.selector.register(sock, selectors.EVENT_READ, Ready(partial(self._io, scraper)))
+
+    def _io(self, scraper: _Scraper) -> None:
+        try:
+            if not scraper.answer:
+                chunk = scraper.sock.recv(4096)
+                if not chunk:
+                    self._drop(scraper)
+                    return
+                scraper.request += chunk
+                if b"\r\n\r\n" not in scraper.request and b"\n\n" not in scraper.request:
+                    if len(scraper.request) > MAX_REQUEST:
+                        self._drop(scraper)
+                    return
+                scraper.answer = respond(bytes(scraper.request), lambda: render(self.totals))
+                self.selector.modify(
+                    scraper.sock, selectors.EVENT_WRITE, Ready(partial(self._io, scraper))
+                )
+            sent = scraper.sock.send(scraper.answer)
+            scraper.answer = scraper.answer[sent:]
+            if not scraper.answer:
+                self._drop(scraper)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(scraper)
+
+    def _drop(self, scraper: _Scraper) -> None:
+        fd = scraper.sock.fileno()
+        self.scrapers.pop(fd, None)
+        try:
+            self.selector.unregister(scraper.sock)
+        except (KeyError, ValueError):
+            pass
+        scraper.sock.close()
+
+    def tick(self) -> None:
+        """Drop scrapers past SCRAPE_TIMEOUT (called from the master's loop)."""
+        now = time.monotonic()
+        for scraper in list(self.scrapers.values()):
+            if now - scraper.started > SCRAPE_TIMEOUT:
+                self._drop(scraper)
+
+    def close(self) -> None:
+        for scraper in list(self.scrapers.values()):
+            self._drop(scraper)
+        try:
+            self.selector.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+
+
+def start(
+    config: object, totals: Callable[[], dict[str, int]], selector: selectors.BaseSelector
+) -> Exporter | None:
+    """The exporter if the configuration asks for one (`metrics_listen`), else None."""
+    listen = getattr(config, "metrics_listen", "")
+    if not listen:
+        return None
+    return Exporter(str(listen), totals, selector)
