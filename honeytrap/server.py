@@ -18,15 +18,18 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from honeytrap import control, privileges
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
 from honeytrap.config import Config, PortConf
+from honeytrap.mirror import MirrorPolicy
 from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import ReadEvent, Registry
+from honeytrap.relay import RELAY_MODES, RelayConnection, UdpRelayPeer
 from honeytrap.session import Closed, NormalSession, Output, UdpExchange
 from honeytrap.templates import load_template
 
@@ -130,6 +133,7 @@ class DynamicServer:
         self._last_stats = 0.0
         self._listener_closed = False
         self.udp: UdpServer | None = None
+        self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -317,7 +321,22 @@ class DynamicServer:
         task.add_done_callback(_log_task_failure)
 
     def handler_factory(self) -> asyncio.Protocol:
+        if self.port.mode in RELAY_MODES:
+            return RelayConnection(self)
         return NormalConnection(self)
+
+    def fall_back_to_normal(
+        self, old: Finisher, transport: asyncio.Transport, note: str, start: float
+    ) -> None:
+        """A mirror/proxy connection that cannot be relayed (relay.py) is served in normal
+        mode from here on: same slot, same start time, the reason noted in its record."""
+        handler = NormalConnection(self, notes=[note])
+        handler.start = start
+        self.connections.discard(old)
+        self.connections.add(handler)
+        transport.set_protocol(handler)
+        handler.attach(transport)
+        transport.resume_reading()
 
 
 def _log_task_failure(task: asyncio.Task[object]) -> None:
@@ -325,18 +344,18 @@ def _log_task_failure(task: asyncio.Task[object]) -> None:
         log.error("connection setup failed: %r", task.exception())
 
 
-class Finisher:
-    """A connection or exchange the server can abort on shutdown."""
+class Finisher(Protocol):
+    """A connection or exchange the server can abort on shutdown (relay.py's satisfy it too)."""
 
-    def abort(self, why: Closed) -> None:
-        raise NotImplementedError
+    def abort(self, why: Closed) -> None: ...
 
 
 class NormalConnection(asyncio.Protocol, Finisher):
     """Normal mode over TCP: a NormalSession driven by data, the read-timeout clock and EOF."""
 
-    def __init__(self, server: DynamicServer) -> None:
+    def __init__(self, server: DynamicServer, notes: Sequence[str] = ()) -> None:
         self.server = server
+        self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
         config = server.config
         self.session = NormalSession(
             server.template,
@@ -354,6 +373,11 @@ class NormalConnection(asyncio.Protocol, Finisher):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
+        self.attach(transport)
+        self.server.connection_opened(self)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
         local = split(transport.get_extra_info("sockname"))
         remote = split(transport.get_extra_info("peername"))
@@ -361,7 +385,6 @@ class NormalConnection(asyncio.Protocol, Finisher):
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.read_timeout, self._tick)
         self.lifetime = loop.call_later(MAX_CONNECTION_SECONDS, self.abort, Closed.LIFETIME)
-        self.server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.last_data = time.monotonic()
@@ -419,6 +442,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
             start_time=self.start,
             end_time=time.time(),
         )
+        for note in self.notes:
+            attack.add_note(note)
         if self.session.truncated:
             attack.add_note(f"read_limit of {self.session.read_limit} bytes reached")
         self.server.connection_closed(self, attack)
@@ -431,7 +456,7 @@ class UdpServer:
         self.server = server
         self.sock = server.spec.sock
         self.family = self.sock.family
-        self.exchanges: dict[tuple[str, int], UdpPeer] = {}
+        self.exchanges: dict[tuple[str, int], UdpPeer | UdpRelayPeer] = {}
         if self.family == socket.AF_INET6:
             self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
         else:
@@ -472,21 +497,33 @@ class UdpServer:
                 self.server.stats.refused_full += 1
                 return
             conn = Connection("udp", local_addr, self.server.port.port, remote[0], remote[1])
-            peer = UdpPeer(self, conn)
+            if self.server.port.mode in RELAY_MODES:
+                peer = UdpRelayPeer(self, conn, addr, pktinfo)
+            else:
+                peer = UdpPeer(self, conn)
             self.exchanges[remote] = peer
             self.server.connection_opened(peer)
+            if isinstance(peer, UdpRelayPeer):
+                peer.open()
+        if isinstance(peer, UdpRelayPeer):
+            peer.datagram(data)  # recorded, PERREAD and relayed there
+            return
         self.server.perread(peer.conn, "in", data)
         reply = peer.exchange.on_datagram(data)
         peer.touch()
+        self.reply(reply, pktinfo, addr)
+
+    def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None:
+        """Send one datagram to `addr` from the address it attacked (`pktinfo`)."""
         try:
             if pktinfo is not None:
-                self.sock.sendmsg([reply], [pktinfo], 0, addr)
+                self.sock.sendmsg([data], [pktinfo], 0, addr)
             else:
-                self.sock.sendto(reply, addr)
+                self.sock.sendto(data, addr)
         except OSError as exc:
             log.debug("port %d/udp: reply failed: %s", self.server.port.port, exc.strerror)
 
-    def finished(self, peer: UdpPeer) -> None:
+    def finished(self, peer: UdpPeer | UdpRelayPeer) -> None:
         key = (peer.conn.remote_addr, peer.conn.remote_port)
         self.exchanges.pop(key, None)
 
