@@ -1,0 +1,218 @@
+"""The benchmark's load generator (ours): raw non-blocking sockets on one epoll loop.
+
+Modes (each prints one JSON line on stdout):
+  burst    connect, send --payload bytes, half-close (SHUT_WR), read until the server closes;
+           --concurrency connections in flight; ports --port .. --port + --ports - 1 in turn.
+           A connection is *completed* when the server closed cleanly after our half-close.
+  idle     open --count connections (--window handshakes in flight) and keep them open; one is
+           *served* when its first bytes (the banner) arrive. Prints the counts, then holds every
+           connection until a line arrives on stdin (the benchmark measures memory meanwhile).
+  latency  one connection at a time to each of --ports fresh ports: the time from connect()
+           (the SYN) to its completion (the SYN-ACK arrived), in milliseconds.
+
+Every loop is bounded in count and by --deadline seconds. Run by bench/run.py inside the attacker
+namespace (`ip netns exec`), several processes at once when one cannot saturate the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import resource
+import selectors
+import socket
+import sys
+import time
+
+# Descriptors: the largest idle test's share plus room.
+FD_LIMIT = 65536
+# A connection not finished in this long counts as timed out (a held SYN waits for a fork).
+CONNECT_TIMEOUT = 30.0
+# How often in-flight connections are checked against their timeout.
+SWEEP_INTERVAL = 0.5
+
+
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _open(address: str, port: int) -> socket.socket | None:
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    sock.setblocking(False)
+    err = sock.connect_ex((address, port))
+    if err not in (0, errno.EINPROGRESS):
+        sock.close()
+        return None
+    return sock
+
+
+def burst(args: argparse.Namespace) -> dict[str, object]:
+    payload = (b"BENCH" * (args.payload // 5 + 1))[: args.payload]
+    sel = selectors.DefaultSelector()
+    counts = {"completed": 0, "failed": 0, "timeout": 0}
+    started = 0
+    t0 = time.monotonic()
+    deadline = t0 + args.deadline
+    next_sweep = t0 + SWEEP_INTERVAL
+    while (started < args.count or sel.get_map()) and time.monotonic() < deadline:
+        while started < args.count and len(sel.get_map()) < args.concurrency:
+            port = args.port + (started * args.stride + args.offset) % args.ports
+            started += 1
+            sock = _open(args.address, port)
+            if sock is None:
+                counts["failed"] += 1
+                continue
+            sel.register(sock, selectors.EVENT_WRITE, [0, time.monotonic()])
+        for key, _ in sel.select(timeout=0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            outcome = _step(sel, sock, key.data, payload)
+            if outcome:
+                counts[outcome] += 1
+        now = time.monotonic()
+        if now >= next_sweep:
+            next_sweep = now + SWEEP_INTERVAL
+            for key in list(sel.get_map().values()):
+                if now - key.data[1] > CONNECT_TIMEOUT:
+                    _finish(sel, key.fileobj)  # type: ignore[arg-type]
+                    counts["timeout"] += 1
+    for key in list(sel.get_map().values()):
+        _finish(sel, key.fileobj)  # type: ignore[arg-type]
+        counts["timeout"] += 1
+    return {**counts, "started": started, "elapsed": time.monotonic() - t0}
+
+
+def _step(sel: selectors.BaseSelector, sock: socket.socket, state: list[float],
+          payload: bytes) -> str:
+    """Advance one connection; returns its outcome when it ended, else ""."""
+    try:
+        if state[0] == 0:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                _finish(sel, sock)
+                return "failed"
+            sock.send(payload)  # 200 bytes fit the empty send buffer whole
+            sock.shutdown(socket.SHUT_WR)
+            state[0] = 1
+            sel.modify(sock, selectors.EVENT_READ, state)
+            return ""
+        if sock.recv(65536):
+            return ""
+        _finish(sel, sock)
+        return "completed"
+    except (BlockingIOError, InterruptedError):
+        return ""
+    except OSError:
+        _finish(sel, sock)
+        return "failed"
+
+
+def _finish(sel: selectors.BaseSelector, sock: socket.socket) -> None:
+    sel.unregister(sock)
+    sock.close()
+
+
+def idle(args: argparse.Namespace) -> dict[str, object]:
+    sel = selectors.DefaultSelector()
+    held: list[socket.socket] = []
+    counts = {"served": 0, "failed": 0, "timeout": 0}
+    started = 0
+    connecting = 0
+    t0 = time.monotonic()
+    deadline = t0 + args.deadline
+    while (started < args.count or sel.get_map()) and time.monotonic() < deadline:
+        while started < args.count and connecting < args.window:
+            started += 1
+            sock = _open(args.address, args.port)
+            if sock is None:
+                counts["failed"] += 1
+                continue
+            connecting += 1
+            sel.register(sock, selectors.EVENT_WRITE, "connect")
+        for key, _ in sel.select(timeout=0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if key.data == "connect":
+                connecting -= 1
+                if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+                    _finish(sel, sock)
+                    counts["failed"] += 1
+                else:
+                    sel.modify(sock, selectors.EVENT_READ, "banner")
+                continue
+            try:
+                data = sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            sel.unregister(sock)
+            if data:
+                counts["served"] += 1
+                held.append(sock)
+            else:
+                sock.close()
+                counts["failed"] += 1
+    for key in list(sel.get_map().values()):
+        _finish(sel, key.fileobj)  # type: ignore[arg-type]
+        counts["timeout"] += 1
+    return {**counts, "started": started, "elapsed": time.monotonic() - t0, "held": held}
+
+
+def latency(args: argparse.Namespace) -> dict[str, object]:
+    samples: list[float] = []
+    failed = 0
+    deadline = time.monotonic() + args.deadline
+    for port in range(args.port, args.port + args.ports):
+        if time.monotonic() >= deadline:
+            break
+        sock = socket.socket(_family(args.address), socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT)
+        t0 = time.perf_counter()
+        try:
+            sock.connect((args.address, port))
+            samples.append((time.perf_counter() - t0) * 1000.0)
+        except OSError:
+            failed += 1
+        finally:
+            sock.close()
+    return {"samples_ms": samples, "failed": failed}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("mode", choices=("burst", "idle", "latency"))
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--ports", type=int, default=1)
+    parser.add_argument("--count", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument("--window", type=int, default=256)
+    parser.add_argument("--payload", type=int, default=200)
+    parser.add_argument("--offset", type=int, default=0, help="this process's index")
+    parser.add_argument("--stride", type=int, default=1, help="how many processes share ports")
+    parser.add_argument("--deadline", type=float, default=120.0)
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(FD_LIMIT, hard)))
+    except (ValueError, OSError):  # no CAP_SYS_RESOURCE (a container): as far as allowed
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if args.mode == "burst":
+        result = burst(args)
+    elif args.mode == "latency":
+        result = latency(args)
+    else:
+        result = idle(args)
+        held = result.pop("held")
+        sys.stdout.write(json.dumps(result) + "\n")
+        sys.stdout.flush()
+        sys.stdin.readline()  # the benchmark measured; let go
+        for sock in held:  # type: ignore[attr-defined]
+            sock.close()
+        return
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
