@@ -49,8 +49,7 @@ def address_refusal(address: str) -> str | None:
         (ip.is_loopback, "loopback address"),
         (ip.is_link_local, "link-local address"),
         (ip.is_multicast, "multicast address"),
-        (ip.is_reserved, "reserved address"),
-        (ip == ipaddress.IPv4Address("255.255.255.255"), "broadcast address"),
+        (ip.is_reserved, "reserved address"),  # 240.0.0.0/4, with 255.255.255.255
     )
     for hit, reason in checks:
         if hit:

@@ -14,6 +14,8 @@ import pytest
 from daemon import REPO, Honeytrap, nfq_rules
 from netns import Host, Lab, inside
 
+from honeytrap.mirror import is_own_address
+
 MIRROR = 4  # attack.Mode values, as attackers.json carries them
 PROXY = 8
 NORMAL = 1
@@ -207,6 +209,13 @@ def test_udp_exchange_is_mirrored_to_its_own_peer(lab: Lab, sensor: Honeytrap) -
     proxy = connection(record, "proxy_connection")
     assert (proxy["protocol"], proxy["local_port"]) == ("udp", peer[1])
     assert (proxy["remote_ip"], proxy["remote_port"]) == (lab.attacker.ip4, 1434)
+
+
+def test_own_addresses_are_the_hosts_and_not_its_peers(lab: Lab) -> None:
+    with inside(lab.sensor):
+        verdicts = [is_own_address(a) for a in (lab.sensor.ip4, lab.sensor.ip6, "127.0.0.1",
+                                                 lab.attacker.ip4, lab.attacker.ip6)]
+    assert verdicts == [True, True, True, False, False]
 
 
 # --- proxy ------------------------------------------------------------------------------------
