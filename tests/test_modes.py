@@ -14,7 +14,7 @@ import pytest
 from daemon import REPO, Honeytrap, nfq_rules
 from netns import Host, Lab, inside
 
-from honeytrap.mirror import is_own_address
+from honeytrap.mirror import MIRRORS_PER_PEER, is_own_address
 
 MIRROR = 4  # attack.Mode values, as attackers.json carries them
 PROXY = 8
@@ -299,3 +299,81 @@ def test_proxy_to_an_absent_backend_falls_back_to_normal_mode(
     [record] = sensor.wait_records(1)
     assert record["operation_mode"] == NORMAL
     assert any("proxy connection to" in note for note in record["notes"])
+
+
+def test_mirror_loop_guard_serves_a_peer_over_the_rate_in_normal_mode(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.extra_config = 'portconf = { mirror = { protocol = "tcp" port = "21" } }'
+    sensor.start()
+    listener = tcp_listener(lab.attacker, lab.attacker.ip4, 21)
+    for _ in range(MIRRORS_PER_PEER):
+        client = tcp_client(lab.attacker, lab.attacker.ip4, lab.sensor.ip4, 21)
+        back, _ = listener.accept()
+        back.close()
+        assert client.recv(100) == b""  # mirrored: the mirror's close ends the relay
+        client.close()
+    client = tcp_client(lab.attacker, lab.attacker.ip4, lab.sensor.ip4, 21)
+    template = (REPO / "templates" / "21_tcp").read_bytes()
+    assert recv_exactly(client, len(template)) == template
+    client.close()
+    listener.close()
+    records = sensor.wait_records(MIRRORS_PER_PEER + 1)
+    modes = sorted(r["operation_mode"] for r in records)
+    assert modes == [NORMAL] + [MIRROR] * MIRRORS_PER_PEER
+    [normal] = [r for r in records if r["operation_mode"] == NORMAL]
+    assert any("mirror refused" in n and "loop guard" in n for n in normal["notes"])
+
+
+READ_PROBE = '''
+"""Test plugin: every PERREAD event as a line of hex, to a file opened before the fork."""
+
+
+class ReadProbe:
+    def __init__(self, path):
+        self.out = open(path, "a", buffering=1)
+
+    def perread(self, event):
+        self.out.write(f"{event.direction} {event.protocol} {event.local_addr} "
+                       f"{event.local_port} {event.remote_addr} {event.remote_port} "
+                       f"{event.data.hex()}\\n")
+
+
+def load(ctx):
+    return ReadProbe(ctx.option("file"))
+'''
+
+
+def test_perread_hooks_see_every_read_in_both_directions(
+    lab: Lab, sensor: Honeytrap, tmp_path: Path
+) -> None:
+    plugin_dir = tmp_path / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "ReadProbe.py").write_text(READ_PROBE)
+    (plugin_dir / "logJSON.py").symlink_to(REPO / "plugins" / "logJSON.py")
+    reads = tmp_path / "reads.txt"
+    sensor.plugins = f"""
+plugin_dir = "{plugin_dir}"
+plugin-logJSON = {{ logfile = "{sensor.attackers_json}" }}
+plugin-ReadProbe = {{ file = "{reads}" }}
+"""
+    sensor.args += ["-m"]
+    sensor.start()
+    listener = tcp_listener(lab.attacker, lab.attacker.ip4, 2323)
+    client = tcp_client(lab.attacker, lab.attacker.ip4, lab.sensor.ip4, 2323)
+    client_port = client.getsockname()[1]
+    back, mirror_peer = listener.accept()
+    sent, answer = b"login\x00", b"\xffpassword:"
+    client.sendall(sent)
+    assert recv_exactly(back, len(sent)) == sent
+    back.sendall(answer)
+    assert recv_exactly(client, len(answer)) == answer
+    back.close()
+    client.close()
+    listener.close()
+    sensor.wait_records(1)
+    lines = reads.read_text().splitlines()
+    assert lines == [
+        f"in tcp {lab.sensor.ip4} 2323 {lab.attacker.ip4} {client_port} {sent.hex()}",
+        f"out tcp {mirror_peer[0]} {mirror_peer[1]} {lab.attacker.ip4} 2323 {answer.hex()}",
+    ]
