@@ -87,9 +87,13 @@ def test_shipped_configuration_loads() -> None:
     assert config.read_limit == 20971520
     assert config.monitor == "pcap"
     assert config.portconf_default is Mode.NORMAL
-    assert [spec.name for spec in config.plugins] == ["SaveFile", "logAttacker", "logJSON"]
-    assert config.plugins[0].options == {"attacks_dir": "/var/lib/honeytrap/attacks",
-                                         "downloads_dir": "/var/lib/honeytrap/downloads"}
+    assert [spec.name for spec in config.plugins] == [
+        "b64Decode", "deUnicode", "ftpDownload", "tftpDownload", "httpDownload", "magicPE",
+        "SaveFile", "logAttacker", "logJSON",
+    ]
+    savefile = next(spec for spec in config.plugins if spec.name == "SaveFile")
+    assert savefile.options == {"attacks_dir": "/var/lib/honeytrap/attacks",
+                                "downloads_dir": "/var/lib/honeytrap/downloads"}
 
 
 def test_shipped_configuration_examples_load_when_uncommented() -> None:
@@ -100,7 +104,7 @@ def test_shipped_configuration_examples_load_when_uncommented() -> None:
     uncommented = "\n".join(line for line in examples if not line.startswith("include"))
     config = conf(uncommented)
     assert config.warnings == []
-    assert {"b64Decode", "ftpDownload", "tftpDownload", "httpDownload"} <= {
+    assert {"xmatch", "vncDownload", "SpamSum", "ClamAV"} <= {
         spec.name for spec in config.plugins}
 
 
