@@ -25,6 +25,7 @@ from honeytrap.errors import ConfigError, HoneytrapError, PluginError
 from honeytrap.monitor import Monitor, check_monitor_name
 from honeytrap.pidfile import AlreadyRunning, PidFile
 from honeytrap.plugin import load_plugins
+from honeytrap.preload import preload
 
 log = logging.getLogger("honeytrap")
 
@@ -222,6 +223,7 @@ def serve(
     from honeytrap.master import Master
 
     raise_fd_limit(config)
+    preload()
 
     if identity.uid is None:
         log.warning("no -u given: dynamic servers keep running as root")

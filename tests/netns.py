@@ -127,6 +127,9 @@ class Lab:
                 except ProcessLookupError:
                     pass
                 proc.wait(5)
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
         for host in (self.sensor, self.attacker):
             # Anything still running in the namespace was started by this test: end it.
             pids = run("ip", "netns", "pids", host.name, check=False).split()

