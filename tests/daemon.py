@@ -47,6 +47,7 @@ class Honeytrap:
     plugins: str = ""
     args: list[str] = field(default_factory=list)
     monitor: str = "nfq"
+    prefix: list[str] = field(default_factory=list)  # e.g. prlimit, setpriv
     proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
 
@@ -84,7 +85,10 @@ read_limit = "1048576"
         )
 
     def command(self, *extra: str) -> list[str]:
-        return [*HONEYTRAP, "-D", "-C", str(self.configfile), "-t", "6", *self.args, *extra]
+        return [
+            *self.prefix, *HONEYTRAP, "-D", "-C", str(self.configfile), "-t", "6", *self.args,
+            *extra,
+        ]
 
     def start(self, *extra: str, ready: bool = True) -> Honeytrap:
         self.write_config()

@@ -382,3 +382,25 @@ def test_daemonizes_without_d_and_stops_on_sigterm(lab: Lab, tmp_path: Path) -> 
     assert not Path(f"/proc/{pid}").exists()
     assert not ht.pidfile.exists()
     assert [payload_of(r) for r in ht.records()] == [b"root\r\n"]
+
+
+def test_descriptor_exhaustion_is_survived_with_back_off(lab: Lab, sensor: Honeytrap) -> None:
+    """A dynamic server out of descriptors (EMFILE) backs off, logs it, and serves the
+    connections the kernel kept waiting once descriptors are free again: none is lost."""
+    # Without CAP_SYS_RESOURCE the daemon cannot lift the hard limit of 128 descriptors.
+    sensor.prefix = ["setpriv", "--bounding-set", "-sys_resource", "prlimit", "--nofile=128:128"]
+    sensor.start()
+    first = connect(lab.attacker, lab.sensor.ip4, 8080)
+    (server_pid,) = sensor.children()
+    held = [connect(lab.attacker, lab.sensor.ip4, 8080) for _ in range(150)]
+    deadline = time.monotonic() + 15
+    while "accept failed" not in sensor.logfile.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "accept failed" in sensor.logfile.read_text()
+    for sock in [first, *held]:
+        sock.sendall(b"x")
+        sock.close()
+    records = sensor.wait_records(151, timeout=60)
+    assert len(records) == 151
+    assert sensor.children() == [server_pid]  # the same server, still alive
+    assert sensor.stop() == 0
