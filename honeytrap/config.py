@@ -48,6 +48,9 @@ DEFAULT_MAX_SERVER_RATE = 200
 # Normal mode: how often the template is repeated on an idle connection, as the C original
 # did (sent after each read timeout without data, 10 times; closed after 11 idle timeouts).
 DEFAULT_TEMPLATE_REPEAT = 10
+# One plugin hook call taking longer than this is abandoned (the attack goes on to the next
+# plugin); downloaders cap their own time well below it.
+DEFAULT_PLUGIN_TIMEOUT = 300.0
 
 # Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
 # An attack is held in memory until its plugins ran: more than this per connection is a mistake.
@@ -129,6 +132,7 @@ class Config:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
+    plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
     download_allow: list[str] = field(default_factory=list)
     # Where this came from, for messages and SIGHUP.
     source: str = ""
@@ -157,6 +161,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connections": (1, MAX_CONNECTIONS_LIMIT),
     "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
+    "plugin_timeout": (0.1, MAX_TIMEOUT),
 }
 _DEFAULT_MODES = {"ignore": Mode.IGNORE, "normal": Mode.NORMAL, "mirror": Mode.MIRROR}
 _BOOLEANS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
@@ -293,6 +298,7 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "max_connections": _number,
     "max_server_rate": _number,
     "template_repeat": _number,
+    "plugin_timeout": _number,
 }
 
 

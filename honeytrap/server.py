@@ -101,7 +101,7 @@ def child_main(spec: ServerSpec) -> int:
     template = load_template(spec.config.response_dir, conf.protocol, conf.port)
     privileges.drop(spec.identity)
     spec.registry.after_fork()
-    pipeline = Pipeline(spec.registry)
+    pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout)
     server = DynamicServer(spec, template, pipeline)
     try:
         asyncio.run(server.serve())

@@ -404,3 +404,47 @@ def test_descriptor_exhaustion_is_survived_with_back_off(lab: Lab, sensor: Honey
     assert len(records) == 151
     assert sensor.children() == [server_pid]  # the same server, still alive
     assert sensor.stop() == 0
+
+
+FAULTY_PLUGIN = '''
+import time
+
+
+class Faulty:
+    def preproc(self, attack):
+        raise RuntimeError("faulty plugin fails on purpose")
+
+    def analyze(self, attack):
+        if b"hang" in attack.payload:
+            time.sleep(3600)  # abandoned by the watchdog after plugin_timeout
+
+
+def load(ctx):
+    return Faulty()
+'''
+
+
+def test_a_plugin_that_raises_or_hangs_loses_nothing_and_stalls_nothing(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    plugin_dir = sensor.workdir / "plugins"
+    plugin_dir.mkdir()
+    (plugin_dir / "Faulty.py").write_text(FAULTY_PLUGIN)
+    (plugin_dir / "logJSON.py").write_bytes((REPO / "plugins" / "logJSON.py").read_bytes())
+    sensor.extra_config = f'plugin_timeout = "2"\nplugin_dir = "{plugin_dir}"'
+    sensor.plugins = f"""
+plugin-Faulty = ""
+plugin-logJSON = {{ logfile = "{sensor.attackers_json}" }}
+"""
+    sensor.start()
+    for payload in (b"hang", b"quick"):
+        sock = connect(lab.attacker, lab.sensor.ip4, 4444)
+        sock.sendall(payload)
+        sock.close()
+    first = sensor.wait_records(1)
+    assert [payload_of(r) for r in first] == [b"quick"]  # not held up by the hung plugin
+    both = sensor.wait_records(2, timeout=30)
+    assert sorted(payload_of(r) for r in both) == [b"hang", b"quick"]
+    assert sensor.stop() == 0
+    log = sensor.logfile.read_text()
+    assert "faulty plugin fails on purpose" in log and "hung in analyze" in log
