@@ -377,3 +377,35 @@ plugin-ReadProbe = {{ file = "{reads}" }}
         f"in tcp {lab.sensor.ip4} 2323 {lab.attacker.ip4} {client_port} {sent.hex()}",
         f"out tcp {mirror_peer[0]} {mirror_peer[1]} {lab.attacker.ip4} 2323 {answer.hex()}",
     ]
+
+
+def test_a_side_that_does_not_read_stops_the_relay_reading_the_other(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """Flow control: what the relay buffers for a slow attacker is bounded; the mirror's sends
+    block instead of being read into memory up to read_limit."""
+    total = 16 * 1024 * 1024
+    sensor.extra_config = f'read_limit = "{2 * total}"'
+    sensor.args += ["-m"]
+    sensor.start()
+    listener = tcp_listener(lab.attacker, lab.attacker.ip4, 2424)
+    with inside(lab.attacker):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and it never reads
+    client.settimeout(TIMEOUT)
+    client.connect((lab.sensor.ip4, 2424))
+    back, _ = listener.accept()
+    back.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32768)
+    back.settimeout(2.0)
+    chunk = bytes(range(256)) * 256
+    sent = 0
+    with pytest.raises(TimeoutError):
+        while sent < total:
+            sent += back.send(chunk)
+    assert sent < total // 2  # kernel buffers plus the relay's bounded queue, far below
+    back.close()
+    client.close()
+    listener.close()
+    [record] = sensor.wait_records(1)
+    assert record["operation_mode"] == MIRROR
+    assert len(payload(record, "proxy_connection")) <= sent
