@@ -409,3 +409,28 @@ def test_a_side_that_does_not_read_stops_the_relay_reading_the_other(
     [record] = sensor.wait_records(1)
     assert record["operation_mode"] == MIRROR
     assert len(payload(record, "proxy_connection")) <= sent
+
+
+def test_tcp_connection_is_proxied_to_a_udp_target(lab: Lab, sensor: Honeytrap) -> None:
+    """target_protocol may differ from protocol: each read becomes a datagram, each reply
+    datagram goes into the stream."""
+    backend = udp_socket(lab.sensor, lab.sensor.ip4, 7003)
+    sensor.extra_config = proxy_config("tcp", 2626, lab.sensor.ip4, 7003).replace(
+        'target_protocol = "tcp"', 'target_protocol = "udp"'
+    )
+    sensor.args += ["-r", "0.3"]  # a datagram socket cannot pass the half-close: idle ends it
+    sensor.start()
+    client = tcp_client(lab.attacker, lab.attacker.ip4, lab.sensor.ip4, 2626)
+    client.sendall(b"stream-to-datagram")
+    data, outbound = backend.recvfrom(65535)
+    assert data == b"stream-to-datagram"
+    backend.sendto(b"datagram-to-stream", outbound)
+    assert recv_exactly(client, 18) == b"datagram-to-stream"
+    client.close()
+    backend.close()
+    [record] = sensor.wait_records(1)
+    assert record["operation_mode"] == PROXY
+    assert connection(record, "attack_connection")["protocol"] == "tcp"
+    proxy = connection(record, "proxy_connection")
+    assert (proxy["protocol"], proxy["local_port"]) == ("udp", outbound[1])
+    assert payload(record, "proxy_connection") == b"datagram-to-stream"
