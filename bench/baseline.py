@@ -28,10 +28,18 @@ FD_LIMIT = 65536
 BACKLOG = 4096
 
 
+# On SIGTERM, open connections are closed and recorded within this long.
+STOP_TIMEOUT = 10.0
+
+OPEN: set[Recorder] = set()
+ALL_CLOSED: list[asyncio.Event] = []  # set once stopping and the last connection is recorded
+
+
 class Recorder(asyncio.Protocol):
     def __init__(self, banner: bytes, out: int) -> None:
         self.banner = banner
         self.out = out
+        OPEN.add(self)
         self.data = bytearray()
         self.transport: asyncio.Transport | None = None
         self.start = 0.0
@@ -56,6 +64,9 @@ class Recorder(asyncio.Protocol):
         return False  # close our side too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        OPEN.discard(self)
+        if not OPEN and ALL_CLOSED:
+            ALL_CLOSED[0].set()
         record = {
             "start_time": self.start,
             "end_time": time.time(),
@@ -88,6 +99,15 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     for server in servers:
         server.close()
+    ALL_CLOSED.append(asyncio.Event())
+    for recorder in list(OPEN):
+        if recorder.transport is not None:
+            recorder.transport.close()
+    if OPEN:
+        try:
+            await asyncio.wait_for(ALL_CLOSED[0].wait(), STOP_TIMEOUT)
+        except TimeoutError:
+            pass
     os.close(out)
 
 
