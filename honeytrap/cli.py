@@ -240,10 +240,16 @@ def serve(
         log.error("%s", exc)
         registry.close()
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
-    master = Master(
-        config, registry, monitor, identity,
-        reload_config=options.config,
-        keep_out_of_children=lambda: [pidfile.fd] if pidfile.fd is not None else [],
-    )
+    try:
+        master = Master(
+            config, registry, monitor, identity,
+            reload_config=options.config,
+            keep_out_of_children=lambda: [pidfile.fd] if pidfile.fd is not None else [],
+        )
+    except HoneytrapError as exc:
+        log.error("%s", exc)
+        monitor.close()
+        registry.close()
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
     daemon.notify("READY=1")
     return master.run()

@@ -133,6 +133,7 @@ class Config:
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
     plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
+    metrics_listen: str = ""  # "host:port" for Prometheus; empty: no exporter
     download_allow: list[str] = field(default_factory=list)
     # Where this came from, for messages and SIGHUP.
     source: str = ""
@@ -299,6 +300,7 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "max_server_rate": _number,
     "template_repeat": _number,
     "plugin_timeout": _number,
+    "metrics_listen": _text,
 }
 
 

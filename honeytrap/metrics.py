@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from honeytrap.config import Config
 from honeytrap.errors import ConfigError
 
 log = logging.getLogger("honeytrap.metrics")
@@ -236,10 +237,10 @@ class Exporter:
 
 
 def start(
-    config: object, totals: Callable[[], dict[str, int]], selector: selectors.BaseSelector
+    config: Config, totals: Callable[[], dict[str, int]], selector: selectors.BaseSelector
 ) -> Exporter | None:
     """The exporter if the configuration asks for one (`metrics_listen`), else None."""
-    listen = getattr(config, "metrics_listen", "")
+    listen = config.metrics_listen
     if not listen:
         return None
-    return Exporter(str(listen), totals, selector)
+    return Exporter(listen, totals, selector)

@@ -18,7 +18,6 @@ from netns import Lab, inside
 from prometheus_client.parser import text_string_to_metric_families
 
 from honeytrap import metrics
-from honeytrap.config import Config
 from honeytrap.errors import ConfigError
 
 TOTALS = {"attempts": 7, "attacks": 5, "servers_running": 2, "Bad-Name": 1, "final": 1}
@@ -140,9 +139,6 @@ def test_exporter_descriptors_are_listed_for_children(exporter: metrics.Exporter
         held.close()
 
 
-@pytest.mark.skipif(
-    not hasattr(Config(), "metrics_listen"), reason="metrics_listen not yet a Config key"
-)
 def test_daemon_serves_metrics_with_its_counters(lab: Lab, tmp_path: Path) -> None:
     """The real daemon in a sensor namespace: one attack, then a scrape shows it."""
     nfq_rules(lab.sensor)
