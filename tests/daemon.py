@@ -31,6 +31,12 @@ def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> No
         for port in exclude_tcp:
             host.cmd(tool, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
         for proto in ("tcp", "udp"):
+            # A port something listens on (a real service, or a dynamic server already running)
+            # is the kernel's business: only unserved ports need to reach honeytrap.
+            host.cmd(
+                tool, "-A", "INPUT", "-i", host.dev, "-p", proto, "-m", "socket", "-j", "ACCEPT"
+            )
+        for proto in ("tcp", "udp"):
             match = ["--syn"] if proto == "tcp" else []
             host.cmd(
                 tool, "-A", "INPUT", "-i", host.dev, "-p", proto, *match,
