@@ -15,11 +15,13 @@ length they work with is bounded by a named constant below, because the input is
 from __future__ import annotations
 
 import binascii
+import logging
 import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from honeytrap.attack import Attack
 from honeytrap.errors import ConfigError
 
 
@@ -29,6 +31,20 @@ class Decoded:
 
     data: bytes
     note: str
+
+
+def derive_all(
+    attack: Attack, found: Iterable[Decoded], plugin: str, log: logging.Logger
+) -> list[Attack]:
+    """The decoder plugins' common step: each decoded result becomes a virtual attack (run
+    through every hook by the pipeline), noted on the attack it came from and logged."""
+    virtuals = []
+    for decoded in found:
+        note = f"{plugin}: {decoded.note}"
+        log.info("attack %s: %s, %d bytes", attack.id, note, len(decoded.data))
+        attack.add_note(note)
+        virtuals.append(attack.derive(decoded.data, note))
+    return virtuals
 
 
 # --------------------------------------------------------------------------------------------

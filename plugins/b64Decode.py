@@ -11,7 +11,7 @@ No options.
 from __future__ import annotations
 
 from honeytrap.attack import Attack
-from honeytrap.decode import find_base64
+from honeytrap.decode import derive_all, find_base64
 from honeytrap.plugin import PluginContext
 
 
@@ -20,12 +20,7 @@ class B64Decode:
         self.log = ctx.log
 
     def preproc(self, attack: Attack) -> list[Attack]:
-        virtuals = []
-        for found in find_base64(attack.payload):
-            self.log.info("attack %s: %s, %d bytes", attack.id, found.note, len(found.data))
-            attack.add_note(f"b64Decode: {found.note}")
-            virtuals.append(attack.derive(found.data, f"b64Decode: {found.note}"))
-        return virtuals
+        return derive_all(attack, find_base64(attack.payload), "b64Decode", self.log)
 
 
 def load(ctx: PluginContext) -> B64Decode:

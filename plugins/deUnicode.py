@@ -9,7 +9,7 @@ the result runs through every hook as a virtual attack. No options.
 from __future__ import annotations
 
 from honeytrap.attack import Attack
-from honeytrap.decode import narrow_utf16
+from honeytrap.decode import derive_all, narrow_utf16
 from honeytrap.plugin import PluginContext
 
 
@@ -18,12 +18,7 @@ class DeUnicode:
         self.log = ctx.log
 
     def preproc(self, attack: Attack) -> list[Attack]:
-        virtuals = []
-        for found in narrow_utf16(attack.payload):
-            self.log.info("attack %s: %s", attack.id, found.note)
-            attack.add_note(f"deUnicode: {found.note}")
-            virtuals.append(attack.derive(found.data, f"deUnicode: {found.note}"))
-        return virtuals
+        return derive_all(attack, narrow_utf16(attack.payload), "deUnicode", self.log)
 
 
 def load(ctx: PluginContext) -> DeUnicode:

@@ -12,7 +12,7 @@ tftpDownload fetch what it names, under the download policy, and attach it here.
 from __future__ import annotations
 
 from honeytrap.attack import Attack
-from honeytrap.decode import vnc_keystrokes
+from honeytrap.decode import derive_all, vnc_keystrokes
 from honeytrap.plugin import PluginContext
 
 
@@ -21,12 +21,7 @@ class VncDownload:
         self.log = ctx.log
 
     def analyze(self, attack: Attack) -> list[Attack]:
-        virtuals = []
-        for found in vnc_keystrokes(attack.payload):
-            self.log.info("attack %s: %s", attack.id, found.note)
-            attack.add_note(f"vncDownload: {found.note}")
-            virtuals.append(attack.derive(found.data, f"vncDownload: {found.note}"))
-        return virtuals
+        return derive_all(attack, vnc_keystrokes(attack.payload), "vncDownload", self.log)
 
 
 def load(ctx: PluginContext) -> VncDownload:
