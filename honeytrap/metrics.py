@@ -41,7 +41,7 @@ MAX_REQUEST = 8192
 SCRAPE_TIMEOUT = 10.0
 # Statistic names come partly from dynamic servers (which read attacker bytes): only names of
 # this shape become metric names.
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Statistics that go up and down; every other one only goes up (a Prometheus counter).
 GAUGES = frozenset({"servers_running", "servers_total", "spool_depth", "pipeline_pending"})
 HELP = {
@@ -84,7 +84,7 @@ class TotalsCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         for name, value in sorted(self.totals().items()):
-            if not NAME.match(name):
+            if not NAME.fullmatch(name):
                 continue
             doc = HELP.get(name, f"honeytrap statistic {name}")
             if name in GAUGES:

@@ -42,7 +42,7 @@ from honeytrap.errors import PluginError
 ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
 HOOKS = ("perread", *ATTACK_HOOKS)
 
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 AttackHook = Callable[[Attack], Iterable[Attack] | None]
 
@@ -151,7 +151,7 @@ class Registry:
 def load_module(plugin_dir: str, name: str) -> ModuleType:
     """Import `<plugin_dir>/<name>.py` as a fresh module (never reusing sys.modules: a reload
     must see the file as it is now)."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise PluginError(f"plugin name {name!r} is not a valid module name")
     path = os.path.join(plugin_dir, f"{name}.py")
     if not os.path.isfile(path):

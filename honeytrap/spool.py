@@ -48,7 +48,7 @@ DEFAULT_MAX_BYTES = 1024 * 1024 * 1024
 # How stale the shared tally of the directory may get before a write rescans it (see above).
 _RESCAN_INTERVAL = 1.0
 # Keys name files: a conservative alphabet and length (ids and hex hashes fit).
-_KEY = re.compile(r"^[A-Za-z0-9_-]{1,150}$")
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,150}")
 # A replay batch reads at most about this much into memory (records hold payloads of up to
 # read_limit bytes, hex-encoded: a batch of 200 of them must not take gigabytes).
 CLAIM_MAX_BYTES = 32 * 1024 * 1024
@@ -155,7 +155,7 @@ class Spool:
 
     def put(self, key: str, data: bytes, when: float | None = None) -> bool:
         """Store one record durably. False if refused by the bounds (logged and counted)."""
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise ValueError(f"spool key not allowed: {key!r}")
         when_ns = time.time_ns() if when is None else int(when * 1e9)
         name = f"{when_ns:020d}-{key}{_SUFFIX}"
@@ -180,7 +180,7 @@ class Spool:
     def put_rejected(self, key: str, data: bytes, reason: str, when: float | None = None) -> None:
         """Set a record the sink refused as bad data aside in rejected/ (outside the bounds:
         these are rare and the operator must see them), logged and counted."""
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise ValueError(f"spool key not allowed: {key!r}")
         when_ns = time.time_ns() if when is None else int(when * 1e9)
         self._write(f"{when_ns:020d}-{key}{_SUFFIX}", data, REJECTED_DIR)

@@ -26,7 +26,7 @@ from honeytrap.attack import Attack
 from honeytrap.plugin import PluginContext
 
 # Attack ids are uuid4 hex; anything else (a plugin's own id) is hashed into a safe name part.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9]{1,64}$")
+_SAFE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
 
 
@@ -87,7 +87,7 @@ def attack_file_name(attack: Attack) -> str:
     conn = attack.attack_connection
     proto = conn.protocol if conn.protocol in _PROTOCOLS else "ip"
     stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(attack.start_time))
-    ident = attack.id if _SAFE_ID.match(attack.id) else sha256(attack.id.encode()).hexdigest()
+    ident = attack.id if _SAFE_ID.fullmatch(attack.id) else sha256(attack.id.encode()).hexdigest()
     return f"from_port_{int(conn.local_port)}-{proto}_{stamp}_{ident}"
 
 

@@ -12,7 +12,14 @@ import pytest
 from honeytrap.attack import Attack, Connection, Payload
 from honeytrap.config import Config, OptionValue, PluginSpec
 from honeytrap.errors import PluginError
-from honeytrap.plugin import HOOKS, PluginContext, ReadEvent, Registry, load_plugins
+from honeytrap.plugin import (
+    HOOKS,
+    PluginContext,
+    ReadEvent,
+    Registry,
+    load_module,
+    load_plugins,
+)
 
 FIXTURES = str(Path(__file__).resolve().parent / "plugins_fixture")
 
@@ -187,3 +194,9 @@ def test_bad_options_are_plugin_errors_naming_plugin_and_key(call: Any, message:
     ctx = context({"s": "text", "l": ["a"], "block": {"k": "v"}})
     with pytest.raises(PluginError, match=f"^plugin Ctx: {message}"):
         call(ctx)
+
+
+def test_a_plugin_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> None:
+    """`$` matches before a final newline: names are checked whole."""
+    with pytest.raises(PluginError, match="not a valid module name"):
+        load_module(str(tmp_path), "Alpha\n")

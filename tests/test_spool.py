@@ -161,7 +161,7 @@ def test_rejected_record_is_kept_aside(tmp_path: Path) -> None:
     assert spool.counters.rejected == 1
 
 
-@pytest.mark.parametrize("key", ["", "../x", "a/b", "a b", "x" * 151, "é"])
+@pytest.mark.parametrize("key", ["", "../x", "a/b", "a b", "x" * 151, "é", "abc\n"])
 def test_keys_that_could_leave_the_directory_are_refused(tmp_path: Path, key: str) -> None:
     with pytest.raises(ValueError):
         Spool(str(tmp_path)).put(key, b"x")

@@ -69,9 +69,9 @@ def split_host_port(text: str) -> tuple[str, str]:
     return text, ""
 
 
-_HOST = re.compile(r"^[A-Za-z0-9._:-]{1,253}$")
+_HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 
 
 def valid_host(host: str) -> bool:
     """A plausible host name or address literal (anything else is not a request)."""
-    return bool(_HOST.match(host)) and not host.startswith(("-", ".")) and ".." not in host
+    return bool(_HOST.fullmatch(host)) and not host.startswith(("-", ".")) and ".." not in host
