@@ -24,6 +24,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from honeytrap.download.addresses import embedded_ipv4, normalise, parse_ip
+
 # Mirror loop guard: at most this many mirror connections to one peer per window. A real
 # attacker reconnecting a few times a minute is still mirrored; a ping-pong between two
 # mirroring honeypots (one new connection per round trip) is cut to this many per minute.
@@ -37,23 +39,23 @@ MAX_TRACKED_PEERS = 4096
 
 def address_refusal(address: str) -> str | None:
     """Why `address` (text, as the server records it) may never be mirrored to; None if it may.
-    Anything that is not an IP address is refused."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
+    Anything that is not an IP address is refused. IPv4 carried inside IPv6 (mapped, NAT64,
+    6to4, Teredo: download/addresses.py finds it) is judged as well: ::ffff:127.0.0.1 and
+    2002:7f00:1:: reach loopback."""
+    ip = parse_ip(address)
+    if ip is None or address.strip().startswith("["):
         return "not an IP address"
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:a.b.c.d reaches a.b.c.d: judge that
-    checks = (
-        (ip.is_unspecified, "unspecified address"),
-        (ip.is_loopback, "loopback address"),
-        (ip.is_link_local, "link-local address"),
-        (ip.is_multicast, "multicast address"),
-        (ip.is_reserved, "reserved address"),  # 240.0.0.0/4, with 255.255.255.255
-    )
-    for hit, reason in checks:
-        if hit:
-            return reason
+    for candidate in (normalise(ip), *embedded_ipv4(ip)):
+        checks = (
+            (candidate.is_unspecified, "unspecified address"),
+            (candidate.is_loopback, "loopback address"),
+            (candidate.is_link_local, "link-local address"),
+            (candidate.is_multicast, "multicast address"),
+            (candidate.is_reserved, "reserved address"),  # 240.0.0.0/4, 255.255.255.255
+        )
+        for hit, reason in checks:
+            if hit:
+                return reason if candidate == normalise(ip) else f"{ip} carries a {reason}"
     return None
 
 

@@ -15,15 +15,16 @@ the attack hooks after dropping to -u/-g. So everything is opened here at load t
 from __future__ import annotations
 
 import errno
-import grp
 import logging
 import os
-import pwd
 import uuid
 from dataclasses import dataclass
 
+from honeytrap import privileges
+from honeytrap.attack import Attack
 from honeytrap.config import Config
-from honeytrap.errors import PluginError
+from honeytrap.errors import ConfigError, PluginError
+from honeytrap.plugin import PluginContext
 
 log = logging.getLogger("honeytrap.outfile")
 
@@ -54,24 +55,16 @@ class Owner:
 
 
 def server_owner(config: Config, plugin: str) -> Owner:
-    """Resolve -u/-g (names or numbers) the way the servers do: -u alone also means the user's
-    primary group. An unknown name is a PluginError naming the plugin."""
-    uid = gid = -1
-    if config.user:
-        try:
-            user = config.user
-            entry = pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-        except (KeyError, OverflowError) as exc:
-            raise PluginError(f"plugin {plugin}: no such user {config.user!r}") from exc
-        uid, gid = entry.pw_uid, entry.pw_gid
-    if config.group:
-        try:
-            group = config.group
-            gentry = grp.getgrgid(int(group)) if group.isdigit() else grp.getgrnam(group)
-        except (KeyError, OverflowError) as exc:
-            raise PluginError(f"plugin {plugin}: no such group {config.group!r}") from exc
-        gid = gentry.gr_gid
-    return Owner(uid, gid)
+    """The uid/gid the servers run as (privileges.resolve: -u alone also means the user's
+    primary group). An unknown name is a PluginError naming the plugin."""
+    try:
+        identity = privileges.resolve(config.user, config.group)
+    except ConfigError as exc:
+        raise PluginError(f"plugin {plugin}: {exc.message}") from exc
+    return Owner(
+        -1 if identity.uid is None else identity.uid,
+        -1 if identity.gid is None else identity.gid,
+    )
 
 
 def open_append(path: str, plugin: str) -> int:
@@ -151,6 +144,28 @@ def exists(dir_fd: int, name: str) -> bool:
     except FileNotFoundError:
         return False
     return True
+
+
+class LineLog:
+    """An output plugin that appends one line per (non-virtual) attack to its `logfile` at
+    POSTPROC (logAttacker, logJSON): virtual attacks' findings are already on their root, so
+    logging them too would count an attack twice. Subclasses say how a line looks."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        self.fd: int | None = open_append(ctx.option("logfile"), ctx.name)
+
+    def line(self, attack: Attack) -> bytes:
+        raise NotImplementedError
+
+    def postproc(self, attack: Attack) -> None:
+        if attack.is_virtual:
+            return
+        assert self.fd is not None, "postproc after close"
+        append_record(self.fd, self.line(attack))
+
+    def close(self) -> None:
+        close_fd(self.fd)
+        self.fd = None
 
 
 def close_fd(fd: int | None) -> None:

@@ -64,10 +64,3 @@ def drop(identity: Identity) -> None:
     if identity.gid is not None and os.getgid() != identity.gid:
         raise RuntimeError("group was not changed")
 
-
-def chown_for(identity: Identity, path: str) -> None:
-    """Give a directory we created as root to the identity servers run as."""
-    if identity.uid is None and identity.gid is None:
-        return
-    os.chown(path, -1 if identity.uid is None else identity.uid,
-             -1 if identity.gid is None else identity.gid)

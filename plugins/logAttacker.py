@@ -22,19 +22,9 @@ from honeytrap.attack import Attack
 from honeytrap.plugin import PluginContext
 
 
-class LogAttacker:
-    def __init__(self, ctx: PluginContext) -> None:
-        self.fd: int | None = outfile.open_append(ctx.option("logfile"), ctx.name)
-
-    def postproc(self, attack: Attack) -> None:
-        if attack.is_virtual:
-            return
-        assert self.fd is not None, "postproc after close"
-        outfile.append_record(self.fd, format_line(attack).encode("ascii"))
-
-    def close(self) -> None:
-        outfile.close_fd(self.fd)
-        self.fd = None
+class LogAttacker(outfile.LineLog):
+    def line(self, attack: Attack) -> bytes:
+        return format_line(attack).encode("ascii")
 
 
 def format_line(attack: Attack) -> str:

@@ -15,20 +15,9 @@ from honeytrap.attack import Attack
 from honeytrap.plugin import PluginContext
 
 
-class LogJSON:
-    def __init__(self, ctx: PluginContext) -> None:
-        self.fd: int | None = outfile.open_append(ctx.option("logfile"), ctx.name)
-
-    def postproc(self, attack: Attack) -> None:
-        if attack.is_virtual:
-            return
-        assert self.fd is not None, "postproc after close"
-        line = json.dumps(attack.to_json(), separators=(",", ":")) + "\n"
-        outfile.append_record(self.fd, line.encode("utf-8"))
-
-    def close(self) -> None:
-        outfile.close_fd(self.fd)
-        self.fd = None
+class LogJSON(outfile.LineLog):
+    def line(self, attack: Attack) -> bytes:
+        return (json.dumps(attack.to_json(), separators=(",", ":")) + "\n").encode("utf-8")
 
 
 def load(ctx: PluginContext) -> LogJSON:

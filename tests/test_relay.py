@@ -185,6 +185,8 @@ def test_proxy_target_is_the_configured_one() -> None:
         ("127.3.2.1", "loopback"),
         ("::1", "loopback"),
         ("::ffff:127.0.0.1", "loopback"),
+        ("2002:7f00:1::1", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a9fe:a9fe::1", "link-local"),  # 6to4 of 169.254.169.254
         ("169.254.10.1", "link-local"),
         ("fe80::1%eth0", "link-local"),
         ("224.0.0.251", "multicast"),
