@@ -7,7 +7,13 @@ from typing import Any
 
 
 def normalize(address: str) -> str:
-    """An IPv4 peer of a dual-stack socket shows as ::ffff:a.b.c.d: record it as a.b.c.d."""
+    """An address as the kernel gives it (inet_ntop text): an IPv4 peer of a dual-stack socket
+    shows as ::ffff:a.b.c.d, recorded as a.b.c.d.
+    (Called for every connection: the kernel's own common forms skip the parse.)"""
+    if address.startswith("::ffff:") and address.count(".") == 3:
+        return address[7:]
+    if "%" not in address and (":" in address) != ("." in address):
+        return address  # plain IPv4 or hex-only IPv6 from inet_ntop is already canonical
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:

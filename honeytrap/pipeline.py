@@ -20,7 +20,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from honeytrap.attack import Attack
 from honeytrap.plugin import ATTACK_HOOKS, Registry
@@ -237,6 +236,3 @@ class Pipeline:
                 log.critical("%d hung plugin threads: not replacing more", self._abandoned)
             self._queue.put(job)
 
-
-def describe(counters: Counters) -> dict[str, Any]:
-    return dict(counters.__dict__)

@@ -19,7 +19,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -373,8 +373,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.conn: Connection | None = None
         self.start = time.time()
         self.last_data = time.monotonic()
+        self.opened = time.monotonic()
         self.timer: asyncio.TimerHandle | None = None
-        self.lifetime: asyncio.TimerHandle | None = None
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -390,7 +390,6 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
         loop = asyncio.get_running_loop()
         self.timer = loop.call_later(self.read_timeout, self._tick)
-        self.lifetime = loop.call_later(MAX_CONNECTION_SECONDS, self.abort, Closed.LIFETIME)
 
     def data_received(self, data: bytes) -> None:
         self.last_data = time.monotonic()
@@ -403,7 +402,12 @@ class NormalConnection(asyncio.Protocol, Finisher):
         return False
 
     def _tick(self) -> None:
+        """The one timer of a connection: the read timeout, and (checked on the same clock,
+        which runs at least every read timeout while the connection is open) its lifetime."""
         if self.done:
+            return
+        if time.monotonic() - self.opened >= MAX_CONNECTION_SECONDS:
+            self.abort(Closed.LIFETIME)
             return
         loop = asyncio.get_running_loop()
         waited = time.monotonic() - self.last_data
@@ -432,9 +436,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
         if self.done:
             return
         self.done = True
-        for handle in (self.timer, self.lifetime):
-            if handle is not None:
-                handle.cancel()
+        if self.timer is not None:
+            self.timer.cancel()
         if self.session.closed is Closed.OPEN:
             self.session.abort(Closed.RESET if exc else Closed.EOF)
         assert self.conn is not None
@@ -600,5 +603,3 @@ def _local_address(
                 return address, reply
     return "", None
 
-
-ChildMain = Callable[[ServerSpec], int]
