@@ -34,7 +34,8 @@ def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> No
             # A port something listens on (a real service, or a dynamic server already running)
             # is the kernel's business: only unserved ports need to reach honeytrap.
             host.cmd(
-                tool, "-A", "INPUT", "-i", host.dev, "-p", proto, "-m", "socket", "-j", "ACCEPT"
+                tool, "-A", "INPUT", "-i", host.dev, "-p", proto, "-m", "socket", "--nowildcard",
+                "-j", "ACCEPT",
             )
         for proto in ("tcp", "udp"):
             match = ["--syn"] if proto == "tcp" else []
