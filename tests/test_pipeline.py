@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import types
 from collections.abc import Iterable
 
@@ -351,3 +352,57 @@ def test_an_attack_submitted_after_close_is_refused_loudly(
 def test_an_attack_with_no_plugins_finishes() -> None:
     pipeline = run(Registry(), attack())
     assert pipeline.counters.attacks == pipeline.counters.finished == 1
+
+
+class SlowFirst:
+    """ANALYZE blocks for the attack whose payload is b"slow" (until released), else returns."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def analyze(self, attack: Attack) -> None:
+        if attack.payload == b"slow":
+            self.entered.set()
+            self.release.wait(WAIT)
+
+
+def test_a_slow_hook_lets_another_worker_take_the_next_attacks() -> None:
+    """One worker takes jobs while hooks are quick; a hook slower than BOOST_AFTER lets one
+    more run, so attacks queued behind a slow download still finish meanwhile."""
+    journal, slow = Journal(), SlowFirst()
+    registry = registry_of(("Slow", slow), ("After", Recorder("After", journal)))
+    pipeline = Pipeline(registry, workers=2, plugin_timeout=60.0)
+    done: list[bytes] = []
+    try:
+        pipeline.submit(attack(b"slow"), on_done=lambda: done.append(b"slow"))
+        assert slow.entered.wait(WAIT)
+        for n in range(5):
+            pipeline.submit(attack(b"quick%d" % n), on_done=lambda n=n: done.append(b"q%d" % n))
+        deadline = time.monotonic() + WAIT
+        while len(done) < 5 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert sorted(done) == [b"q%d" % n for n in range(5)]  # the slow one still runs
+        assert pipeline.pending() == 1
+    finally:
+        slow.release.set()
+        assert pipeline.close(WAIT)
+    assert done[-1] == b"slow"
+    assert pipeline.counters.finished == 6
+
+
+def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
+    """The converse (so the test above can fail): no other worker, nothing overtakes."""
+    slow = SlowFirst()
+    pipeline = Pipeline(registry_of(("Slow", slow)), workers=1, plugin_timeout=60.0)
+    done: list[bytes] = []
+    try:
+        pipeline.submit(attack(b"slow"), on_done=lambda: done.append(b"slow"))
+        assert slow.entered.wait(WAIT)
+        pipeline.submit(attack(b"quick"), on_done=lambda: done.append(b"quick"))
+        time.sleep(0.3)  # several BOOST_AFTER periods
+        assert done == []
+    finally:
+        slow.release.set()
+        assert pipeline.close(WAIT)
+    assert done == [b"slow", b"quick"]
