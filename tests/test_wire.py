@@ -1,0 +1,394 @@
+"""The server-to-recorder wire codec: attacks and acks round-trip, any split of the stream decodes
+the same, and hostile bytes give WireError and nothing else."""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from honeytrap.attack import Attack, Connection, Download, DownloadTry, Mode, Payload
+from honeytrap.wire import MAX_FRAME, MAX_TIME, FrameReader, WireError, encode_ack, encode_attack
+
+# Offsets in an attack frame, from the layout in wire.py's docstring: header (u32 length, u8
+# type), then u64 seq, u8 mode, u8 flags, f64 start_time, f64 end_time, u32 id length, u32 note
+# count, u32 x4 connection lengths, u16 local_port, u16 remote_port.
+HEADER = 5
+MODE_AT = HEADER + 8
+FLAGS_AT = MODE_AT + 1
+START_AT = FLAGS_AT + 1
+NOTES_COUNT_AT = START_AT + 16 + 4
+LOCAL_PORT_AT = NOTES_COUNT_AT + 4 + 16
+
+
+def conn(local: str = "198.18.0.1", remote: str = "198.18.0.2", payload: bytes = b"GET /",
+         lport: int = 80, rport: int = 51234) -> Connection:
+    return Connection("tcp", local, lport, remote, rport, Payload(payload))
+
+
+def state(attack: Attack) -> tuple[Any, ...]:
+    """Everything an attack carries, comparable (Attack itself compares by identity)."""
+    return (attack.id, attack.mode, attack.start_time, attack.end_time, attack.is_virtual,
+            attack.attack_connection, attack.proxy_connection, attack.notes, attack.downloads,
+            attack.download_tries, attack.analysis, attack.parent)
+
+
+def decode_one(frame: bytes) -> tuple[str, int, Attack | None]:
+    reader = FrameReader()
+    messages = reader.feed(frame)
+    assert len(messages) == 1
+    assert reader.pending() == 0
+    return messages[0]
+
+
+def round_trip(attack: Attack, seq: int = 1) -> Attack:
+    kind, got_seq, decoded = decode_one(encode_attack(seq, attack))
+    assert (kind, got_seq) == ("attack", seq)
+    assert decoded is not None
+    return decoded
+
+
+TYPICAL = {
+    "ipv4": Attack(conn(), start_time=1.7e9, end_time=1.7e9 + 2.5),
+    "ipv6": Attack(conn("2001:db8::1", "2001:db8::2", b"\x00\xff" * 100, 445, 1),
+                   start_time=1.7e9, end_time=1.7e9 + 0.001),
+    "proxy": Attack(conn(payload=b"EHLO x\r\n", lport=25), mode=Mode.PROXY, start_time=1.0,
+                    end_time=2.0,
+                    proxy_connection=Connection("udp", "192.0.2.1", 40000, "192.0.2.5", 53,
+                                                Payload(b"220 ready\r\n"))),
+    "mirror with empty proxy payload": Attack(
+        conn(), mode=Mode.MIRROR, start_time=1.0, end_time=1.0,
+        proxy_connection=conn("198.18.0.1", "198.18.0.2", b"", 40001, 80)),
+    "notes": Attack(conn(), notes=["template 80_tcp", "read_limit reached", "", "ünïcode ✓"],
+                    start_time=5.0),
+    "empty payload": Attack(conn(payload=b""), start_time=0.0, end_time=0.0),
+    "1 MiB payload": Attack(conn(payload=bytes(range(256)) * 4096), start_time=1.7e9),
+    "virtual, ignore mode": Attack(conn(), mode=Mode.IGNORE, is_virtual=True, start_time=1.0),
+}
+
+
+@pytest.mark.parametrize("name", TYPICAL)
+def test_typical_attack_round_trips_with_its_id(name: str) -> None:
+    attack = TYPICAL[name]
+    decoded = round_trip(attack, seq=42)
+    assert decoded is not attack
+    assert state(decoded) == state(attack)
+
+
+def test_ack_round_trips() -> None:
+    for seq in (0, 1, 2**32, 2**64 - 1):
+        assert decode_one(encode_ack(seq)) == ("ack", seq, None)
+
+
+@pytest.mark.parametrize("seq", [-1, 2**64])
+def test_sequence_number_outside_u64_is_refused(seq: int) -> None:
+    with pytest.raises(WireError, match="sequence number"):
+        encode_ack(seq)
+    with pytest.raises(WireError, match="sequence number"):
+        encode_attack(seq, TYPICAL["ipv4"])
+
+
+def stream() -> tuple[bytes, list[tuple[str, int, tuple[Any, ...] | None]]]:
+    """Several frames of every kind back to back, and what they should decode to."""
+    small = [a for name, a in TYPICAL.items() if name != "1 MiB payload"]
+    data = b""
+    expected: list[tuple[str, int, tuple[Any, ...] | None]] = []
+    for seq, attack in enumerate(small):
+        data += encode_attack(seq, attack) + encode_ack(seq)
+        expected += [("attack", seq, state(attack)), ("ack", seq, None)]
+    return data, expected
+
+
+def comparable(messages: list[tuple[str, int, Attack | None]]) -> list[Any]:
+    return [(kind, seq, None if a is None else state(a)) for kind, seq, a in messages]
+
+
+def test_stream_split_at_every_byte_boundary_decodes_the_same() -> None:
+    data, expected = stream()
+    for cut in range(len(data) + 1):
+        reader = FrameReader()
+        first = reader.feed(data[:cut])
+        assert reader.pending() == cut - sum(len(f) for f in frames_in(data[:cut]))
+        second = reader.feed(data[cut:])
+        assert comparable(first + second) == expected
+        assert reader.pending() == 0
+
+
+def frames_in(prefix: bytes) -> list[bytes]:
+    """The complete frames at the start of prefix (by their length prefixes)."""
+    frames = []
+    pos = 0
+    while len(prefix) - pos >= HEADER:
+        (length,) = struct.unpack_from("<I", prefix, pos)
+        if pos + HEADER + length > len(prefix):
+            break
+        frames.append(prefix[pos:pos + HEADER + length])
+        pos += HEADER + length
+    return frames
+
+
+def test_stream_fed_one_byte_at_a_time_decodes_the_same() -> None:
+    data, expected = stream()
+    reader = FrameReader()
+    messages = []
+    for i in range(len(data)):
+        messages += reader.feed(data[i:i + 1])
+    assert comparable(messages) == expected
+
+
+def test_many_frames_in_one_feed() -> None:
+    data, expected = stream()
+    assert comparable(FrameReader().feed(data * 50)) == expected * 50
+
+
+def test_large_frame_in_socket_sized_pieces_between_small_ones() -> None:
+    big = TYPICAL["1 MiB payload"]
+    data = encode_ack(1) + encode_attack(2, big) + encode_ack(3)
+    reader = FrameReader()
+    messages = []
+    for at in range(0, len(data), 65536):
+        messages += reader.feed(data[at:at + 65536])
+    assert [(k, s) for k, s, _ in messages] == [("ack", 1), ("attack", 2), ("ack", 3)]
+    assert messages[1][2] is not None and state(messages[1][2]) == state(big)
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    frame = encode_attack(9, TYPICAL["notes"])
+    for data in (bytearray(frame), memoryview(frame)):
+        ((kind, seq, attack),) = FrameReader().feed(data)  # type: ignore[arg-type]
+        assert attack is not None and state(attack) == state(TYPICAL["notes"])
+
+
+# --- what the encoder refuses ---------------------------------------------------------------
+
+@pytest.mark.parametrize("extra", [
+    {"downloads": [Download("http", "192.0.2.1", 80, "x", "http://192.0.2.1/x", Payload(b"x"))]},
+    {"download_tries": [DownloadTry("http", "http://192.0.2.1/x", "192.0.2.1", 80, "failed")]},
+    {"analysis": {"ClamAV": {}}},
+    {"parent": Attack(conn())},
+])
+def test_encoder_refuses_what_the_frame_would_lose(extra: dict[str, Any]) -> None:
+    attack = Attack(conn(), **extra)
+    with pytest.raises(ValueError, match="not carried"):
+        encode_attack(1, attack)
+
+
+@pytest.mark.parametrize("port", [-1, 65536, 100_000])
+@pytest.mark.parametrize("where", ["local", "remote", "proxy"])
+def test_encoder_refuses_port_out_of_range(port: int, where: str) -> None:
+    if where == "proxy":
+        attack = Attack(conn(), proxy_connection=conn(lport=port))
+    else:
+        attack = Attack(conn(lport=port) if where == "local" else conn(rport=port))
+    with pytest.raises(WireError, match=f"{port}.*0..65535"):
+        encode_attack(1, attack)
+
+
+@pytest.mark.parametrize("when", [math.nan, math.inf, -math.inf, -1.0, MAX_TIME * 2])
+def test_encoder_refuses_time_a_date_cannot_show(when: float) -> None:
+    with pytest.raises(WireError, match="times"):
+        encode_attack(1, Attack(conn(), start_time=when))
+    with pytest.raises(WireError, match="times"):
+        encode_attack(1, Attack(conn(), start_time=1.0, end_time=when))
+
+
+def test_encoder_refuses_strings_it_cannot_encode() -> None:
+    with pytest.raises(WireError, match="not ascii"):
+        encode_attack(1, Attack(conn(remote="198.18.0.ü")))
+    with pytest.raises(WireError, match="not ascii"):
+        encode_attack(1, Attack(conn(), proxy_connection=conn(local="ü")))
+    with pytest.raises(WireError, match="not utf-8"):
+        encode_attack(1, Attack(conn(), notes=["lone \udc80 surrogate"]))
+
+
+def test_encoder_refuses_frame_over_the_limit() -> None:
+    attack = Attack(conn(payload=b"x" * 1000))
+    encode_attack(1, attack, max_frame=2000)
+    with pytest.raises(WireError, match="over the limit of 1000"):
+        encode_attack(1, attack, max_frame=1000)
+
+
+# --- what the decoder refuses ---------------------------------------------------------------
+
+def reject(data: bytes, match: str, reader: FrameReader | None = None) -> FrameReader:
+    reader = reader or FrameReader()
+    with pytest.raises(WireError, match=match):
+        reader.feed(data)
+    return reader
+
+
+def patched(offset: int, fmt: str, value: Any, attack: Attack | None = None) -> bytes:
+    """A valid attack frame (checked) with one fixed field overwritten."""
+    frame = encode_attack(7, attack or TYPICAL["notes"])
+    decode_one(frame)
+    data = bytearray(frame)
+    struct.pack_into(fmt, data, offset, value)
+    return bytes(data)
+
+
+def test_oversized_length_is_refused_before_its_body_is_buffered() -> None:
+    header = struct.pack("<IB", MAX_FRAME + 1, 1)
+    reader = FrameReader()
+    assert reader.feed(header[:3]) == []
+    reject(header[3:], "over the limit", reader)
+    assert reader.pending() == 0
+
+
+def test_length_at_the_limit_is_buffered_not_refused() -> None:
+    reader = FrameReader(max_frame=100)
+    assert reader.feed(struct.pack("<IB", 100, 1) + b"\0" * 50) == []
+    assert reader.pending() == HEADER + 50
+    reject(struct.pack("<IB", 101, 1), "over the limit of 100", FrameReader(max_frame=100))
+
+
+def test_unknown_frame_type_is_refused_from_the_header() -> None:
+    reject(struct.pack("<IB", 1000, 3), "unknown frame type 3")
+
+
+def test_reader_is_unusable_after_an_error() -> None:
+    reader = reject(struct.pack("<IB", 8, 0), "unknown frame type 0")
+    reject(encode_ack(1), "unusable after an earlier error", reader)
+
+
+@pytest.mark.parametrize("length", [0, 7, 9])
+def test_ack_of_wrong_length_is_refused(length: int) -> None:
+    reject(struct.pack("<IB", length, 2) + b"\0" * length, "ack body")
+
+
+def test_attack_body_shorter_than_fixed_fields_is_refused() -> None:
+    reject(struct.pack("<IB", 10, 1) + b"\0" * 10, "shorter than its fixed fields")
+
+
+def test_trailing_bytes_in_a_body_are_refused() -> None:
+    frame = bytearray(encode_attack(1, TYPICAL["ipv4"]) + b"\0")
+    struct.pack_into("<I", frame, 0, len(frame) - HEADER)
+    reject(bytes(frame), "1 trailing bytes")
+    ack = bytearray(encode_ack(1) + b"\0")
+    struct.pack_into("<I", ack, 0, 9)
+    reject(bytes(ack), "ack body of 9 bytes")
+
+
+def test_truncated_body_is_refused() -> None:
+    frame = bytearray(encode_attack(1, TYPICAL["notes"]))
+    for cut in (1, 5, len(frame) - HEADER - 60):
+        short = frame[:len(frame) - cut]
+        struct.pack_into("<I", short, 0, len(short) - HEADER)
+        reject(bytes(short), "overrun|shorter|cannot fit")
+
+
+@pytest.mark.parametrize("when", [math.nan, math.inf, -1.0, MAX_TIME + 1])
+def test_time_out_of_range_is_refused(when: float) -> None:
+    reject(patched(START_AT, "<d", when), "times")
+    reject(patched(START_AT + 8, "<d", when), "times")
+
+
+def test_unknown_mode_and_flags_are_refused() -> None:
+    reject(patched(MODE_AT, "<B", 3), "unknown mode 3")
+    reject(patched(FLAGS_AT, "<B", 4), "unknown flags 0x4")
+
+
+def test_ports_decode_over_their_whole_range() -> None:
+    """u16 on the wire: no out-of-range port can be sent, and 0 and 65535 come through."""
+    for port in (0, 65535):
+        decoded = round_trip(Attack(conn(lport=port, rport=port)))
+        assert (decoded.attack_connection.local_port,
+                decoded.attack_connection.remote_port) == (port, port)
+    frame = patched(LOCAL_PORT_AT, "<H", 65535)
+    _, _, attack = decode_one(frame)
+    assert attack is not None and attack.attack_connection.local_port == 65535
+
+
+def test_note_count_beyond_the_body_is_refused() -> None:
+    reject(patched(NOTES_COUNT_AT, "<I", 2**32 - 1), "cannot fit")
+    reject(patched(NOTES_COUNT_AT, "<I", 5), "overruns")
+
+
+def test_invalid_utf8_and_non_ascii_addresses_are_refused() -> None:
+    attack = Attack(conn(), id="abcd", notes=["é"])
+    frame = encode_attack(1, attack)
+    reject(frame.replace("é".encode(), b"\xff\xfe"), "not valid utf-8")
+    reject(frame.replace(b"abcd", b"ab\xc3("), "not valid utf-8")
+    reject(frame.replace(b"198.18.0.2", b"198.18.0\xc3\xa9"), "not valid ascii")
+
+
+# --- hypothesis -----------------------------------------------------------------------------
+
+ASCII = st.text(st.characters(max_codepoint=127), max_size=50)
+PORTS = st.integers(0, 65535)
+# Any float the codec accepts: finite, 0..MAX_TIME (NaN, infinities and the rest are refused by
+# both ends, tested above); bit-exact round trip, -0.0 included.
+TIMES = st.floats(0.0, MAX_TIME, allow_nan=False)
+CONNECTIONS = st.builds(Connection, ASCII, ASCII, PORTS, ASCII, PORTS,
+                        st.builds(Payload, st.binary(max_size=2000)))
+ATTACKS = st.builds(
+    Attack, attack_connection=CONNECTIONS, mode=st.sampled_from(Mode), start_time=TIMES,
+    end_time=TIMES, proxy_connection=st.none() | CONNECTIONS, is_virtual=st.booleans(),
+    id=st.text(max_size=64), notes=st.lists(st.text(max_size=200), max_size=5))
+
+
+@settings(max_examples=500, deadline=None)
+@given(ATTACKS, st.integers(0, 2**64 - 1))
+def test_any_attack_round_trips(attack: Attack, seq: int) -> None:
+    decoded = round_trip(attack, seq)
+    assert state(decoded) == state(attack)
+    assert math.copysign(1, decoded.start_time) == math.copysign(1, attack.start_time)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(ATTACKS, min_size=1, max_size=5), st.data())
+def test_any_split_of_any_stream_decodes_the_same(attacks: list[Attack], data: st.DataObject
+                                                  ) -> None:
+    frames = b"".join(encode_attack(i, a) + encode_ack(i) for i, a in enumerate(attacks))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(frames)), max_size=10)))
+    reader = FrameReader()
+    messages = []
+    for start, stop in zip([0, *cuts], [*cuts, len(frames)], strict=True):
+        messages += reader.feed(frames[start:stop])
+    assert reader.pending() == 0
+    expected = [m for i, a in enumerate(attacks)
+                for m in (("attack", i, state(a)), ("ack", i, None))]
+    assert comparable(messages) == expected
+
+
+def feed_hostile(reader: FrameReader, pieces: list[bytes]) -> None:
+    """Feed everything; only WireError may escape, and after one every feed raises it."""
+    failed = False
+    for piece in pieces:
+        try:
+            messages = reader.feed(piece)
+        except WireError:
+            failed = True
+            continue
+        assert not failed, "a feed after a WireError returned normally"
+        for kind, _seq, attack in messages:
+            assert kind in ("attack", "ack")
+            assert (attack is None) == (kind == "ack")
+        assert 0 <= reader.pending() <= MAX_FRAME + HEADER
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_arbitrary_bytes_give_messages_or_wire_error(pieces: list[bytes]) -> None:
+    feed_hostile(FrameReader(), pieces)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([1, 2]), st.binary(max_size=400))
+def test_well_framed_garbage_body_gives_message_or_wire_error(kind: int, body: bytes) -> None:
+    feed_hostile(FrameReader(), [struct.pack("<IB", len(body), kind) + body])
+
+
+@settings(max_examples=500, deadline=None)
+@given(ATTACKS, st.data())
+def test_mutated_attack_frame_gives_message_or_wire_error(attack: Attack,
+                                                          data: st.DataObject) -> None:
+    frame = bytearray(encode_attack(1, attack) + encode_ack(2))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(frame) - 1))
+        frame[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(frame)))
+    feed_hostile(FrameReader(), [bytes(frame[:cut]), bytes(frame[cut:])])
