@@ -15,6 +15,12 @@ honeytrap is the real daemon (`python -m honeytrap`, nfq monitor) with SaveFile,
 logJSON on. The load generator (bench/loadgen.py) runs in the attacker namespace, in the same
 number of processes against both servers. Results: a markdown table printed and written to
 bench/results/ (with the raw figures as JSON).
+
+The daemon's files (one per attack: SaveFile) go in a fresh work directory made in --workdir
+(default /var/tmp, not /tmp: see bench/README.md) and removed at the end. Before the phases, the
+run times creating, writing and closing CALIBRATION_FILES small files there and reports the mean:
+what one attack's file costs on that filesystem, which the baseline never pays.
+--only runs some of the phases (one_port, sweep, idle, latency).
 """
 
 from __future__ import annotations
@@ -23,12 +29,15 @@ import argparse
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -63,6 +72,21 @@ PHASE_DEADLINE = 180.0
 # The targets of the issue, as ratios to the baseline.
 TARGET_THROUGHPUT = 0.6
 TARGET_PSS = 2.0
+# The phases, in the order they run (--only picks some).
+PHASES = ("one_port", "sweep", "idle", "latency")
+# Where the work directory is made by default. Not /tmp: test runs create and delete many files
+# there, and an ext4 without a journal then spends up to ~1 ms per file creation skipping the
+# recently deleted inodes (find_inode_bit -> recently_deleted), a machine-state cost the
+# baseline (no files) never pays. bench/README.md has the figures.
+DEFAULT_WORKDIR_PARENT = Path("/var/tmp")
+# The filesystem calibration: this many files of this size (the throughput phases' payload),
+# created, written and closed as SaveFile does, in a scratch directory of the work directory.
+# 2,000 gives a stable mean in well under a second on a fresh ext4 directory.
+CALIBRATION_FILES = 2000
+CALIBRATION_BYTES = 200
+# SaveFile's flags and mode for an attack file (honeytrap/outfile.py).
+CALIBRATION_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+CALIBRATION_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -247,16 +271,86 @@ class Bench:
         self.stop_honeytrap(ht)
         return {"baseline": base, "honeytrap": mine}
 
-    def run(self) -> dict[str, object]:
+    def run(self, phases: Sequence[str]) -> dict[str, Any]:
         s = self.sizes
-        results: dict[str, object] = {
-            "one_port": self.throughput(ONE_PORT, 1, s.one_port),
-            "sweep": self.throughput(SWEEP_BASE, s.sweep_ports, s.sweep_conns),
-        }
-        for count in s.idle:
-            results[f"idle_{count}"] = self.idle_phase(count)
-        results["latency"] = self.latency_phase()
+        results: dict[str, Any] = {}
+        if "one_port" in phases:
+            results["one_port"] = self.throughput(ONE_PORT, 1, s.one_port)
+        if "sweep" in phases:
+            results["sweep"] = self.throughput(SWEEP_BASE, s.sweep_ports, s.sweep_conns)
+        if "idle" in phases:
+            for count in s.idle:
+                results[f"idle_{count}"] = self.idle_phase(count)
+        if "latency" in phases:
+            results["latency"] = self.latency_phase()
         return results
+
+
+# --- the work directory ------------------------------------------------------------------------
+
+
+def untraversable(directory: Path) -> Path | None:
+    """The first of `directory` and its parents that others (the servers' user, nobody) may not
+    enter, if any: the daemon's servers create the attack files below it."""
+    for part in [directory, *directory.parents]:
+        if not os.stat(part).st_mode & 0o001:
+            return part
+    return None
+
+
+def filesystem(path: Path) -> str:
+    """The type of the filesystem `path` is on (the longest mount point above it, from
+    /proc/self/mountinfo; fields per proc(5): mount point 5th, type after the ' - ')."""
+    best, kind = "", "unknown"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields, _, rest = line.partition(" - ")
+        mount = fields.split()[4]
+        inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
+        if inside and len(mount) >= len(best):
+            best, kind = mount, rest.split()[0]
+    return kind
+
+
+def calibrate(workdir: Path) -> dict[str, object]:
+    """Time creating, writing and closing CALIBRATION_FILES files of CALIBRATION_BYTES in a
+    scratch directory of `workdir`. The files stay until the work directory goes at the end of
+    the run: deleting them now would leave recently deleted inodes beside the daemon's files,
+    the very cost this keeps out of the figures."""
+    scratch = workdir / "calibration"
+    scratch.mkdir()
+    data = b"x" * CALIBRATION_BYTES
+    samples = []
+    dir_fd = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY)
+    cpu_start = time.thread_time()
+    try:
+        for i in range(CALIBRATION_FILES):
+            start = time.perf_counter()
+            fd = os.open(f"f{i}", CALIBRATION_FLAGS, CALIBRATION_MODE, dir_fd=dir_fd)
+            os.write(fd, data)
+            os.close(fd)
+            samples.append((time.perf_counter() - start) * 1e6)
+    finally:
+        cpu = time.thread_time() - cpu_start
+        os.close(dir_fd)
+    return {
+        "dir": str(workdir), "filesystem": filesystem(workdir), "files": CALIBRATION_FILES,
+        "bytes": CALIBRATION_BYTES,
+        # CPU time (mostly the kernel's) is what weighs on a CPU-bound daemon, and unlike the
+        # wall clock it does not count other processes' turns on a busy machine.
+        "cpu_us": cpu * 1e6 / CALIBRATION_FILES,
+        "mean_us": sum(samples) / len(samples),
+        "p99_us": percentile(samples, 0.99),
+    }
+
+
+def calibration_line(cal: dict[str, object]) -> str:
+    return (
+        f"Work directory {cal['dir']} ({cal['filesystem']}): creating, writing "
+        f"({cal['bytes']} B) and closing one file there cost {cal['cpu_us']:.0f} us of CPU on "
+        f"average (wall clock: mean {cal['mean_us']:.0f} us, p99 {cal['p99_us']:.0f} us; "
+        f"{cal['files']:,} files). honeytrap's SaveFile does this once per attack, the baseline "
+        "never.\n"
+    )
 
 
 # --- the table ---------------------------------------------------------------------------------
@@ -269,69 +363,110 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def table(results: dict[str, object], sizes: Sizes) -> tuple[str, dict[str, bool]]:
-    """The markdown table, and whether each target was met."""
-    rows: list[tuple[str, str, str, str, str]] = []
-    met: dict[str, bool] = {}
+Row = tuple[str, str, str, str, str]
 
-    def ratio(a: float, b: float) -> str:
-        return f"{b / a:.2f}x" if a else "-"
 
-    for key, label in (("one_port", "one port"), ("sweep", f"{sizes.sweep_ports}-port sweep")):
-        r = results[key]
-        assert isinstance(r, dict)
-        b, h = r["baseline"], r["honeytrap"]
-        ok = h["rate"] >= TARGET_THROUGHPUT * b["rate"]
-        met[f"throughput {label}"] = ok
-        rows.append((f"connections/s, {label} (200 B, half-close)", f"{b['rate']:.0f}",
-                     f"{h['rate']:.0f}", ratio(b["rate"], h["rate"]),
-                     f">= {TARGET_THROUGHPUT}x: {'met' if ok else 'MISSED'}"))
-        recorded = h["records"] == h["completed"]
-        met[f"records {label}"] = recorded
-        rows.append((f"completed / records, {label}",
-                     f"{b['completed']:.0f} / {b['records']:.0f}",
-                     f"{h['completed']:.0f} / {h['records']:.0f}", "",
-                     f"equal: {'met' if recorded else 'MISSED'}"))
-    for count in sizes.idle:
-        r = results[f"idle_{count}"]
-        assert isinstance(r, dict)
-        b, h = r["baseline"], r["honeytrap"]
-        all_served = h["served"] == count
-        met[f"idle {count} served"] = all_served
-        rows.append((f"idle connections served, {count:,}", f"{b['served']:.0f}",
-                     f"{h['served']:.0f}", "", f"all: {'met' if all_served else 'MISSED'}"))
-        pss_ok = h["pss_kib"] <= TARGET_PSS * b["pss_kib"]
-        target = ""
-        if count == sizes.idle[0]:
-            met[f"PSS {count} idle"] = pss_ok
-            target = f"<= {TARGET_PSS}x: {'met' if pss_ok else 'MISSED'}"
-        rows.append((f"PSS at {count:,} idle (MiB; processes)",
-                     f"{b['pss_kib'] / 1024:.1f} ({b['processes']:.0f})",
-                     f"{h['pss_kib'] / 1024:.1f} ({h['processes']:.0f})",
-                     ratio(b["pss_kib"], h["pss_kib"]), target))
-    lat = results["latency"]
-    assert isinstance(lat, dict)
+def ratio(a: float, b: float) -> str:
+    return f"{b / a:.2f}x" if a else "-"
+
+
+def throughput_rows(r: dict[str, dict[str, float]], label: str, met: dict[str, bool]) -> list[Row]:
+    b, h = r["baseline"], r["honeytrap"]
+    ok = h["rate"] >= TARGET_THROUGHPUT * b["rate"]
+    met[f"throughput {label}"] = ok
+    recorded = h["records"] == h["completed"]
+    met[f"records {label}"] = recorded
+    return [
+        (f"connections/s, {label} (200 B, half-close)", f"{b['rate']:.0f}", f"{h['rate']:.0f}",
+         ratio(b["rate"], h["rate"]), f">= {TARGET_THROUGHPUT}x: {'met' if ok else 'MISSED'}"),
+        (f"completed / records, {label}", f"{b['completed']:.0f} / {b['records']:.0f}",
+         f"{h['completed']:.0f} / {h['records']:.0f}", "",
+         f"equal: {'met' if recorded else 'MISSED'}"),
+    ]
+
+
+def idle_rows(r: dict[str, dict[str, float]], count: int, first: bool,
+              met: dict[str, bool]) -> list[Row]:
+    b, h = r["baseline"], r["honeytrap"]
+    all_served = h["served"] == count
+    met[f"idle {count} served"] = all_served
+    pss_ok = h["pss_kib"] <= TARGET_PSS * b["pss_kib"]
+    target = ""
+    if first:  # the PSS target is about the smaller idle count
+        met[f"PSS {count} idle"] = pss_ok
+        target = f"<= {TARGET_PSS}x: {'met' if pss_ok else 'MISSED'}"
+    return [
+        (f"idle connections served, {count:,}", f"{b['served']:.0f}", f"{h['served']:.0f}", "",
+         f"all: {'met' if all_served else 'MISSED'}"),
+        (f"PSS at {count:,} idle (MiB; processes)",
+         f"{b['pss_kib'] / 1024:.1f} ({b['processes']:.0f})",
+         f"{h['pss_kib'] / 1024:.1f} ({h['processes']:.0f})",
+         ratio(b["pss_kib"], h["pss_kib"]), target),
+    ]
+
+
+def latency_rows(lat: dict[str, list[float]], sizes: Sizes) -> list[Row]:
+    rows = []
     for q, name in ((0.5, "p50"), (0.99, "p99")):
         b_ms, h_ms = percentile(lat["baseline"], q), percentile(lat["honeytrap"], q)
         rows.append((f"first SYN to accept, fresh port, {name} (ms; {len(lat['honeytrap'])} "
                      f"of {sizes.fresh_ports})", f"{b_ms:.2f}", f"{h_ms:.2f}",
                      ratio(b_ms, h_ms), ""))
+    return rows
+
+
+def table(results: dict[str, Any], sizes: Sizes) -> tuple[str, dict[str, bool]]:
+    """The markdown table of the phases that ran, and whether each target was met."""
+    rows: list[Row] = []
+    met: dict[str, bool] = {}
+    for key, label in (("one_port", "one port"), ("sweep", f"{sizes.sweep_ports}-port sweep")):
+        if key in results:
+            rows += throughput_rows(results[key], label, met)
+    for count in sizes.idle:
+        if f"idle_{count}" in results:
+            rows += idle_rows(results[f"idle_{count}"], count, count == sizes.idle[0], met)
+    if "latency" in results:
+        rows += latency_rows(results["latency"], sizes)
     head = ("measurement", "baseline", "honeytrap", "ratio", "target")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n", met
 
 
-def main() -> int:
+# --- the command -------------------------------------------------------------------------------
+
+
+def phase_list(text: str) -> tuple[str, ...]:
+    """--only's value: phase names, comma-separated, run in PHASES order."""
+    names = {name.strip() for name in text.split(",") if name.strip()}
+    unknown = names - set(PHASES)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"phases are {', '.join(PHASES)}; not {', '.join(sorted(unknown)) or 'none'}"
+        )
+    return tuple(p for p in PHASES if p in names)
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small counts (the CI mode)")
     parser.add_argument("--out", default=str(BENCH / "results"), help="where results go")
-    args = parser.parse_args()
-    if os.geteuid() != 0:
-        sys.stderr.write("bench/run.py must run as root: it creates network namespaces\n")
-        return 2
-    sizes = QUICK if args.quick else FULL
+    parser.add_argument(
+        "--workdir", metavar="DIR", type=Path, default=DEFAULT_WORKDIR_PARENT,
+        help="make the run's work directory (the daemon's attack files and logs) in DIR, and "
+             "remove it at the end; DIR and its parents must be enterable by nobody "
+             f"(default: {DEFAULT_WORKDIR_PARENT})",
+    )
+    parser.add_argument("--only", metavar="PHASE[,PHASE]", type=phase_list, default=PHASES,
+                        help=f"run only these phases ({', '.join(PHASES)})")
+    return parser.parse_args()
+
+
+def measure(sizes: Sizes, workdir: Path,
+            phases: Sequence[str]) -> tuple[dict[str, object], dict[str, Any]]:
+    """The calibration, then the phases, in a lab of their own."""
+    calibration = calibrate(workdir)
     lab = Lab.create()
     try:
         for host in (lab.attacker, lab.sensor):
@@ -339,26 +474,66 @@ def main() -> int:
             host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
             host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         nfq_rules(lab.sensor)
-        with tempfile.TemporaryDirectory(prefix="honeytrap-bench-") as tmp:
-            os.chmod(tmp, 0o755)  # noqa: S103 - the dynamic servers run as nobody
-            started = time.time()
-            results = Bench(lab, Path(tmp), sizes).run()
+        results = Bench(lab, workdir, sizes).run(phases)
     finally:
         lab.close()
-    text, met = table(results, sizes)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started))
-    mode = "quick" if args.quick else "full"
-    header = (f"# honeytrap benchmark ({mode} mode, {stamp}, {os.cpu_count()} cores)\n\n"
-              "Baseline: bench/baseline.py on the same ports in the same sensor namespace.\n\n")
-    out = Path(args.out)
+    return calibration, results
+
+
+def write_results(out: Path, name: str, header: str, text: str, data: dict[str, object]) -> None:
+    stamp = str(data["started"])
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"bench-{mode}-{stamp}.md").write_text(header + text)
-    (out / f"bench-{mode}-{stamp}.json").write_text(
-        json.dumps({"mode": mode, "results": results, "targets_met": met}, indent=1)
-    )
-    (out / f"latest-{mode}.json").write_text(
-        json.dumps({"mode": mode, "results": results, "targets_met": met}, indent=1)
-    )
+    (out / f"bench-{name}-{stamp}.md").write_text(header + text)
+    (out / f"bench-{name}-{stamp}.json").write_text(json.dumps(data, indent=1))
+    (out / f"latest-{name}.json").write_text(json.dumps(data, indent=1))
+
+
+def workdir_problem(parent: Path) -> str | None:
+    """Why --workdir cannot hold the run's work directory, if it cannot."""
+    if not parent.is_dir():
+        return f"{parent} is not a directory"
+    closed = untraversable(parent)
+    if closed is not None:
+        return (f"nobody cannot enter {closed}, and the dynamic servers, running as nobody, "
+                "write the attack files below it")
+    return None
+
+
+def title(mode: str, phases: Sequence[str], started: str) -> str:
+    only = "" if tuple(phases) == PHASES else f"{', '.join(phases)} only, "
+    return f"# honeytrap benchmark ({mode} mode, {only}{started}, {os.cpu_count()} cores)\n\n"
+
+
+def main() -> int:
+    args = parse_args()
+    if os.geteuid() != 0:
+        sys.stderr.write("bench/run.py must run as root: it creates network namespaces\n")
+        return 2
+    parent = args.workdir.resolve()
+    problem = workdir_problem(parent)
+    if problem is not None:
+        sys.stderr.write(f"bench/run.py: --workdir: {problem}\n")
+        return 2
+    sizes = QUICK if args.quick else FULL
+    mode = "quick" if args.quick else "full"
+    started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    workdir = Path(tempfile.mkdtemp(prefix="honeytrap-bench-", dir=parent))
+    try:
+        os.chmod(workdir, 0o755)  # noqa: S103 - the dynamic servers run as nobody
+        calibration, results = measure(sizes, workdir, args.only)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    text, met = table(results, sizes)
+    header = (title(mode, args.only, started)
+              + "Baseline: bench/baseline.py on the same ports in the same sensor namespace.\n"
+              + calibration_line(calibration) + "\n")
+    data: dict[str, object] = {
+        "mode": mode, "phases": list(args.only), "started": started,
+        "calibration": calibration, "results": results, "targets_met": met,
+    }
+    # A partial run gets files of its own, so that it never stands in for a whole one.
+    name = mode if args.only == PHASES else f"{mode}-{'+'.join(args.only)}"
+    write_results(Path(args.out), name, header, text, data)
     sys.stdout.write(header + text)
     return 0
 
