@@ -3,13 +3,16 @@ newline-terminated words (and one JSON object after "stats ").
 
 server -> master: busy | idle | expire | released | stats {...}
 master -> server: stop (drain: let open connections finish) | shutdown (record and close now)
-An empty message means the other end is gone.
+                  | relink (with a descriptor: a new link to the recorder, recorder.py)
+An empty message means the other end is gone. Descriptors passed with a message (SCM_RIGHTS)
+are collected in order in `fds`; the receiver takes one per message that carries one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 from typing import Any
 
@@ -17,6 +20,8 @@ log = logging.getLogger("honeytrap.control")
 
 # A message is a word or a small JSON object; anything longer is a bug on the other side.
 MAX_MESSAGE = 64 * 1024
+# Descriptors accepted with one read (one per relink message; more is a bug on the other side).
+MAX_FDS = 4
 
 
 class Channel:
@@ -25,6 +30,7 @@ class Channel:
         self.sock.setblocking(False)
         self._buffer = bytearray()
         self.closed = False
+        self.fds: list[int] = []
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -39,6 +45,20 @@ class Channel:
         except OSError:
             self.closed = True
 
+    def send_fd(self, message: str, fd: int) -> bool:
+        """Send `message` with a descriptor (the caller keeps and closes its own copy)."""
+        if self.closed:
+            return False
+        try:
+            socket.send_fds(self.sock, [message.encode() + b"\n"], [fd])
+        except BlockingIOError:
+            log.error("control channel full: %s with a descriptor dropped", message)
+            return False
+        except OSError:
+            self.closed = True
+            return False
+        return True
+
     def send_stats(self, stats: dict[str, Any]) -> None:
         self.send("stats " + json.dumps(stats, separators=(",", ":")))
 
@@ -47,11 +67,12 @@ class Channel:
         messages: list[str] = []
         while True:
             try:
-                chunk = self.sock.recv(65536)
+                chunk, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, MAX_FDS)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
-                chunk = b""
+                chunk, fds = b"", []
+            self.fds.extend(fds)
             if not chunk:
                 self.closed = True
                 break
@@ -66,8 +87,14 @@ class Channel:
             messages.append("")
         return messages
 
+    def take_fd(self) -> int | None:
+        return self.fds.pop(0) if self.fds else None
+
     def close(self) -> None:
         self.closed = True
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
         self.sock.close()
 
 

@@ -1,7 +1,9 @@
 """The master: watches the monitor, owns the table of dynamic servers, handles signals.
 
 It stays root and never reads attacker bytes beyond packet headers. One selector loop over the
-monitor's descriptor, a signal wake-up socket and one control channel per dynamic server.
+monitor's descriptor, a signal wake-up socket, one control channel per dynamic server and one per
+recorder (recorder.py: the process running the plugins; the master gives each new server a link
+to it, and when a recorder dies, starts another and relinks every server that used it).
 
 Bounds (an Internet-wide sweep must not fork-bomb us): at most `max_servers` running servers
 (the least recently used idle one is stopped to make room, else the attempt is refused), at most
@@ -19,7 +21,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from honeytrap import control, daemon, metrics
@@ -32,6 +34,7 @@ from honeytrap.listener import PortInUse, bind_port
 from honeytrap.monitor import Held, Monitor
 from honeytrap.plugin import Registry, load_plugins
 from honeytrap.privileges import Identity
+from honeytrap.recorder import RecorderHandle, fork_recorder
 from honeytrap.server import ServerSpec, child_main
 
 log = logging.getLogger("honeytrap.master")
@@ -39,6 +42,9 @@ log = logging.getLogger("honeytrap.master")
 # On SIGTERM, dynamic servers get this long to record their attacks and exit; stragglers
 # are then killed (by pid: never the process group, which may hold processes not ours).
 SHUTDOWN_TIMEOUT = 45.0
+# Then the recorders get this long to finish the attacks handed to them (their own pipeline
+# drain is 30 s, recorder.DRAIN_SECONDS).
+RECORDER_STOP_TIMEOUT = 40.0
 # Attempts held for one port while its previous server releases it.
 MAX_PENDING_PER_PORT = 64
 # Dynamic servers that were told to stop but still finish their work (not counted in
@@ -62,6 +68,7 @@ class ServerHandle:
     draining: bool = False
     released: bool = False
     stats: dict[str, int] = field(default_factory=dict)
+    recorder: RecorderHandle | None = None  # the recorder its link goes to
 
 
 @dataclass
@@ -77,6 +84,7 @@ class MasterStats:
     fork_failures: int = 0
     bind_failures: int = 0
     server_crashes: int = 0
+    recorder_crashes: int = 0
 
 
 class TokenBucket:
@@ -121,6 +129,8 @@ class Master:
         self.releasing: dict[tuple[str, int], ServerHandle] = {}  # draining, port not yet free
         self.children: dict[int, ServerHandle] = {}  # every live dynamic server, by pid
         self.pending: dict[tuple[str, int], list[Held]] = {}
+        self.recorder: RecorderHandle | None = None  # the one new servers link to
+        self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
         self.bucket = TokenBucket(config.max_server_rate)
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
@@ -138,6 +148,7 @@ class Master:
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
+        self._start_recorder()
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
         while self._running:
             for key, _events in self.selector.select(timeout=1.0):
@@ -147,6 +158,8 @@ class Master:
                     self._on_signals()
                 elif isinstance(key.data, ServerHandle):
                     self._on_channel(key.data)
+                elif isinstance(key.data, RecorderHandle):
+                    self._on_recorder(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
             if self.metrics is not None:
@@ -261,14 +274,22 @@ class Master:
         return True
 
     def _fork(self, conf: PortConf, sock: socket.socket) -> ServerHandle | None:
+        if self.recorder is None:
+            self._start_recorder()
+        recorder = self.recorder
+        link = recorder.link() if recorder is not None else None
+        if link is None:
+            # Attacks wait in the server until the recorder is back (relinked then).
+            log.error("no recorder link for %d/%s", conf.port, conf.protocol)
         parent_end, child_end = socket.socketpair()
         try:
             pid = os.fork()
         except OSError as exc:
             self.stats.fork_failures += 1
             log.error("fork failed for %d/%s: %s", conf.port, conf.protocol, exc.strerror)
-            parent_end.close()
-            child_end.close()
+            for end in (parent_end, child_end, link):
+                if end is not None:
+                    end.close()
             return None
         if pid == 0:  # the dynamic server
             status = 1
@@ -276,7 +297,7 @@ class Master:
                 parent_end.close()
                 spec = ServerSpec(
                     conf, sock, self.config, self.registry, self.identity, child_end,
-                    close_in_child=self._fds_for_child(),
+                    recorder=link, close_in_child=self._fds_for_child(),
                 )
                 status = child_main(spec)
             except BaseException:
@@ -285,12 +306,80 @@ class Master:
                 logging.shutdown()
                 os._exit(status)
         child_end.close()
+        if link is not None:
+            link.close()
         now = time.monotonic()
-        return ServerHandle((conf.protocol, conf.port), pid, Channel(parent_end), conf, now, now)
+        return ServerHandle(
+            (conf.protocol, conf.port), pid, Channel(parent_end), conf, now, now,
+            recorder=recorder if link is not None else None,
+        )
+
+    # --- the recorder -------------------------------------------------------------------------
+
+    def _start_recorder(self) -> None:
+        """Fork a recorder with the current plugins; it becomes the one new servers link to."""
+        handle = fork_recorder(self.config, self.registry, self.identity, self._fds_for_child())
+        if handle is None:
+            self.recorder = None
+            return
+        self.recorder = handle
+        self.recorders[handle.pid] = handle
+        self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
+        log.info("recorder started (pid %d)", handle.pid)
+
+    def _on_recorder(self, handle: RecorderHandle) -> None:
+        for message in handle.channel.receive():
+            if message.startswith("stats "):
+                stats = control.parse_stats(message)
+                if stats is not None:
+                    handle.stats = stats
+            elif message == "":
+                try:
+                    self.selector.unregister(handle.channel.fileno())
+                except (KeyError, ValueError):
+                    pass
+
+    def _recorder_exited(self, handle: RecorderHandle, code: int) -> None:
+        if not handle.channel.closed:
+            self._on_recorder(handle)  # its final stats
+            try:
+                self.selector.unregister(handle.channel.fileno())
+            except (KeyError, ValueError):
+                pass
+            handle.channel.close()
+        for name, value in handle.stats.items():
+            if name != "pipeline_pending":
+                self.finished_stats[name] = self.finished_stats.get(name, 0) + value
+        linked = [h for h in self.children.values() if h.recorder is handle]
+        if code == 0 and handle.stopped and not linked:
+            log.info("recorder (pid %d) finished", handle.pid)
+            return
+        self.stats.recorder_crashes += 1
+        log.error("recorder (pid %d) exited with status %d; %d servers to relink",
+                  handle.pid, code, len(linked))
+        if self.recorder is handle:
+            self.recorder = None
+        if self.recorder is None and (self._running or linked):
+            self._start_recorder()
+        for server in linked:
+            self._relink(server)
+
+    def _relink(self, server: ServerHandle) -> None:
+        recorder = self.recorder
+        link = recorder.link() if recorder is not None else None
+        server.recorder = None
+        if recorder is None or link is None:
+            return
+        try:
+            if server.channel.send_fd("relink", link.fileno()):
+                server.recorder = recorder
+        finally:
+            link.close()
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
         fds += [h.channel.fileno() for h in self.children.values() if not h.channel.closed]
+        fds += [r.channel.fileno() for r in self.recorders.values() if not r.channel.closed]
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -390,10 +479,14 @@ class Master:
                 return
             if pid == 0:
                 return
+            code = os.waitstatus_to_exitcode(status)
+            recorder = self.recorders.pop(pid, None)
+            if recorder is not None:
+                self._recorder_exited(recorder, code)
+                continue
             handle = self.children.pop(pid, None)
             if handle is None:
                 continue
-            code = os.waitstatus_to_exitcode(status)
             if code != 0:
                 self.stats.server_crashes += 1
                 log.error("dynamic server %d/%s (pid %d) exited with status %d",
@@ -421,6 +514,12 @@ class Master:
         self.config, self.registry = config, registry
         self.bucket = TokenBucket(config.max_server_rate)
         old.close()
+        # New plugins, new recorder; the old one records what its servers still hand it, then
+        # exits once they all have.
+        previous = self.recorder
+        self._start_recorder()
+        if previous is not None:
+            previous.stop()
         logs.reopen()
         for handle in list(self.servers.values()):
             self._drain(handle, "stop")
@@ -435,6 +534,9 @@ class Master:
             for name, value in handle.stats.items():
                 if name != "final":
                     totals[name] = totals.get(name, 0) + value
+        for recorder in self.recorders.values():
+            for name, value in recorder.stats.items():
+                totals[name] = totals.get(name, 0) + value
         totals["servers_running"] = len(self.servers)
         totals["servers_total"] = len(self.children)
         return totals
@@ -452,19 +554,41 @@ class Master:
         self.pending.clear()
         for handle in list(self.children.values()):
             self._drain(handle, "shutdown")
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-        while self.children and time.monotonic() < deadline:
+        self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
+        self._kill(self.children, "dynamic server")
+        self.children.clear()
+        # The servers are gone: the recorders finish what they were handed, then exit.
+        for recorder in self.recorders.values():
+            recorder.stop()
+        self._wait_for(lambda: bool(self.recorders), RECORDER_STOP_TIMEOUT)
+        self._kill(self.recorders, "recorder")
+        self.recorders.clear()
+        self.log_stats()
+        if self.metrics is not None:
+            self.metrics.close()
+        self.monitor.close()
+        self.registry.close()
+        log.log(logs.NOTICE, "honeytrap stopped")
+        return 0
+
+    def _wait_for(self, busy: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while busy() and time.monotonic() < deadline:
             for key, _events in self.selector.select(timeout=0.2):
                 if key.data == "monitor":
                     for held in self.monitor.poll():
                         held.release()
                 elif isinstance(key.data, ServerHandle):
                     self._on_channel(key.data)
+                elif isinstance(key.data, RecorderHandle):
+                    self._on_recorder(key.data)
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()
-        for pid in list(self.children):
-            log.error("dynamic server pid %d did not stop in time: killing it", pid)
+
+    def _kill(self, processes: Mapping[int, object], what: str) -> None:
+        for pid in list(processes):
+            log.error("%s pid %d did not stop in time: killing it", what, pid)
             try:
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
@@ -473,11 +597,3 @@ class Master:
             except OSError as exc:
                 if exc.errno != errno.ECHILD:
                     raise
-        self.children.clear()
-        self.log_stats()
-        if self.metrics is not None:
-            self.metrics.close()
-        self.monitor.close()
-        self.registry.close()
-        log.log(logs.NOTICE, "honeytrap stopped")
-        return 0

@@ -3,7 +3,8 @@
 The master binds the port (as root) and forks; the child loads the port's template, drops
 privileges before it reads a single attacker byte, and serves every connection to the port
 concurrently on one asyncio loop (the original forked per connection; a slow attacker here delays
-nobody). Finished attacks go to the plugin pipeline (pipeline.py), off the connection path.
+nobody). Finished attacks go to the recorder process (recorder.py), which runs the plugins:
+this process only serves connections.
 
 It ends when the master says so over the control channel (control.py): after the listen timeout
 without connections (the server asks, "expire"), on eviction, reload or shutdown.
@@ -23,13 +24,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from honeytrap import control, privileges
+from honeytrap import control, privileges, proctitle
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
 from honeytrap.config import Config, PortConf
 from honeytrap.mirror import MirrorPolicy
-from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import ReadEvent, Registry
+from honeytrap.recorder import RecorderClient
 from honeytrap.relay import RELAY_MODES, RelayConnection, UdpRelayPeer
 from honeytrap.session import Closed, NormalSession, Output, UdpExchange
 from honeytrap.templates import load_template
@@ -49,8 +50,8 @@ RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # After "stop", connections already queued in the kernel are taken for this long before the
 # listening socket is closed, so a SYN the master let through just before is still served.
 STOP_GRACE = 0.2
-# On shutdown, the pipeline gets this long to finish the attacks in flight.
-PIPELINE_DRAIN_SECONDS = 30.0
+# On exit, the recorder gets this long to acknowledge the attacks handed to it.
+RECORDER_DRAIN_SECONDS = 30.0
 # Datagrams read per wake-up of a UDP socket.
 UDP_BATCH = 64
 UDP_BUFFER = 65535
@@ -85,6 +86,7 @@ class ServerSpec:
     registry: Registry
     identity: privileges.Identity
     control: socket.socket
+    recorder: socket.socket | None = None  # this server's link to the recorder
     close_in_child: list[int] = field(default_factory=list)
 
 
@@ -104,27 +106,25 @@ def child_main(spec: ServerSpec) -> int:
     # hands it back to the loop sooner after a plugin ran (measured in bench/).
     sys.setswitchinterval(SWITCH_INTERVAL)
     conf = spec.port
+    proctitle.set_name(proctitle.server_name(conf.port, conf.protocol))
     template = load_template(spec.config.response_dir, conf.protocol, conf.port)
     privileges.drop(spec.identity)
-    spec.registry.after_fork()
-    pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout)
-    server = DynamicServer(spec, template, pipeline)
+    server = DynamicServer(spec, template)
     try:
-        asyncio.run(server.serve())
+        done = asyncio.run(server.serve())
     finally:
-        done = pipeline.close(PIPELINE_DRAIN_SECONDS)
-        spec.registry.close()
         server.send_stats(final=True)
     return 0 if done else 1
 
 
 class DynamicServer:
-    def __init__(self, spec: ServerSpec, template: bytes, pipeline: Pipeline) -> None:
+    def __init__(self, spec: ServerSpec, template: bytes) -> None:
         self.spec = spec
         self.config = spec.config
         self.port = spec.port
         self.template = template
-        self.pipeline = pipeline
+        self.recorder = RecorderClient(spec.recorder, spec.config, self._recorder_full)
+        self._held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
         self.active = 0
         self.last_activity = time.monotonic()
@@ -143,9 +143,11 @@ class DynamicServer:
 
     # --- life cycle -------------------------------------------------------------------------
 
-    async def serve(self) -> None:
+    async def serve(self) -> bool:
+        """Serve until stopped; True if the recorder acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
+        self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
         self.spec.sock.setblocking(False)
@@ -156,6 +158,11 @@ class DynamicServer:
             self.udp.start()
         self._arm_listen_timer()
         await self.finished.wait()
+        if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
+            return True
+        log.error("port %d/%s: %d attacks not acknowledged by the recorder at exit",
+                  self.port.port, self.port.protocol, len(self.recorder.unacked))
+        return False
 
     def _arm_listen_timer(self) -> None:
         assert self.loop is not None
@@ -184,6 +191,10 @@ class DynamicServer:
                 self.stop(abort=False)
             elif message == "shutdown":
                 self.stop(abort=True)
+            elif message == "relink":
+                fd = self.channel.take_fd()
+                if fd is not None:
+                    self.recorder.relink(socket.socket(fileno=fd))
             elif message == "":  # the master went away
                 self.stop(abort=True)
 
@@ -243,7 +254,10 @@ class DynamicServer:
         self.last_activity = time.monotonic()
         self.stats.attacks += 1
         self.stats.bytes_in += attack.attack_connection.payload.size
-        self.pipeline.submit(attack)
+        try:
+            self.recorder.submit(attack)
+        except ValueError:
+            log.exception("attack %s cannot be handed to the recorder", attack.id)
         if self.active == 0:
             self.channel.send("idle")
         if (
@@ -259,7 +273,6 @@ class DynamicServer:
     def send_stats(self, final: bool = False) -> None:
         self._last_stats = time.monotonic()
         stats = self.stats.as_dict()
-        stats.update({f"pipeline_{k}": v for k, v in self.pipeline.counters.__dict__.items()})
         stats["final"] = int(final)
         self.channel.send_stats(stats)
 
@@ -274,8 +287,23 @@ class DynamicServer:
 
     # --- TCP accept loop ----------------------------------------------------------------------
 
+    def _recorder_full(self, full: bool) -> None:
+        """The recorder is behind (full) or caught up: hold back new connections and datagrams
+        meanwhile (the kernel's backlog and socket buffer hold them, bounded)."""
+        self._held_back = full
+        if self.port.protocol == "udp":
+            if self.udp is not None and not self.stopping:
+                if full:
+                    self.udp.pause()
+                else:
+                    self.udp.start()
+        elif full:
+            self._pause_accepting()
+        elif self.active < self.config.max_connections:
+            self._resume_accepting()
+
     def _resume_accepting(self) -> None:
-        if not self._accepting and not self.stopping:
+        if not self._accepting and not self.stopping and not self._held_back:
             assert self.loop is not None
             self.loop.add_reader(self.spec.sock.fileno(), self._accept_batch)
             self._accepting = True
@@ -478,6 +506,10 @@ class UdpServer:
     def stop(self) -> None:
         assert self.server.loop is not None
         self._readable()  # what already arrived is still answered and recorded
+        self.pause()
+
+    def pause(self) -> None:
+        assert self.server.loop is not None
         self.server.loop.remove_reader(self.sock.fileno())
 
     def _readable(self) -> None:

@@ -54,6 +54,7 @@ class Honeytrap:
     plugins: str = ""
     args: list[str] = field(default_factory=list)
     monitor: str = "nfq"
+    plugin_dir: Path = REPO / "plugins"
     prefix: list[str] = field(default_factory=list)  # e.g. prlimit, setpriv
     proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
@@ -82,7 +83,7 @@ plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
             f"""// written by tests/daemon.py
 monitor = "{self.monitor}"
 response_dir = "{REPO / 'templates'}"
-plugin_dir = "{REPO / 'plugins'}"
+plugin_dir = "{self.plugin_dir}"
 logfile = "{self.logfile}"
 pidfile = "{self.pidfile}"
 read_limit = "1048576"
@@ -168,13 +169,21 @@ read_limit = "1048576"
             time.sleep(0.05)
 
     def children(self) -> list[int]:
-        """Pids of the daemon's child processes (the dynamic servers)."""
+        """Pids of the dynamic servers (the daemon's children but the recorder)."""
+        return [pid for pid, name in self._child_names() if name != "honeytrap-rec"]
+
+    def recorders(self) -> list[int]:
+        """Pids of the recorder processes (one; two while a reload's old one finishes)."""
+        return [pid for pid, name in self._child_names() if name == "honeytrap-rec"]
+
+    def _child_names(self) -> list[tuple[int, str]]:
         assert self.proc is not None
         master = self.master_pid()
         out = subprocess.run(
-            ["ps", "-o", "pid=", "--ppid", str(master)], capture_output=True, text=True
+            ["ps", "-o", "pid=,comm=", "--ppid", str(master)], capture_output=True, text=True
         ).stdout
-        return [int(p) for p in out.split()]
+        rows = [line.split(None, 1) for line in out.splitlines() if line.strip()]
+        return [(int(row[0]), row[1].strip() if len(row) > 1 else "") for row in rows]
 
     def master_pid(self) -> int:
         assert self.proc is not None

@@ -93,16 +93,22 @@ def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
 def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
     sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 8080)
+    sock.settimeout(10)
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert sock.recv(1)  # answered: the server dropped its privileges before reading
     children = sensor.children()
     assert len(children) == 1
-    status = Path(f"/proc/{children[0]}/status").read_text()
+    recorders = sensor.recorders()  # the plugins' process: as unprivileged as the servers
+    assert len(recorders) == 1
     nobody = pwd.getpwnam("nobody")
-    uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
-    gids = next(line for line in status.splitlines() if line.startswith("Gid:")).split()[1:]
-    groups = next(line for line in status.splitlines() if line.startswith("Groups:")).split()[1:]
-    assert set(uids) == {str(nobody.pw_uid)}
-    assert set(gids) != {"0"}
-    assert groups == []
+    for pid in children + recorders:
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        uids = next(line for line in status if line.startswith("Uid:")).split()[1:]
+        gids = next(line for line in status if line.startswith("Gid:")).split()[1:]
+        groups = next(line for line in status if line.startswith("Groups:")).split()[1:]
+        assert set(uids) == {str(nobody.pw_uid)}
+        assert set(gids) != {"0"}
+        assert groups == []
     sock.close()
 
 
@@ -203,8 +209,15 @@ def test_sighup_reloads_plugins_and_keeps_the_old_config_when_broken(
     other = sensor.workdir / "other.json"
     sensor.plugins = f'plugin-logJSON = {{ logfile = "{other}" }}'
     sensor.write_config()
+    old_servers = set(sensor.children())
     sensor.signal(signal.SIGHUP)
     sensor.wait_for("READY=1")
+    # The old server drains: it takes connections for its stop grace (the -m socket rule hands
+    # them to its socket directly), then exits; from then on the port meets the new plugins.
+    deadline = time.monotonic() + 15
+    while old_servers & set(sensor.children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not old_servers & set(sensor.children())
     sock = connect(lab.attacker, lab.sensor.ip4, 110)
     sock.sendall(b"after")
     sock.close()

@@ -1,0 +1,477 @@
+"""The recorder: one process that runs every finished attack through the plugins' attack hooks.
+
+Dynamic servers serve connections and nothing else; each hands its finished attacks to the
+recorder over a link of its own (a Unix stream socketpair made by the master, wire.py frames),
+and keeps every attack until the recorder acknowledges it, which it does once every hook ran for
+it (the savers and loggers included). So:
+
+- the plugins run beside the connection loops, not in them: a server's loop no longer shares its
+  interpreter lock with plugin threads (bench/: that sharing cost more than half the throughput);
+- one process holds the plugins' connections and spools (one database connection, one hpfeeds
+  connection per sensor, not one per port), and replays spools whether or not anyone attacks;
+- no attack is lost if the recorder dies: the master starts another and gives every server a new
+  link ("relink"); each server sends again what was not acknowledged. An attack the dead recorder
+  had half recorded may then be recorded twice (at least once, never lost); outputs with
+  idempotent keys (PostgreSQL, the spools) take it once.
+
+The master forks the recorder at start and on SIGHUP (the new plugins get a new recorder; the old
+one finishes the attacks of the servers it still has, then exits). The recorder drops privileges
+like the servers, then calls the plugins' `after_fork`.
+
+master -> recorder (control, SOCK_SEQPACKET): "link" with a descriptor | "stop" (no more links:
+exit once every link has closed and every attack is recorded). recorder -> master: "stats {...}".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import queue
+import selectors
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from honeytrap import control, privileges, proctitle, wire
+from honeytrap.attack import Attack
+from honeytrap.config import Config
+from honeytrap.pipeline import Pipeline
+from honeytrap.plugin import Registry
+
+log = logging.getLogger("honeytrap.recorder")
+
+# Bytes read from a link at a time.
+READ_SIZE = 256 * 1024
+# Attacks accepted but not yet through every hook: above this the recorder stops reading its
+# links (the servers' unacknowledged attacks then grow, and past their own bound they stop
+# accepting connections: the kernel's backlog holds the load, nothing is dropped); it reads again
+# once the pipeline is down to the low mark.
+MAX_QUEUED_ATTACKS = 20000
+QUEUED_LOW_MARK = 10000
+# On stop, attacks in the pipeline get this long to finish.
+DRAIN_SECONDS = 30.0
+# Statistics go to the master this often.
+STATS_INTERVAL = 10.0
+# A server keeps at most this many bytes of unacknowledged attacks (encoded) before it stops
+# taking new connections until the recorder catches up.
+MAX_UNACKED_BYTES = 256 * 1024 * 1024
+UNACKED_LOW_MARK = MAX_UNACKED_BYTES // 2
+
+
+def max_frame(config: Config) -> int:
+    """The largest frame a link carries: two connections' payloads of read_limit each."""
+    return max(wire.MAX_FRAME, 2 * config.read_limit + 1024 * 1024)
+
+
+# --- the recorder process -------------------------------------------------------------------
+
+
+@dataclass
+class RecorderSpec:
+    config: Config
+    registry: Registry
+    identity: privileges.Identity
+    control: socket.socket  # SOCK_SEQPACKET to the master
+    close_in_child: list[int] = field(default_factory=list)
+
+
+def recorder_main(spec: RecorderSpec) -> int:
+    """Runs in the forked recorder; returns the exit status."""
+    for fd in spec.close_in_child:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    proctitle.set_name(proctitle.RECORDER)
+    privileges.drop(spec.identity)
+    spec.registry.after_fork()
+    pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout)
+    recorder = Recorder(spec, pipeline)
+    signal.signal(signal.SIGTERM, lambda _s, _f: recorder.stop())
+    try:
+        recorder.run()
+    finally:
+        done = pipeline.close(DRAIN_SECONDS)
+        spec.registry.close()
+        recorder.send_stats()
+    return 0 if done else 1
+
+
+class _Link:
+    """The recorder's end of one server's link."""
+
+    def __init__(self, sock: socket.socket, frame_limit: int) -> None:
+        self.sock = sock
+        self.reader = wire.FrameReader(max_frame=frame_limit)
+        self.out = bytearray()
+        self.open = True
+
+
+class Recorder:
+    def __init__(self, spec: RecorderSpec, pipeline: Pipeline) -> None:
+        self.spec = spec
+        self.pipeline = pipeline
+        self.channel = control.Channel(spec.control)
+        self.selector = selectors.DefaultSelector()
+        self.links: dict[int, _Link] = {}
+        self.stopping = False
+        self.reading = True
+        self.received = 0
+        self.link_errors = 0
+        self._frame_limit = max_frame(spec.config)
+        self._acks: queue.SimpleQueue[tuple[_Link, int]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._last_stats = time.monotonic()
+
+    def stop(self) -> None:
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass
+
+    def run(self) -> None:
+        self.selector.register(self.channel.fileno(), selectors.EVENT_READ, "control")
+        self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        while not (self.stopping and not self.links and self.pipeline.pending() == 0):
+            for key, events in self.selector.select(timeout=1.0):
+                if key.data == "control":
+                    self._on_control()
+                elif key.data == "wake":
+                    self._on_wake()
+                elif isinstance(key.data, _Link):
+                    if events & selectors.EVENT_WRITE:
+                        self._flush(key.data)
+                    if events & selectors.EVENT_READ and key.data.open:
+                        self._on_link(key.data)
+            self._pace()
+            if time.monotonic() - self._last_stats >= STATS_INTERVAL:
+                self.send_stats()
+        self._on_wake()
+
+    # --- master ---
+
+    def _on_control(self) -> None:
+        for message in self.channel.receive():
+            if message == "link":
+                fd = self.channel.take_fd()
+                if fd is None:
+                    log.error("link message without a descriptor")
+                    continue
+                self._add_link(socket.socket(fileno=fd))
+            elif message in ("stop", ""):
+                self.stopping = True
+                if message == "":
+                    self.selector.unregister(self.channel.fileno())
+
+    def _add_link(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        link = _Link(sock, self._frame_limit)
+        self.links[sock.fileno()] = link
+        self.selector.register(sock, self._events(link), link)
+
+    def _events(self, link: _Link) -> int:
+        events = selectors.EVENT_READ if self.reading else 0
+        if link.out:
+            events |= selectors.EVENT_WRITE
+        return events
+
+    # --- links ---
+
+    def _on_link(self, link: _Link) -> None:
+        try:
+            data = link.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.warning("link read failed: %s", exc.strerror)
+            data = b""
+        if not data:
+            self._close(link)
+            return
+        try:
+            messages = link.reader.feed(data)
+        except wire.WireError as exc:
+            # Only a server's bug (or a compromised server) gets here; what it sent before
+            # the bad frame is being recorded.
+            self.link_errors += 1
+            log.error("malformed frame from a dynamic server, link closed: %s", exc)
+            self._close(link)
+            return
+        for kind, seq, attack in messages:
+            if kind == "attack" and attack is not None:
+                self.received += 1
+                self.pipeline.submit(attack, on_done=self._done_callback(link, seq))
+
+    def _done_callback(self, link: _Link, seq: int) -> Callable[[], None]:
+        def done() -> None:  # a worker thread: hand the ack to the loop
+            self._acks.put((link, seq))
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # a wake-up is pending already
+
+        return done
+
+    def _on_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        touched: set[_Link] = set()
+        while True:
+            try:
+                link, seq = self._acks.get_nowait()
+            except queue.Empty:
+                break
+            if link.open:
+                link.out += wire.encode_ack(seq)
+                touched.add(link)
+        for link in touched:
+            self._flush(link)
+
+    def _flush(self, link: _Link) -> None:
+        if not link.open:
+            return
+        try:
+            while link.out:
+                sent = link.sock.send(link.out)
+                del link.out[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            link.out.clear()  # the server is gone; it no longer waits for these acks
+        self.selector.modify(link.sock, self._events(link), link)
+
+    def _close(self, link: _Link) -> None:
+        link.open = False
+        self.links.pop(link.sock.fileno(), None)
+        self.selector.unregister(link.sock)
+        link.sock.close()
+        if link.reader.pending():
+            log.error("a dynamic server's link closed mid-frame (%d bytes dropped): it will "
+                      "send the attack again on its next link", link.reader.pending())
+
+    def _pace(self) -> None:
+        """Stop reading links while the pipeline is full; read again once it has room."""
+        pending = self.pipeline.pending()
+        reading = pending < (QUEUED_LOW_MARK if not self.reading else MAX_QUEUED_ATTACKS)
+        if reading != self.reading:
+            self.reading = reading
+            if not reading:
+                log.warning("%d attacks waiting for the plugins: pausing the servers' links",
+                            pending)
+            for link in self.links.values():
+                self.selector.modify(link.sock, self._events(link), link)
+
+    def send_stats(self) -> None:
+        self._last_stats = time.monotonic()
+        stats = {f"pipeline_{k}": v for k, v in self.pipeline.counters.__dict__.items()}
+        stats["pipeline_pending"] = self.pipeline.pending()
+        stats["recorder_link_errors"] = self.link_errors
+        self.channel.send_stats(stats)
+
+
+# --- the master's side ------------------------------------------------------------------------
+
+
+@dataclass
+class RecorderHandle:
+    pid: int
+    channel: control.Channel
+    registry: Registry
+    stats: dict[str, int] = field(default_factory=dict)
+    stopped: bool = False
+
+    def link(self) -> socket.socket | None:
+        """A new link: the recorder gets one end now, the caller the other (for a server)."""
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            if not self.channel.send_fd("link", theirs.fileno()):
+                mine.close()
+                return None
+        finally:
+            theirs.close()
+        return mine
+
+    def stop(self) -> None:
+        if not self.stopped:
+            self.stopped = True
+            self.channel.send("stop")
+
+
+def fork_recorder(
+    config: Config, registry: Registry, identity: privileges.Identity, close_in_child: list[int]
+) -> RecorderHandle | None:
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        log.error("cannot fork the recorder: %s", exc.strerror)
+        parent_end.close()
+        child_end.close()
+        return None
+    if pid == 0:
+        status = 1
+        try:
+            parent_end.close()
+            status = recorder_main(
+                RecorderSpec(config, registry, identity, child_end, close_in_child)
+            )
+        except BaseException:
+            log.exception("the recorder failed")
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    child_end.close()
+    return RecorderHandle(pid, control.Channel(parent_end), registry)
+
+
+# --- the server's side ------------------------------------------------------------------------
+
+
+class RecorderClient:
+    """A dynamic server's end of its link: sends finished attacks, keeps each until acked.
+
+    `on_full(True)` when the unacknowledged bytes pass MAX_UNACKED_BYTES (the server stops
+    taking connections), `on_full(False)` once they are down to the low mark."""
+
+    def __init__(
+        self, sock: socket.socket | None, config: Config, on_full: Callable[[bool], None]
+    ) -> None:
+        self.sock: socket.socket | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_full = on_full
+        self._frame_limit = max_frame(config)
+        self.reader = wire.FrameReader(max_frame=self._frame_limit)
+        self.unacked: dict[int, bytes] = {}
+        self.unacked_bytes = 0
+        self.full = False
+        self.seq = 0
+        self.out = bytearray()
+        self._writing = False
+        self._idle: asyncio.Event | None = None
+        self._pending_sock = sock
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._idle = asyncio.Event()
+        self._idle.set()
+        if self._pending_sock is not None:
+            self._attach(self._pending_sock)
+            self._pending_sock = None
+
+    def submit(self, attack: Attack) -> None:
+        self.seq += 1
+        frame = wire.encode_attack(self.seq, attack)
+        self.unacked[self.seq] = frame
+        self.unacked_bytes += len(frame)
+        if self._idle is not None:
+            self._idle.clear()
+        if self.sock is not None:
+            self.out += frame
+            self._flush()
+        if not self.full and self.unacked_bytes > MAX_UNACKED_BYTES:
+            self.full = True
+            log.warning("%d bytes of attacks not yet acknowledged by the recorder: pausing",
+                        self.unacked_bytes)
+            self.on_full(True)
+
+    def relink(self, sock: socket.socket) -> None:
+        """A new link (the recorder was restarted): send again what was not acknowledged."""
+        self._detach()
+        self._attach(sock)
+        for seq in sorted(self.unacked):
+            self.out += self.unacked[seq]
+        log.warning("relinked to the recorder: %d attacks sent again", len(self.unacked))
+        self._flush()
+
+    async def drained(self, seconds: float) -> bool:
+        """Wait until every attack handed over is acknowledged, or `seconds` pass."""
+        assert self._idle is not None
+        if not self.unacked:
+            return True
+        try:
+            await asyncio.wait_for(self._idle.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    def _attach(self, sock: socket.socket) -> None:
+        assert self.loop is not None
+        sock.setblocking(False)
+        self.sock = sock
+        self.reader = wire.FrameReader(max_frame=self._frame_limit)
+        self.out.clear()
+        self._writing = False
+        self.loop.add_reader(sock.fileno(), self._readable)
+
+    def _detach(self) -> None:
+        if self.sock is None:
+            return
+        assert self.loop is not None
+        self.loop.remove_reader(self.sock.fileno())
+        if self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+        self.sock.close()
+        self.sock = None
+        self.out.clear()
+
+    def _flush(self) -> None:
+        assert self.sock is not None and self.loop is not None
+        try:
+            while self.out:
+                sent = self.sock.send(self.out)
+                del self.out[:sent]
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as exc:
+            self._lost(exc.strerror or "send failed")
+            return
+        if self.out and not self._writing:
+            self.loop.add_writer(self.sock.fileno(), self._flush)
+            self._writing = True
+        elif not self.out and self._writing:
+            self.loop.remove_writer(self.sock.fileno())
+            self._writing = False
+
+    def _readable(self) -> None:
+        assert self.sock is not None
+        try:
+            data = self.sock.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc.strerror or "recv failed")
+            return
+        if not data:
+            self._lost("closed")
+            return
+        try:
+            messages = self.reader.feed(data)
+        except wire.WireError as exc:
+            self._lost(f"malformed ack: {exc}")
+            return
+        for kind, seq, _attack in messages:
+            if kind == "ack":
+                frame = self.unacked.pop(seq, None)
+                if frame is not None:
+                    self.unacked_bytes -= len(frame)
+        if self.full and self.unacked_bytes <= UNACKED_LOW_MARK:
+            self.full = False
+            self.on_full(False)
+        if not self.unacked and self._idle is not None:
+            self._idle.set()
+
+    def _lost(self, why: str) -> None:
+        log.error("link to the recorder lost (%s): %d attacks kept until the master relinks",
+                  why, len(self.unacked))
+        self._detach()

@@ -1,0 +1,160 @@
+"""The recorder process (recorder.py), tested through the real daemon in namespaces: the plugins
+run there, not in the dynamic servers, and no attack is lost when it dies."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import REPO, Honeytrap, nfq_rules
+from netns import Lab, inside
+
+# Bound on every wait here: far above what a step needs, so only a bug reaches it.
+WAIT = 20.0
+
+# A plugin that holds the first attack whose payload is b"stall" in ANALYZE (after writing a
+# marker, so the test knows), until the test removes the marker or WAIT passes. A second
+# recorder finds the marker's twin ("seen") and lets the attack through at once.
+STALL_PLUGIN = '''
+import os, time
+
+class Stall:
+    def __init__(self, ctx):
+        self.dir = ctx.option("dir")
+
+    def analyze(self, attack):
+        if attack.payload != b"stall":
+            return None
+        seen = os.path.join(self.dir, "seen")
+        if os.path.exists(seen):
+            return None
+        open(seen, "w").close()
+        open(os.path.join(self.dir, "stalled"), "w").write(str(os.getpid()))
+        deadline = time.monotonic() + WAIT_SECONDS
+        while os.path.exists(os.path.join(self.dir, "stalled")) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return None
+
+def load(ctx):
+    return Stall(ctx)
+'''.replace("WAIT_SECONDS", repr(WAIT))
+
+
+@pytest.fixture
+def stalling(lab: Lab, tmp_path: Path) -> Iterator[tuple[Honeytrap, Path]]:
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    for name in ("logJSON.py", "logAttacker.py"):
+        shutil.copy(REPO / "plugins" / name, plugins / name)
+    (plugins / "Stall.py").write_text(STALL_PLUGIN)
+    # The recorder runs as nobody and writes here: outside pytest's private (0700) tree.
+    state = Path(tempfile.mkdtemp(prefix="honeytrap-stall-"))
+    os.chmod(state, 0o777)  # noqa: S103
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "5"],
+                   plugin_dir=plugins)
+    ht.plugins = f"""
+plugin-Stall = {{ dir = "{state}" }}
+plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
+"""
+    try:
+        yield ht, state
+    finally:
+        if ht.proc is not None and ht.proc.poll() is None:
+            ht.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def send(lab: Lab, port: int, data: bytes) -> None:
+    with inside(lab.attacker):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    try:
+        sock.connect((lab.sensor.ip4, port))
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(4096):
+            pass
+    finally:
+        sock.close()
+
+
+def wait_until(condition: object, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def payloads(ht: Honeytrap) -> list[bytes]:
+    return [
+        bytes.fromhex(r["attack_connection"]["payload"]["data_hex"])  # type: ignore[index]
+        for r in ht.records()
+    ]
+
+
+def test_the_plugins_run_in_one_recorder_not_in_the_servers(
+    stalling: tuple[Honeytrap, Path], lab: Lab
+) -> None:
+    ht, state = stalling
+    ht.start()
+    for port in (2101, 2102, 2103):
+        send(lab, port, b"stall" if port == 2101 else b"quick")
+    wait_until(lambda: (state / "stalled").exists(), "the stalled attack")
+    (recorder,) = ht.recorders()
+    assert (state / "stalled").read_text() == str(recorder)  # in the recorder, not a server
+    assert len(ht.children()) == 3
+    # The stalled attack holds up no server and no other attack (the pipeline lets another
+    # worker run beside a slow hook).
+    wait_until(lambda: payloads(ht).count(b"quick") == 2, "the two quick attacks")
+    (state / "stalled").unlink()
+    wait_until(lambda: b"stall" in payloads(ht), "the stalled attack's record")
+    assert sorted(payloads(ht)) == [b"quick", b"quick", b"stall"]
+
+
+def test_an_attack_is_not_lost_when_the_recorder_dies_with_it(
+    stalling: tuple[Honeytrap, Path], lab: Lab
+) -> None:
+    """SIGKILL the recorder while an attack is inside a plugin: the master starts another and
+    relinks the server, which sends the unacknowledged attack again; it is recorded once."""
+    ht, state = stalling
+    ht.start()
+    send(lab, 2201, b"before")
+    wait_until(lambda: payloads(ht) == [b"before"], "the first record")
+    send(lab, 2201, b"stall")
+    wait_until(lambda: (state / "stalled").exists(), "the stalled attack")
+    (first,) = ht.recorders()
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: ht.recorders() not in ([], [first]), "a new recorder")
+    wait_until(lambda: b"stall" in payloads(ht), "the stalled attack, recorded by the new one")
+    send(lab, 2201, b"after")  # the same server, on its new link
+    wait_until(lambda: b"after" in payloads(ht), "an attack after the relink")
+    assert sorted(payloads(ht)) == [b"after", b"before", b"stall"]
+    log = ht.logfile.read_text()
+    assert f"recorder (pid {first}) exited with status -9; 1 servers to relink" in log
+    assert "relinked to the recorder: 1 attacks sent again" in log
+    assert ht.stop() == 0
+
+
+def test_sigterm_waits_for_the_recorder_to_finish_what_servers_handed_it(
+    stalling: tuple[Honeytrap, Path], lab: Lab
+) -> None:
+    ht, state = stalling
+    ht.start()
+    send(lab, 2301, b"stall")
+    wait_until(lambda: (state / "stalled").exists(), "the stalled attack")
+    ht.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert ht.proc is not None and ht.proc.poll() is None  # still finishing
+    (state / "stalled").unlink()
+    assert ht.stop() == 0
+    assert payloads(ht) == [b"stall"]
