@@ -9,10 +9,10 @@ hooks are registered, in the order of the configuration file within each hook:
     analyze(self, attack: Attack) -> Iterable[Attack] | None
     savedata(self, attack: Attack) -> Iterable[Attack] | None
     postproc(self, attack: Attack) -> Iterable[Attack] | None
-    after_fork(self) -> None     in each dynamic server, after privileges are dropped
+    after_fork(self) -> None     in the recorder process (recorder.py), after the privilege drop
     close(self) -> None          on reload and exit
 
-Attack hooks run off the connection path (pipeline.py). An attack hook may return *virtual*
+Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may return *virtual*
 attacks (`attack.derive(...)`); they run through every hook before the attack that produced them
 goes on, so downloads found in them are attached to it before it is saved.
 
