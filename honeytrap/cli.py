@@ -251,5 +251,4 @@ def serve(
         monitor.close()
         registry.close()
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE
-    daemon.notify("READY=1")
-    return master.run()
+    return master.run()  # it says READY=1 once its recorder is ready

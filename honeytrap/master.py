@@ -149,6 +149,7 @@ class Master:
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
         self._start_recorder()
+        daemon.notify("READY=1")
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
         while self._running:
             for key, _events in self.selector.select(timeout=1.0):
@@ -324,7 +325,10 @@ class Master:
             return
         self.recorder = handle
         self.recorders[handle.pid] = handle
-        self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
+        if not handle.wait_ready():
+            log.error("the recorder (pid %d) did not get ready", handle.pid)
+        if not handle.channel.closed:
+            self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
         log.info("recorder started (pid %d)", handle.pid)
 
     def _on_recorder(self, handle: RecorderHandle) -> None:

@@ -12,9 +12,9 @@ hooks are registered, in the order of the configuration file within each hook:
     after_fork(self) -> None     in the recorder process (recorder.py), after the privilege drop
     close(self) -> None          on reload and exit
 
-Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may return *virtual*
-attacks (`attack.derive(...)`); they run through every hook before the attack that produced them
-goes on, so downloads found in them are attached to it before it is saved.
+Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may
+return *virtual* attacks (`attack.derive(...)`); they run through every hook before the attack
+that produced them goes on, so downloads found in them are attached to it before it is saved.
 
 `load` runs in the master, as root, before any fork: open files and check options there (an
 error is a PluginError naming the plugin, fatal at start, logged on SIGHUP with the old plugins

@@ -7,7 +7,6 @@ Set with prctl(PR_SET_NAME), which the kernel truncates to 15 bytes.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 log = logging.getLogger("honeytrap.proctitle")
@@ -26,7 +25,9 @@ def server_name(port: int, protocol: str) -> str:
 def set_name(name: str) -> None:
     """Best effort: a failure is logged, never fatal."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The running program's own symbols include libc's: no library search (find_library
+        # would run ldconfig in a subprocess).
+        libc = ctypes.CDLL(None, use_errno=True)
         raw = name.encode("ascii", "replace")[:MAX_NAME] + b"\0"
         if libc.prctl(PR_SET_NAME, ctypes.c_char_p(raw), 0, 0, 0) != 0:
             log.debug("prctl(PR_SET_NAME) failed: errno %d", ctypes.get_errno())

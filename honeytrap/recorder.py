@@ -19,7 +19,9 @@ one finishes the attacks of the servers it still has, then exits). The recorder 
 like the servers, then calls the plugins' `after_fork`.
 
 master -> recorder (control, SOCK_SEQPACKET): "link" with a descriptor | "stop" (no more links:
-exit once every link has closed and every attack is recorded). recorder -> master: "stats {...}".
+exit once every link has closed and every attack is recorded). recorder -> master: "ready" (once,
+privileges dropped and plugins' after_fork done: the master says READY=1 to systemd only then)
+| "stats {...}".
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import asyncio
 import logging
 import os
 import queue
+import select
 import selectors
 import signal
 import socket
@@ -55,6 +58,8 @@ QUEUED_LOW_MARK = 10000
 DRAIN_SECONDS = 30.0
 # Statistics go to the master this often.
 STATS_INTERVAL = 10.0
+# The master waits this long for a new recorder's "ready" (plugins' after_fork included).
+READY_TIMEOUT = 30.0
 # A server keeps at most this many bytes of unacknowledged attacks (encoded) before it stops
 # taking new connections until the recorder catches up.
 MAX_UNACKED_BYTES = 256 * 1024 * 1024
@@ -138,6 +143,7 @@ class Recorder:
             pass
 
     def run(self) -> None:
+        self.channel.send("ready")
         self.selector.register(self.channel.fileno(), selectors.EVENT_READ, "control")
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         while not (self.stopping and not self.links and self.pipeline.pending() == 0):
@@ -306,6 +312,23 @@ class RecorderHandle:
         if not self.stopped:
             self.stopped = True
             self.channel.send("stop")
+
+    def wait_ready(self, seconds: float = READY_TIMEOUT) -> bool:
+        """Block until the recorder says "ready" (False: it died or took longer)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([self.channel.fileno()], [], [], left)
+            if not readable:
+                continue
+            for message in self.channel.receive():
+                if message == "ready":
+                    return True
+                if message == "":
+                    return False
+                stats = control.parse_stats(message)
+                if stats is not None:
+                    self.stats = stats
+        return False
 
 
 def fork_recorder(
