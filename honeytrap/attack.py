@@ -12,7 +12,9 @@ used by logJSON, hpfeeds and the spools, so every output agrees.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
+import math
 import threading
 import time
 import uuid
@@ -269,7 +271,28 @@ class Attack:
         }
 
 
+# Seconds _iso remembers the text of: an attack's start and end, and those of the attacks logged
+# just before it (attacks reach the outputs in about time order).
+_RECENT_SECONDS = 16
+_MICROS = 1_000_000
+
+
 def _iso(timestamp: float) -> str:
-    """ISO 8601 in UTC with milliseconds, as Elasticsearch's date type reads it."""
-    moment = datetime.fromtimestamp(timestamp, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """ISO 8601 in UTC with milliseconds, as Elasticsearch's date type reads it.
+
+    The text of `datetime.fromtimestamp(timestamp, tz=UTC)`, built faster: the timestamp is
+    split as fromtimestamp splits it (whole seconds and microseconds rounded half to even,
+    CPython's _PyTime_DoubleToDenominator), and each second's text is remembered."""
+    fraction, whole = math.modf(timestamp)
+    micros = round(fraction * _MICROS)
+    second = int(whole)
+    if micros >= _MICROS:
+        second, micros = second + 1, micros - _MICROS
+    elif micros < 0:
+        second, micros = second - 1, micros + _MICROS
+    return _iso_second(second) + f"{micros // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=_RECENT_SECONDS)
+def _iso_second(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
