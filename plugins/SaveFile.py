@@ -18,7 +18,6 @@ The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) l
 from __future__ import annotations
 
 import re
-import time
 from hashlib import sha256
 
 from honeytrap import outfile
@@ -28,6 +27,7 @@ from honeytrap.plugin import PluginContext
 # Attack ids are uuid4 hex; anything else (a plugin's own id) is hashed into a safe name part.
 _SAFE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
+_stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
 
 
 class SaveFile:
@@ -58,9 +58,13 @@ class SaveFile:
     def _save_attack(self, attack: Attack) -> str:
         assert self.attacks_fd is not None, "savedata after close"
         base = attack_file_name(attack)
-        names = [base] + [f"{base}.{n}" for n in range(1, outfile.MAX_NAME_ATTEMPTS)]
-        name = outfile.create_exclusive(self.attacks_fd, names, attack.payload)
-        if name != base:
+        try:
+            name = outfile.create_exclusive(self.attacks_fd, [base], attack.payload)
+        except FileExistsError:
+            # Only a file left from an earlier run takes the name: the other names are made
+            # here, not for every attack.
+            others = [f"{base}.{n}" for n in range(1, outfile.MAX_NAME_ATTEMPTS)]
+            name = outfile.create_exclusive(self.attacks_fd, others, attack.payload)
             self.log.warning("attack file %s existed already: saved as %s", base, name)
         return f"{self.attacks_path}/{name}"
 
@@ -86,7 +90,7 @@ def attack_file_name(attack: Attack) -> str:
     """`from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`: only our own data in it."""
     conn = attack.attack_connection
     proto = conn.protocol if conn.protocol in _PROTOCOLS else "ip"
-    stamp = time.strftime("%Y-%m-%dT%H%M%S", time.gmtime(attack.start_time))
+    stamp = _stamp(attack.start_time)
     ident = attack.id if _SAFE_ID.fullmatch(attack.id) else sha256(attack.id.encode()).hexdigest()
     return f"from_port_{int(conn.local_port)}-{proto}_{stamp}_{ident}"
 

@@ -14,12 +14,17 @@ re-rendered from their parsed form, the payload appears only as its hashes and s
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-import time
+import socket
 
 from honeytrap import outfile
 from honeytrap.attack import Attack
 from honeytrap.plugin import PluginContext
+
+# Addresses whose rendering is remembered: the sensor's own few, and attackers' recent ones
+# (an attacker usually comes back many times in a row).
+ADDRESSES_REMEMBERED = 256
 
 
 class LogAttacker(outfile.LineLog):
@@ -40,19 +45,49 @@ def format_line(attack: Attack) -> str:
     )
 
 
+_seconds = outfile.utc_formatter("%Y-%m-%d %H:%M:%S")
+
+
 def _timestamp(when: float) -> str:
     millis = int(when * 1000) % 1000
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) + f".{millis:03d}"
+    return _seconds(when) + f".{millis:03d}"
 
 
 def _endpoint(addr: str, port: int) -> str:
-    try:
-        ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    except ValueError:
+    host = _host(addr)
+    if host is None:
         return f"?:{int(port)}"  # not an address: never copy it into the log
-    if ip.version == 6:
-        return f"[{ip}]:{int(port)}"
-    return f"{ip}:{int(port)}"
+    if ":" in host:
+        return f"[{host}]:{int(port)}"
+    return f"{host}:{int(port)}"
+
+
+@functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)
+def _host(addr: str) -> str | None:
+    """`addr` without its %scope, rendered as ipaddress renders it; None if not an address."""
+    text = addr.split("%", 1)[0]
+    return _canonical(text) or _parsed(text)
+
+
+def _canonical(text: str) -> str | None:
+    """`text` if it already is an address in the form inet_ntop writes (the kernel's form, so
+    nearly every address we see), without parsing it in Python. IPv6 forms with a dotted IPv4
+    part are left to ipaddress, which writes them in hex (::ffff:102:304, not ::ffff:1.2.3.4)."""
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    if family == socket.AF_INET6 and "." in text:
+        return None
+    try:
+        same = socket.inet_ntop(family, socket.inet_pton(family, text)) == text
+    except (OSError, ValueError):  # ValueError: NUL or unencodable characters
+        return None
+    return text if same else None
+
+
+def _parsed(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
 
 
 def _word(text: str) -> str:

@@ -14,10 +14,13 @@ from honeytrap import outfile
 from honeytrap.attack import Attack
 from honeytrap.plugin import PluginContext
 
+# json.dumps(record, separators=(",", ":")) without building an encoder for every record.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
 
 class LogJSON(outfile.LineLog):
     def line(self, attack: Attack) -> bytes:
-        return (json.dumps(attack.to_json(), separators=(",", ":")) + "\n").encode("utf-8")
+        return (_ENCODER.encode(attack.to_json()) + "\n").encode("utf-8")
 
 
 def load(ctx: PluginContext) -> LogJSON:

@@ -1,0 +1,221 @@
+"""The fast text of the output plugins and Attack.to_json is exactly the plain formatting it
+replaced: each reference below is the earlier code, kept as the oracle."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import socket
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from test_output_plugins import PLUGIN_DIR, START, load, make_attack, run_hook
+
+from honeytrap import outfile
+from honeytrap.attack import Attack, Connection, Download, DownloadTry, Mode, Payload, _iso
+from honeytrap.plugin import load_module
+
+LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
+SAVEFILE = load_module(PLUGIN_DIR, "SaveFile")
+
+# Every float: negative, zero, huge, NaN and infinities included (the plain code raised for
+# some; the fast code must raise for the same ones).
+ANY_TIME = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70)
+# Times a few seconds apart, as attacks arrive: the remembered seconds are used again.
+NEARBY_TIMES = st.lists(st.floats(min_value=START - 5, max_value=START + 5), max_size=50)
+# Hard cases for rounding to the millisecond or microsecond, and the ends of the years we can
+# write (datetime stops at 9999-12-31, its year 1 starts at -62135596800).
+EDGES = [0.0, -0.0, 0.9999995, 0.99999949, -0.0000005, -0.5, -1.0, 1e-7, 5e-7, 1.5e-6,
+         START + 0.9995, START + 0.9999995, START + 0.99999949, 253402300799.9999995,
+         253402300799.999, -62135596800.0, -62135596800.0000005, 1e300, -1e300]
+
+
+def outcome(function: Callable[[float], str], when: float) -> str | None:
+    """The text, or None for a time it cannot write. Both codes must agree on which times
+    those are; not on the error (OverflowError or OSError for a year no gmtime can hold)."""
+    try:
+        return function(when)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
+# --- Attack.to_json's time (datetime.fromtimestamp's rounding) -------------------------------
+
+
+def plain_iso(timestamp: float) -> str:
+    moment = datetime.fromtimestamp(timestamp, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ANY_TIME)
+def test_iso_is_the_datetime_text_for_any_time(when: float) -> None:
+    for edge in EDGES:
+        assert outcome(_iso, edge) == outcome(plain_iso, edge), edge
+    assert outcome(_iso, when) == outcome(plain_iso, when)
+
+
+@settings(deadline=None)
+@given(NEARBY_TIMES)
+def test_iso_is_the_datetime_text_for_times_in_a_row(times: list[float]) -> None:
+    assert [_iso(t) for t in times] == [plain_iso(t) for t in times]
+
+
+def test_iso_rounds_to_the_microsecond_before_it_cuts_to_the_millisecond() -> None:
+    """As datetime: .9999995 is the next second, not .999 of this one."""
+    assert _iso(0.9999995) == "1970-01-01T00:00:01.000Z"
+    assert _iso(-0.0000005) == "1970-01-01T00:00:00.000Z"
+
+
+# --- logAttacker's and SaveFile's times (time.gmtime: toward minus infinity) -----------------
+
+
+def plain_stamp(layout: str, when: float) -> str:
+    return time.strftime(layout, time.gmtime(when))
+
+
+def plain_timestamp(when: float) -> str:
+    millis = int(when * 1000) % 1000
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when)) + f".{millis:03d}"
+
+
+@settings(max_examples=2000, deadline=None)
+@given(ANY_TIME)
+@example(-0.5)
+@example(START + 0.9995)
+def test_logattacker_time_is_the_strftime_text_for_any_time(when: float) -> None:
+    assert outcome(LOGATTACKER._timestamp, when) == outcome(plain_timestamp, when)
+
+
+@settings(deadline=None)
+@given(NEARBY_TIMES)
+def test_logattacker_time_is_the_strftime_text_for_times_in_a_row(times: list[float]) -> None:
+    assert [LOGATTACKER._timestamp(t) for t in times] == [plain_timestamp(t) for t in times]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(ANY_TIME, st.sampled_from(["%Y-%m-%dT%H%M%S", "%Y-%m-%d %H:%M:%S", "%s|%j|%a"]))
+def test_utc_formatter_is_strftime_of_gmtime(when: float, layout: str) -> None:
+    fast = outfile.utc_formatter(layout)
+    for edge in EDGES:
+        assert outcome(fast, edge) == outcome(lambda t: plain_stamp(layout, t), edge), edge
+    assert outcome(fast, when) == outcome(lambda t: plain_stamp(layout, t), when)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.floats(min_value=-62135596800, max_value=253402300799))
+def test_savefile_name_has_the_strftime_time(when: float) -> None:
+    attack = make_attack(start=when)
+    stamp = plain_stamp("%Y-%m-%dT%H%M%S", when)
+    assert SAVEFILE.attack_file_name(attack) == f"from_port_80-tcp_{stamp}_{attack.id}"
+
+
+# --- logAttacker's addresses ------------------------------------------------------------------
+
+
+def plain_endpoint(addr: str, port: int) -> str:
+    try:
+        ip = ipaddress.ip_address(addr.split("%", 1)[0])
+    except ValueError:
+        return f"?:{int(port)}"
+    if ip.version == 6:
+        return f"[{ip}]:{int(port)}"
+    return f"{ip}:{int(port)}"
+
+
+def spellings(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[str]:
+    """Ways an address may be written: inet_ntop's (the kernel's), ipaddress's, in full, in
+    upper case, with a scope."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    kernel = socket.inet_ntop(family, ip.packed)
+    return [kernel, str(ip), ip.exploded, kernel.upper(), f"{kernel}%eth0"]
+
+
+@settings(max_examples=1000)
+@given(st.ip_addresses())
+@example(ipaddress.ip_address("::ffff:1.2.3.4"))
+@example(ipaddress.ip_address("::1.2.3.4"))
+@example(ipaddress.ip_address("64:ff9b::1.2.3.4"))
+def test_logattacker_writes_every_address_as_ipaddress_does(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    for text in spellings(ip):
+        assert LOGATTACKER._endpoint(text, 80) == plain_endpoint(text, 80), text
+
+
+@settings(max_examples=1000)
+@given(st.text(alphabet="0123456789abcdefABCDEF:.%x \n\x00\u0661", max_size=45) | st.text())
+@example("1.2.3.04")
+@example("01.2.3.4")
+@example("1.2.3")
+@example("::ffff:0:1.2.3.4")
+@example("\ud800")
+def test_logattacker_writes_any_other_text_as_ipaddress_judges_it(text: str) -> None:
+    assert LOGATTACKER._endpoint(text, 80) == plain_endpoint(text, 80)
+
+
+@given(st.ip_addresses())
+def test_the_fast_path_takes_the_kernels_forms_and_agrees_with_ipaddress(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
+) -> None:
+    """inet_ntop's text skips ipaddress (but for IPv6 with a dotted IPv4 part, which ipaddress
+    writes in hex): what it accepts is exactly what ipaddress writes."""
+    family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+    kernel = socket.inet_ntop(family, ip.packed)
+    fast = LOGATTACKER._canonical(kernel)
+    if ip.version == 6 and "." in kernel:
+        assert fast is None
+    else:
+        assert fast == kernel == str(ip)
+
+
+@given(st.text())
+def test_the_fast_path_accepts_only_what_ipaddress_writes(text: str) -> None:
+    fast = LOGATTACKER._canonical(text)
+    if fast is not None:
+        assert fast == text == str(ipaddress.ip_address(text))
+
+
+def test_logattacker_writes_ipv4_mapped_ipv6_as_ipaddress_does() -> None:
+    """The log has always had ipaddress's text, ::ffff:102:304 on this Python (3.13 writes
+    ::ffff:1.2.3.4): the kernel's ::ffff:1.2.3.4 is not copied as it is."""
+    expected = f"[{ipaddress.ip_address('::ffff:1.2.3.4')}]:80"
+    assert LOGATTACKER._endpoint("::ffff:1.2.3.4", 80) == expected
+
+
+# --- SaveFile's other names, logJSON's bytes --------------------------------------------------
+
+
+def test_savefile_saves_under_the_next_free_name_when_its_name_exists(tmp_path: Path) -> None:
+    options = {"attacks_dir": str(tmp_path / "attacks"), "downloads_dir": str(tmp_path / "dl")}
+    registry = load(("SaveFile", options))
+    attack = make_attack(b"new")
+    name = SAVEFILE.attack_file_name(attack)
+    (tmp_path / "attacks" / name).write_bytes(b"left over")
+    (tmp_path / "attacks" / f"{name}.1").write_bytes(b"left over too")
+    run_hook(registry, "savedata", attack)
+    registry.close()
+    assert (tmp_path / "attacks" / name).read_bytes() == b"left over"
+    assert (tmp_path / "attacks" / f"{name}.2").read_bytes() == b"new"
+    assert attack.analysis["SaveFile"]["attack_file"] == f"{tmp_path}/attacks/{name}.2"
+
+
+def test_logjson_line_is_json_dumps_of_to_json_byte_for_byte(tmp_path: Path) -> None:
+    registry = load(("logJSON", {"logfile": str(tmp_path / "attackers.json")}))
+    conn = Connection("tcp", "2001:db8::1", 80, "198.51.100.7", 40001, Payload(b"\x00\xff\xe9"))
+    attack = Attack(conn, mode=Mode.PROXY, start_time=START, end_time=START + 0.9999995,
+                    proxy_connection=Connection("udp", "192.0.2.1", 1, "192.0.2.2", 2))
+    attack.add_download(Download("http", "203.0.113.9", 80, "\u00e9.exe", "http://x/\u2603",
+                                 Payload(b"MZ")))
+    attack.add_download_try(DownloadTry("ftp", "ftp://x/", "x", 21, "failed", "why\n\x00"))
+    attack.add_note("note \u00e9 \"quoted\" \\")
+    attack.set_analysis("Other", {"float": 0.1, "nan": math.nan, "list": [1, None, True]})
+    run_hook(registry, "postproc", attack)
+    registry.close()
+    expected = json.dumps(attack.to_json(), separators=(",", ":")) + "\n"
+    assert (tmp_path / "attackers.json").read_bytes() == expected.encode("ascii")
