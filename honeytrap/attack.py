@@ -18,9 +18,9 @@ import math
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import cached_property
 from typing import Any
 
 
@@ -51,17 +51,26 @@ class Payload:
     def size(self) -> int:
         return len(self.data)
 
-    @cached_property
+    # Hashes computed once, on first use, kept in the instance dict (functools.cached_property
+    # takes a lock shared by every instance on 3.11: threads hashing big payloads waited).
+    @property
     def md5(self) -> str:
-        return hashlib.md5(self.data, usedforsecurity=False).hexdigest()
+        return self._hash("md5", lambda data: hashlib.md5(data, usedforsecurity=False))
 
-    @cached_property
+    @property
     def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+        return self._hash("sha256", hashlib.sha256)
 
-    @cached_property
+    @property
     def sha512(self) -> str:
-        return hashlib.sha512(self.data).hexdigest()
+        return self._hash("sha512", hashlib.sha512)
+
+    def _hash(self, name: str, new: Callable[[bytes], Any]) -> str:
+        cache = self.__dict__
+        value = cache.get(name)
+        if value is None:
+            value = cache[name] = new(self.data).hexdigest()
+        return str(value)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Payload) and other.data == self.data
