@@ -117,6 +117,7 @@ class _Link:
         self.reader = wire.FrameReader(max_frame=frame_limit)
         self.out = bytearray()
         self.open = True
+        self.registered = False  # in the selector (not while paused with nothing to send)
 
 
 class Recorder:
@@ -181,13 +182,26 @@ class Recorder:
         sock.setblocking(False)
         link = _Link(sock, self._frame_limit)
         self.links[sock.fileno()] = link
-        self.selector.register(sock, self._events(link), link)
+        self._update(link)
 
     def _events(self, link: _Link) -> int:
         events = selectors.EVENT_READ if self.reading else 0
         if link.out:
             events |= selectors.EVENT_WRITE
         return events
+
+    def _update(self, link: _Link) -> None:
+        """(Re)register the link for what it waits for; none (paused, nothing to send): out."""
+        events = self._events(link)
+        if not events:
+            if link.registered:
+                self.selector.unregister(link.sock)
+                link.registered = False
+        elif link.registered:
+            self.selector.modify(link.sock, events, link)
+        else:
+            self.selector.register(link.sock, events, link)
+            link.registered = True
 
     # --- links ---
 
@@ -255,12 +269,14 @@ class Recorder:
             pass
         except OSError:
             link.out.clear()  # the server is gone; it no longer waits for these acks
-        self.selector.modify(link.sock, self._events(link), link)
+        self._update(link)
 
     def _close(self, link: _Link) -> None:
         link.open = False
         self.links.pop(link.sock.fileno(), None)
-        self.selector.unregister(link.sock)
+        if link.registered:
+            self.selector.unregister(link.sock)
+            link.registered = False
         link.sock.close()
         if link.reader.pending():
             log.error("a dynamic server's link closed mid-frame (%d bytes dropped): it will "
@@ -275,8 +291,8 @@ class Recorder:
             if not reading:
                 log.warning("%d attacks waiting for the plugins: pausing the servers' links",
                             pending)
-            for link in self.links.values():
-                self.selector.modify(link.sock, self._events(link), link)
+            for link in list(self.links.values()):
+                self._update(link)
 
     def send_stats(self) -> None:
         self._last_stats = time.monotonic()

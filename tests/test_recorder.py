@@ -8,13 +8,23 @@ import shutil
 import signal
 import socket
 import tempfile
+import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daemon import REPO, Honeytrap, nfq_rules
 from netns import Lab, inside
+
+from honeytrap import recorder as recorder_module
+from honeytrap import wire
+from honeytrap.attack import Attack, Connection, Payload
+from honeytrap.config import Config
+from honeytrap.pipeline import Pipeline
+from honeytrap.plugin import LoadedPlugin, Registry
+from honeytrap.privileges import Identity
 
 # Bound on every wait here: far above what a step needs, so only a bug reaches it.
 WAIT = 20.0
@@ -158,3 +168,54 @@ def test_sigterm_waits_for_the_recorder_to_finish_what_servers_handed_it(
     (state / "stalled").unlink()
     assert ht.stop() == 0
     assert payloads(ht) == [b"stall"]
+
+
+def test_a_full_pipeline_pauses_the_links_then_reads_again_and_acks_everything(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Backpressure inside the recorder (no daemon: the Recorder's steps driven by hand): past
+    MAX_QUEUED_ATTACKS it stops reading its links, at the low mark it reads again, and every
+    attack it took is acknowledged."""
+    monkeypatch.setattr(recorder_module, "MAX_QUEUED_ATTACKS", 3)
+    monkeypatch.setattr(recorder_module, "QUEUED_LOW_MARK", 1)
+    gate = threading.Event()
+
+    class Gate:
+        def analyze(self, attack: Attack) -> None:
+            gate.wait(WAIT)
+
+    registry = Registry()
+    registry.register(LoadedPlugin("Gate", types.ModuleType("Gate"), Gate()))
+    master_end, control_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    server_end, link_end = socket.socketpair()
+    pipeline = Pipeline(registry, workers=1)
+    spec = recorder_module.RecorderSpec(Config(), registry, Identity(None, None), control_end)
+    rec = recorder_module.Recorder(spec, pipeline)
+    try:
+        rec._add_link(link_end)
+        link = rec.links[link_end.fileno()]
+        for seq in range(1, 6):
+            server_end.sendall(wire.encode_attack(seq, Attack(
+                Connection("tcp", "192.0.2.1", 80, "198.51.100.7", 40000 + seq, Payload(b"x"))
+            )))
+        time.sleep(0.1)
+        rec._on_link(link)
+        assert rec.received == 5
+        rec._pace()
+        assert not rec.reading and not link.registered  # paused: nothing read meanwhile
+        gate.set()
+        assert pipeline.drain(WAIT)
+        rec._pace()
+        assert rec.reading and link.registered
+        rec._on_wake()
+        reader = wire.FrameReader()
+        acks: list[int] = []
+        server_end.settimeout(WAIT)
+        while len(acks) < 5:
+            acks += [seq for kind, seq, _ in reader.feed(server_end.recv(4096)) if kind == "ack"]
+        assert sorted(acks) == [1, 2, 3, 4, 5]
+    finally:
+        gate.set()
+        pipeline.close(WAIT)
+        for sock in (master_end, control_end, server_end, link_end):
+            sock.close()
