@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from honeytrap import control, daemon, metrics
+from honeytrap import control, daemon, forked, metrics
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -283,32 +283,20 @@ class Master:
             # Attacks wait in the server until the recorder is back (relinked then).
             log.error("no recorder link for %d/%s", conf.port, conf.protocol)
         parent_end, child_end = socket.socketpair()
-        try:
-            pid = os.fork()
-        except OSError as exc:
+        spec = ServerSpec(
+            conf, sock, self.config, self.registry, self.identity, child_end, recorder=link,
+            close_in_child=[*self._fds_for_child(), parent_end.fileno()],
+        )
+        pid = forked.fork_child(
+            f"dynamic server {conf.port}/{conf.protocol}", lambda: child_main(spec)
+        )
+        for end in (child_end, link):
+            if end is not None:
+                end.close()
+        if pid is None:
             self.stats.fork_failures += 1
-            log.error("fork failed for %d/%s: %s", conf.port, conf.protocol, exc.strerror)
-            for end in (parent_end, child_end, link):
-                if end is not None:
-                    end.close()
+            parent_end.close()
             return None
-        if pid == 0:  # the dynamic server
-            status = 1
-            try:
-                parent_end.close()
-                spec = ServerSpec(
-                    conf, sock, self.config, self.registry, self.identity, child_end,
-                    recorder=link, close_in_child=self._fds_for_child(),
-                )
-                status = child_main(spec)
-            except BaseException:
-                log.exception("dynamic server %d/%s failed", conf.port, conf.protocol)
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        child_end.close()
-        if link is not None:
-            link.close()
         now = time.monotonic()
         return ServerHandle(
             (conf.protocol, conf.port), pid, Channel(parent_end), conf, now, now,

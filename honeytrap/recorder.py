@@ -27,6 +27,7 @@ privileges dropped and plugins' after_fork done: the master says READY=1 to syst
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import queue
@@ -38,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from honeytrap import control, privileges, proctitle, wire
+from honeytrap import control, forked, privileges, proctitle, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline
@@ -71,6 +72,16 @@ def max_frame(config: Config) -> int:
     return max(wire.MAX_FRAME, 2 * config.read_limit + 1024 * 1024)
 
 
+def send_pending(sock: socket.socket, out: bytearray) -> None:
+    """Send what the (non-blocking) socket takes now; the rest stays in `out`. Errors other
+    than would-block are the caller's."""
+    try:
+        while out:
+            del out[: sock.send(out)]
+    except (BlockingIOError, InterruptedError):
+        pass
+
+
 # --- the recorder process -------------------------------------------------------------------
 
 
@@ -85,16 +96,7 @@ class RecorderSpec:
 
 def recorder_main(spec: RecorderSpec) -> int:
     """Runs in the forked recorder; returns the exit status."""
-    for fd in spec.close_in_child:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    proctitle.set_name(proctitle.RECORDER)
+    forked.leave_master(spec.close_in_child, proctitle.RECORDER)
     privileges.drop(spec.identity)
     spec.registry.after_fork()
     pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout)
@@ -134,14 +136,22 @@ class Recorder:
         self._frame_limit = max_frame(spec.config)
         self._acks: queue.SimpleQueue[tuple[_Link, int]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._woken = False  # a wake-up byte is pending: later acks ride on it
         self._last_stats = time.monotonic()
 
     def stop(self) -> None:
         self.stopping = True
-        try:
-            os.write(self._wake_w, b"\0")
-        except BlockingIOError:
-            pass
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the loop (from a worker thread or the SIGTERM handler): one byte per wake-up,
+        not one write per finished attack. _on_wake clears the flag before it drains."""
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass
 
     def run(self) -> None:
         self.channel.send("ready")
@@ -228,19 +238,15 @@ class Recorder:
         for kind, seq, attack in messages:
             if kind == "attack" and attack is not None:
                 self.received += 1
-                self.pipeline.submit(attack, on_done=self._done_callback(link, seq))
+                self.pipeline.submit(attack, on_done=functools.partial(self._done, link, seq))
 
-    def _done_callback(self, link: _Link, seq: int) -> Callable[[], None]:
-        def done() -> None:  # a worker thread: hand the ack to the loop
-            self._acks.put((link, seq))
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass  # a wake-up is pending already
-
-        return done
+    def _done(self, link: _Link, seq: int) -> None:
+        """A worker thread finished the attack: hand its ack to the loop."""
+        self._acks.put((link, seq))
+        self._wake()
 
     def _on_wake(self) -> None:
+        self._woken = False
         try:
             while os.read(self._wake_r, 4096):
                 pass
@@ -262,11 +268,7 @@ class Recorder:
         if not link.open:
             return
         try:
-            while link.out:
-                sent = link.sock.send(link.out)
-                del link.out[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
+            send_pending(link.sock, link.out)
         except OSError:
             link.out.clear()  # the server is gone; it no longer waits for these acks
         self._update(link)
@@ -351,26 +353,14 @@ def fork_recorder(
     config: Config, registry: Registry, identity: privileges.Identity, close_in_child: list[int]
 ) -> RecorderHandle | None:
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        log.error("cannot fork the recorder: %s", exc.strerror)
-        parent_end.close()
-        child_end.close()
-        return None
-    if pid == 0:
-        status = 1
-        try:
-            parent_end.close()
-            status = recorder_main(
-                RecorderSpec(config, registry, identity, child_end, close_in_child)
-            )
-        except BaseException:
-            log.exception("the recorder failed")
-        finally:
-            logging.shutdown()
-            os._exit(status)
+    spec = RecorderSpec(
+        config, registry, identity, child_end, [*close_in_child, parent_end.fileno()]
+    )
+    pid = forked.fork_child("the recorder", lambda: recorder_main(spec))
     child_end.close()
+    if pid is None:
+        parent_end.close()
+        return None
     return RecorderHandle(pid, control.Channel(parent_end), registry)
 
 
@@ -386,7 +376,7 @@ class RecorderClient:
     def __init__(
         self, sock: socket.socket | None, config: Config, on_full: Callable[[bool], None]
     ) -> None:
-        self.sock: socket.socket | None = None
+        self.sock = sock  # attached to the loop by start()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_full = on_full
         self._frame_limit = max_frame(config)
@@ -396,28 +386,29 @@ class RecorderClient:
         self.full = False
         self.seq = 0
         self.out = bytearray()
-        self._writing = False
-        self._idle: asyncio.Event | None = None
-        self._pending_sock = sock
+        self._writing = False  # a writer is registered: the socket was full
+        self._flush_soon = False  # a flush is scheduled for the end of this loop iteration
+        self._idle = asyncio.Event()  # set while nothing is unacknowledged
+        self._idle.set()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self._idle = asyncio.Event()
-        self._idle.set()
-        if self._pending_sock is not None:
-            self._attach(self._pending_sock)
-            self._pending_sock = None
+        if self.sock is not None:
+            self._attach(self.sock)
 
     def submit(self, attack: Attack) -> None:
+        """Hand a finished attack over. The frames of one loop iteration go out in one send."""
         self.seq += 1
-        frame = wire.encode_attack(self.seq, attack)
+        frame = wire.encode_attack(self.seq, attack, max_frame=self._frame_limit)
         self.unacked[self.seq] = frame
         self.unacked_bytes += len(frame)
-        if self._idle is not None:
-            self._idle.clear()
+        self._idle.clear()
         if self.sock is not None:
             self.out += frame
-            self._flush()
+            if not self._writing and not self._flush_soon:
+                assert self.loop is not None
+                self._flush_soon = True
+                self.loop.call_soon(self._flush)
         if not self.full and self.unacked_bytes > MAX_UNACKED_BYTES:
             self.full = True
             log.warning("%d bytes of attacks not yet acknowledged by the recorder: pausing",
@@ -435,7 +426,6 @@ class RecorderClient:
 
     async def drained(self, seconds: float) -> bool:
         """Wait until every attack handed over is acknowledged, or `seconds` pass."""
-        assert self._idle is not None
         if not self.unacked:
             return True
         try:
@@ -465,13 +455,12 @@ class RecorderClient:
         self.out.clear()
 
     def _flush(self) -> None:
-        assert self.sock is not None and self.loop is not None
+        self._flush_soon = False
+        if self.sock is None:
+            return  # the link was lost meanwhile; the frames wait in unacked for a relink
+        assert self.loop is not None
         try:
-            while self.out:
-                sent = self.sock.send(self.out)
-                del self.out[:sent]
-        except (BlockingIOError, InterruptedError):
-            pass
+            send_pending(self.sock, self.out)
         except OSError as exc:
             self._lost(exc.strerror or "send failed")
             return
@@ -507,7 +496,7 @@ class RecorderClient:
         if self.full and self.unacked_bytes <= UNACKED_LOW_MARK:
             self.full = False
             self.on_full(False)
-        if not self.unacked and self._idle is not None:
+        if not self.unacked:
             self._idle.set()
 
     def _lost(self, why: str) -> None:

@@ -18,13 +18,12 @@ import logging
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from honeytrap import control, privileges, proctitle
+from honeytrap import control, forked, privileges, proctitle
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
 from honeytrap.config import Config, PortConf
@@ -58,8 +57,6 @@ UDP_BUFFER = 65535
 # in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 CMSG_SPACE = socket.CMSG_SPACE(32)
-# The interpreter's thread switch interval in dynamic servers (default 5 ms).
-SWITCH_INTERVAL = 0.0005
 # Server statistics are sent to the master at most this often.
 STATS_INTERVAL = 10.0
 
@@ -92,21 +89,8 @@ class ServerSpec:
 
 def child_main(spec: ServerSpec) -> int:
     """Runs in the forked child; returns the exit status."""
-    for fd in spec.close_in_child:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    signal.set_wakeup_fd(-1)
-    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
-        signal.signal(sig, signal.SIG_IGN)  # the master decides; it tells us over the channel
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # The connection loop shares the GIL with the plugin threads; a short switch interval
-    # hands it back to the loop sooner after a plugin ran (measured in bench/).
-    sys.setswitchinterval(SWITCH_INTERVAL)
     conf = spec.port
-    proctitle.set_name(proctitle.server_name(conf.port, conf.protocol))
+    forked.leave_master(spec.close_in_child, proctitle.server_name(conf.port, conf.protocol))
     template = load_template(spec.config.response_dir, conf.protocol, conf.port)
     privileges.drop(spec.identity)
     server = DynamicServer(spec, template)

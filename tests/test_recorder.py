@@ -3,6 +3,7 @@ run there, not in the dynamic servers, and no attack is lost when it dies."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -219,3 +220,38 @@ def test_a_full_pipeline_pauses_the_links_then_reads_again_and_acks_everything(
         pipeline.close(WAIT)
         for sock in (master_end, control_end, server_end, link_end):
             sock.close()
+
+
+def test_a_server_hands_over_an_attack_as_large_as_its_read_limit_allows() -> None:
+    """An attack bigger than wire.MAX_FRAME (read_limit raised) still goes over the link whole:
+    both ends size their frames from the configuration."""
+    read_limit = wire.MAX_FRAME + 1024
+    config = Config(read_limit=read_limit)
+    server_end, recorder_end = socket.socketpair()
+    received: list[Attack] = []
+
+    async def hand_over() -> None:
+        client = recorder_module.RecorderClient(server_end, config, lambda full: None)
+        client.start(asyncio.get_running_loop())
+        client.submit(Attack(Connection(
+            "tcp", "192.0.2.1", 80, "198.51.100.7", 40001, Payload(b"A" * read_limit)
+        )))
+        reader = wire.FrameReader(max_frame=recorder_module.max_frame(config))
+        recorder_end.setblocking(False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + WAIT
+        while not received and loop.time() < deadline:
+            try:
+                data = recorder_end.recv(1 << 20)
+            except BlockingIOError:
+                await asyncio.sleep(0.001)
+                continue
+            received.extend(a for _, _, a in reader.feed(data) if a is not None)
+        assert len(client.unacked) == 1
+        client._detach()
+
+    try:
+        asyncio.run(hand_over())
+    finally:
+        recorder_end.close()
+    assert [len(a.payload) for a in received] == [read_limit]

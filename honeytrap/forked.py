@@ -1,0 +1,49 @@
+"""The master's children (dynamic servers, the recorder): how they are forked, what each does
+first, and how each ends. One place, so every child leaves the master's state behind alike."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Callable, Iterable
+
+from honeytrap import proctitle
+
+log = logging.getLogger("honeytrap.forked")
+
+
+def fork_child(what: str, main: Callable[[], int]) -> int | None:
+    """Fork; the child runs `main` and exits with its status (1, logged, if it raised), never
+    returning here. The parent gets the child's pid, or None (logged) if fork failed."""
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        log.error("cannot fork %s: %s", what, exc.strerror)
+        return None
+    if pid == 0:
+        status = 1
+        try:
+            status = main()
+        except BaseException:
+            log.exception("%s failed", what)
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    return pid
+
+
+def leave_master(close_fds: Iterable[int], name: str) -> None:
+    """First thing in a child: close the master's descriptors, leave signals to the master (it
+    says what to do over the control channel; SIGTERM ends the child), and take a process name."""
+    for fd in close_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    signal.set_wakeup_fd(-1)
+    for sig in (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    proctitle.set_name(name)
