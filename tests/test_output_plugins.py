@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pipeline_run import process
 
 from honeytrap.attack import Attack, Connection, Download, Mode, Payload
 from honeytrap.config import Config, PluginSpec
 from honeytrap.errors import PluginError
-from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugins
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "plugins")
@@ -33,8 +33,6 @@ LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
 NUL_PAYLOAD = b"GET / HTTP/1.0\r\n\x00\x00\xff\x00attack\x00"
 # Bound on how long a forked writer may take before the test kills it and fails.
 CHILD_TIMEOUT = 60.0
-# Bound on waiting for a pipeline to finish its attacks.
-DRAIN_TIMEOUT = 30.0
 
 
 def load(*specs: tuple[str, dict[str, Any]], user: str = "", group: str = "") -> Registry:
@@ -342,10 +340,7 @@ def test_logjson_lists_downloads_found_by_analyze_plugins(tmp_path: Path) -> Non
     """logJSON is configured first, yet logs after ANALYZE: its record has the download."""
     registry = log_json(tmp_path)
     registry.register(LoadedPlugin("Finder", types.ModuleType("Finder"), _Finder()))
-    pipeline = Pipeline(registry, workers=1)
-    pipeline.submit(make_attack())
-    assert pipeline.close(DRAIN_TIMEOUT)
-    registry.close()
+    process(registry, make_attack())
     [record] = read_json_lines(tmp_path / "attackers.json")
     assert record["download_count"] == 1
 
