@@ -40,6 +40,10 @@ DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit
 # An Internet-wide sweep touches every port: at most this many dynamic servers live at once;
 # past it the least recently used idle server is stopped, else the port is refused and counted.
 DEFAULT_MAX_SERVERS = 64
+# Dynamic servers (ports) one server process hosts: a new port goes to a process with room (a
+# descriptor handed over, ~0.1 ms) and only every this many ports costs a fork (~15 ms of CPU
+# with its copy-on-write faults, bench/). 1: a process per port, as in the original.
+DEFAULT_PORTS_PER_PROCESS = 16
 # Concurrent connections one dynamic server serves; more wait in the kernel's backlog.
 DEFAULT_MAX_CONNECTIONS = 4096
 # New dynamic servers started per second at most (a fork costs a few ms; a sweep must not
@@ -59,6 +63,8 @@ MAX_READ_LIMIT = 1024 * 1024 * 1024
 MAX_TIMEOUT = 86400.0
 # One dynamic server per protocol/port pair at most.
 MAX_SERVERS_LIMIT = 2 * 65535
+# Ports per server process: past this one loop serves too many ports for one core anyway.
+MAX_PORTS_PER_PROCESS = 1024
 # Connections per server: far above any real use, below file descriptor table sizes.
 MAX_CONNECTIONS_LIMIT = 1_000_000
 # Servers started per second: above this the master only forks.
@@ -129,6 +135,7 @@ class Config:
     monitor: str = "pcap"  # "pcap" | "nfq"
     nfq_queue: int = 0
     max_servers: int = DEFAULT_MAX_SERVERS
+    ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
@@ -159,6 +166,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "loglevel": (0, MAX_LOGLEVEL),
     "nfq_queue": (0, MAX_NFQ_QUEUE),
     "max_servers": (1, MAX_SERVERS_LIMIT),
+    "ports_per_process": (1, MAX_PORTS_PER_PROCESS),
     "max_connections": (1, MAX_CONNECTIONS_LIMIT),
     "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
@@ -296,6 +304,7 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "monitor": _monitor,
     "nfq_queue": _number,
     "max_servers": _number,
+    "ports_per_process": _number,
     "max_connections": _number,
     "max_server_rate": _number,
     "template_repeat": _number,

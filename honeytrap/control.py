@@ -1,9 +1,12 @@
-"""The control channel between the master and one dynamic server: a socketpair carrying
-newline-terminated words (and one JSON object after "stats ").
+"""The control channel between the master and one server process: a socketpair carrying
+newline-terminated words (and one JSON object after "stats "). <port> is "<protocol> <number>".
 
-server -> master: busy | idle | expire | released | stats {...}
-master -> server: stop (drain: let open connections finish) | shutdown (record and close now)
-                  | relink (with a descriptor: a new link to the recorder, recorder.py)
+process -> master: busy <port> | idle <port> | expire <port> | released <port> | stats {...}
+master -> process: serve <port> <n> (with n descriptors: the bound socket, then the template
+                   file if the port has one) | stop <port> (drain: let open connections finish)
+                   | retire (no more ports: exit once the last connection is recorded)
+                   | shutdown (record and close everything now)
+                   | relink (with a descriptor: a new link to the recorder, recorder.py)
 An empty message means the other end is gone. Descriptors passed with a message (SCM_RIGHTS)
 are collected in order in `fds`; the receiver takes one per message that carries one.
 """
@@ -20,7 +23,8 @@ log = logging.getLogger("honeytrap.control")
 
 # A message is a word or a small JSON object; anything longer is a bug on the other side.
 MAX_MESSAGE = 64 * 1024
-# Descriptors accepted with one read (one per relink message; more is a bug on the other side).
+# Descriptors accepted with one read (the most one message carries is 2, serve's; more is a bug
+# on the other side).
 MAX_FDS = 4
 
 
@@ -47,10 +51,14 @@ class Channel:
 
     def send_fd(self, message: str, fd: int) -> bool:
         """Send `message` with a descriptor (the caller keeps and closes its own copy)."""
+        return self.send_fds(message, [fd])
+
+    def send_fds(self, message: str, fds: list[int]) -> bool:
+        """Send `message` with descriptors (the caller keeps and closes its own copies)."""
         if self.closed:
             return False
         try:
-            socket.send_fds(self.sock, [message.encode() + b"\n"], [fd])
+            socket.send_fds(self.sock, [message.encode() + b"\n"], fds)
         except BlockingIOError:
             log.error("control channel full: %s with a descriptor dropped", message)
             return False

@@ -1,9 +1,15 @@
 """The master: watches the monitor, owns the table of dynamic servers, handles signals.
 
 It stays root and never reads attacker bytes beyond packet headers. One selector loop over the
-monitor's descriptor, a signal wake-up socket, one control channel per dynamic server and one per
-recorder (recorder.py: the process running the plugins; the master gives each new server a link
-to it, and when a recorder dies, starts another and relinks every server that used it).
+monitor's descriptor, a signal wake-up socket, one control channel per server process and one per
+recorder (recorder.py: the process running the plugins; the master gives each new server process
+a link to it, and when a recorder dies, starts another and relinks every process that used it).
+
+A dynamic server serves one port; server processes host up to `ports_per_process` of them
+(server.py). For a new port the master binds it and hands the socket to the fullest process that
+has room, and forks a new process only when none has. A process that serves no port any more is
+retired (it exits once its last connection is recorded); so is every process on reload, since it
+holds the old configuration.
 
 Bounds (an Internet-wide sweep must not fork-bomb us): at most `max_servers` running servers
 (the least recently used idle one is stopped to make room, else the attempt is refused), at most
@@ -24,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from honeytrap import control, daemon, forked, metrics
+from honeytrap import control, daemon, forked, metrics, templates
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -35,7 +41,7 @@ from honeytrap.monitor import Held, Monitor
 from honeytrap.plugin import Registry, load_plugins
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
-from honeytrap.server import ServerSpec, child_main
+from honeytrap.server import ServerSpec, child_main, parse_key
 
 log = logging.getLogger("honeytrap.master")
 
@@ -57,18 +63,35 @@ STATS_LOG_INTERVAL = 300.0
 
 
 @dataclass
-class ServerHandle:
-    key: tuple[str, int]
+class ProcessHandle:
+    """A server process: its control channel and the ports it serves or still lets go of."""
+
     pid: int
     channel: Channel
+    ports: dict[tuple[str, int], ServerHandle] = field(default_factory=dict)
+    serving: int = 0  # of those ports, the ones not told to stop: what counts against its room
+    retired: bool = False  # told "retire" or "shutdown": no more ports go to it
+    lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
+    stats: dict[str, int] = field(default_factory=dict)
+    recorder: RecorderHandle | None = None  # the recorder its link goes to
+
+
+@dataclass
+class ServerHandle:
+    """A dynamic server: one port, in a server process."""
+
+    key: tuple[str, int]
+    process: ProcessHandle
     conf: PortConf
     started: float
     last_used: float
     busy: bool = False
     draining: bool = False
     released: bool = False
-    stats: dict[str, int] = field(default_factory=dict)
-    recorder: RecorderHandle | None = None  # the recorder its link goes to
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
 
 
 @dataclass
@@ -82,6 +105,7 @@ class MasterStats:
     refused_draining: int = 0
     ports_in_use: int = 0
     fork_failures: int = 0
+    handover_failures: int = 0
     bind_failures: int = 0
     server_crashes: int = 0
     recorder_crashes: int = 0
@@ -127,7 +151,7 @@ class Master:
         self.finished_stats: dict[str, int] = {}
         self.servers: dict[tuple[str, int], ServerHandle] = {}  # running
         self.releasing: dict[tuple[str, int], ServerHandle] = {}  # draining, port not yet free
-        self.children: dict[int, ServerHandle] = {}  # every live dynamic server, by pid
+        self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
         self.pending: dict[tuple[str, int], list[Held]] = {}
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
@@ -157,7 +181,7 @@ class Master:
                     self._on_monitor()
                 elif key.data == "signal":
                     self._on_signals()
-                elif isinstance(key.data, ServerHandle):
+                elif isinstance(key.data, ProcessHandle):
                     self._on_channel(key.data)
                 elif isinstance(key.data, RecorderHandle):
                     self._on_recorder(key.data)
@@ -239,11 +263,12 @@ class Master:
         self.start_server(key, conf, attempt.family)
 
     def start_server(self, key: tuple[str, int], conf: PortConf, family: int) -> bool:
-        if len(self.children) - len(self.servers) >= DRAINING_FACTOR * self.config.max_servers:
-            self._refuse("refused_draining", key)
-            return False
         if len(self.servers) >= self.config.max_servers and not self._evict_one():
             self._refuse("refused_no_room", key)
+            return False
+        process = self._process_with_room()
+        if process is None and len(self.children) >= self._process_limit():
+            self._refuse("refused_draining", key)
             return False
         if not self.bucket.take():
             self._refuse("refused_rate", key)
@@ -259,22 +284,63 @@ class Master:
             log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
             return False
         try:
-            handle = self._fork(conf, sock)
+            if process is not None:
+                handed = self._hand_over(process, conf, sock)
+            else:
+                process = self._fork(conf, sock)
+                handed = process is not None
         finally:
             sock.close()
-        if handle is None:
+        if process is None or not handed:
             return False
+        now = time.monotonic()
+        handle = ServerHandle(key, process, conf, now, now)
+        process.ports[key] = handle
+        process.serving += 1
         self.servers[key] = handle
-        self.children[handle.pid] = handle
-        self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
         self.stats.servers_started += 1
         log.log(
             logs.NOTICE, "dynamic server for %d/%s started (pid %d, %s mode)",
-            conf.port, conf.protocol, handle.pid, conf.mode.label,
+            conf.port, conf.protocol, process.pid, conf.mode.label,
         )
         return True
 
-    def _fork(self, conf: PortConf, sock: socket.socket) -> ServerHandle | None:
+    def _process_limit(self) -> int:
+        """Server processes alive at most, those letting go of their ports included: enough
+        for max_servers ports, times (1 + DRAINING_FACTOR)."""
+        per = self.config.ports_per_process
+        return (1 + DRAINING_FACTOR) * -(-self.config.max_servers // per)
+
+    def _process_with_room(self) -> ProcessHandle | None:
+        """The fullest process that can take one more port (so the others empty and exit)."""
+        best: ProcessHandle | None = None
+        for process in self.children.values():
+            if process.retired or process.channel.closed:
+                continue
+            if process.serving < self.config.ports_per_process and (
+                best is None or process.serving > best.serving
+            ):
+                best = process
+        return best
+
+    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
+        """Give a running process the port's bound socket and its template file."""
+        template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
+        fds = [sock.fileno()] if template is None else [sock.fileno(), template]
+        try:
+            sent = process.channel.send_fds(
+                f"serve {conf.protocol} {conf.port} {len(fds)}", fds
+            )
+        finally:
+            if template is not None:
+                os.close(template)
+        if not sent:
+            self.stats.handover_failures += 1
+            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol,
+                      process.pid)
+        return sent
+
+    def _fork(self, conf: PortConf, sock: socket.socket) -> ProcessHandle | None:
         if self.recorder is None:
             self._start_recorder()
         recorder = self.recorder
@@ -288,7 +354,7 @@ class Master:
             close_in_child=[*self._fds_for_child(), parent_end.fileno()],
         )
         pid = forked.fork_child(
-            f"dynamic server {conf.port}/{conf.protocol}", lambda: child_main(spec)
+            f"server process for {conf.port}/{conf.protocol}", lambda: child_main(spec)
         )
         for end in (child_end, link):
             if end is not None:
@@ -297,11 +363,12 @@ class Master:
             self.stats.fork_failures += 1
             parent_end.close()
             return None
-        now = time.monotonic()
-        return ServerHandle(
-            (conf.protocol, conf.port), pid, Channel(parent_end), conf, now, now,
-            recorder=recorder if link is not None else None,
+        process = ProcessHandle(
+            pid, Channel(parent_end), recorder=recorder if link is not None else None
         )
+        self.children[pid] = process
+        self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
+        return process
 
     # --- the recorder -------------------------------------------------------------------------
 
@@ -347,7 +414,7 @@ class Master:
             log.info("recorder (pid %d) finished", handle.pid)
             return
         self.stats.recorder_crashes += 1
-        log.error("recorder (pid %d) exited with status %d; %d servers to relink",
+        log.error("recorder (pid %d) exited with status %d; %d server processes to relink",
                   handle.pid, code, len(linked))
         if self.recorder is handle:
             self.recorder = None
@@ -356,7 +423,7 @@ class Master:
         for server in linked:
             self._relink(server)
 
-    def _relink(self, server: ServerHandle) -> None:
+    def _relink(self, server: ProcessHandle) -> None:
         recorder = self.recorder
         link = recorder.link() if recorder is not None else None
         server.recorder = None
@@ -388,17 +455,27 @@ class Master:
         self.stats.servers_evicted += 1
         log.info("evicting idle server for %d/%s to make room", victim.conf.port,
                  victim.conf.protocol)
-        self._drain(victim, "stop")
+        self._drain(victim)
         return True
 
-    def _drain(self, handle: ServerHandle, how: str) -> None:
-        if not handle.draining:
-            handle.draining = True
-            if self.servers.get(handle.key) is handle:
-                del self.servers[handle.key]
-                if not handle.released:
-                    self.releasing[handle.key] = handle
-        handle.channel.send(how)
+    def _drain(self, handle: ServerHandle) -> None:
+        """Stop a port's server: it lets go of the port after its stop grace ("released"), and
+        its open connections finish."""
+        if handle.draining:
+            return
+        handle.draining = True
+        handle.process.serving -= 1
+        if self.servers.get(handle.key) is handle:
+            del self.servers[handle.key]
+            if not handle.released:
+                self.releasing[handle.key] = handle
+        handle.process.channel.send(f"stop {handle.key[0]} {handle.key[1]}")
+
+    def _retire(self, process: ProcessHandle, how: str = "retire") -> None:
+        """No more ports for this process: it exits once its last connection is recorded
+        ("retire"), or records and closes everything now ("shutdown")."""
+        process.retired = True
+        process.channel.send(how)
 
     def _refuse(self, counter: str, key: tuple[str, int]) -> None:
         setattr(self.stats, counter, getattr(self.stats, counter) + 1)
@@ -414,29 +491,43 @@ class Master:
 
     # --- dynamic servers --------------------------------------------------------------------
 
-    def _on_channel(self, handle: ServerHandle) -> None:
-        for message in handle.channel.receive():
-            if message == "busy":
-                handle.busy = True
-                handle.last_used = time.monotonic()
-            elif message == "idle":
-                handle.busy = False
-                handle.last_used = time.monotonic()
-            elif message == "expire":
-                if not handle.busy:
-                    self._drain(handle, "stop")
-            elif message == "released":
-                self._released(handle)
-            elif message.startswith("stats "):
+    def _on_channel(self, process: ProcessHandle) -> None:
+        for message in process.channel.receive():
+            word, _, rest = message.partition(" ")
+            if word == "stats":
                 stats = control.parse_stats(message)
                 if stats is not None:
-                    handle.stats = stats
-            elif message == "":
-                self._gone(handle)
+                    process.stats = stats
+                continue
+            if message == "":
+                self._gone(process)
+                continue
+            handle = process.ports.get(parse_key(rest))
+            if handle is None:
+                continue  # a port this process already let go of
+            if word == "busy":
+                handle.busy = True
+                handle.last_used = time.monotonic()
+            elif word == "idle":
+                handle.busy = False
+                handle.last_used = time.monotonic()
+            elif word == "expire":
+                if not handle.busy:
+                    self._drain(handle)
+            elif word == "released":
+                self._released(handle)
 
     def _released(self, handle: ServerHandle) -> None:
         handle.released = True
-        if self.servers.get(handle.key) is handle:  # stopped itself (SIGTERM to the child)
+        process = handle.process
+        if not handle.draining:  # let go on its own (a malformed handover, a crash)
+            handle.draining = True
+            process.serving -= 1
+        if process.ports.get(handle.key) is handle:
+            del process.ports[handle.key]
+            if not process.ports and not process.retired:
+                self._retire(process)
+        if self.servers.get(handle.key) is handle:
             del self.servers[handle.key]
         if self.releasing.get(handle.key) is handle:
             del self.releasing[handle.key]
@@ -449,19 +540,21 @@ class Master:
         for held in waiting:
             held.release()
 
-    def _gone(self, handle: ServerHandle) -> None:
-        """The channel closed: the server exited (or crashed)."""
+    def _gone(self, process: ProcessHandle) -> None:
+        """The channel closed: the process exited (or crashed); its ports are free."""
         try:
-            self.selector.unregister(handle.channel.fileno())
+            self.selector.unregister(process.channel.fileno())
         except (KeyError, ValueError):
             pass
-        if not handle.released:
+        process.retired = True
+        process.lost = list(process.ports)
+        for handle in list(process.ports.values()):
             self._released(handle)
-        handle.channel.close()
-        for name, value in handle.stats.items():
+        process.channel.close()
+        for name, value in process.stats.items():
             if name != "final":
                 self.finished_stats[name] = self.finished_stats.get(name, 0) + value
-        handle.stats = {}
+        process.stats = {}
 
     def _reap(self) -> None:
         while True:
@@ -476,17 +569,17 @@ class Master:
             if recorder is not None:
                 self._recorder_exited(recorder, code)
                 continue
-            handle = self.children.pop(pid, None)
-            if handle is None:
+            process = self.children.pop(pid, None)
+            if process is None:
                 continue
+            if not process.channel.closed:
+                self._on_channel(process)  # read its last words (final stats)
+            if not process.channel.closed or process.ports:
+                self._gone(process)
             if code != 0:
                 self.stats.server_crashes += 1
-                log.error("dynamic server %d/%s (pid %d) exited with status %d",
-                          handle.conf.port, handle.conf.protocol, pid, code)
-            if not handle.channel.closed:
-                self._on_channel(handle)  # read its last words (final stats)
-                if not handle.channel.closed:
-                    self._gone(handle)
+                ports = " ".join(f"{port}/{proto}" for proto, port in process.lost) or "none"
+                log.error("server process %d (ports %s) exited with status %d", pid, ports, code)
 
     # --- reload, stats, shutdown ------------------------------------------------------------
 
@@ -514,7 +607,10 @@ class Master:
             previous.stop()
         logs.reopen()
         for handle in list(self.servers.values()):
-            self._drain(handle, "stop")
+            self._drain(handle)
+        for process in self.children.values():  # they hold the old configuration
+            if not process.retired:
+                self._retire(process)
         log.log(logs.NOTICE, "configuration and %d plugins reloaded", len(registry.plugins))
         daemon.notify("READY=1")
 
@@ -522,15 +618,16 @@ class Master:
         totals = dict(self.stats.__dict__)
         for name, value in self.finished_stats.items():
             totals[name] = totals.get(name, 0) + value
-        for handle in self.children.values():
-            for name, value in handle.stats.items():
+        for process in self.children.values():
+            for name, value in process.stats.items():
                 if name != "final":
                     totals[name] = totals.get(name, 0) + value
         for recorder in self.recorders.values():
             for name, value in recorder.stats.items():
                 totals[name] = totals.get(name, 0) + value
         totals["servers_running"] = len(self.servers)
-        totals["servers_total"] = len(self.children)
+        totals["servers_total"] = sum(len(p.ports) for p in self.children.values())
+        totals["server_processes"] = len(self.children)
         return totals
 
     def log_stats(self) -> None:
@@ -544,10 +641,10 @@ class Master:
             for held in waiting:
                 held.release()
         self.pending.clear()
-        for handle in list(self.children.values()):
-            self._drain(handle, "shutdown")
+        for process in list(self.children.values()):
+            self._retire(process, "shutdown")
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
-        self._kill(self.children, "dynamic server")
+        self._kill(self.children, "server process")
         self.children.clear()
         # The servers are gone: the recorders finish what they were handed, then exit.
         for recorder in self.recorders.values():
@@ -570,7 +667,7 @@ class Master:
                 if key.data == "monitor":
                     for held in self.monitor.poll():
                         held.release()
-                elif isinstance(key.data, ServerHandle):
+                elif isinstance(key.data, ProcessHandle):
                     self._on_channel(key.data)
                 elif isinstance(key.data, RecorderHandle):
                     self._on_recorder(key.data)

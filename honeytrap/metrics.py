@@ -43,7 +43,9 @@ SCRAPE_TIMEOUT = 10.0
 # this shape become metric names.
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Statistics that go up and down; every other one only goes up (a Prometheus counter).
-GAUGES = frozenset({"servers_running", "servers_total", "spool_depth", "pipeline_pending"})
+GAUGES = frozenset(
+    {"servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending"}
+)
 HELP = {
     "attempts": "Connection attempts seen by the monitor",
     "ignored": "Attempts to ports in ignore mode",
@@ -57,9 +59,11 @@ HELP = {
     "attacks": "Attacks recorded",
     "bytes_in": "Attack payload bytes received",
     "accept_errors": "accept() failures for lack of descriptors or memory",
-    "server_crashes": "Dynamic servers that exited with an error",
+    "server_crashes": "Server processes that exited with an error",
     "servers_running": "Dynamic servers serving a port now",
-    "servers_total": "Dynamic server processes alive now (running and finishing)",
+    "servers_total": "Dynamic servers alive now (serving a port or letting go of it)",
+    "server_processes": "Server processes alive now (each hosts up to ports_per_process servers)",
+    "handover_failures": "Ports bound but not handed to a server process",
     "pipeline_plugin_failures": "Plugin hooks that raised",
     "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
     "spool_depth": "Attacks waiting in output spools",

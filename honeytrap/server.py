@@ -1,13 +1,22 @@
-"""A dynamic server: one process per protocol/port, forked by the master (master.py).
+"""Dynamic servers: one per protocol/port, hosted by server processes forked by the master.
 
-The master binds the port (as root) and forks; the child loads the port's template, drops
-privileges before it reads a single attacker byte, and serves every connection to the port
-concurrently on one asyncio loop (the original forked per connection; a slow attacker here delays
-nobody). Finished attacks go to the recorder process (recorder.py), which runs the plugins:
-this process only serves connections.
+A *dynamic server* (class DynamicServer) serves one port: its listening socket (bound by the
+master, as root), its template, its mode, its connections, its listen timeout. A *server process*
+(class ServerProcess) hosts up to `ports_per_process` of them on one asyncio loop: the master
+forks one with its first port, and hands it further ports' bound sockets over the control channel
+(SCM_RIGHTS) while it has room, so a sweep over a thousand ports costs a few dozen forks, not a
+thousand (bench/: a fork and the copy-on-write faults of a fresh child cost ~15 ms of CPU here).
+With `ports_per_process = 1` every port has a process of its own, as in the original.
 
-It ends when the master says so over the control channel (control.py): after the listen timeout
-without connections (the server asks, "expire"), on eviction, reload or shutdown.
+A process drops privileges before it reads a single attacker byte, and serves every connection
+concurrently (the original forked per connection; a slow attacker here delays nobody). Finished
+attacks go to the recorder process (recorder.py), which runs the plugins: this process only
+serves connections.
+
+A port's server ends when the master says so over the control channel (control.py): after the
+listen timeout without connections (the server asks, "expire"), on eviction, reload or shutdown.
+A process ends when the master retires it (it hosts no port any more) or shuts it down, once its
+last connection is recorded.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from honeytrap import control, forked, privileges, proctitle
+from honeytrap import control, forked, privileges, proctitle, templates
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
 from honeytrap.config import Config, PortConf
@@ -32,7 +41,6 @@ from honeytrap.plugin import ReadEvent, Registry
 from honeytrap.recorder import RecorderClient
 from honeytrap.relay import RELAY_MODES, RelayConnection, UdpRelayPeer
 from honeytrap.session import Closed, NormalSession, Output, UdpExchange
-from honeytrap.templates import load_template
 
 log = logging.getLogger("honeytrap.server")
 
@@ -75,7 +83,7 @@ class ServerStats:
 
 @dataclass
 class ServerSpec:
-    """What the master hands a dynamic server."""
+    """What the master hands a new server process: its first port, and what every port needs."""
 
     port: PortConf
     sock: socket.socket
@@ -83,7 +91,7 @@ class ServerSpec:
     registry: Registry
     identity: privileges.Identity
     control: socket.socket
-    recorder: socket.socket | None = None  # this server's link to the recorder
+    recorder: socket.socket | None = None  # this process's link to the recorder
     close_in_child: list[int] = field(default_factory=list)
 
 
@@ -91,134 +99,259 @@ def child_main(spec: ServerSpec) -> int:
     """Runs in the forked child; returns the exit status."""
     conf = spec.port
     forked.leave_master(spec.close_in_child, proctitle.server_name(conf.port, conf.protocol))
-    template = load_template(spec.config.response_dir, conf.protocol, conf.port)
+    template = templates.load_template(spec.config.response_dir, conf.protocol, conf.port)
     privileges.drop(spec.identity)
-    server = DynamicServer(spec, template)
+    process = ServerProcess(spec)
     try:
-        done = asyncio.run(server.serve())
+        done = asyncio.run(process.serve(template))
     finally:
-        server.send_stats(final=True)
+        process.send_stats(final=True)
     return 0 if done else 1
 
 
-class DynamicServer:
-    def __init__(self, spec: ServerSpec, template: bytes) -> None:
+def port_key(protocol: str, port: int) -> str:
+    """How a port is named in control messages ("tcp 8080")."""
+    return f"{protocol} {port}"
+
+
+class ServerProcess:
+    """The loop, the control channel and the recorder link shared by the dynamic servers of one
+    process; it adds a server for each port the master hands it."""
+
+    def __init__(self, spec: ServerSpec) -> None:
         self.spec = spec
         self.config = spec.config
-        self.port = spec.port
-        self.template = template
+        self.registry = spec.registry
         self.recorder = RecorderClient(spec.recorder, spec.config, self._recorder_full)
-        self._held_back = False  # the recorder is behind: no new connections meanwhile
+        self.held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
-        self.active = 0
-        self.last_activity = time.monotonic()
-        self.stopping = False
-        self.finished: asyncio.Event | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.finished: asyncio.Event | None = None
         self.channel = control.Channel(spec.control)
-        self.connections: set[Finisher] = set()
-        self._accepting = False
-        self._backoff = ACCEPT_BACKOFF_MIN
-        self._expire_sent = False
+        self.servers: dict[tuple[str, int], DynamicServer] = {}  # listening
+        self.draining: set[DynamicServer] = set()  # port let go, connections still open
+        self.retiring = False  # the master hands no more ports: exit once all are done
         self._last_stats = 0.0
-        self._listener_closed = False
-        self.udp: UdpServer | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
 
-    # --- life cycle -------------------------------------------------------------------------
-
-    async def serve(self) -> bool:
-        """Serve until stopped; True if the recorder acknowledged every attack."""
+    async def serve(self, template: bytes) -> bool:
+        """Serve the first port and every port handed over until retired or shut down; True if
+        the recorder acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
-        self.spec.sock.setblocking(False)
-        if self.port.protocol == "tcp":
-            self._resume_accepting()
-        else:
-            self.udp = UdpServer(self)
-            self.udp.start()
-        self._arm_listen_timer()
+        self.add(self.spec.port, self.spec.sock, template)
         await self.finished.wait()
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
             return True
-        log.error("port %d/%s: %d attacks not acknowledged by the recorder at exit",
-                  self.port.port, self.port.protocol, len(self.recorder.unacked))
+        log.error("server process: %d attacks not acknowledged by the recorder at exit",
+                  len(self.recorder.unacked))
         return False
 
-    def _arm_listen_timer(self) -> None:
-        assert self.loop is not None
-        self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+    def add(self, conf: PortConf, sock: socket.socket, template: bytes) -> None:
+        key = (conf.protocol, conf.port)
+        if key in self.servers or self.retiring:  # a bug on the master's side: let it go
+            log.error("port %d/%s handed over twice or too late", conf.port, conf.protocol)
+            sock.close()
+            self.channel.send(f"released {port_key(*key)}")
+            return
+        server = DynamicServer(self, conf, sock, template)
+        self.servers[key] = server
+        server.start()
+        self._retitle()
 
-    def _check_listen_timeout(self) -> None:
-        if self.stopping:
-            return
-        idle_for = time.monotonic() - self.last_activity
-        if self.active == 0 and idle_for >= self.config.listen_timeout:
-            if not self._expire_sent:
-                self._expire_sent = True
-                self.channel.send("expire")
-            # The master answers with "stop"; if it does not, we ask again next period.
-            assert self.loop is not None
-            self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
-            return
-        assert self.loop is not None
-        timeout = self.config.listen_timeout
-        wait = timeout - idle_for if self.active == 0 else timeout
-        self.loop.call_later(max(wait, 0.05), self._check_listen_timeout)
+    def _retitle(self) -> None:
+        """`ht-<port>/<proto>` for the oldest port served, `+N` for the others."""
+        if self.servers:
+            first = next(iter(self.servers.values())).port
+            name = proctitle.server_name(first.port, first.protocol, len(self.servers) - 1)
+            proctitle.set_name(name)
 
     def _on_control(self) -> None:
         for message in self.channel.receive():
-            if message == "stop":
-                self.stop(abort=False)
+            word, _, rest = message.partition(" ")
+            if word == "serve":
+                self._serve(rest)
+            elif word == "stop":
+                server = self.servers.get(parse_key(rest))
+                if server is not None:
+                    server.stop(abort=False)
+            elif message == "retire":
+                self.retiring = True
+                self._maybe_finish()
             elif message == "shutdown":
-                self.stop(abort=True)
+                self.shutdown()
             elif message == "relink":
                 fd = self.channel.take_fd()
                 if fd is not None:
                     self.recorder.relink(socket.socket(fileno=fd))
             elif message == "":  # the master went away
-                self.stop(abort=True)
+                self.shutdown()
+
+    def _serve(self, rest: str) -> None:
+        """"serve <protocol> <port> <descriptors>": the bound socket, then the template file
+        the master opened (none: the port has no usable template)."""
+        fields = rest.split()
+        count = int(fields[2]) if len(fields) == 3 and fields[2] in ("1", "2") else 0
+        fds = [self.channel.take_fd() for _ in range(count)]
+        key = parse_key(" ".join(fields[:2]))
+        socket_fd = fds[0] if fds else None
+        if key == ("", 0) or socket_fd is None:
+            log.error("malformed serve message %r", rest)
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+            if key != ("", 0):
+                self.channel.send(f"released {port_key(*key)}")
+            return
+        template = templates.DEFAULT_TEMPLATE
+        template_fd = fds[1] if len(fds) > 1 else None
+        if template_fd is not None:
+            path = templates.template_path(self.config.response_dir, key[0], key[1])
+            template = templates.read_template(template_fd, path)
+        self.add(self.config.port_mode(*key), socket.socket(fileno=socket_fd), template)
 
     def shutdown(self) -> None:
-        self.stop(abort=True)
+        """Record and close every connection now; exit once all are recorded."""
+        self.retiring = True
+        for server in [*self.servers.values(), *self.draining]:
+            server.stop(abort=True)
+        self._maybe_finish()
+
+    def released(self, server: DynamicServer) -> None:
+        """A server closed its listening socket: the port is free for the master again."""
+        key = (server.port.protocol, server.port.port)
+        if self.servers.get(key) is server:
+            del self.servers[key]
+        self.draining.add(server)
+        self.channel.send(f"released {port_key(*key)}")
+        self._retitle()
+
+    def server_done(self, server: DynamicServer) -> None:
+        """A released server's last connection ended."""
+        self.draining.discard(server)
+        self._maybe_finish()
+
+    def _maybe_finish(self) -> None:
+        if self.retiring and not self.servers and not self.draining and self.finished:
+            self.finished.set()
+
+    def _recorder_full(self, full: bool) -> None:
+        """The recorder is behind (full) or caught up: every port holds back new connections
+        and datagrams meanwhile (the kernel's backlog and socket buffers hold them, bounded)."""
+        self.held_back = full
+        for server in list(self.servers.values()):
+            server.hold_back(full)
+
+    def attack_finished(self, attack: Attack) -> None:
+        self.stats.attacks += 1
+        self.stats.bytes_in += attack.attack_connection.payload.size
+        try:
+            self.recorder.submit(attack)
+        except ValueError:
+            log.exception("attack %s cannot be handed to the recorder", attack.id)
+        if time.monotonic() - self._last_stats > STATS_INTERVAL:
+            self.send_stats()
+
+    def send_stats(self, final: bool = False) -> None:
+        self._last_stats = time.monotonic()
+        stats = self.stats.as_dict()
+        stats["final"] = int(final)
+        self.channel.send_stats(stats)
+
+
+def parse_key(text: str) -> tuple[str, int]:
+    """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
+    protocol, _, port = text.partition(" ")
+    if protocol in ("tcp", "udp") and port.isdigit() and 0 < int(port) < 65536:
+        return protocol, int(port)
+    return "", 0
+
+
+class DynamicServer:
+    """One port: its listening socket, template and connections, in a ServerProcess."""
+
+    def __init__(
+        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes
+    ) -> None:
+        self.process = process
+        self.config = process.config
+        self.port = conf
+        self.sock = sock
+        self.template = template
+        self.key = port_key(conf.protocol, conf.port)
+        self.stats = process.stats
+        self.mirror = process.mirror
+        assert process.loop is not None
+        self.loop: asyncio.AbstractEventLoop = process.loop
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self.stopping = False
+        self.connections: set[Finisher] = set()
+        self._accepting = False
+        self._backoff = ACCEPT_BACKOFF_MIN
+        self._expire_sent = False
+        self._listener_closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.udp: UdpServer | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        if self.port.protocol == "tcp":
+            self._resume_accepting()
+        else:
+            self.udp = UdpServer(self)
+            if not self.process.held_back:
+                self.udp.start()
+        self._timer = self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+
+    def _check_listen_timeout(self) -> None:
+        if self.stopping:
+            return
+        idle_for = time.monotonic() - self.last_activity
+        timeout = self.config.listen_timeout
+        if self.active == 0 and idle_for >= timeout:
+            if not self._expire_sent:
+                self._expire_sent = True
+                self.process.channel.send(f"expire {self.key}")
+            # The master answers with "stop"; if it does not, we ask again next period.
+            self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
+            return
+        wait = timeout - idle_for if self.active == 0 else timeout
+        self._timer = self.loop.call_later(max(wait, 0.05), self._check_listen_timeout)
 
     def stop(self, *, abort: bool) -> None:
         """Stop serving: take what the kernel already queued, close the port, tell the master
         it is free, then finish (abort=True: close open connections now and record them)."""
-        assert self.loop is not None
         if not self.stopping:
             self.stopping = True
+            if self._timer is not None:
+                self._timer.cancel()
             self.loop.call_later(0 if abort else STOP_GRACE, self._close_listener)
         if abort:
             for conn in list(self.connections):
                 conn.abort(Closed.SHUTDOWN)
-        self._maybe_finish()
 
     def _close_listener(self) -> None:
-        assert self.loop is not None
         if self.port.protocol == "tcp":
             self._pause_accepting()
             self._accept_batch(drain=True)
         elif self.udp is not None:
             self.udp.stop()
         try:
-            self.spec.sock.close()
+            self.sock.close()
         finally:
-            self.channel.send("released")
             self._listener_closed = True
-            self._maybe_finish()
+            self.process.released(self)
+            self._maybe_done()
 
-    def _maybe_finish(self) -> None:
-        if (
-            self.stopping
-            and self._listener_closed
-            and not self.connections
-            and self.finished is not None
-        ):
-            self.finished.set()
+    def _maybe_done(self) -> None:
+        if self._listener_closed and not self.connections:
+            self.process.server_done(self)
 
     # --- accounting --------------------------------------------------------------------------
 
@@ -227,8 +360,8 @@ class DynamicServer:
         self.active += 1
         self.stats.connections += 1
         self.last_activity = time.monotonic()
-        if self.active == 1:
-            self.channel.send("busy")
+        if self.active == 1 and not self._listener_closed:
+            self.process.channel.send(f"busy {self.key}")
         if self.port.protocol == "tcp" and self.active >= self.config.max_connections:
             self._pause_accepting()
 
@@ -236,33 +369,21 @@ class DynamicServer:
         self.connections.discard(conn)
         self.active -= 1
         self.last_activity = time.monotonic()
-        self.stats.attacks += 1
-        self.stats.bytes_in += attack.attack_connection.payload.size
-        try:
-            self.recorder.submit(attack)
-        except ValueError:
-            log.exception("attack %s cannot be handed to the recorder", attack.id)
-        if self.active == 0:
-            self.channel.send("idle")
+        self.process.attack_finished(attack)
+        if self.active == 0 and not self._listener_closed:
+            self.process.channel.send(f"idle {self.key}")
         if (
             self.port.protocol == "tcp"
             and not self.stopping
             and self.active < self.config.max_connections
         ):
             self._resume_accepting()
-        if time.monotonic() - self._last_stats > STATS_INTERVAL:
-            self.send_stats()
-        self._maybe_finish()
-
-    def send_stats(self, final: bool = False) -> None:
-        self._last_stats = time.monotonic()
-        stats = self.stats.as_dict()
-        stats["final"] = int(final)
-        self.channel.send_stats(stats)
+        self._maybe_done()
 
     def perread(self, conn: Connection, direction: str, data: bytes) -> None:
-        if self.spec.registry.hooks["perread"]:
-            self.spec.registry.perread(
+        registry = self.process.registry
+        if registry.hooks["perread"]:
+            registry.perread(
                 ReadEvent(
                     conn.protocol, conn.local_addr, conn.local_port,
                     conn.remote_addr, conn.remote_port, direction, data,
@@ -271,12 +392,12 @@ class DynamicServer:
 
     # --- TCP accept loop ----------------------------------------------------------------------
 
-    def _recorder_full(self, full: bool) -> None:
-        """The recorder is behind (full) or caught up: hold back new connections and datagrams
-        meanwhile (the kernel's backlog and socket buffer hold them, bounded)."""
-        self._held_back = full
+    def hold_back(self, full: bool) -> None:
+        """The recorder is behind (full) or caught up (see ServerProcess._recorder_full)."""
+        if self.stopping:
+            return
         if self.port.protocol == "udp":
-            if self.udp is not None and not self.stopping:
+            if self.udp is not None:
                 if full:
                     self.udp.pause()
                 else:
@@ -287,26 +408,23 @@ class DynamicServer:
             self._resume_accepting()
 
     def _resume_accepting(self) -> None:
-        if not self._accepting and not self.stopping and not self._held_back:
-            assert self.loop is not None
-            self.loop.add_reader(self.spec.sock.fileno(), self._accept_batch)
+        if not self._accepting and not self.stopping and not self.process.held_back:
+            self.loop.add_reader(self.sock.fileno(), self._accept_batch)
             self._accepting = True
 
     def _pause_accepting(self) -> None:
         if self._accepting:
-            assert self.loop is not None
-            self.loop.remove_reader(self.spec.sock.fileno())
+            self.loop.remove_reader(self.sock.fileno())
             self._accepting = False
 
     def _accept_batch(self, drain: bool = False) -> None:
-        assert self.loop is not None
         for _ in range(ACCEPT_BATCH if not drain else self.config.max_connections):
             if self.active >= self.config.max_connections:
                 if drain:
                     self.stats.refused_full += 1
                 return
             try:
-                sock, _addr = self.spec.sock.accept()
+                sock, _addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._backoff = ACCEPT_BACKOFF_MIN
                 return
@@ -321,7 +439,6 @@ class DynamicServer:
 
     def _back_off(self, exc: OSError) -> None:
         """Out of fds or memory: stop accepting for a while (the kernel keeps the backlog)."""
-        assert self.loop is not None
         self.stats.accept_errors += 1
         log.warning(
             "port %d/tcp: accept failed (%s): backing off %.2f s",
@@ -332,7 +449,6 @@ class DynamicServer:
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
     def _start_connection(self, sock: socket.socket) -> None:
-        assert self.loop is not None
         sock.setblocking(False)
         handler = self.handler_factory()
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
@@ -475,7 +591,7 @@ class UdpServer:
 
     def __init__(self, server: DynamicServer) -> None:
         self.server = server
-        self.sock = server.spec.sock
+        self.sock = server.sock
         self.family = self.sock.family
         self.exchanges: dict[tuple[str, int], UdpPeer | UdpRelayPeer] = {}
         if self.family == socket.AF_INET6:
@@ -484,16 +600,13 @@ class UdpServer:
             self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
 
     def start(self) -> None:
-        assert self.server.loop is not None
         self.server.loop.add_reader(self.sock.fileno(), self._readable)
 
     def stop(self) -> None:
-        assert self.server.loop is not None
         self._readable()  # what already arrived is still answered and recorded
         self.pause()
 
     def pause(self) -> None:
-        assert self.server.loop is not None
         self.server.loop.remove_reader(self.sock.fileno())
 
     def _readable(self) -> None:
@@ -561,7 +674,6 @@ class UdpPeer(Finisher):
         self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit)
         self.start = time.time()
         self.last = time.monotonic()
-        assert server.loop is not None
         self.timer = server.loop.call_later(server.config.read_timeout, self._tick)
         self.done = False
 
@@ -573,7 +685,6 @@ class UdpPeer(Finisher):
         waited = time.monotonic() - self.last
         timeout = server.config.read_timeout
         if waited < timeout and not self.done:
-            assert server.loop is not None
             self.timer = server.loop.call_later(timeout - waited, self._tick)
             return
         self.abort(Closed.IDLE)

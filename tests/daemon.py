@@ -55,6 +55,7 @@ class Honeytrap:
     args: list[str] = field(default_factory=list)
     monitor: str = "nfq"
     plugin_dir: Path = REPO / "plugins"
+    response_dir: Path = REPO / "templates"
     prefix: list[str] = field(default_factory=list)  # e.g. prlimit, setpriv
     proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
@@ -82,7 +83,7 @@ plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
         self.configfile.write_text(
             f"""// written by tests/daemon.py
 monitor = "{self.monitor}"
-response_dir = "{REPO / 'templates'}"
+response_dir = "{self.response_dir}"
 plugin_dir = "{self.plugin_dir}"
 logfile = "{self.logfile}"
 pidfile = "{self.pidfile}"
@@ -169,8 +170,12 @@ read_limit = "1048576"
             time.sleep(0.05)
 
     def children(self) -> list[int]:
-        """Pids of the dynamic servers (the daemon's children but the recorder)."""
+        """Pids of the server processes (the daemon's children but the recorder)."""
         return [pid for pid, name in self._child_names() if name != "honeytrap-rec"]
+
+    def server_names(self) -> dict[int, str]:
+        """The server processes' names by pid (`ht-<port>/<proto>`, `+N` for N more ports)."""
+        return {pid: name for pid, name in self._child_names() if name != "honeytrap-rec"}
 
     def recorders(self) -> list[int]:
         """Pids of the recorder processes (one; two while a reload's old one finishes)."""

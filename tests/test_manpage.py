@@ -148,6 +148,7 @@ def test_log_levels_are_named() -> None:
     ("key", "value"),
     [
         ("max_servers", config.DEFAULT_MAX_SERVERS),
+        ("ports_per_process", config.DEFAULT_PORTS_PER_PROCESS),
         ("max_connections", config.DEFAULT_MAX_CONNECTIONS),
         ("max_server_rate", config.DEFAULT_MAX_SERVER_RATE),
         ("template_repeat", config.DEFAULT_TEMPLATE_REPEAT),

@@ -1,0 +1,159 @@
+"""Server processes hosting several dynamic servers (ports_per_process), end to end: the real
+daemon in a sensor namespace, real SYNs and datagrams from the attacker namespace.
+
+A new port goes to a running process with room (its bound socket and template file handed over
+with SCM_RIGHTS); a process is forked only when none has room; each port keeps its own listen
+timeout; a process serving no port exits; a crash frees its ports for a new process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Honeytrap, nfq_rules
+from netns import Lab
+from test_daemon import connect, payload_of, udp_socket
+
+WAIT = 20.0
+
+
+@pytest.fixture
+def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(
+        lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "30", "-r", "0.2"],
+        extra_config='ports_per_process = "3"',
+    )
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        ht.stop()
+
+
+def wait_until(condition: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def exchange(lab: Lab, port: int, data: bytes) -> bytes:
+    """Connect, send, read the answer (the template, one read timeout later), close."""
+    sock = connect(lab.attacker, lab.sensor.ip4, port)
+    try:
+        sock.sendall(data)
+        return sock.recv(65536)
+    finally:
+        sock.close()
+
+
+def test_ports_share_processes_up_to_ports_per_process(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    ports = [7101, 7102, 7103, 7104, 7105]
+    for port in ports:
+        assert exchange(lab, port, f"to {port}".encode()) == b"\n"  # no template: a newline
+    names = sorted(sensor.server_names().values())
+    assert names == ["ht-7101/tcp+2", "ht-7104/tcp+1"]  # 3 + 2 ports, two forks for five
+    records = sensor.wait_records(len(ports))
+    assert sorted(payload_of(r) for r in records) == [f"to {p}".encode() for p in ports]
+    log = sensor.logfile.read_text()
+    for port in ports:
+        assert f"dynamic server for {port}/tcp started" in log
+    assert sensor.stop() == 0
+    assert len(sensor.records()) == len(ports)
+
+
+def test_a_handed_over_port_gets_its_template_from_a_directory_only_root_reads(
+    lab: Lab, sensor: Honeytrap, tmp_path: Path
+) -> None:
+    """The process runs as nobody and cannot open the template; the master opens it and hands
+    the open file over with the socket."""
+    private = tmp_path / "templates"
+    private.mkdir(mode=0o700)
+    (private / "7202_tcp").write_bytes(b"220 second port\r\n")
+    (private / "7203_udp").write_bytes(b"udp answer")
+    os.mkfifo(private / "7204_tcp")  # not a regular file: refused, never opened to block
+    sensor.response_dir = private
+    sensor.start()
+    assert exchange(lab, 7201, b"first") == b"\n"
+    (pid,) = sensor.children()
+    assert exchange(lab, 7202, b"second") == b"220 second port\r\n"
+    udp = udp_socket(lab.attacker, socket.AF_INET)
+    try:
+        udp.sendto(b"third", (lab.sensor.ip4, 7203))
+        assert udp.recvfrom(65535)[0] == b"udp answer"
+    finally:
+        udp.close()
+    assert exchange(lab, 7204, b"fourth") == b"\n"
+    assert pid in sensor.children()  # the first three ports in the one process
+    assert "7204_tcp is not a regular file" in sensor.logfile.read_text()
+    wait_until(lambda: len(sensor.records()) == 4, "four records")
+    assert sensor.stop() == 0
+
+
+def test_each_port_expires_on_its_own_and_an_empty_process_exits(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.args = ["-u", "nobody", "-g", "nogroup", "-l", "1"]  # -r 1: `held` lasts 11 s
+    sensor.start()
+    exchange(lab, 7301, b"a")
+    (pid,) = sensor.children()
+    # Keep 7302 in use past the listen timeout of 7301.
+    held = connect(lab.attacker, lab.sensor.ip4, 7302)
+    wait_until(lambda: sensor.server_names().get(pid) == "ht-7302/tcp", "7301 let go")
+    assert exchange(lab, 7302, b"b") == b"\n"  # 7302 still served meanwhile
+    held.close()
+    wait_until(lambda: sensor.children() == [], "the empty process to exit")
+    assert exchange(lab, 7301, b"again") == b"\n"  # a new process for the port
+    assert sorted(payload_of(r) for r in sensor.wait_records(4)) == [b"", b"a", b"again", b"b"]
+    assert sensor.stop() == 0
+
+
+def test_a_crashed_process_frees_its_ports_for_a_new_one(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    for port in (7401, 7402):
+        exchange(lab, port, b"before")
+    (pid,) = sensor.children()
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: pid not in sensor.children(), "the killed process to go")
+    for port in (7401, 7402):
+        assert exchange(lab, port, b"after") == b"\n"
+    (new,) = sensor.children()
+    assert new != pid
+    log = sensor.logfile.read_text()
+    assert f"server process {pid} (ports 7401/tcp 7402/tcp) exited with status -9" in log
+    wait_until(lambda: len(sensor.records()) == 4, "four records")
+    assert sensor.stop() == 0
+
+
+def test_reload_retires_every_process_and_new_ports_go_to_a_new_one(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.start()
+    exchange(lab, 7501, b"old")
+    (old,) = sensor.children()
+    sensor.signal(signal.SIGHUP)
+    sensor.wait_for("READY=1")
+    wait_until(lambda: old not in sensor.children(), "the old process to exit")
+    exchange(lab, 7502, b"new")
+    (new,) = sensor.children()
+    assert sensor.server_names()[new] == "ht-7502/tcp"
+    wait_until(lambda: len(sensor.records()) == 2, "two records")
+    assert sensor.stop() == 0
+
+
+def test_one_port_per_process_as_the_original(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.extra_config = 'ports_per_process = "1"'
+    sensor.start()
+    for port in (7601, 7602, 7603):
+        exchange(lab, port, b"x")
+    assert sorted(sensor.server_names().values()) == ["ht-7601/tcp", "ht-7602/tcp",
+                                                      "ht-7603/tcp"]
+    assert sensor.stop() == 0
+    assert len(sensor.records()) == 3
