@@ -235,7 +235,8 @@ class ServerProcess:
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:
-        if self.retiring and not self.servers and not self.draining and self.finished:
+        done = self.retiring and not self.servers and not self.draining
+        if done and self.finished is not None:
             self.finished.set()
 
     def _recorder_full(self, full: bool) -> None:
