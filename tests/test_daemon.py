@@ -326,10 +326,13 @@ def sweep(lab: Lab, address: str, ports: range, deadline: float) -> dict[str, in
 
 
 def test_port_sweep_is_survived_with_bounded_processes(lab: Lab, sensor: Honeytrap) -> None:
-    """2,000 ports swept: the number of dynamic servers never passes max_servers (plus those
-    draining), refusals are counted, and the daemon still serves afterwards."""
-    max_servers = 16
-    sensor.extra_config = f'max_servers = "{max_servers}"\nmax_server_rate = "100"'
+    """2,000 ports swept: the server processes never pass what max_servers ports need (plus
+    those draining), refusals are counted, and the daemon still serves afterwards."""
+    max_servers, per_process = 16, 4
+    sensor.extra_config = (
+        f'max_servers = "{max_servers}"\nmax_server_rate = "100"\n'
+        f'ports_per_process = "{per_process}"'
+    )
     sensor.start()
     peak = 0
     import threading
@@ -351,7 +354,8 @@ def test_port_sweep_is_survived_with_bounded_processes(lab: Lab, sensor: Honeytr
         watcher.join()
     assert sum(outcome.values()) == 2000
     assert outcome["connected"] > 0
-    assert 0 < peak <= 3 * max_servers  # running + draining (DRAINING_FACTOR = 2)
+    # running + draining (DRAINING_FACTOR = 2) processes of per_process ports each
+    assert 0 < peak <= 3 * (max_servers // per_process)
     assert sensor.proc is not None and sensor.proc.poll() is None
     sock = connect(lab.attacker, lab.sensor.ip4, 80)
     sock.sendall(b"after the sweep")
