@@ -46,8 +46,9 @@ DEFAULT_MAX_SERVERS = 64
 DEFAULT_PORTS_PER_PROCESS = 16
 # Concurrent connections one dynamic server serves; more wait in the kernel's backlog.
 DEFAULT_MAX_CONNECTIONS = 4096
-# New dynamic servers started per second at most (a fork costs a few ms; a sweep must not
-# turn into a fork storm). Attempts over the rate are refused and counted.
+# New dynamic servers started per second at most (each costs a bind, and every ports_per_process
+# of them a fork): a sweep must not turn into a fork storm. Attempts over the rate are refused
+# and counted.
 DEFAULT_MAX_SERVER_RATE = 200
 # Normal mode: how often the template is repeated on an idle connection, as the C original
 # did (sent after each read timeout without data, 10 times; closed after 11 idle timeouts).

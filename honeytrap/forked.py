@@ -1,4 +1,4 @@
-"""The master's children (dynamic servers, the recorder): how they are forked, what each does
+"""The master's children (server processes, the recorder): how they are forked, what each does
 first, and how each ends. One place, so every child leaves the master's state behind alike."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Binding a port for a dynamic server (done by the master, as root, before the fork).
+"""Binding a port for a dynamic server (done by the master, as root, before the socket goes to
+a server process, forked or running).
 
 Binding in the master, not the child, means the port is listening the moment bind() returns:
 the master can let the held SYN through at once, and a port already bound by a real service
