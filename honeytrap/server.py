@@ -266,7 +266,7 @@ class ServerProcess:
 def parse_key(text: str) -> tuple[str, int]:
     """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
     protocol, _, port = text.partition(" ")
-    if protocol in ("tcp", "udp") and port.isdigit() and 0 < int(port) < 65536:
+    if protocol in ("tcp", "udp") and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
         return protocol, int(port)
     return "", 0
 
