@@ -16,10 +16,15 @@ logJSON on. The load generator (bench/loadgen.py) runs in the attacker namespace
 number of processes against both servers. Results: a markdown table printed and written to
 bench/results/ (with the raw figures as JSON).
 
-The daemon's files (one per attack: SaveFile) go in a fresh work directory made in --workdir
-(default /var/tmp, not /tmp: see bench/README.md) and removed at the end. Before the phases, the
-run times creating, writing and closing CALIBRATION_FILES small files there and reports the mean:
-what one attack's file costs on that filesystem, which the baseline never pays.
+The daemon's files (one per attack: SaveFile) go in a work directory made in --workdir (default
+/var/tmp, not /tmp: see bench/README.md) and removed at the end. By default it is a filesystem of
+its own, so that what the machine's disk did before (deletions by earlier runs and tests) does not
+weigh on the figures: a sparse FRESH_FS_BYTES image file in --workdir, formatted ext4 with its
+journal and loop-mounted (bench/workdir.py), unmounted and deleted at the end, also on errors,
+Ctrl-C and SIGTERM. --no-fresh-fs makes a plain directory instead; where the loop mount cannot be
+made, the run says why on stderr and does the same. Before the phases, the run times creating,
+writing and closing CALIBRATION_FILES small files there and reports the mean, the filesystem and
+whether it was fresh: what one attack's file costs there, which the baseline never pays.
 --only runs some of the phases (one_port, sweep, idle, latency).
 """
 
@@ -29,15 +34,15 @@ import argparse
 import json
 import os
 import select
-import shutil
+import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -46,6 +51,7 @@ sys.path.insert(0, str(REPO))
 
 from daemon import Honeytrap, nfq_rules  # noqa: E402
 from netns import Lab  # noqa: E402
+from workdir import FRESH_FS_BYTES, WorkDir, filesystem, journal, problem, work_directory  # noqa: E402
 
 from honeytrap.templates import load_template  # noqa: E402
 
@@ -289,36 +295,15 @@ class Bench:
         return results
 
 
-# --- the work directory ------------------------------------------------------------------------
+# --- the filesystem calibration ---------------------------------------------------------------
 
 
-def untraversable(directory: Path) -> Path | None:
-    """The first of `directory` and its parents that others (the servers' user, nobody) may not
-    enter, if any: the daemon's servers create the attack files below it."""
-    for part in [directory, *directory.parents]:
-        if not os.stat(part).st_mode & 0o001:
-            return part
-    return None
-
-
-def filesystem(path: Path) -> str:
-    """The type of the filesystem `path` is on (the longest mount point above it, from
-    /proc/self/mountinfo; fields per proc(5): mount point 5th, type after the ' - ')."""
-    best, kind = "", "unknown"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        fields, _, rest = line.partition(" - ")
-        mount = fields.split()[4]
-        inside = str(path) == mount or str(path).startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, kind = mount, rest.split()[0]
-    return kind
-
-
-def calibrate(workdir: Path) -> dict[str, object]:
+def calibrate(wd: WorkDir) -> dict[str, object]:
     """Time creating, writing and closing CALIBRATION_FILES files of CALIBRATION_BYTES in a
-    scratch directory of `workdir`. The files stay until the work directory goes at the end of
-    the run: deleting them now would leave recently deleted inodes beside the daemon's files,
-    the very cost this keeps out of the figures."""
+    scratch directory of the work directory, and say what filesystem that was. The files stay
+    until the work directory goes at the end of the run: deleting them now would leave recently
+    deleted inodes beside the daemon's files, the very cost this keeps out of the figures."""
+    workdir = wd.path
     scratch = workdir / "calibration"
     scratch.mkdir()
     data = b"x" * CALIBRATION_BYTES
@@ -336,8 +321,9 @@ def calibrate(workdir: Path) -> dict[str, object]:
         cpu = time.thread_time() - cpu_start
         os.close(dir_fd)
     return {
-        "dir": str(workdir), "filesystem": filesystem(workdir), "files": CALIBRATION_FILES,
-        "bytes": CALIBRATION_BYTES,
+        "dir": str(workdir), "filesystem": filesystem(workdir), "journal": journal(workdir),
+        "fresh_fs": wd.fresh_fs, "why": wd.why, "image": str(wd.image) if wd.image else None,
+        "files": CALIBRATION_FILES, "bytes": CALIBRATION_BYTES,
         # CPU time (mostly the kernel's) is what weighs on a CPU-bound daemon, and unlike the
         # wall clock it does not count other processes' turns on a busy machine.
         "cpu_us": cpu * 1e6 / CALIBRATION_FILES,
@@ -346,9 +332,21 @@ def calibrate(workdir: Path) -> dict[str, object]:
     }
 
 
+def filesystem_words(cal: dict[str, object]) -> str:
+    """'ext4 with journal, fresh: ...' or 'ext4 without journal, not fresh: <why>'."""
+    has_journal = ""
+    if cal["journal"] is not None:
+        has_journal = " with journal" if cal["journal"] else " without journal"
+    if cal["fresh_fs"]:
+        where = f"fresh: a loop-mounted image on {Path(str(cal['image'])).parent}"
+    else:
+        where = f"not fresh: {cal['why']}"
+    return f"{cal['filesystem']}{has_journal}, {where}"
+
+
 def calibration_line(cal: dict[str, object]) -> str:
     return (
-        f"Work directory {cal['dir']} ({cal['filesystem']}): creating, writing "
+        f"Work directory {cal['dir']} ({filesystem_words(cal)}): creating, writing "
         f"({cal['bytes']} B) and closing one file there cost {cal['cpu_us']:.0f} us of CPU on "
         f"average (wall clock: mean {cal['mean_us']:.0f} us, p99 {cal['p99_us']:.0f} us; "
         f"{cal['files']:,} files). honeytrap's SaveFile does this once per attack, the baseline "
@@ -461,15 +459,21 @@ def parse_args() -> argparse.Namespace:
              "remove it at the end; DIR and its parents must be enterable by nobody "
              f"(default: {DEFAULT_WORKDIR_PARENT})",
     )
+    parser.add_argument(
+        "--no-fresh-fs", dest="fresh_fs", action="store_false",
+        help="make the work directory a plain directory in DIR, on DIR's filesystem, instead of "
+             f"a fresh ext4 of its own (a {FRESH_FS_BYTES // 1024**3} GiB sparse image in DIR, "
+             "loop-mounted)",
+    )
     parser.add_argument("--only", metavar="PHASE[,PHASE]", type=phase_list, default=PHASES,
                         help=f"run only these phases ({', '.join(PHASES)})")
     return parser.parse_args()
 
 
-def measure(sizes: Sizes, workdir: Path,
+def measure(sizes: Sizes, wd: WorkDir,
             phases: Sequence[str]) -> tuple[dict[str, object], dict[str, Any]]:
     """The calibration, then the phases, in a lab of their own."""
-    calibration = calibrate(workdir)
+    calibration = calibrate(wd)
     lab = Lab.create()
     try:
         for host in (lab.attacker, lab.sensor):
@@ -477,7 +481,7 @@ def measure(sizes: Sizes, workdir: Path,
             host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
             host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         nfq_rules(lab.sensor)
-        results = Bench(lab, workdir, sizes).run(phases)
+        results = Bench(lab, wd.path, sizes).run(phases)
     finally:
         lab.close()
     return calibration, results
@@ -491,20 +495,15 @@ def write_results(out: Path, name: str, header: str, text: str, data: dict[str, 
     (out / f"latest-{name}.json").write_text(json.dumps(data, indent=1))
 
 
-def workdir_problem(parent: Path) -> str | None:
-    """Why --workdir cannot hold the run's work directory, if it cannot."""
-    if not parent.is_dir():
-        return f"{parent} is not a directory"
-    closed = untraversable(parent)
-    if closed is not None:
-        return (f"nobody cannot enter {closed}, and the dynamic servers, running as nobody, "
-                "write the attack files below it")
-    return None
-
-
 def title(mode: str, phases: Sequence[str], started: str) -> str:
     only = "" if tuple(phases) == PHASES else f"{', '.join(phases)} only, "
     return f"# honeytrap benchmark ({mode} mode, {only}{started}, {os.cpu_count()} cores)\n\n"
+
+
+def terminated(signum: int, frame: FrameType | None) -> NoReturn:
+    """SIGTERM ends the run as Ctrl-C does: through the `finally`s, which unmount and delete the
+    work directory's filesystem and remove the namespaces."""
+    raise SystemExit(128 + signum)
 
 
 def main() -> int:
@@ -513,19 +512,16 @@ def main() -> int:
         sys.stderr.write("bench/run.py must run as root: it creates network namespaces\n")
         return 2
     parent = args.workdir.resolve()
-    problem = workdir_problem(parent)
-    if problem is not None:
-        sys.stderr.write(f"bench/run.py: --workdir: {problem}\n")
+    why_not = problem(parent)
+    if why_not is not None:
+        sys.stderr.write(f"bench/run.py: --workdir: {why_not}\n")
         return 2
     sizes = QUICK if args.quick else FULL
     mode = "quick" if args.quick else "full"
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    workdir = Path(tempfile.mkdtemp(prefix="honeytrap-bench-", dir=parent))
-    try:
-        os.chmod(workdir, 0o755)  # noqa: S103 - the dynamic servers run as nobody
-        calibration, results = measure(sizes, workdir, args.only)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    signal.signal(signal.SIGTERM, terminated)
+    with work_directory(parent, args.fresh_fs) as wd:
+        calibration, results = measure(sizes, wd, args.only)
     text, met = table(results, sizes)
     header = (title(mode, args.only, started)
               + "Baseline: bench/baseline.py on the same ports in the same sensor namespace.\n"

@@ -1,9 +1,11 @@
 """The benchmark's short mode (bench/run.py --quick), run for real once: it must record every
 completed connection, serve every idle connection, and produce its table with the filesystem
-calibration line. Wall-clock figures are reported, never asserted (the machine is shared)."""
+calibration line, and leave nothing behind (work directory, image, mount). Wall-clock figures are
+reported, never asserted (the machine is shared)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -20,6 +22,20 @@ REPO = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(REPO / "bench" / "run.py")]
 QUICK_TIMEOUT = 110.0  # the quick mode takes ~15 s; CI must stay well under 2 minutes
 ONLY_TIMEOUT = 60.0  # one quick phase (latency: 20 fresh ports) takes a few seconds
+# bench/workdir.py (the work directory and its fresh filesystem); bench/ is not a package.
+sys.path.insert(0, str(REPO / "bench"))
+workdir_module = importlib.import_module("workdir")
+
+
+def mount_points() -> set[str]:
+    """The mount points of this mount namespace (proc(5): /proc/self/mountinfo, 5th field)."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return {line.split()[4] for line in lines}
+
+
+def loop_backing_files() -> list[str]:
+    """The files behind the loop devices in use (/sys/block/loopN/loop/backing_file)."""
+    return [p.read_text().strip() for p in Path("/sys/block").glob("loop*/loop/backing_file")]
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +87,30 @@ def test_the_calibration_is_reported_and_its_work_directory_removed(
     assert workdir.parent == Path("/var/tmp") and workdir.name.startswith("honeytrap-bench-")
     assert not workdir.exists()
     text = next(quick[1].glob("bench-quick-*.md")).read_text()
-    assert f"Work directory {workdir} ({cal['filesystem']}): creating, writing" in text
+    assert f"Work directory {workdir} ({cal['filesystem']}" in text
+    assert "): creating, writing (200 B) and closing one file there cost" in text
+
+
+def test_the_json_says_whether_the_filesystem_was_fresh_and_nothing_of_it_stays(
+    quick: tuple[dict[str, Any], Path],
+) -> None:
+    """The quick run worked on a fresh loop-mounted ext4 with a journal, or the JSON and the
+    calibration line say why not; afterwards its directory, image, mount and loop device are
+    gone."""
+    cal = quick[0]["calibration"]
+    text = next(quick[1].glob("bench-quick-*.md")).read_text()
+    assert isinstance(cal["fresh_fs"], bool)
+    if cal["fresh_fs"]:
+        assert cal["why"] is None and cal["filesystem"] == "ext4" and cal["journal"] is True
+        image = Path(cal["image"])
+        assert image.parent == Path("/var/tmp") and not image.exists()
+        assert not [f for f in loop_backing_files() if f.startswith(str(image))]
+        assert "(ext4 with journal, fresh: a loop-mounted image on /var/tmp)" in text
+    else:
+        assert cal["why"] and cal["image"] is None
+        assert f", not fresh: {cal['why']}): creating" in text
+    assert not Path(cal["dir"]).exists()
+    assert cal["dir"] not in mount_points()
 
 
 @pytest.fixture
@@ -100,6 +139,51 @@ def test_only_runs_the_phases_named_in_a_fresh_directory_of_workdir(
     assert Path(data["calibration"]["dir"]).parent == parent_dir
     assert list(parent_dir.iterdir()) == []  # the run's work directory is removed
     assert not (tmp_path / "latest-quick.json").exists()  # a partial run is never the whole
+
+
+def test_no_fresh_fs_makes_a_plain_directory_on_the_workdir_filesystem(
+    parent_dir: Path, tmp_path: Path,
+) -> None:
+    proc = subprocess.run(
+        [*RUN, "--quick", "--only", "latency", "--no-fresh-fs", "--workdir", str(parent_dir),
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cal = json.loads((tmp_path / "latest-quick-latency.json").read_text())["calibration"]
+    assert cal["fresh_fs"] is False and cal["why"] == "--no-fresh-fs" and cal["image"] is None
+    assert cal["filesystem"] == workdir_module.filesystem(parent_dir)
+    assert "no fresh filesystem" not in proc.stderr  # asked for, not a fallback
+    assert list(parent_dir.iterdir()) == []
+
+
+def test_an_error_in_the_run_still_unmounts_and_removes_the_fresh_filesystem(
+    parent_dir: Path,
+) -> None:
+    """What Ctrl-C does in the middle of a run: the work directory's filesystem is unmounted,
+    its image deleted and the directory removed, the files in it with them."""
+    with pytest.raises(KeyboardInterrupt):
+        with workdir_module.work_directory(parent_dir, fresh=True) as wd:
+            (wd.path / "attack").write_bytes(b"x")
+            assert wd.fresh_fs == (str(wd.path) in mount_points()), wd.why
+            assert os.stat(wd.path).st_mode & 0o777 == 0o755
+            raise KeyboardInterrupt
+    assert str(wd.path) not in mount_points()
+    assert list(parent_dir.iterdir()) == []
+
+
+def test_without_mkfs_the_work_directory_falls_back_to_a_plain_one(
+    parent_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """A machine without e2fsprogs (a PATH without mkfs.ext4): a plain directory, and why."""
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with workdir_module.work_directory(parent_dir, fresh=True) as wd:
+        assert not wd.fresh_fs and wd.image is None
+        assert wd.why == "mkfs.ext4 is not installed"
+        assert [p.name for p in parent_dir.iterdir()] == [wd.path.name]  # no image left
+    assert "no fresh filesystem (mkfs.ext4 is not installed)" in capsys.readouterr().err
+    assert list(parent_dir.iterdir()) == []
 
 
 def test_a_workdir_nobody_can_enter_is_refused(tmp_path: Path) -> None:
