@@ -11,6 +11,9 @@ hooks are registered, in the order of the configuration file within each hook:
     postproc(self, attack: Attack) -> Iterable[Attack] | None
     after_fork(self) -> None     in the recorder process (recorder.py), after the privilege drop
     close(self) -> None          on reload and exit
+    stats(self) -> dict[str, int]   the plugin's own statistics (name -> count), read by the
+                                 recorder every STATS_INTERVAL and at exit from its main thread:
+                                 return counters the hooks already keep, no I/O, never block
 
 Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may
 return *virtual* attacks (`attack.derive(...)`); they run through every hook before the attack
@@ -21,6 +24,12 @@ error is a PluginError naming the plugin, fatal at start, logged on SIGHUP with 
 kept). Anything per-process (threads, database connections) belongs in `after_fork`. Write
 files with single `os.write` calls on O_APPEND descriptors: several dynamic servers share them.
 SIGHUP builds a new Registry from scratch: new module objects, new hook lists.
+
+`Registry.stats()` sums every plugin's `stats()` by name (two plugins reporting `spool_depth`
+give one total); the recorder sends the sum to the master with its own statistics, so they
+reach SIGUSR1's log line and the Prometheus exporter (metrics.py: names must match its `NAME`;
+those in its GAUGES are gauges, every other one a counter that only goes up). A plugin whose
+`stats()` raises, or a name or value that is not fit, is logged once and left out.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 from honeytrap.attack import Attack
 from honeytrap.config import Config, OptionValue, PluginSpec
 from honeytrap.errors import PluginError
+from honeytrap.metrics import NAME as STAT_NAME
 
 ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
 HOOKS = ("perread", *ATTACK_HOOKS)
@@ -45,6 +55,7 @@ HOOKS = ("perread", *ATTACK_HOOKS)
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 AttackHook = Callable[[Attack], Iterable[Attack] | None]
+StatsHook = Callable[[], object]
 
 log = logging.getLogger("honeytrap.plugin")
 
@@ -113,6 +124,10 @@ class Registry:
     hooks: dict[str, list[tuple[str, Callable[..., Any]]]] = field(
         default_factory=lambda: {hook: [] for hook in HOOKS}
     )
+    stats_hooks: list[tuple[str, StatsHook]] = field(default_factory=list)
+    # What stats() already complained about (plugin and problem): logged once, not every time.
+    # Bounded: four kinds of problem per plugin.
+    _stats_warned: set[tuple[str, str]] = field(default_factory=set, repr=False)
 
     def register(self, plugin: LoadedPlugin) -> None:
         self.plugins.append(plugin)
@@ -120,6 +135,53 @@ class Registry:
             method = getattr(plugin.instance, hook, None)
             if callable(method):
                 self.hooks[hook].append((plugin.name, method))
+        method = getattr(plugin.instance, "stats", None)
+        if callable(method):
+            self.stats_hooks.append((plugin.name, method))
+
+    def stats(self) -> dict[str, int]:
+        """Every plugin's statistics, summed by name. Never raises: a plugin whose stats()
+        fails is left out this time, a bad name or value is left out; each logged once."""
+        totals: dict[str, int] = {}
+        for plugin, method in self.stats_hooks:
+            try:
+                values = method()
+                # Copied inside the try: the dict may be the plugin's own, changing meanwhile.
+                items = list(values.items()) if isinstance(values, dict) else None
+            except Exception:
+                if self._first_time(plugin, "raised"):
+                    log.exception("plugin %s failed in stats (left out of the statistics)",
+                                  plugin)
+                continue
+            if items is None:
+                self._warn(plugin, "type", f"returned {type(values).__name__}, not a dict")
+                continue
+            for name, value in items:
+                if self._fit(plugin, name, value):
+                    totals[name] = totals.get(name, 0) + value
+        return totals
+
+    def _fit(self, plugin: str, name: object, value: object) -> bool:
+        if not isinstance(name, str) or not STAT_NAME.fullmatch(name):
+            self._warn(plugin, "name", f"statistic name {name!r} is not of the form "
+                       f"{STAT_NAME.pattern}")
+            return False
+        if not isinstance(value, int) or isinstance(value, bool):
+            self._warn(plugin, "value", f"statistic {name} is a "
+                       f"{type(value).__name__}, not an int")
+            return False
+        return True
+
+    def _warn(self, plugin: str, problem: str, message: str) -> None:
+        if self._first_time(plugin, problem):
+            log.error("plugin %s: %s (left out of the statistics)", plugin, message)
+
+    def _first_time(self, plugin: str, problem: str) -> bool:
+        key = (plugin, problem)
+        if key in self._stats_warned:
+            return False
+        self._stats_warned.add(key)
+        return True
 
     def perread(self, event: ReadEvent) -> None:
         """Run the PERREAD hooks; a failing one is logged and the others still run."""

@@ -200,3 +200,66 @@ def test_a_plugin_name_with_a_trailing_newline_is_refused(tmp_path: Path) -> Non
     """`$` matches before a final newline: names are checked whole."""
     with pytest.raises(PluginError, match="not a valid module name"):
         load_module(str(tmp_path), "Alpha\n")
+
+
+STATS_PLUGIN = (
+    "class P:\n"
+    "    def __init__(self, ctx):\n"
+    "        self.ctx = ctx\n"
+    "    def stats(self):\n"
+    "        mode = self.ctx.options.get('mode')\n"
+    "        if mode == 'raise':\n"
+    "            raise RuntimeError('broken statistics')\n"
+    "        if mode == 'bad':\n"
+    "            return {'downloads': 1.5, 'Bad-Name': 3, 'flag': True, 'spool_depth': 2}\n"
+    "        if mode == 'list':\n"
+    "            return [('downloads', 1)]\n"
+    "        return {'downloads': int(self.ctx.options['n']), 'spool_depth': 4}\n"
+    "def load(ctx):\n"
+    "    return P(ctx)\n"
+)
+
+
+def stats_registry(tmp_path: Path, *specs: tuple[str, dict[str, OptionValue]]) -> Registry:
+    for name, _ in specs:
+        (tmp_path / f"{name}.py").write_text(STATS_PLUGIN)
+    return load_plugins(config(*specs, plugin_dir=str(tmp_path)))
+
+
+def test_stats_of_every_plugin_are_summed_by_name(tmp_path: Path) -> None:
+    registry = stats_registry(tmp_path, ("One", {"n": "3"}), ("Two", {"n": "5"}))
+    assert registry.stats() == {"downloads": 8, "spool_depth": 8}
+    assert [name for name, _ in registry.stats_hooks] == ["One", "Two"]
+
+
+def test_plugins_without_stats_add_nothing() -> None:
+    registry = load_plugins(config(("Alpha", {}), ("Beta", {})))
+    assert registry.stats_hooks == [] and registry.stats() == {}
+
+
+def test_a_raising_stats_is_logged_once_and_the_others_still_count(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = stats_registry(tmp_path, ("Broken", {"mode": "raise"}), ("Fine", {"n": "2"}))
+    with caplog.at_level(logging.ERROR, logger="honeytrap.plugin"):
+        first, second = registry.stats(), registry.stats()
+    assert first == second == {"downloads": 2, "spool_depth": 4}
+    failures = [r for r in caplog.records if "plugin Broken failed in stats" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+def test_bad_names_and_values_are_left_out_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = stats_registry(
+        tmp_path, ("Sloppy", {"mode": "bad"}), ("Listy", {"mode": "list"}), ("Fine", {"n": "1"})
+    )
+    with caplog.at_level(logging.ERROR, logger="honeytrap.plugin"):
+        for _ in range(3):
+            assert registry.stats() == {"downloads": 1, "spool_depth": 6}
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("plugin Sloppy: statistic name 'Bad-Name'" in m for m in messages) == 1
+    assert sum("plugin Sloppy: statistic downloads is a float" in m for m in messages) == 1
+    assert sum("plugin Listy: returned list, not a dict" in m for m in messages) == 1
+    # one message per kind of problem: `flag` (a bool) shares the value warning of `downloads`
+    assert len(messages) == 3
