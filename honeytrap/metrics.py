@@ -66,7 +66,13 @@ HELP = {
     "handover_failures": "Ports bound but not handed to a server process",
     "pipeline_plugin_failures": "Plugin hooks that raised",
     "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
-    "spool_depth": "Attacks waiting in output spools",
+    "spool_depth": "Records (attacks, samples) waiting in the output plugins' spools",
+    "spool_refused": "Records not spooled: an output plugin's spool was full",
+    "spool_rejected": "Records the central store refused as bad data (kept in rejected/)",
+    "hpfeeds_events_too_big": "Attacks not published to hpfeeds: JSON over the limit even cut",
+    "hpfeeds_samples_too_big": "Samples not published to hpfeeds: over the message limit",
+    "downloads": "Samples downloaded by the download plugins",
+    "download_failures": "Downloads refused by the download policy or failed",
 }
 
 

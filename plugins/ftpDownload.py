@@ -2,6 +2,7 @@
 with our own FTP client (active mode, passive as fallback), through the download policy.
 
 Options (all optional): max_size (bytes), timeout, connect_timeout (seconds), max_per_attack.
+Statistics: `downloads` (samples fetched), `download_failures` (tries refused or failed).
 """
 
 from __future__ import annotations

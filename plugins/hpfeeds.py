@@ -11,6 +11,10 @@ At SAVEDATA; virtual attacks are not published on their own (their findings are 
 as in logJSON). A broker that is away loses nothing: records wait in the spool and are replayed
 in order. A message over the broker's 1 MiB limit is cut (attack JSON: payload hex truncated,
 marked) or, for a sample, not published (logged and counted).
+
+Statistics (SIGUSR1, Prometheus): `spool_depth`, `spool_refused`, `spool_rejected`
+(honeytrap/outputs/stats.py), and `hpfeeds_events_too_big`, `hpfeeds_samples_too_big`: what
+was not published for the broker's size limit.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from honeytrap.outputs.hpfeeds import (
     record_data,
 )
 from honeytrap.outputs.output import Output
+from honeytrap.outputs.stats import OutputStats
 from honeytrap.outputs.writer import Record
 from honeytrap.plugin import PluginContext
 
@@ -53,6 +58,7 @@ class Hpfeeds:
         sink.name = ctx.name
         sink.channels = set(self.channels)
         self.output = Output(ctx, sink)
+        self._stats = OutputStats(self.output)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.samples_too_big = 0
         self.events_too_big = 0
@@ -92,6 +98,13 @@ class Hpfeeds:
                 continue
             key = f"{attack.id}-{index}-{sample.sha512[:32]}"
             self.output.submit(Record(key, attack.start_time, record_data(channel, sample.data)))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            **self._stats.stats(),
+            "hpfeeds_events_too_big": self.events_too_big,
+            "hpfeeds_samples_too_big": self.samples_too_big,
+        }
 
     def close(self) -> None:
         self.output.close()

@@ -4,6 +4,7 @@ lines and bare URLs) with our own HTTP/1.1 client, through the download policy.
 Options (all optional): max_size (bytes), timeout, connect_timeout (seconds), max_per_attack.
 The original's `http_program` and `http_options` (it ran wget through a shell, with the
 attacker's URL unquoted) are accepted and ignored with a warning: we never run a program.
+Statistics: `downloads` (samples fetched), `download_failures` (tries refused or failed).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ them, but a bare connection is still an observation). Virtual attacks are not st
 own: what was found in them is on their root attack, as in logJSON. The schema is ours and is
 created and migrated automatically (honeytrap/outputs/postgres.py). A database that is away does
 not lose attacks: they wait in the spool and are replayed in order when it is back.
+
+Statistics (SIGUSR1, Prometheus): `spool_depth`, `spool_refused`, `spool_rejected`
+(honeytrap/outputs/stats.py); SavePostgres, the same plugin, adds into the same names.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from honeytrap.attack import Attack
 from honeytrap.outputs.output import Output
 from honeytrap.outputs.postgres import DEFAULT_PORT, ConnInfo, PostgresSink, attack_record
+from honeytrap.outputs.stats import OutputStats
 from honeytrap.plugin import PluginContext
 
 
@@ -33,6 +37,7 @@ class SubmitPostgres:
         sink = PostgresSink(info, ctx.option("sensor_id"), ctx.log)
         sink.name = ctx.name
         self.output = Output(ctx, sink)
+        self._stats = OutputStats(self.output)
 
     def after_fork(self) -> None:
         self.output.after_fork()
@@ -40,6 +45,9 @@ class SubmitPostgres:
     def savedata(self, attack: Attack) -> None:
         if not attack.is_virtual:
             self.output.submit(attack_record(attack))
+
+    def stats(self) -> dict[str, int]:
+        return self._stats.stats()
 
     def close(self) -> None:
         self.output.close()

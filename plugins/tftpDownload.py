@@ -2,6 +2,7 @@
 commands in attack strings name, with our own RFC 1350 client, through the download policy.
 
 Options (all optional): max_size (bytes), timeout, connect_timeout (seconds), max_per_attack.
+Statistics: `downloads` (samples fetched), `download_failures` (tries refused or failed).
 """
 
 from __future__ import annotations

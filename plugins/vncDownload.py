@@ -6,7 +6,8 @@ their malware. The original scraped the printable bytes of a session starting wi
 the URL; it downloads nothing itself. We do the same with a real reading of the client's RFB
 messages (honeytrap.decode.vnc_keystrokes: key presses, modifiers, backspace, pasted text), and
 the typed text runs through every hook as a virtual attack: httpDownload, ftpDownload and
-tftpDownload fetch what it names, under the download policy, and attach it here. No options.
+tftpDownload fetch what it names, under the download policy, and attach it here. No options,
+and no statistics of its own: those plugins count the downloads it leads to.
 """
 
 from __future__ import annotations

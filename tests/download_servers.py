@@ -7,6 +7,7 @@ Run as a script inside a namespace (`ip netns exec ... python download_servers.p
     tftp <root> <ip>                       tftpd-hpa (in.tftpd, inetd style on a bound socket)
     http <root> <ip> <mode> <log>          http.server; mode: plain | tls | slow | redirect:<url>
     attack                                 reads a JSON job on stdin, prints the attack's JSON
+                                           and the plugins' statistics (Registry.stats)
 
 Each server prints `ready <port>` once its socket is bound: the explicit ready signal.
 """
@@ -57,6 +58,23 @@ def run_attack(
 ) -> dict[str, Any]:
     """Run the named downloader plugins on an attack with this payload, in the sensor
     namespace, and return the attack's JSON."""
+    record, _ = run_attack_with_stats(
+        lab, payload, plugins, allow=allow, replace_private_ips=replace_private_ips,
+        remote=remote,
+    )
+    return record
+
+
+def run_attack_with_stats(
+    lab: Any,
+    payload: bytes,
+    plugins: dict[str, dict[str, str]],
+    *,
+    allow: list[str] | None = None,
+    replace_private_ips: bool = False,
+    remote: str | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """run_attack, and the plugins' statistics after it (Registry.stats)."""
     job = {
         "plugins": plugins,
         "allow": ["198.18.0.0/15", "2001:db8::/32"] if allow is None else allow,
@@ -67,7 +85,7 @@ def run_attack(
     }
     out = lab.sensor.cmd(PYTHON, __file__, "attack", input=json.dumps(job).encode())
     result: dict[str, Any] = json.loads(out)
-    return result
+    return result["attack"], result["stats"]
 
 
 # -- what runs inside the namespaces --------------------------------------------------------
@@ -174,8 +192,9 @@ def _attack() -> None:
     attack = Attack(conn)
     for _, hook in registry.hooks["analyze"]:
         hook(attack)
+    stats = registry.stats()
     registry.close()
-    json.dump(attack.to_json(), sys.stdout)
+    json.dump({"attack": attack.to_json(), "stats": stats}, sys.stdout)
 
 
 if __name__ == "__main__":

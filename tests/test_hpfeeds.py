@@ -133,12 +133,15 @@ def test_broker_outage_loses_nothing_and_sends_nothing_twice(
     for attack in before:
         plugin.savedata(attack)
     assert writer.wait_delivered(10, WAIT)
+    assert plugin.stats()["spool_depth"] == 0  # the first call lists the (empty) spool
     broker.stop()
     try:
         during = [make_attack(100 + n) for n in range(10)]
         for attack in during:
             plugin.savedata(attack)
         assert writer.wait_until(lambda c: c.spooled >= 10, WAIT)
+        # from the running tally (the next listing is a minute away), as the recorder reports it
+        assert plugin.stats()["spool_depth"] == 10
     finally:
         broker.start()
     after = [make_attack(200 + n) for n in range(3)]
@@ -147,6 +150,10 @@ def test_broker_outage_loses_nothing_and_sends_nothing_twice(
     assert writer.wait_delivered(23, WAIT)
     assert broker.wait_for(23, WAIT)
     assert broker.ids() == {a.id: 1 for a in before + during + after}
+    assert plugin.stats() == {
+        "spool_depth": 0, "spool_refused": 0, "spool_rejected": 0,
+        "hpfeeds_events_too_big": 0, "hpfeeds_samples_too_big": 0,
+    }
 
 
 def test_spool_left_by_one_instance_is_replayed_by_the_next(

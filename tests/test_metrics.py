@@ -38,6 +38,17 @@ def test_counters_and_gauges_from_totals() -> None:
     assert got["honeytrap_servers_running"] == ("gauge", 2)
 
 
+def test_plugin_statistics_are_a_gauge_and_counters_with_their_help() -> None:
+    """What the plugins report through the recorder (Registry.stats): spool_depth goes up and
+    down, downloads only up."""
+    text = metrics.render(lambda: {"spool_depth": 4, "downloads": 3, "download_failures": 1})
+    got = families(text.decode())
+    assert got["honeytrap_spool_depth"] == ("gauge", 4)
+    assert got["honeytrap_downloads_total"] == ("counter", 3)
+    assert got["honeytrap_download_failures_total"] == ("counter", 1)
+    assert b"# HELP honeytrap_downloads_total Samples downloaded by the download plugins" in text
+
+
 def test_names_not_of_our_shape_are_left_out() -> None:
     text = metrics.render(lambda: TOTALS).decode()
     assert "Bad" not in text

@@ -20,7 +20,7 @@ from honeytrap.attack import Attack, Connection, Download, Payload  # noqa: E402
 from honeytrap.config import Config, PluginSpec  # noqa: E402
 from honeytrap.errors import PluginError  # noqa: E402
 from honeytrap.outputs import postgres  # noqa: E402
-from honeytrap.plugin import LoadedPlugin, load_plugin  # noqa: E402
+from honeytrap.plugin import LoadedPlugin, load_plugin, load_plugins  # noqa: E402
 from honeytrap.spool import REJECTED_DIR, Spool  # noqa: E402
 
 pg = pg_fixture.pg
@@ -158,13 +158,16 @@ def test_spool_left_by_one_instance_is_replayed_by_the_next(
         for attack in attacks:
             first.instance.savedata(attack)  # type: ignore[attr-defined]
         first.instance.close()  # type: ignore[attr-defined]
+        assert len(Spool(str(tmp_path / "spool")).names()) == 10
+        second = load("SavePostgres", fresh_db.options(), tmp_path)
+        second.instance.after_fork()  # type: ignore[attr-defined]
+        # a new instance (a new recorder) lists the spool it finds: the first one's records
+        assert second.instance.stats()["spool_depth"] == 10  # type: ignore[attr-defined]
     finally:
         fresh_db.start()
-    assert len(Spool(str(tmp_path / "spool")).names()) == 10
-    second = load("SavePostgres", fresh_db.options(), tmp_path)
-    second.instance.after_fork()  # type: ignore[attr-defined]
     try:
         assert second.instance.output.writer.wait_delivered(10, WAIT)  # type: ignore[attr-defined]
+        assert second.instance.stats()["spool_depth"] == 0  # type: ignore[attr-defined]
     finally:
         second.instance.close()  # type: ignore[attr-defined]
     assert sorted(attack_ids(fresh_db)) == sorted(a.id for a in attacks)
@@ -213,3 +216,25 @@ def test_load_opens_no_connection_and_starts_no_thread(tmp_path: Path) -> None:
                                      "db_pass": "p", "sensor_id": "s"}, tmp_path)
     assert loaded.instance.output.writer is None  # type: ignore[attr-defined]
     assert (tmp_path / "spool" / REJECTED_DIR).is_dir()
+
+
+def test_submitpostgres_and_its_alias_add_their_spool_depths(tmp_path: Path) -> None:
+    """Both names configured (each with its spool), the database away: the registry's
+    statistics give one spool_depth, the sum of the two spools."""
+    down = {"db_host": str(tmp_path / "no-server"), "db_name": "d", "db_user": "u",
+            "db_pass": "p", "sensor_id": "s", "retry_max": "1"}
+    registry = load_plugins(Config(plugin_dir=PLUGIN_DIR, plugins=[
+        PluginSpec("submitPostgres", {**down, "spool_dir": str(tmp_path / "a")}),
+        PluginSpec("SavePostgres", {**down, "spool_dir": str(tmp_path / "b")}),
+    ]))
+    registry.after_fork()
+    try:
+        savers = [hook for _, hook in registry.hooks["savedata"]]
+        for n, hook in enumerate([*savers, *savers, savers[0]]):  # three to one, two to the other
+            hook(make_attack(n))
+        writers = [p.instance.output.writer for p in registry.plugins]  # type: ignore[attr-defined]
+        assert writers[0].wait_until(lambda c: c.spooled >= 3, WAIT)
+        assert writers[1].wait_until(lambda c: c.spooled >= 2, WAIT)
+        assert registry.stats() == {"spool_depth": 5, "spool_refused": 0, "spool_rejected": 0}
+    finally:
+        registry.close()

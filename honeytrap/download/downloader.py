@@ -1,5 +1,6 @@
 """The ANALYZE hook every downloader plugin shares: parse the attack string, fetch each
-request through the policy."""
+request through the policy; and the plugin's statistics, the policy's counts of its tries
+(`downloads`: samples fetched, `download_failures`: tries refused or failed)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,6 @@ class Downloader:
     def analyze(self, attack: Attack) -> None:
         for request in self.parse(attack.payload):
             self.policy.run(attack, request, self.fetch)
+
+    def stats(self) -> dict[str, int]:
+        return self.policy.counts.stats()

@@ -3,7 +3,8 @@
 Every downloader goes through `DownloadPolicy.run`: it checks the destination (`check`),
 counts the download against the attack's quota, gives the client a `Deadline`, and records the
 try on the attack whatever happens ("refused", "failed" or "ok", with its reason) and the
-sample as a `Download` on success.
+sample as a `Download` on success. It also counts the outcomes (`DownloadCounts`), which the
+downloader plugins report as their statistics (`downloads`, `download_failures`).
 """
 
 from __future__ import annotations
@@ -108,6 +109,26 @@ _counts: weakref.WeakKeyDictionary[Attack, int] = weakref.WeakKeyDictionary()
 _seen: weakref.WeakKeyDictionary[Attack, set[tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
+class DownloadCounts:
+    """The outcomes of one policy's tries, for the plugin's statistics. Tries run on several
+    pipeline workers at once: each count is taken under a lock (once per download, cheap)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0  # refused by the policy or failed remotely
+
+    def count(self, outcome: str) -> None:
+        with self._lock:
+            if outcome == "ok":
+                self.ok += 1
+            else:
+                self.failed += 1
+
+    def stats(self) -> dict[str, int]:
+        return {"downloads": self.ok, "download_failures": self.failed}
+
+
 @dataclass
 class DownloadPolicy:
     max_size: int = DEFAULT_MAX_SIZE
@@ -120,6 +141,7 @@ class DownloadPolicy:
     own: set[IPAddress] = field(default_factory=set)
     _local: set[IPAddress] = field(default_factory=set, repr=False)
     _local_read: float = field(default=-LOCAL_ADDRESS_TTL, repr=False)
+    counts: DownloadCounts = field(default_factory=DownloadCounts, repr=False, compare=False)
 
     @classmethod
     def from_plugin(
@@ -262,22 +284,22 @@ class DownloadPolicy:
             addresses = self.check(request.host, attack)
             self.reserve(attack)
         except DownloadRefused as exc:
-            _record(attack, request, "refused", str(exc))
+            self._record(attack, request, "refused", str(exc))
             return None
         except RemoteError as exc:
-            _record(attack, request, "failed", str(exc))
+            self._record(attack, request, "failed", str(exc))
             return None
         context = FetchContext(self, attack, addresses, self.deadline())
         try:
             fetched = fetch(request, context)
         except DownloadRefused as exc:
-            _record(attack, request, "refused", str(exc))
+            self._record(attack, request, "refused", str(exc))
             return None
         except (RemoteError, OSError, ValueError) as exc:
-            _record(attack, request, "failed", str(exc) or type(exc).__name__)
+            self._record(attack, request, "failed", str(exc) or type(exc).__name__)
             return None
         if len(fetched.data) > self.max_size:
-            _record(attack, request, "refused", f"larger than {self.max_size} bytes")
+            self._record(attack, request, "refused", f"larger than {self.max_size} bytes")
             return None
         download = Download(
             type=request.type,
@@ -292,9 +314,16 @@ class DownloadPolicy:
             local_addr=fetched.local_addr,
             local_port=fetched.local_port,
         )
-        _record(attack, request, "ok", f"{len(fetched.data)} bytes from {fetched.remote_addr}")
+        self._record(
+            attack, request, "ok", f"{len(fetched.data)} bytes from {fetched.remote_addr}"
+        )
         attack.add_download(download)
         return download
+
+    def _record(self, attack: Attack, request: DownloadRequest, outcome: str, reason: str) -> None:
+        """Record the try on the attack and count its outcome."""
+        _record(attack, request, outcome, reason)
+        self.counts.count(outcome)
 
 
 def read_capped(read: Callable[[int], bytes], limit: int, deadline: Deadline) -> bytes:
