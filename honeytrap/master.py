@@ -407,7 +407,7 @@ class Master:
                 pass
             handle.channel.close()
         for name, value in handle.stats.items():
-            if name != "pipeline_pending":
+            if name not in metrics.GAUGES:  # a gone process waits for nothing
                 self.finished_stats[name] = self.finished_stats.get(name, 0) + value
         linked = [h for h in self.children.values() if h.recorder is handle]
         if code == 0 and handle.stopped and not linked:
