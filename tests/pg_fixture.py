@@ -2,12 +2,15 @@
 
 initdb and pg_ctl run as the `postgres` user (runuser) in a temporary directory; the server
 listens only on a unix socket in that directory (no TCP port to collide with anything). pg_ctl
-`-w` waits for the server to accept connections: the explicit ready signal.
+`-w` waits for the server to accept connections: the explicit ready signal. The directory is the
+postgres user's alone (0700) unless a test admits a group to it (`admit_group`): the daemon's
+recorder, which runs the plugin, is unprivileged.
 """
 
 from __future__ import annotations
 
 import glob
+import grp
 import os
 import pwd
 import shutil
@@ -43,6 +46,15 @@ class PgServer:
     @property
     def socket_dir(self) -> str:
         return self.base
+
+    def admit_group(self, group: str) -> None:
+        """Let processes of `group` traverse the socket directory (0710: reach the socket by
+        name, list nothing), so an unprivileged process (the daemon's recorder, `-g nogroup`)
+        can connect. Unix sockets are reached by path, so this works from any network
+        namespace. Authentication is `trust`: members of the group may connect as any role to
+        this throw-away server."""
+        os.chown(self.base, pwd.getpwnam("postgres").pw_uid, grp.getgrnam(group).gr_gid)
+        os.chmod(self.base, 0o710)  # noqa: S103 - the group traverses, lists nothing
 
     def _as_postgres(self, *argv: str) -> None:
         subprocess.run(
