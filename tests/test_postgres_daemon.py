@@ -9,7 +9,9 @@ spool directory is a fresh one in /tmp that the master (root) hands to nobody at
 under pytest's tmp_path (0700 parents) nobody could not reach it.
 
 Everything the test waits for is polled with a deadline: records in the spool directory (the
-daemon's durable output while the database is away) and rows in the database.
+daemon's durable output while the database is away) and rows in the database. "Once" is
+checked with a trigger that notes every committed insert into `attacks`: its primary key alone
+would hide a record delivered twice.
 """
 
 from __future__ import annotations
@@ -39,8 +41,7 @@ from honeytrap.spool import REJECTED_DIR  # noqa: E402
 pg = pg_fixture.pg
 fresh_db = pg_fixture.fresh_db
 
-# Attacks sent during the outage: several, so that order is observable, and more than one
-# connection's worth of anything.
+# Attacks sent during the outage: several, so that their order is observable.
 OUTAGE_ATTACKS = 12
 # The port attacked: its template sends a banner, which tells the client the server accepted it.
 PORT = 21
@@ -73,6 +74,7 @@ def spool_dir() -> Iterator[Path]:
 
 @pytest.fixture
 def db(fresh_db: PgServer) -> Iterator[PgServer]:
+    """The database, reachable by the recorder (nobody:nogroup) over its unix socket."""
     fresh_db.admit_group(GROUP)
     yield fresh_db
 
