@@ -10,6 +10,7 @@ import grp
 import logging
 import os
 import pwd
+import stat
 from dataclasses import dataclass
 
 from honeytrap.errors import ConfigError
@@ -64,3 +65,31 @@ def drop(identity: Identity) -> None:
     if identity.gid is not None and os.getgid() != identity.gid:
         raise RuntimeError("group was not changed")
 
+
+
+def closed_to(path: str, identity: Identity) -> str | None:
+    """The first directory on the way to `path` (itself included) that `identity` cannot enter,
+    by the mode bits, with no supplementary groups (drop() clears them); None if every one can
+    be entered, or when `identity` keeps root. Checked as root before the drop: a directory the
+    unprivileged processes open by path must be reachable, or they fail on every attack."""
+    if identity.uid is None or identity.uid == 0:
+        return None
+    current = os.path.abspath(path)
+    chain = [current]
+    while (parent := os.path.dirname(current)) != current:
+        chain.append(parent)
+        current = parent
+    for directory in reversed(chain):
+        try:
+            st = os.stat(directory)
+        except OSError:
+            return directory
+        if st.st_uid == identity.uid:
+            bit = stat.S_IXUSR
+        elif identity.gid is not None and st.st_gid == identity.gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return directory
+    return None

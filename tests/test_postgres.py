@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +239,22 @@ def test_submitpostgres_and_its_alias_add_their_spool_depths(tmp_path: Path) -> 
         assert registry.stats() == {"spool_depth": 5, "spool_refused": 0, "spool_rejected": 0}
     finally:
         registry.close()
+
+
+def test_a_spool_the_unprivileged_recorder_cannot_reach_is_refused_at_load() -> None:
+    """The recorder (as -u) opens the spool by path: behind a directory it cannot enter, every
+    attack would fail in it. The plugin refuses to load, naming the directory."""
+    config = Config(plugin_dir=PLUGIN_DIR, user="nobody", group="nogroup")
+    # Not under tmp_path: pytest's base directory is 0700, closed to nobody itself.
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:
+        os.chmod(base, 0o711)  # noqa: S103 - nobody must pass through it
+        closed = Path(base) / "closed"
+        closed.mkdir(mode=0o700)
+        options = {"db_host": "192.0.2.1", "db_name": "x", "db_user": "x", "db_pass": "x",
+                   "sensor_id": "s1"}
+        spec = PluginSpec("submitPostgres", {**options, "spool_dir": str(closed / "spool")})
+        with pytest.raises(PluginError, match=f"cannot enter {closed}:"):
+            load_plugin(spec, config)
+        closed.chmod(0o711)
+        opened = load_plugin(spec, config)  # now nobody can reach it: it loads
+        opened.instance.close()  # type: ignore[attr-defined]

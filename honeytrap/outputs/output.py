@@ -45,6 +45,14 @@ class Output:
             Spool.prepare(self.spool_dir, _id(ident.uid), _id(ident.gid))
         except OSError as exc:
             raise PluginError(f"plugin {ctx.name}: spool_dir {self.spool_dir}: {exc}") from exc
+        closed = privileges.closed_to(self.spool_dir, ident)
+        if closed is not None:
+            # The recorder opens the spool by path after dropping privileges: it would fail on
+            # every attack, and this output would keep none of them.
+            raise PluginError(
+                f"plugin {ctx.name}: spool_dir {self.spool_dir}: user {ctx.config.user!r} "
+                f"cannot enter {closed}: make it traversable, or put the spool elsewhere"
+            )
         self.writer: Writer | None = None
 
     def _writer(self) -> Writer:
