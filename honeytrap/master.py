@@ -406,9 +406,7 @@ class Master:
             except (KeyError, ValueError):
                 pass
             handle.channel.close()
-        for name, value in handle.stats.items():
-            if name not in metrics.GAUGES:  # a gone process waits for nothing
-                self.finished_stats[name] = self.finished_stats.get(name, 0) + value
+        self._keep_stats(handle.stats)
         linked = [h for h in self.children.values() if h.recorder is handle]
         if code == 0 and handle.stopped and not linked:
             log.info("recorder (pid %d) finished", handle.pid)
@@ -551,10 +549,15 @@ class Master:
         for handle in list(process.ports.values()):
             self._released(handle)
         process.channel.close()
-        for name, value in process.stats.items():
-            if name != "final":
-                self.finished_stats[name] = self.finished_stats.get(name, 0) + value
+        self._keep_stats(process.stats)
         process.stats = {}
+
+    def _keep_stats(self, stats: dict[str, int]) -> None:
+        """A gone child's last statistics: its counters stay in the totals for good, its gauges
+        (spool_depth, pipeline_pending: levels, not events) go with it."""
+        for name, value in stats.items():
+            if name not in metrics.GAUGES:
+                self.finished_stats[name] = self.finished_stats.get(name, 0) + value
 
     def _reap(self) -> None:
         while True:
@@ -616,14 +619,10 @@ class Master:
 
     def totals(self) -> dict[str, int]:
         totals = dict(self.stats.__dict__)
-        for name, value in self.finished_stats.items():
-            totals[name] = totals.get(name, 0) + value
-        for process in self.children.values():
-            for name, value in process.stats.items():
-                if name != "final":
-                    totals[name] = totals.get(name, 0) + value
-        for recorder in self.recorders.values():
-            for name, value in recorder.stats.items():
+        live = [p.stats for p in self.children.values()]
+        live += [r.stats for r in self.recorders.values()]
+        for stats in [self.finished_stats, *live]:
+            for name, value in stats.items():
                 totals[name] = totals.get(name, 0) + value
         totals["servers_running"] = len(self.servers)
         totals["servers_total"] = sum(len(p.ports) for p in self.children.values())

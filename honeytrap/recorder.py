@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, metrics, privileges, proctitle, wire
+from honeytrap import control, forked, privileges, proctitle, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline
@@ -107,7 +107,7 @@ def recorder_main(spec: RecorderSpec) -> int:
     finally:
         done = pipeline.close(DRAIN_SECONDS)
         spec.registry.close()
-        recorder.send_stats(final=True)
+        recorder.send_stats()
     return 0 if done else 1
 
 
@@ -296,18 +296,14 @@ class Recorder:
             for link in list(self.links.values()):
                 self._update(link)
 
-    def send_stats(self, final: bool = False) -> None:
+    def send_stats(self) -> None:
         """Our counters and the plugins' (Registry.stats: spool depth, downloads...); ours
-        win a name clash. The `final` ones, sent at exit, leave the gauges out: the master adds
-        an exited recorder's last statistics to its totals for good, and a level such as
-        spool_depth is the next recorder's to report, not to be added up across recorders."""
+        win a name clash."""
         self._last_stats = time.monotonic()
         stats = self.spec.registry.stats()
         stats.update({f"pipeline_{k}": v for k, v in self.pipeline.counters.__dict__.items()})
         stats["pipeline_pending"] = self.pipeline.pending()
         stats["recorder_link_errors"] = self.link_errors
-        if final:
-            stats = {k: v for k, v in stats.items() if k not in metrics.GAUGES}
         self.channel.send_stats(stats)
 
 

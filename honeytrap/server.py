@@ -105,7 +105,7 @@ def child_main(spec: ServerSpec) -> int:
     try:
         done = asyncio.run(process.serve(template))
     finally:
-        process.send_stats(final=True)
+        process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
 
 
@@ -256,11 +256,9 @@ class ServerProcess:
         if time.monotonic() - self._last_stats > STATS_INTERVAL:
             self.send_stats()
 
-    def send_stats(self, final: bool = False) -> None:
+    def send_stats(self) -> None:
         self._last_stats = time.monotonic()
-        stats = self.stats.as_dict()
-        stats["final"] = int(final)
-        self.channel.send_stats(stats)
+        self.channel.send_stats(self.stats.as_dict())
 
 
 def parse_key(text: str) -> tuple[str, int]:

@@ -250,6 +250,18 @@ class Spool:
 
     # -- accounting ------------------------------------------------------------------------
 
+    def records(self, max_age: float) -> int:
+        """Records in the spool: the running tally (this process's writes and deliveries move
+        it), counted afresh when older than `max_age` seconds (other processes' work shows
+        then). A directory that cannot be read keeps the running figure."""
+        with self._lock:
+            if time.monotonic() - self._tally_time >= max_age:
+                try:
+                    self._scan()
+                except OSError:
+                    pass
+            return self._tally_records
+
     def depth(self) -> tuple[int, int]:
         """(records, bytes) in the spool now, from a fresh scan."""
         with self._lock:

@@ -13,7 +13,7 @@ in order. A message over the broker's 1 MiB limit is cut (attack JSON: payload h
 marked) or, for a sample, not published (logged and counted).
 
 Statistics (SIGUSR1, Prometheus): `spool_depth`, `spool_refused`, `spool_rejected`
-(honeytrap/outputs/stats.py), and `hpfeeds_events_too_big`, `hpfeeds_samples_too_big`: what
+(honeytrap/outputs/output.py), and `hpfeeds_events_too_big`, `hpfeeds_samples_too_big`: what
 was not published for the broker's size limit.
 """
 
@@ -34,7 +34,6 @@ from honeytrap.outputs.hpfeeds import (
     record_data,
 )
 from honeytrap.outputs.output import Output
-from honeytrap.outputs.stats import OutputStats
 from honeytrap.outputs.writer import Record
 from honeytrap.plugin import PluginContext
 
@@ -58,7 +57,6 @@ class Hpfeeds:
         sink.name = ctx.name
         sink.channels = set(self.channels)
         self.output = Output(ctx, sink)
-        self._stats = OutputStats(self.output)
         self._seen: OrderedDict[str, None] = OrderedDict()
         self.samples_too_big = 0
         self.events_too_big = 0
@@ -101,7 +99,7 @@ class Hpfeeds:
 
     def stats(self) -> dict[str, int]:
         return {
-            **self._stats.stats(),
+            **self.output.stats(),
             "hpfeeds_events_too_big": self.events_too_big,
             "hpfeeds_samples_too_big": self.samples_too_big,
         }

@@ -13,7 +13,7 @@ created and migrated automatically (honeytrap/outputs/postgres.py). A database t
 not lose attacks: they wait in the spool and are replayed in order when it is back.
 
 Statistics (SIGUSR1, Prometheus): `spool_depth`, `spool_refused`, `spool_rejected`
-(honeytrap/outputs/stats.py); SavePostgres, the same plugin, adds into the same names.
+(honeytrap/outputs/output.py); SavePostgres, the same plugin, adds into the same names.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from __future__ import annotations
 from honeytrap.attack import Attack
 from honeytrap.outputs.output import Output
 from honeytrap.outputs.postgres import DEFAULT_PORT, ConnInfo, PostgresSink, attack_record
-from honeytrap.outputs.stats import OutputStats
 from honeytrap.plugin import PluginContext
 
 
@@ -37,7 +36,6 @@ class SubmitPostgres:
         sink = PostgresSink(info, ctx.option("sensor_id"), ctx.log)
         sink.name = ctx.name
         self.output = Output(ctx, sink)
-        self._stats = OutputStats(self.output)
 
     def after_fork(self) -> None:
         self.output.after_fork()
@@ -47,7 +45,7 @@ class SubmitPostgres:
             self.output.submit(attack_record(attack))
 
     def stats(self) -> dict[str, int]:
-        return self._stats.stats()
+        return self.output.stats()
 
     def close(self) -> None:
         self.output.close()

@@ -2,9 +2,12 @@
 
 `load` (master, root): validate options, create the spool directory and hand it to the user the
 dynamic servers run as. No thread, no connection: the master forks.
-`after_fork` (each dynamic server, unprivileged): start the writer thread; it connects when it
-has something to deliver (new records, or a spool left by another process or an earlier run).
+`after_fork` (the recorder, unprivileged): start the writer thread; it connects when it has
+something to deliver (new records, or a spool left by another process or an earlier run).
 Hooks only enqueue. `close`: deliver what can be within CLOSE_TIMEOUT, spool the rest.
+`stats` (plugin.py's hook): `spool_depth`, a gauge of the records waiting in the spool;
+`spool_refused` (records a full spool refused, logged with their keys) and `spool_rejected`
+(records the store refused as bad data, kept in rejected/).
 """
 
 from __future__ import annotations
@@ -25,6 +28,10 @@ from honeytrap.spool import DEFAULT_MAX_BYTES, DEFAULT_MAX_RECORDS, Spool
 
 # Spools live beside the other spools of the system, one directory per plugin.
 SPOOL_ROOT = "/var/spool/honeytrap"
+# spool_depth is the spool's running tally, counted afresh at most this often: a count stats
+# every record file under the spool's lock (0.6 s for 100,000 records), and the recorder reads
+# the statistics from its main loop.
+DEPTH_RECOUNT_INTERVAL = 60.0
 
 
 class Output:
@@ -65,6 +72,16 @@ class Output:
 
     def after_fork(self) -> None:
         self._writer().start()
+
+    def stats(self) -> dict[str, int]:
+        if self.writer is None:  # before after_fork: no spool opened in this process
+            return {}
+        spool = self.writer.spool
+        return {
+            "spool_depth": spool.records(DEPTH_RECOUNT_INTERVAL),
+            "spool_refused": spool.counters.refused,
+            "spool_rejected": spool.counters.rejected,
+        }
 
     def submit(self, record: Record) -> None:
         self._writer().submit(record)
