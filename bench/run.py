@@ -51,7 +51,16 @@ sys.path.insert(0, str(REPO))
 
 from daemon import Honeytrap, nfq_rules  # noqa: E402
 from netns import Lab  # noqa: E402
-from workdir import FRESH_FS_BYTES, WorkDir, filesystem, journal, problem, work_directory  # noqa: E402
+from workdir import (  # noqa: E402
+    DAEMON_GROUP,
+    DAEMON_USER,
+    FRESH_FS_BYTES,
+    WorkDir,
+    filesystem,
+    journal,
+    problem,
+    work_directory,
+)
 
 from honeytrap.templates import load_template  # noqa: E402
 
@@ -180,7 +189,7 @@ class Bench:
         self.runs += 1
         ht = Honeytrap(
             self.lab, self.workdir / f"honeytrap-{self.runs}",
-            args=["-u", "nobody", "-g", "nogroup", "-l", "600", "-r", str(read_timeout),
+            args=["-u", DAEMON_USER, "-g", DAEMON_GROUP, "-l", "600", "-r", str(read_timeout),
                   "-t", str(LOGLEVEL)],
             extra_config=HONEYTRAP_CONFIG,
         )

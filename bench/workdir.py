@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from honeytrap import privileges
+
 # The image's size. Sparse, it costs only the blocks written: the 64 MiB journal, then the
 # run's files (a full run writes ~30,000 attack files of 4 KiB blocks and its logs, ~200 MiB).
 # 2 GiB gives mke2fs's default 131,072 inodes (one per 16 KiB), four times the files needed.
@@ -38,6 +40,8 @@ FRESH_FS_COMMAND_TIMEOUT = 60.0
 UMOUNT_TRIES = 10
 UMOUNT_PAUSE = 0.5
 # The names of what the run makes in the parent (the directory, and the image beside it).
+# Who the daemon's unprivileged processes run as in the benchmark (bench/run.py's -u/-g).
+DAEMON_USER, DAEMON_GROUP = "nobody", "nogroup"
 PREFIX = "honeytrap-bench-"
 IMAGE_SUFFIX = ".img"
 # The reason recorded when the fresh filesystem was turned off on the command line.
@@ -55,23 +59,14 @@ class WorkDir:
 # --- where a path is ---------------------------------------------------------------------------
 
 
-def untraversable(directory: Path) -> Path | None:
-    """The first of `directory` and its parents that others (the servers' user, nobody) may not
-    enter, if any: the daemon's servers create the attack files below it."""
-    for part in [directory, *directory.parents]:
-        if not os.stat(part).st_mode & 0o001:
-            return part
-    return None
-
-
 def problem(parent: Path) -> str | None:
     """Why --workdir cannot hold the run's work directory, if it cannot."""
     if not parent.is_dir():
         return f"{parent} is not a directory"
-    closed = untraversable(parent)
+    closed = privileges.closed_to(str(parent), privileges.resolve(DAEMON_USER, DAEMON_GROUP))
     if closed is not None:
-        return (f"nobody cannot enter {closed}, and the dynamic servers, running as nobody, "
-                "write the attack files below it")
+        return (f"nobody cannot enter {closed}, and the daemon's unprivileged processes "
+                "(running as nobody) work below it")
     return None
 
 

@@ -187,15 +187,18 @@ def test_without_mkfs_the_work_directory_falls_back_to_a_plain_one(
 
 
 def test_a_workdir_nobody_can_enter_is_refused(tmp_path: Path) -> None:
-    closed = tmp_path / "closed"
-    closed.mkdir(mode=0o700)
-    proc = subprocess.run(
-        [*RUN, "--quick", "--workdir", str(closed), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
-    )
-    assert proc.returncode == 2
-    assert f"nobody cannot enter {closed}" in proc.stderr
-    assert list(closed.iterdir()) == []
+    # Under a directory nobody may pass (pytest's own base is 0700: it would be named first).
+    with tempfile.TemporaryDirectory(dir="/tmp") as base:
+        os.chmod(base, 0o711)  # noqa: S103 - nobody must pass through it
+        closed = Path(base) / "closed"
+        closed.mkdir(mode=0o700)
+        proc = subprocess.run(
+            [*RUN, "--quick", "--workdir", str(closed), "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
+        )
+        assert proc.returncode == 2
+        assert f"nobody cannot enter {closed}," in proc.stderr
+        assert list(closed.iterdir()) == []
 
 
 def test_an_unknown_phase_is_a_usage_error(tmp_path: Path) -> None:
