@@ -172,24 +172,19 @@ def family(address: str) -> int:
 
 @pytest.mark.netns
 @pytest.mark.parametrize("version", [4, 6])
-def test_refused_syn_is_reported(lab: Lab, monitor: Any, version: int) -> None:
+@pytest.mark.parametrize(("protocol", "port"), [("tcp", 2323), ("udp", 1434)])
+def test_refused_attempt_is_reported(
+    lab: Lab, monitor: Any, version: int, protocol: str, port: int
+) -> None:
+    """A SYN answered by a RST, a datagram answered by a port-unreachable."""
     sensor = lab.sensor.ip4 if version == 4 else lab.sensor.ip6
     attacker = lab.attacker.ip4 if version == 4 else lab.attacker.ip6
     driver = monitor()
     driver.ready()
-    syn(lab.attacker, sensor, 2323)
-    assert driver.attempt() == Attempt("tcp", family(sensor), sensor, 2323, attacker, ATTACKER_PORT)
-
-
-@pytest.mark.netns
-@pytest.mark.parametrize("version", [4, 6])
-def test_refused_datagram_is_reported(lab: Lab, monitor: Any, version: int) -> None:
-    sensor = lab.sensor.ip4 if version == 4 else lab.sensor.ip6
-    attacker = lab.attacker.ip4 if version == 4 else lab.attacker.ip6
-    driver = monitor()
-    driver.ready()
-    datagram(lab.attacker, sensor, 1434)
-    assert driver.attempt() == Attempt("udp", family(sensor), sensor, 1434, attacker, ATTACKER_PORT)
+    send = syn if protocol == "tcp" else datagram
+    send(lab.attacker, sensor, port)
+    assert driver.attempt() == Attempt(protocol, family(sensor), sensor, port, attacker,
+                                       ATTACKER_PORT)
 
 
 @pytest.mark.netns
