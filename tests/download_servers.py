@@ -48,21 +48,11 @@ def start(lab: Any, host: Any, *args: str) -> int:
 
 
 def run_attack(
-    lab: Any,
-    payload: bytes,
-    plugins: dict[str, dict[str, str]],
-    *,
-    allow: list[str] | None = None,
-    replace_private_ips: bool = False,
-    remote: str | None = None,
+    lab: Any, payload: bytes, plugins: dict[str, dict[str, str]], **options: Any
 ) -> dict[str, Any]:
     """Run the named downloader plugins on an attack with this payload, in the sensor
-    namespace, and return the attack's JSON."""
-    record, _ = run_attack_with_stats(
-        lab, payload, plugins, allow=allow, replace_private_ips=replace_private_ips,
-        remote=remote,
-    )
-    return record
+    namespace, and return the attack's JSON (options: run_attack_with_stats's)."""
+    return run_attack_with_stats(lab, payload, plugins, **options)[0]
 
 
 def run_attack_with_stats(
