@@ -1,0 +1,1 @@
+"""Dialogues: sans-IO conversations that follow the client (issue 12). See base.py."""

@@ -1,0 +1,72 @@
+"""The contract every dialogue keeps: bytes in, bytes out, no sockets, no clocks.
+
+A dialogue answers one connection (or one UDP peer exchange) of normal mode. The I/O adapter
+creates it on accept, sends what `start()` returns at once (a server-speaks-first banner, or
+nothing), feeds every chunk the client sends to `receive()`, calls `idle()` after each read
+timeout that passed without data, and carries out the returned `Reply`. What a dialogue wants in
+the attack record beyond the client's raw bytes (the protocol name, a TLS fingerprint, the
+decrypted stream) it returns from `record()` when the connection ends.
+
+Wrapping dialogues (TLS) hold an inner dialogue and satisfy the same contract, so the adapter
+never knows whether it speaks to the client in clear or through a TLS layer.
+
+Only `DialogueError` (and its subclasses) may escape a dialogue's methods; the adapter logs it,
+counts it and closes the connection, keeping everything recorded so far.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from honeytrap.errors import RemoteError
+
+
+class DialogueError(RemoteError):
+    """The client's bytes broke a dialogue (the attacker's doing): logged, counted, closed."""
+
+
+@dataclass
+class Reply:
+    send: bytes = b""  # bytes for the client (already framed or encrypted)
+    close: bool = False  # close after sending
+
+
+@dataclass
+class Context:
+    """What a dialogue may know about where it runs. Never the attacker's bytes."""
+
+    protocol: str  # "tcp" | "udp"
+    port: int  # the local port answered
+    read_limit: int  # bytes of the client kept at most (the adapter enforces it too)
+    rng: random.Random = field(default_factory=random.SystemRandom)  # salts, ids, jitter
+    hostname: str = "localhost"  # the sensor's plausible host name, per sensor
+    state_dir: str = ""  # per-sensor state (certificate, keys); "" in unit tests
+    extra: dict[str, Any] = field(default_factory=dict)  # per-sensor material (e.g. an SSLContext)
+
+
+class Dialogue(Protocol):
+    name: str  # the protocol recorded for this connection: "ftp", "http", "tls", ...
+
+    def start(self) -> bytes:
+        """Bytes to send as soon as the connection is accepted (b"": wait for the client)."""
+        ...
+
+    def receive(self, data: bytes) -> Reply:
+        """The client sent `data` (any chunking: a dialogue buffers partial lines itself)."""
+        ...
+
+    def idle(self) -> Reply:
+        """One read timeout passed without data."""
+        ...
+
+    def record(self) -> dict[str, Any]:
+        """Fields for the attack record when the connection ends (JSON-able values; bytes are
+        stored as hex by the outputs). Keys are fixed names, never derived from client bytes."""
+        ...
+
+
+# Makes a fresh dialogue for one connection.
+DialogueFactory = Callable[[Context], Dialogue]
