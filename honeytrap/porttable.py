@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from honeytrap.config import Config
@@ -64,13 +64,19 @@ def process_fd_budget(config: Config, nr_open: int = NR_OPEN_DEFAULT) -> int:
     return min(nr_open, FD_RESERVE + config.ports_per_process * port_fds(config))
 
 
+def _for_ports(limit: int) -> int:
+    """Of a process's descriptor limit, what its ports may use (FD_RESERVE is its own; under a
+    tiny limit, half)."""
+    return max(limit - FD_RESERVE, limit // 2, 1)
+
+
 @dataclass(frozen=True)
 class Limits:
     max_servers: int
     ports_per_process: int
     max_server_rate: float
     max_processes: int
-    fd_budget: int  # per process
+    fd_budget: int  # descriptors a process's ports may use (its limit less FD_RESERVE)
     port_fds: int  # descriptors a new port may need in its process
     spare_processes: int = SPARE_PROCESSES
     max_pending_per_port: int = MAX_PENDING_PER_PORT
@@ -86,8 +92,8 @@ class Limits:
             ports_per_process=per,
             max_server_rate=config.max_server_rate,
             max_processes=(1 + DRAINING_FACTOR) * serving + SPARE_PROCESSES,
-            fd_budget=process_fd_budget(config, nr_open),
-            port_fds=min(port_fds(config), max(1, process_fd_budget(config, nr_open) - FD_RESERVE)),
+            fd_budget=_for_ports(process_fd_budget(config, nr_open)),
+            port_fds=min(port_fds(config), _for_ports(process_fd_budget(config, nr_open))),
         )
 
 
@@ -118,10 +124,12 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class Start:
-    """Bind `key`'s port and hand it to process `pid`; then report started() or start_failed()."""
+    """Bind `key`'s port and hand it to process `pid`; then report started() or start_failed().
+    `token`: the attempt it is for (its address family is the one to bind first)."""
 
     key: Key
     pid: int
+    token: object
 
 
 @dataclass(frozen=True)
@@ -130,7 +138,7 @@ class Fork:
     fork_failed(self), which return the actions for the attempts waiting on it."""
 
     key: Key
-    tokens: tuple[Hashable, ...]
+    tokens: tuple[object, ...]
 
 
 @dataclass(frozen=True)
@@ -153,7 +161,7 @@ class Verdict:
     """Let the held attempt go on (nfq: the accept verdict). `refused`: the counter it was
     refused under (the master logs it, rate-limited), or "" if it was served."""
 
-    token: Hashable
+    token: object
     key: Key
     refused: str = ""
 
@@ -208,7 +216,7 @@ START_FAILURES = ("ports_in_use", "bind_failures", "handover_failures")
 
 @dataclass
 class _Held:
-    token: Hashable
+    token: object
     deadline: float
 
 
@@ -230,7 +238,7 @@ class PortTable:
 
     # --- attempts --------------------------------------------------------------------------
 
-    def attempt(self, key: Key, token: Hashable, *, ignore: bool = False) -> list[Action]:
+    def attempt(self, key: Key, token: object, *, ignore: bool = False) -> list[Action]:
         """A new attempt on `key` (a SYN or a datagram to an unserved port, as the monitor saw)."""
         self.stats.attempts += 1
         if ignore:
@@ -244,7 +252,7 @@ class PortTable:
             return self._hold(key, token)
         return self._decide(key, (token,))
 
-    def _hold(self, key: Key, token: Hashable) -> list[Action]:
+    def _hold(self, key: Key, token: object) -> list[Action]:
         waiting = self.pending.setdefault(key, [])
         if len(waiting) >= self.limits.max_pending_per_port or (
             self.pending_count >= self.limits.max_pending
@@ -256,28 +264,44 @@ class PortTable:
         self.pending_count += 1
         return []
 
-    def _decide(self, key: Key, tokens: tuple[Hashable, ...]) -> list[Action]:
-        pid = self._with_room()
-        if pid is None:
-            if len(self.processes) >= self.limits.max_processes or not self.running:
-                return self._refuse("refused_draining", key, tokens)
-            self.stats.forks_on_path += 1
-            return [Fork(key, tokens)]
+    def _decide(
+        self, key: Key, tokens: tuple[object, ...], *, admitted: bool = False
+    ) -> list[Action]:
+        """Start `key` for the attempts `tokens`, evicting or forking as needed, or refuse them.
+        `admitted`: the rate was already paid (a Fork for them was carried out)."""
+        port = self.serving.get(key)
+        if port is not None:  # started meanwhile (a Fork carried out late)
+            self._touch(port)
+            return [Verdict(token, key) for token in tokens]
+        if key in self.releasing:
+            actions: list[Action] = []
+            for token in tokens:
+                actions += self._hold(key, token)
+            return actions
         full = len(self.serving) >= self.limits.max_servers
         if full and not self.idle:
             return self._refuse("refused_no_room", key, tokens)
-        if not self.bucket.take():
+        can_fork = len(self.processes) < self.limits.max_processes and self.running
+        if self._with_room() is None and not can_fork and not full:
+            return self._refuse("refused_draining", key, tokens)
+        if not admitted and not self.bucket.take():
             return self._refuse("refused_rate", key, tokens)
-        actions: list[Action] = []
+        actions = []
         if full:
             _key, victim = self.idle.popitem(last=False)
             self.stats.servers_evicted += 1
-            actions += self._stop(victim)
-        actions.append(self._start(key, pid))
+            actions += self._stop(victim)  # its process has room again
+        pid = self._with_room()
+        if pid is None:
+            if not can_fork:
+                return actions + self._refuse("refused_draining", key, tokens)
+            self.stats.forks_on_path += 1
+            return [*actions, Fork(key, tokens)]
+        actions.append(self._start(key, pid, tokens[0]))
         actions += [Verdict(token, key) for token in tokens]
         return actions
 
-    def _start(self, key: Key, pid: int) -> Start:
+    def _start(self, key: Key, pid: int, token: object) -> Start:
         now = self.clock()
         port = Port(key, pid, now, now)
         process = self.processes[pid]
@@ -286,9 +310,9 @@ class PortTable:
         self.serving[key] = port
         self.idle[key] = port
         self._update_room(process)
-        return Start(key, pid)
+        return Start(key, pid, token)
 
-    def _refuse(self, counter: str, key: Key, tokens: Iterable[Hashable]) -> list[Action]:
+    def _refuse(self, counter: str, key: Key, tokens: Iterable[object]) -> list[Action]:
         verdicts: list[Action] = []
         for token in tokens:
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
@@ -325,7 +349,9 @@ class PortTable:
         if fork is None:
             self.stats.spares_forked += 1
             return []
-        return self._decide(fork.key, fork.tokens)
+        if pid not in self._room:  # cannot happen with sane limits; never fork in a loop
+            return self._refuse("refused_draining", fork.key, fork.tokens)
+        return self._decide(fork.key, fork.tokens, admitted=True)
 
     def fork_failed(self, fork: Fork | None = None) -> list[Action]:
         self.stats.fork_failures += 1
@@ -380,6 +406,10 @@ class PortTable:
         if process is not None:
             process.descriptors = max(0, descriptors)
             self._update_room(process)
+
+    def ports_of(self, pid: int) -> list[Key]:
+        process = self.processes.get(pid)
+        return list(process.ports) if process is not None else []
 
     def gone(self, pid: int) -> list[Action]:
         """The process exited (or its channel closed): every port it had is free."""
@@ -490,7 +520,7 @@ class PortTable:
         return [Retire(process.pid)]
 
     def _has_room(self, process: Process) -> bool:
-        used = FD_RESERVE + process.descriptors + len(process.ports)
+        used = process.descriptors + len(process.ports)
         return (
             not process.retired
             and process.serving < self.limits.ports_per_process
