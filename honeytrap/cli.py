@@ -23,7 +23,7 @@ from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
 from honeytrap.monitor import Monitor, check_monitor_name
-from honeytrap.pidfile import AlreadyRunning, PidFile
+from honeytrap.pidfile import AlreadyRunning, PidFile, PidFileRefused
 from honeytrap.plugin import load_plugins
 from honeytrap.preload import preload
 
@@ -198,7 +198,7 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
     try:
         pidfile.acquire()
         logs.setup(config.loglevel, config.logfile, stderr=config.foreground)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, PidFileRefused) as exc:
         sys.stderr.write(f"honeytrap: {exc}\n")
         return EXIT_FAILURE
     except OSError as exc:
