@@ -272,9 +272,18 @@ def test_certificate_kept_under_state_dir(tmp_path: Any) -> None:
     assert san.get_values_for_type(x509.DNSName) == [HOST]
     now = datetime.datetime.now(datetime.UTC)
     assert now - datetime.timedelta(days=401) < cert.not_valid_before_utc < now
-    assert cert.not_valid_after_utc > now
+    assert cert.not_valid_after_utc > now + datetime.timedelta(days=certificate.MIN_LEFT_DAYS - 1)
     assert cert.not_valid_after_utc - cert.not_valid_before_utc in [
         datetime.timedelta(days=d) for d in certificate.LIFETIMES_DAYS]
+
+
+@given(st.randoms(use_true_random=False))
+def test_validity_window(rng: Any) -> None:
+    """Whatever the draw: begun 7 to 400 days ago, at least MIN_LEFT_DAYS left."""
+    start, end = certificate.validity(rng)
+    now = datetime.datetime.now(datetime.UTC)
+    assert now - datetime.timedelta(days=401) < start < now - datetime.timedelta(days=6)
+    assert end > now + datetime.timedelta(days=certificate.MIN_LEFT_DAYS - 1)
 
 
 def test_sensors_differ(tmp_path: Any) -> None:

@@ -28,8 +28,10 @@ KEY_BITS = 2048
 # Lifetimes seen on self-signed server certificates: 1, 2, 3, 5 and 10 years (openssl req's
 # -days, Debian's ssl-cert snakeoil uses 10 years).
 LIFETIMES_DAYS = (365, 730, 1095, 1825, 3650)
-# The certificate was made between a week and about a year before the sensor first started.
+# The certificate was made between a week and about a year before the sensor first started,
+# and has at least two months left (an expired one would make the sensor look abandoned).
 AGE_DAYS = (7, 400)
+MIN_LEFT_DAYS = 60
 FIELDS = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
           "L": NameOID.LOCALITY_NAME, "O": NameOID.ORGANIZATION_NAME,
           "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
@@ -49,13 +51,21 @@ def subject(line: str, hostname: str) -> x509.Name:
     return x509.Name(attrs)
 
 
+def validity(rng: random.Random) -> tuple[datetime.datetime, datetime.datetime]:
+    """A (not before, not after) window around now."""
+    now = datetime.datetime.now(datetime.UTC)
+    lifetime = rng.choice(LIFETIMES_DAYS)
+    age = rng.randint(AGE_DAYS[0], min(AGE_DAYS[1], lifetime - MIN_LEFT_DAYS))
+    start = now - datetime.timedelta(days=age, seconds=rng.randint(0, 86399))
+    return start, start + datetime.timedelta(days=lifetime)
+
+
 def generate(hostname: str, rng: random.Random | None = None) -> tuple[bytes, bytes]:
     """A fresh (key PEM, certificate PEM) for `hostname`."""
     rng = rng or random.SystemRandom()
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     name = subject(sensor.pick(SUBJECTS, hostname), hostname)
-    now = datetime.datetime.now(datetime.UTC)
-    start = now - datetime.timedelta(days=rng.randint(*AGE_DAYS), seconds=rng.randint(0, 86399))
+    start, end = validity(rng)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -63,7 +73,7 @@ def generate(hostname: str, rng: random.Random | None = None) -> tuple[bytes, by
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(start + datetime.timedelta(days=rng.choice(LIFETIMES_DAYS)))
+        .not_valid_after(end)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname[:MAX_HOSTNAME])]),
                        critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)

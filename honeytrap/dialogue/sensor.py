@@ -11,21 +11,16 @@ import functools
 import hashlib
 from pathlib import Path
 
+from honeytrap import resources
 from honeytrap.errors import ConfigError
 
-PACKAGE = Path(__file__).resolve().parent.parent
 # A list file is a few lines; a bigger one is not ours.
 MAX_LIST_FILE = 64 * 1024
 
 
 def shipped(name: str) -> Path:
-    """The data file `name` honeytrap ships: the installed package's data/templates/, else the
-    source tree's templates/."""
-    for root in (PACKAGE / "data" / "templates", PACKAGE.parent / "templates"):
-        path = root / name
-        if path.is_file():
-            return path
-    raise ConfigError(f"honeytrap's shipped templates/{name} is missing: a broken installation")
+    """The list file `name` honeytrap ships in its templates (resources.py)."""
+    return resources.data_path(f"{resources.TEMPLATES}/{name}")
 
 
 @functools.cache
