@@ -54,6 +54,7 @@ HELP = {
     "refused_no_room": "Attempts refused: max_servers busy servers",
     "refused_rate": "Attempts refused: max_server_rate exceeded",
     "refused_draining": "Attempts refused: too many servers still finishing",
+    "refused_privileged": "Attempts refused: the port needs CAP_NET_BIND_SERVICE, not held",
     "refused_full": "Connections refused: max_connections on one server",
     "connections": "Connections and UDP exchanges accepted",
     "attacks": "Attacks recorded",
