@@ -18,21 +18,22 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from honeytrap import __version__, daemon, privileges
+from honeytrap import __version__, daemon, privileges, resources
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
 from honeytrap.monitor import Monitor, check_monitor_name
-from honeytrap.pidfile import AlreadyRunning, PidFile
+from honeytrap.pidfile import AlreadyRunning, PidFile, PidFileRefused
 from honeytrap.plugin import load_plugins
 from honeytrap.preload import preload
 
 log = logging.getLogger("honeytrap")
 
 USAGE = """\
-usage: honeytrap [-Dpmv] [-h] [-i interface] [-a ip address] [-l listen timeout]
-                 [-r read timeout] [-t loglevel] [-L logfile] [-P pidfile]
-                 [-C configfile] [-u user] [-g group] [expression]
+usage: honeytrap [-Dpmv] [-h | --help] [--print-config] [-i interface]
+                 [-a ip address] [-l listen timeout] [-r read timeout]
+                 [-t loglevel] [-L logfile] [-P pidfile] [-C configfile]
+                 [-u user] [-g group] [expression]
 """
 
 HELP = USAGE + f"""
@@ -40,7 +41,7 @@ HELP = USAGE + f"""
   -C file      read the configuration from file (default: {DEFAULT_CONFIG_FILE})
   -D           do not daemonize: stay in the foreground, log to stderr too
   -g group     run dynamic servers as this group
-  -h           print this help and exit
+  -h, --help   print this help and exit
   -i iface     watch for rejected connections on this interface
   -l seconds   listen timeout: stop a dynamic server after this long without
                a connection (default 30)
@@ -53,6 +54,9 @@ HELP = USAGE + f"""
                5 noisy, 6 debug (default 3)
   -u user      run dynamic servers as this user
   -v           print the version and exit
+  --print-config
+               write the default (shipped, commented) configuration to
+               standard output and exit
   expression   a BPF expression restricting what the pcap monitor watches
 """
 
@@ -92,7 +96,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="promisc", action="store_true", default=None)
     parser.add_argument("-m", dest="mirror_all", action="store_true", default=None)
     parser.add_argument("-v", dest="version", action="store_true")
-    parser.add_argument("-h", dest="help", action="store_true")
+    parser.add_argument("-h", "--help", dest="help", action="store_true")
+    parser.add_argument("--print-config", dest="print_config", action="store_true")
     parser.add_argument("-i", dest="interface")
     parser.add_argument("-a", dest="address")
     parser.add_argument("-l", dest="listen_timeout", type=_seconds)
@@ -161,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     if options.args.version:
         sys.stdout.write(f"honeytrap {__version__}\n")
         return EXIT_OK
+    if options.args.print_config:
+        try:
+            sys.stdout.buffer.write(resources.default_config())
+        except ConfigError as exc:
+            sys.stderr.write(f"honeytrap: {exc}\n")
+            return EXIT_FAILURE
+        return EXIT_OK
     try:
         config = options.config()
         identity = privileges.resolve(config.user, config.group)
@@ -186,7 +198,7 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
     try:
         pidfile.acquire()
         logs.setup(config.loglevel, config.logfile, stderr=config.foreground)
-    except AlreadyRunning as exc:
+    except (AlreadyRunning, PidFileRefused) as exc:
         sys.stderr.write(f"honeytrap: {exc}\n")
         return EXIT_FAILURE
     except OSError as exc:

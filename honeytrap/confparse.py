@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
@@ -241,10 +242,21 @@ def parse(text: str, file: str = "<string>") -> Block:
 def read_text(path: str) -> str:
     """Read a configuration file from disk: bounded in size, UTF-8, errors as ConfigError."""
     try:
-        with open(path, "rb") as handle:
+        # Non-blocking: opening a FIFO for reading waits for a writer, forever (the start would
+        # hang with no message); on a regular file the flag changes nothing. What is not a
+        # regular file is refused before a byte is read (templates.open_template does the same).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from exc
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError("not a regular file (a FIFO, device or directory?)", file=path)
+        with os.fdopen(fd, "rb", closefd=False) as handle:
             data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror or exc}", file=path) from exc
+    finally:
+        os.close(fd)
     if len(data) > MAX_FILE_BYTES:
         raise ConfigError(f"larger than {MAX_FILE_BYTES} bytes; not a configuration file?",
                           file=path)

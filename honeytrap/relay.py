@@ -31,7 +31,7 @@ from honeytrap.session import DEFAULT_IDLE_LIMIT, Closed
 
 if TYPE_CHECKING:
     from honeytrap.config import PortConf
-    from honeytrap.server import DynamicServer, UdpServer
+    from honeytrap.host import Host, UdpHost
 
 log = logging.getLogger("honeytrap.relay")
 
@@ -41,7 +41,7 @@ RELAY_MODES = (Mode.MIRROR, Mode.PROXY)
 # attacker waits meanwhile, and a scanner gives up after a few seconds (the C original used a
 # short timeout for mirror connections for the same reason).
 CONNECT_TIMEOUT = 5.0
-# No relay lasts longer than this, however it trickles (as server.MAX_CONNECTION_SECONDS for
+# No relay lasts longer than this, however it trickles (as normal.MAX_CONNECTION_SECONDS for
 # normal mode): bounds how long an attacker can hold two sockets of ours.
 RELAY_LIFETIME = 600.0
 # A TCP relay ends after this many read timeouts with no data either way (normal mode's idle
@@ -312,7 +312,7 @@ async def open_leg(owner: RelayBase, target: Target) -> Leg:
 class RelayBase:
     """What TCP and UDP relays share: the policy, the outbound leg, the clock, the record."""
 
-    def __init__(self, server: DynamicServer, conn: Connection, idle_timeout: float) -> None:
+    def __init__(self, server: Host, conn: Connection, idle_timeout: float) -> None:
         self.server = server
         self.conn = conn
         self.mode = server.port.mode
@@ -497,7 +497,7 @@ def _reason(exc: BaseException) -> str:
 class RelayConnection(asyncio.Protocol, RelayBase):
     """An accepted TCP connection in mirror or proxy mode."""
 
-    def __init__(self, server: DynamicServer) -> None:
+    def __init__(self, server: Host) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
 
@@ -576,7 +576,7 @@ class UdpRelayPeer(RelayBase):
     its record) ends after a read timeout of silence both ways."""
 
     def __init__(
-        self, udp: UdpServer, conn: Connection, addr: Any, pktinfo: tuple[int, int, bytes] | None
+        self, udp: UdpHost, conn: Connection, addr: Any, pktinfo: tuple[int, int, bytes] | None
     ) -> None:
         super().__init__(udp.server, conn, udp.server.config.read_timeout)
         self.udp = udp

@@ -28,43 +28,32 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
 
 from honeytrap import control, forked, privileges, proctitle, templates
-from honeytrap.addresses import split
-from honeytrap.attack import Attack, Connection, Mode, Payload
+from honeytrap.attack import Attack, Connection
 from honeytrap.config import Config, PortConf
+from honeytrap.host import RESOURCE_ERRNOS, Finisher
 from honeytrap.mirror import MirrorPolicy
+from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
 from honeytrap.recorder import RecorderClient
-from honeytrap.relay import RELAY_MODES, RelayConnection, UdpRelayPeer
-from honeytrap.session import Closed, NormalSession, Output, UdpExchange
+from honeytrap.relay import RELAY_MODES, RelayConnection
+from honeytrap.session import Closed
 
 log = logging.getLogger("honeytrap.server")
 
-# No connection may last longer than this, however it trickles: bounds how long an attacker can
-# hold a slot (read_limit bounds the bytes, this the time).
-MAX_CONNECTION_SECONDS = 600.0
 # Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
 ACCEPT_BATCH = 64
 # accept() failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): wait this long
 # before trying again, doubling up to the maximum; logged at most once per back-off period.
 ACCEPT_BACKOFF_MIN = 0.05
 ACCEPT_BACKOFF_MAX = 2.0
-RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # After "stop", connections already queued in the kernel are taken for this long before the
 # listening socket is closed, so a SYN the master let through just before is still served.
 STOP_GRACE = 0.2
 # On exit, the recorder gets this long to acknowledge the attacks handed to it.
 RECORDER_DRAIN_SECONDS = 30.0
-# Datagrams read per wake-up of a UDP socket.
-UDP_BATCH = 64
-UDP_BUFFER = 65535
-# in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-CMSG_SPACE = socket.CMSG_SPACE(32)
 # Server statistics go to the master this long after they change (one message for all the
 # changes meanwhile, not one per attack), so the master's figures, `unacknowledged` among them,
 # are at most this stale: a drained server shows 0 within a second.
@@ -488,257 +477,3 @@ class DynamicServer:
 def _log_task_failure(task: asyncio.Task[object]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("connection setup failed: %r", task.exception())
-
-
-class Finisher(Protocol):
-    """A connection or exchange the server can abort on shutdown (relay.py's satisfy it too)."""
-
-    def abort(self, why: Closed) -> None: ...
-
-
-class NormalConnection(asyncio.Protocol, Finisher):
-    """Normal mode over TCP: a NormalSession driven by data, the read-timeout clock and EOF."""
-
-    def __init__(self, server: DynamicServer, notes: Sequence[str] = ()) -> None:
-        self.server = server
-        self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
-        config = server.config
-        self.session = NormalSession(
-            server.template,
-            read_limit=config.read_limit,
-            template_repeat=config.template_repeat,
-        )
-        self.read_timeout = config.read_timeout
-        self.transport: asyncio.Transport | None = None
-        self.conn: Connection | None = None
-        self.start = time.time()
-        self.last_data = time.monotonic()
-        self.opened = time.monotonic()
-        self.timer: asyncio.TimerHandle | None = None
-        self.done = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.attach(transport)
-        self.server.connection_opened(self)
-
-    def attach(self, transport: asyncio.Transport) -> None:
-        """Take over the connection (from connection_made, or from a relay falling back)."""
-        self.transport = transport
-        local = split(transport.get_extra_info("sockname"))
-        remote = split(transport.get_extra_info("peername"))
-        self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.read_timeout, self._tick)
-
-    def data_received(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
-        assert self.conn is not None
-        self.server.perread(self.conn, "in", data)
-        self._apply(self.session.on_data(data))
-
-    def eof_received(self) -> bool:
-        self._apply(self.session.on_eof())
-        return False
-
-    def _tick(self) -> None:
-        """The one timer of a connection: the read timeout, and (checked on the same clock,
-        which runs at least every read timeout while the connection is open) its lifetime."""
-        if self.done:
-            return
-        if time.monotonic() - self.opened >= MAX_CONNECTION_SECONDS:
-            self.abort(Closed.LIFETIME)
-            return
-        loop = asyncio.get_running_loop()
-        waited = time.monotonic() - self.last_data
-        if waited < self.read_timeout:
-            self.timer = loop.call_later(self.read_timeout - waited, self._tick)
-            return
-        self.last_data = time.monotonic()
-        self._apply(self.session.on_timeout())
-        if not self.done:
-            self.timer = loop.call_later(self.read_timeout, self._tick)
-
-    def _apply(self, out: Output) -> None:
-        if self.transport is None:
-            return
-        if out.send and not self.transport.is_closing():
-            self.transport.write(out.send)
-        if out.close:
-            self.transport.close()
-
-    def abort(self, why: Closed) -> None:
-        self.session.abort(why)
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.done:
-            return
-        self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
-        if self.session.closed is Closed.OPEN:
-            self.session.abort(Closed.RESET if exc else Closed.EOF)
-        assert self.conn is not None
-        conn = self.conn
-        attack = Attack(
-            attack_connection=Connection(
-                conn.protocol, conn.local_addr, conn.local_port, conn.remote_addr,
-                conn.remote_port, Payload(self.session.payload),
-            ),
-            mode=Mode.NORMAL,
-            start_time=self.start,
-            end_time=time.time(),
-        )
-        for note in self.notes:
-            attack.add_note(note)
-        if self.session.truncated:
-            attack.add_note(f"read_limit of {self.session.read_limit} bytes reached")
-        self.server.connection_closed(self, attack)
-
-
-class UdpServer:
-    """Normal mode over UDP: one reply per datagram, one attack per peer exchange."""
-
-    def __init__(self, server: DynamicServer) -> None:
-        self.server = server
-        self.sock = server.sock
-        self.family = self.sock.family
-        self.exchanges: dict[tuple[str, int], UdpPeer | UdpRelayPeer] = {}
-        if self.family == socket.AF_INET6:
-            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
-        else:
-            self.sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-
-    def start(self) -> None:
-        self.server.loop.add_reader(self.sock.fileno(), self._readable)
-
-    def stop(self) -> None:
-        self._readable()  # what already arrived is still answered and recorded
-        self.pause()
-
-    def pause(self) -> None:
-        self.server.loop.remove_reader(self.sock.fileno())
-
-    def _readable(self) -> None:
-        for _ in range(UDP_BATCH):
-            try:
-                data, ancdata, _flags, addr = self.sock.recvmsg(UDP_BUFFER, CMSG_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                if exc.errno in RESOURCE_ERRNOS:
-                    self.server.stats.accept_errors += 1
-                    return
-                if exc.errno == errno.ECONNREFUSED:
-                    continue  # an ICMP error for an earlier reply
-                raise
-            self._datagram(data, ancdata, addr)
-
-    def _datagram(
-        self, data: bytes, ancdata: list[tuple[int, int, bytes]], addr: tuple[str, int]
-    ) -> None:
-        remote = split(addr)
-        local_addr, pktinfo = _local_address(self.family, ancdata)
-        peer = self.exchanges.get(remote)
-        if peer is None:
-            if len(self.exchanges) >= self.server.config.max_connections:
-                self.server.stats.refused_full += 1
-                return
-            conn = Connection("udp", local_addr, self.server.port.port, remote[0], remote[1])
-            if self.server.port.mode in RELAY_MODES:
-                peer = UdpRelayPeer(self, conn, addr, pktinfo)
-            else:
-                peer = UdpPeer(self, conn)
-            self.exchanges[remote] = peer
-            self.server.connection_opened(peer)
-            if isinstance(peer, UdpRelayPeer):
-                peer.open()
-        if isinstance(peer, UdpRelayPeer):
-            peer.datagram(data)  # recorded, PERREAD and relayed there
-            return
-        self.server.perread(peer.conn, "in", data)
-        reply = peer.exchange.on_datagram(data)
-        peer.touch()
-        self.reply(reply, pktinfo, addr)
-
-    def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None:
-        """Send one datagram to `addr` from the address it attacked (`pktinfo`)."""
-        try:
-            if pktinfo is not None:
-                self.sock.sendmsg([data], [pktinfo], 0, addr)
-            else:
-                self.sock.sendto(data, addr)
-        except OSError as exc:
-            log.debug("port %d/udp: reply failed: %s", self.server.port.port, exc.strerror)
-
-    def finished(self, peer: UdpPeer | UdpRelayPeer) -> None:
-        key = (peer.conn.remote_addr, peer.conn.remote_port)
-        self.exchanges.pop(key, None)
-
-
-class UdpPeer(Finisher):
-    def __init__(self, udp: UdpServer, conn: Connection) -> None:
-        self.udp = udp
-        self.conn = conn
-        server = udp.server
-        self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit)
-        self.start = time.time()
-        self.last = time.monotonic()
-        self.timer = server.loop.call_later(server.config.read_timeout, self._tick)
-        self.done = False
-
-    def touch(self) -> None:
-        self.last = time.monotonic()
-
-    def _tick(self) -> None:
-        server = self.udp.server
-        waited = time.monotonic() - self.last
-        timeout = server.config.read_timeout
-        if waited < timeout and not self.done:
-            self.timer = server.loop.call_later(timeout - waited, self._tick)
-            return
-        self.abort(Closed.IDLE)
-
-    def abort(self, why: Closed) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.timer.cancel()
-        self.udp.finished(self)
-        conn = self.conn
-        attack = Attack(
-            attack_connection=Connection(
-                "udp", conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port,
-                Payload(self.exchange.payload),
-            ),
-            mode=Mode.NORMAL,
-            start_time=self.start,
-            end_time=time.time(),
-        )
-        if self.exchange.truncated:
-            attack.add_note(f"read_limit of {self.exchange.read_limit} bytes reached")
-        self.udp.server.connection_closed(self, attack)
-
-
-def _local_address(
-    family: int, ancdata: list[tuple[int, int, bytes]]
-) -> tuple[str, tuple[int, int, bytes] | None]:
-    """The datagram's destination (our) address from IPV6_PKTINFO / IP_PKTINFO, and the
-    ancillary item to send the reply from that same address."""
-    for level, kind, data in ancdata:
-        is_v6 = level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO
-        if family == socket.AF_INET6 and is_v6:
-            if len(data) >= 20:
-                address = socket.inet_ntop(socket.AF_INET6, data[:16])
-                reply = (socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, data[:16] + bytes(4))
-                return split((address, 0))[0], reply
-        if family == socket.AF_INET and level == socket.IPPROTO_IP and kind == IP_PKTINFO:
-            if len(data) >= 12:
-                address = socket.inet_ntop(socket.AF_INET, data[8:12])
-                # in_pktinfo: ifindex 0, spec_dst = our address, addr ignored on send.
-                reply = (socket.IPPROTO_IP, IP_PKTINFO, bytes(4) + data[8:12] + bytes(4))
-                return address, reply
-    return "", None
-

@@ -54,8 +54,11 @@ class Honeytrap:
     plugins: str = ""
     args: list[str] = field(default_factory=list)
     monitor: str = "nfq"
-    plugin_dir: Path = REPO / "plugins"
-    response_dir: Path = REPO / "templates"
+    # None: not named in the configuration (the installed package's own are used).
+    plugin_dir: Path | None = REPO / "plugins"
+    response_dir: Path | None = REPO / "templates"
+    # The daemon's command; another one (an installed honeytrap) runs without our PYTHONPATH.
+    program: list[str] = field(default_factory=lambda: list(HONEYTRAP))
     prefix: list[str] = field(default_factory=list)  # e.g. prlimit, setpriv
     proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
@@ -80,12 +83,15 @@ plugin-SaveFile = {{
 plugin-logAttacker = {{ logfile = "{self.attacker_log}" }}
 plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
 """
+        dirs = "".join(
+            f'{key} = "{value}"\n'
+            for key, value in (("response_dir", self.response_dir), ("plugin_dir", self.plugin_dir))
+            if value is not None
+        )
         self.configfile.write_text(
             f"""// written by tests/daemon.py
 monitor = "{self.monitor}"
-response_dir = "{self.response_dir}"
-plugin_dir = "{self.plugin_dir}"
-logfile = "{self.logfile}"
+{dirs}logfile = "{self.logfile}"
 pidfile = "{self.pidfile}"
 read_limit = "1048576"
 {self.extra_config}
@@ -95,7 +101,7 @@ read_limit = "1048576"
 
     def command(self, *extra: str) -> list[str]:
         return [
-            *self.prefix, *HONEYTRAP, "-D", "-C", str(self.configfile), "-t", "6", *self.args,
+            *self.prefix, *self.program, "-D", "-C", str(self.configfile), "-t", "6", *self.args,
             *extra,
         ]
 
@@ -106,10 +112,15 @@ read_limit = "1048576"
             notify_path.unlink()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        if self.program == HONEYTRAP:
+            env["PYTHONPATH"] = str(REPO)
+        else:
+            env.pop("PYTHONPATH", None)
         with open(self.workdir / "stderr.log", "ab") as stderr:
             self.proc = self.lab.spawn(
-                self.lab.sensor, self.command(*extra), env=env, cwd=str(REPO),
+                self.lab.sensor, self.command(*extra), env=env,
+                cwd=str(REPO if self.program == HONEYTRAP else self.workdir),
                 stdout=subprocess.DEVNULL, stderr=stderr,
             )
         if ready:

@@ -196,6 +196,30 @@ def test_read_text_reports_invalid_utf8_with_line(tmp_path: Path) -> None:
     assert (info.value.file, info.value.line) == (str(path), 2)
 
 
+def test_read_text_refuses_a_fifo_without_blocking(tmp_path: Path) -> None:
+    """A FIFO has no writer here: a blocking open would never return."""
+    fifo = tmp_path / "fifo.conf"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file") as info:
+        read_text(str(fifo))
+    assert info.value.file == str(fifo)
+
+
+def test_read_text_refuses_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        read_text(str(tmp_path))
+    assert info.value.file == str(tmp_path)
+
+
+def test_fifo_include_names_the_fifo_and_the_including_line(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.conf")
+    (tmp_path / "m.conf").write_text('a = "1"\ninclude = "fifo.conf"\n')
+    with pytest.raises(ConfigError, match="not a regular file") as info:
+        load(str(tmp_path / "m.conf"))
+    assert (info.value.file, info.value.line) == (str(tmp_path / "m.conf"), 2)
+    assert "fifo.conf" in info.value.message
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load(str(tmp_path / "absent.conf"))

@@ -257,6 +257,8 @@ def test_configuration_error_names_file_and_line(tmp_path: Path) -> None:
     ("argv", "status", "stream", "text"),
     [
         (["-h"], 0, "stdout", "usage: honeytrap"),
+        (["--help"], 0, "stdout", "usage: honeytrap"),
+        (["--print-config"], 0, "stdout", "plugin-logJSON"),
         (["-v"], 0, "stdout", "honeytrap 2."),
         (["-x"], 2, "stderr", "usage: honeytrap"),
         (["-t", "9"], 2, "stderr", "log level"),

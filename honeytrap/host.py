@@ -1,0 +1,69 @@
+"""What a port's connections may ask of the dynamic server hosting them.
+
+Connection adapters (normal.py's NormalConnection and UdpServer, relay.py's RelayConnection and
+UdpRelayPeer) are written against these narrow Protocols, not against server.DynamicServer, so
+that server.py imports the adapters and nothing imports server.py back (no import cycle).
+DynamicServer satisfies `Host` structurally; normal.UdpServer satisfies `UdpHost`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from honeytrap.attack import Attack, Connection
+    from honeytrap.config import Config, PortConf
+    from honeytrap.mirror import MirrorPolicy
+    from honeytrap.session import Closed
+
+# accept()/recvmsg() failing for lack of fds or memory: back off, do not crash.
+RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class Finisher(Protocol):
+    """A connection or exchange the server can abort on shutdown."""
+
+    def abort(self, why: Closed) -> None: ...
+
+
+class Stats(Protocol):
+    """The counters a connection adapter moves (server.ServerStats)."""
+
+    refused_full: int
+    accept_errors: int
+
+
+class Host(Protocol):
+    """A port's dynamic server, as its connections see it."""
+
+    port: PortConf
+    config: Config
+    template: bytes
+    mirror: MirrorPolicy
+    loop: asyncio.AbstractEventLoop
+    sock: Any  # the listening (TCP) or bound (UDP) socket
+
+    @property
+    def stats(self) -> Stats: ...
+
+    def connection_opened(self, conn: Finisher) -> None: ...
+
+    def connection_closed(self, conn: Finisher, attack: Attack) -> None: ...
+
+    def perread(self, conn: Connection, direction: str, data: bytes) -> None: ...
+
+    def fall_back_to_normal(
+        self, old: Finisher, transport: asyncio.Transport, note: str, start: float
+    ) -> None: ...
+
+
+class UdpHost(Protocol):
+    """A UDP port's datagram pump, as one peer's exchange sees it."""
+
+    server: Host
+
+    def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None: ...
+
+    def finished(self, peer: Any) -> None: ...
