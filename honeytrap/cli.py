@@ -256,7 +256,9 @@ def serve(
         master = Master(
             config, registry, monitor, identity,
             reload_config=options.config,
-            keep_out_of_children=lambda: [pidfile.fd] if pidfile.fd is not None else [],
+            keep_out_of_children=lambda: [
+                *([pidfile.fd] if pidfile.fd is not None else []), *daemon.report_fds()
+            ],
         )
     except HoneytrapError as exc:
         log.error("%s", exc)

@@ -196,7 +196,8 @@ read_limit = "1048576"
         assert self.proc is not None
         master = self.master_pid()
         out = subprocess.run(
-            ["ps", "-o", "pid=,comm=", "--ppid", str(master)], capture_output=True, text=True
+            # args: the command line ps and top -c show (setproctitle sets it, and comm too)
+            ["ps", "-o", "pid=,args=", "--ppid", str(master)], capture_output=True, text=True
         ).stdout
         rows = [line.split(None, 1) for line in out.splitlines() if line.strip()]
         return [(int(row[0]), row[1].strip() if len(row) > 1 else "") for row in rows]
