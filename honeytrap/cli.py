@@ -17,11 +17,12 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from honeytrap import __version__, daemon, privileges
+from honeytrap import __version__, capabilities, daemon, privileges, resources
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
-from honeytrap.monitor import Monitor, check_monitor_name
+from honeytrap.monitor import check_monitor_name
+from honeytrap.monitor.choice import descriptors, open_monitor
 from honeytrap.pidfile import AlreadyRunning, PidFile, PidFileRefused
 from honeytrap.plugin import load_plugins
 from honeytrap.preload import preload
@@ -29,9 +30,10 @@ from honeytrap.preload import preload
 log = logging.getLogger("honeytrap")
 
 USAGE = """\
-usage: honeytrap [-Dpmv] [-h] [-i interface] [-a ip address] [-l listen timeout]
-                 [-r read timeout] [-t loglevel] [-L logfile] [-P pidfile]
-                 [-C configfile] [-u user] [-g group] [expression]
+usage: honeytrap [-Dpmv] [-h | --help] [--print-config] [-i interface]
+                 [-a ip address] [-l listen timeout] [-r read timeout]
+                 [-t loglevel] [-L logfile] [-P pidfile] [-C configfile]
+                 [-u user] [-g group] [expression]
 """
 
 HELP = USAGE + f"""
@@ -39,7 +41,7 @@ HELP = USAGE + f"""
   -C file      read the configuration from file (default: {DEFAULT_CONFIG_FILE})
   -D           do not daemonize: stay in the foreground, log to stderr too
   -g group     run dynamic servers as this group
-  -h           print this help and exit
+  -h, --help   print this help and exit
   -i iface     watch for rejected connections on this interface
   -l seconds   listen timeout: stop a dynamic server after this long without
                a connection (default 30)
@@ -52,6 +54,9 @@ HELP = USAGE + f"""
                5 noisy, 6 debug (default 3)
   -u user      run dynamic servers as this user
   -v           print the version and exit
+  --print-config
+               write the default (shipped, commented) configuration to
+               standard output and exit
   expression   a BPF expression restricting what the pcap monitor watches
 """
 
@@ -89,7 +94,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="promisc", action="store_true", default=None)
     parser.add_argument("-m", dest="mirror_all", action="store_true", default=None)
     parser.add_argument("-v", dest="version", action="store_true")
-    parser.add_argument("-h", dest="help", action="store_true")
+    parser.add_argument("-h", "--help", dest="help", action="store_true")
+    parser.add_argument("--print-config", dest="print_config", action="store_true")
     parser.add_argument("-i", dest="interface")
     parser.add_argument("-a", dest="address")
     parser.add_argument("-l", dest="listen_timeout", type=_seconds)
@@ -136,16 +142,6 @@ def parse(argv: list[str]) -> Options:
     return Options(make_parser().parse_args(argv))
 
 
-def open_monitor(config: Config) -> Monitor:
-    if config.monitor == "nfq":
-        from honeytrap.monitor.nfq import NfqMonitor
-
-        return NfqMonitor(config.nfq_queue)
-    from honeytrap.monitor.pcap import open_pcap_monitor
-
-    return open_pcap_monitor(config)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         options = parse(sys.argv[1:] if argv is None else argv)
@@ -158,9 +154,17 @@ def main(argv: list[str] | None = None) -> int:
     if options.args.version:
         sys.stdout.write(f"honeytrap {__version__}\n")
         return EXIT_OK
+    if options.args.print_config:
+        try:
+            sys.stdout.buffer.write(resources.default_config())
+        except ConfigError as exc:
+            sys.stderr.write(f"honeytrap: {exc}\n")
+            return EXIT_FAILURE
+        return EXIT_OK
     try:
         config = options.config()
         identity = privileges.resolve(config.user, config.group)
+        privileges.check_can_become(identity)
     except ConfigError as exc:
         sys.stderr.write(f"honeytrap: {exc}\n")
         return EXIT_USAGE
@@ -170,9 +174,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(options: Options, config: Config, identity: privileges.Identity) -> int:
-    if os.geteuid() != 0:
-        sys.stderr.write("honeytrap: must be run as root (to bind ports and watch the network)\n")
-        return EXIT_FAILURE
     try:
         # Check the plugins load before detaching, so a mistake is seen on the terminal.
         load_plugins(config).close()
@@ -208,7 +209,11 @@ def serve(
     raise_fd_limit(config)
     preload()
 
-    if identity.uid is None:
+    if os.geteuid() != 0:
+        held = capabilities.names(capabilities.effective())
+        log.log(logs.NOTICE, "running as uid %d/gid %d with %s", os.geteuid(), os.getegid(),
+                ", ".join(held) if held else "no capabilities")
+    elif identity.uid is None:
         log.warning("no -u given: dynamic servers keep running as root")
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
@@ -227,7 +232,10 @@ def serve(
         master = Master(
             config, registry, monitor, identity,
             reload_config=options.config,
-            keep_out_of_children=lambda: [pidfile.fd] if pidfile.fd is not None else [],
+            keep_out_of_children=lambda: [
+                *descriptors(monitor), *([pidfile.fd] if pidfile.fd is not None else []),
+                *daemon.report_fds(),
+            ],
         )
     except HoneytrapError as exc:
         log.error("%s", exc)

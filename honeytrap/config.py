@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import confparse
+from honeytrap import confparse, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -114,8 +114,9 @@ class Config:
     # The original's top-level keys.
     logfile: str = DEFAULT_LOGFILE
     pidfile: str = DEFAULT_PIDFILE
-    response_dir: str = "/usr/share/honeytrap/templates"
-    plugin_dir: str = "/usr/lib/honeytrap/plugins"
+    # Not in the file: the templates and plugins the package ships (resources.py).
+    response_dir: str = field(default_factory=resources.template_dir)
+    plugin_dir: str = field(default_factory=resources.plugin_dir)
     read_limit: int = DEFAULT_READ_LIMIT
     bind_address: str = ""  # empty: all addresses
     replace_private_ips: bool = False
@@ -135,7 +136,7 @@ class Config:
     mirror_all: bool = False  # -m
     bpf_expression: str = ""
     # Our extensions (documented in man/honeytrap.8).
-    monitor: str = "pcap"  # "pcap" | "nfq"
+    monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
     nfq_queue: int = 0
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS

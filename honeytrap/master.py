@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import control, daemon, forked, metrics, porttable, templates
+from honeytrap import capabilities, control, daemon, forked, metrics, porttable, templates
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -129,6 +129,8 @@ class Master:
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
+        self.port_privilege = capabilities.PortPrivilege()
+        self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
@@ -226,8 +228,16 @@ class Master:
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
         key = (attempt.protocol, attempt.local_port)
-        ignore = self.config.port_mode(*key).mode is Mode.IGNORE
-        self._carry_out(self.table.attempt(key, held, ignore=ignore))
+        conf = self.config.port_mode(*key)
+        refuse = ""
+        if conf.mode is not Mode.IGNORE and key not in self.table.serving:
+            missing = self.port_privilege.missing_for(conf.port)
+            if missing is not None:  # refused before binding: the verdict lets the kernel RST it
+                self.bind_refusals.refuse(conf.port, conf.protocol, missing)
+                refuse = "refused_privileged"
+        self._carry_out(
+            self.table.attempt(key, held, ignore=conf.mode is Mode.IGNORE, refuse=refuse)
+        )
 
     def _carry_out(self, actions: list[Action]) -> None:
         """The port table's actions, in order (porttable.py says what each means)."""
@@ -264,6 +274,10 @@ class Master:
         except PortInUse:
             log.debug("port %d/%s is served by someone else", conf.port, conf.protocol)
             self._carry_out(self.table.start_failed(key, pid, "ports_in_use"))
+            return
+        except PermissionError:  # a policy beyond the capability check (LSM, sysctl changed)
+            self.bind_refusals.refuse(conf.port, conf.protocol, "a permission the system refuses")
+            self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
             return
         except OSError as exc:
             log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)

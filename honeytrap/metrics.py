@@ -44,7 +44,10 @@ SCRAPE_TIMEOUT = 10.0
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Statistics that go up and down; every other one only goes up (a Prometheus counter).
 GAUGES = frozenset(
-    {"servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending"}
+    {
+        "servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending",
+        "unacknowledged",
+    }
 )
 HELP = {
     "attempts": "Connection attempts seen by the monitor",
@@ -54,6 +57,7 @@ HELP = {
     "refused_no_room": "Attempts refused: max_servers busy servers",
     "refused_rate": "Attempts refused: max_server_rate exceeded",
     "refused_draining": "Attempts refused: too many servers still finishing",
+    "refused_privileged": "Attempts refused: the port needs CAP_NET_BIND_SERVICE, not held",
     "refused_full": "Connections refused: max_connections on one server",
     "connections": "Connections and UDP exchanges accepted",
     "attacks": "Attacks recorded",
@@ -64,6 +68,8 @@ HELP = {
     "servers_total": "Dynamic servers alive now (serving a port or letting go of it)",
     "server_processes": "Server processes alive now (each hosts up to ports_per_process servers)",
     "handover_failures": "Ports bound but not handed to a server process",
+    "unacknowledged": "Attacks handed to the recorder and not yet acknowledged (all through "
+    "the plugins)",
     "pipeline_plugin_failures": "Plugin hooks that raised",
     "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
     "spool_depth": "Records (attacks, samples) waiting in the output plugins' spools",

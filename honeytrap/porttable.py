@@ -203,6 +203,7 @@ class TableStats:
     refused_rate: int = 0
     refused_draining: int = 0
     refused_pending: int = 0
+    refused_privileged: int = 0  # a port we may not bind (no CAP_NET_BIND_SERVICE)
     ports_in_use: int = 0
     fork_failures: int = 0
     forks_on_path: int = 0
@@ -211,7 +212,7 @@ class TableStats:
     bind_failures: int = 0
 
 
-START_FAILURES = ("ports_in_use", "bind_failures", "handover_failures")
+START_FAILURES = ("ports_in_use", "bind_failures", "handover_failures", "refused_privileged")
 
 
 @dataclass
@@ -238,12 +239,18 @@ class PortTable:
 
     # --- attempts --------------------------------------------------------------------------
 
-    def attempt(self, key: Key, token: object, *, ignore: bool = False) -> list[Action]:
-        """A new attempt on `key` (a SYN or a datagram to an unserved port, as the monitor saw)."""
+    def attempt(
+        self, key: Key, token: object, *, ignore: bool = False, refuse: str = ""
+    ) -> list[Action]:
+        """A new attempt on `key` (a SYN or a datagram to an unserved port, as the monitor saw).
+        `ignore`: the port's mode is ignore; `refuse`: the master refuses it under this counter
+        (refused_privileged: a port it may not bind)."""
         self.stats.attempts += 1
         if ignore:
             self.stats.ignored += 1
             return [Verdict(token, key)]
+        if refuse:
+            return self._refuse(refuse, key, (token,))
         port = self.serving.get(key)
         if port is not None:
             self._touch(port)

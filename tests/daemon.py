@@ -47,6 +47,22 @@ def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> No
             )
 
 
+# T-Pot's own service ports its rules.sh accepts before queueing (a few of them).
+TPOT_ADMIN_PORTS = (64294, 64295, 64297)
+
+
+def tpot_rules(host: Host, admin_ports: Iterable[int] = TPOT_ADMIN_PORTS) -> None:
+    """T-Pot's firewall (tpotce docker/tpotinit/dist/bin/rules.sh) as it is: accept loopback,
+    accept its own ports, then queue every new SYN to NFQUEUE 0. No --queue-bypass and no socket
+    match: with nobody reading the queue, every new SYN is dropped."""
+    host.cmd("iptables", "-w", "-A", "INPUT", "-s", "127.0.0.1", "-j", "ACCEPT")
+    host.cmd("iptables", "-w", "-A", "INPUT", "-d", "127.0.0.1", "-j", "ACCEPT")
+    for port in admin_ports:
+        host.cmd("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+    host.cmd("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--syn", "-m", "state", "--state", "NEW",
+             "-j", "NFQUEUE")
+
+
 @dataclass
 class Honeytrap:
     lab: Lab
@@ -54,9 +70,12 @@ class Honeytrap:
     extra_config: str = ""
     plugins: str = ""
     args: list[str] = field(default_factory=list)
-    monitor: str = "nfq"
-    plugin_dir: Path = REPO / "plugins"
-    response_dir: Path = REPO / "templates"
+    monitor: str | None = "nfq"  # None: no `monitor` key (the default, auto)
+    # None: not named in the configuration (the installed package's own are used).
+    plugin_dir: Path | None = REPO / "plugins"
+    response_dir: Path | None = REPO / "templates"
+    # The daemon's command; another one (an installed honeytrap) runs without our PYTHONPATH.
+    program: list[str] = field(default_factory=lambda: list(HONEYTRAP))
     prefix: list[str] = field(default_factory=list)  # e.g. prlimit, setpriv
     proc: subprocess.Popen[bytes] | None = None
     notify: socket.socket | None = None
@@ -81,12 +100,16 @@ plugin-SaveFile = {{
 plugin-logAttacker = {{ logfile = "{self.attacker_log}" }}
 plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
 """
+        dirs = "".join(
+            f'{key} = "{value}"\n'
+            for key, value in (("response_dir", self.response_dir), ("plugin_dir", self.plugin_dir))
+            if value is not None
+        )
+        monitor = f'monitor = "{self.monitor}"' if self.monitor is not None else ""
         self.configfile.write_text(
             f"""// written by tests/daemon.py
-monitor = "{self.monitor}"
-response_dir = "{self.response_dir}"
-plugin_dir = "{self.plugin_dir}"
-logfile = "{self.logfile}"
+{monitor}
+{dirs}logfile = "{self.logfile}"
 pidfile = "{self.pidfile}"
 read_limit = "1048576"
 {self.extra_config}
@@ -96,7 +119,7 @@ read_limit = "1048576"
 
     def command(self, *extra: str) -> list[str]:
         return [
-            *self.prefix, *HONEYTRAP, "-D", "-C", str(self.configfile), "-t", "6", *self.args,
+            *self.prefix, *self.program, "-D", "-C", str(self.configfile), "-t", "6", *self.args,
             *extra,
         ]
 
@@ -107,10 +130,15 @@ read_limit = "1048576"
             notify_path.unlink()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(notify_path))
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(REPO))
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
+        if self.program == HONEYTRAP:
+            env["PYTHONPATH"] = str(REPO)
+        else:
+            env.pop("PYTHONPATH", None)
         with open(self.workdir / "stderr.log", "ab") as stderr:
             self.proc = self.lab.spawn(
-                self.lab.sensor, self.command(*extra), env=env, cwd=str(REPO),
+                self.lab.sensor, self.command(*extra), env=env,
+                cwd=str(REPO if self.program == HONEYTRAP else self.workdir),
                 stdout=subprocess.DEVNULL, stderr=stderr,
             )
         if ready:
@@ -192,7 +220,8 @@ read_limit = "1048576"
         assert self.proc is not None
         master = self.master_pid()
         out = subprocess.run(
-            ["ps", "-o", "pid=,comm=", "--ppid", str(master)], capture_output=True, text=True
+            # args: the command line ps and top -c show (setproctitle sets it, and comm too)
+            ["ps", "-o", "pid=,args=", "--ppid", str(master)], capture_output=True, text=True
         ).stdout
         rows = [line.split(None, 1) for line in out.splitlines() if line.strip()]
         return [(int(row[0]), row[1].strip() if len(row) > 1 else "") for row in rows]
