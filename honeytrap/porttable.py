@@ -236,6 +236,7 @@ class PortTable:
         self.running = True
         self._room: set[int] = set()  # pids that may take a port now
         self._target: int | None = None  # where the last port went (the fullest with room)
+        self._forking = 0  # Fork actions handed out, not yet reported forked or failed
 
     # --- attempts --------------------------------------------------------------------------
 
@@ -288,7 +289,7 @@ class PortTable:
         full = len(self.serving) >= self.limits.max_servers
         if full and not self.idle:
             return self._refuse("refused_no_room", key, tokens)
-        can_fork = len(self.processes) < self.limits.max_processes and self.running
+        can_fork = self._alive() < self.limits.max_processes and self.running
         if self._with_room() is None and not can_fork and not full:
             return self._refuse("refused_draining", key, tokens)
         if not admitted and not self.bucket.take():
@@ -303,6 +304,7 @@ class PortTable:
             if not can_fork:
                 return actions + self._refuse("refused_draining", key, tokens)
             self.stats.forks_on_path += 1
+            self._forking += 1
             return [*actions, Fork(key, tokens)]
         actions.append(self._start(key, pid, tokens[0]))
         actions += [Verdict(token, key) for token in tokens]
@@ -353,6 +355,8 @@ class PortTable:
         attempts that waited on it."""
         self.processes[pid] = Process(pid)
         self._update_room(self.processes[pid])
+        if fork is not None:
+            self._forking -= 1
         if fork is None:
             self.stats.spares_forked += 1
             return []
@@ -364,6 +368,7 @@ class PortTable:
         self.stats.fork_failures += 1
         if fork is None:
             return []
+        self._forking -= 1
         return self._refuse("refused_draining", fork.key, fork.tokens)
 
     def spares_wanted(self) -> int:
@@ -371,7 +376,7 @@ class PortTable:
         if not self.running:
             return 0
         spares = sum(1 for p in self.processes.values() if not p.retired and not p.had_ports)
-        room = self.limits.max_processes - len(self.processes)
+        room = self.limits.max_processes - self._alive()
         return max(0, min(self.limits.spare_processes - spares, room))
 
     # --- messages from a server process ------------------------------------------------------
@@ -475,6 +480,10 @@ class PortTable:
         return actions
 
     # --- inside ------------------------------------------------------------------------------
+
+    def _alive(self) -> int:
+        """Server processes alive or being forked."""
+        return len(self.processes) + self._forking
 
     def _port(self, pid: int, key: Key) -> Port | None:
         process = self.processes.get(pid)

@@ -208,6 +208,14 @@ read_limit = "1048576"
         return {pid: name for pid, name in self._child_names()
                 if name not in ("honeytrap-rec", SPARE_NAME)}
 
+    def wait_children(self, count: int, timeout: float = 10.0) -> list[int]:
+        """children(), once there are `count` (bounded): a connect() completes as soon as the
+        master bound the port, a moment before the spare process it went to takes its name."""
+        deadline = time.monotonic() + timeout
+        while len(children := self.children()) != count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return children
+
     def spares(self) -> list[int]:
         """Pids of the spare server processes (forked ahead, no port yet)."""
         return [pid for pid, name in self._child_names() if name == SPARE_NAME]
