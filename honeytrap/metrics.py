@@ -77,7 +77,7 @@ METRICS: dict[str, MetricDef] = {
     "refused_no_room": _counter("refused_no_room", "Attempts refused: max_servers busy servers"),
     "refused_rate": _counter("refused_rate", "Attempts refused: max_server_rate exceeded"),
     "refused_privileged": _counter(
-        "refused_privileged", "Attempts refused: a port below 1024 we may not bind"),
+        "refused_privileged", "Attempts refused: the port needs CAP_NET_BIND_SERVICE, not held"),
     "refused_draining": _counter(
         "refused_draining", "Attempts refused: too many servers still finishing"),
     "ports_in_use": _counter(
@@ -104,6 +104,9 @@ METRICS: dict[str, MetricDef] = {
         "refused_full", "Connections refused: max_connections on one server"),
     "accept_errors": _counter(
         "accept_errors", "accept() failures for lack of descriptors or memory"),
+    "unacknowledged": _gauge(
+        "unacknowledged",
+        "Attacks handed to the recorder and not yet acknowledged (all through the plugins)"),
     # the recorder and its pipeline
     "pipeline_attacks": _counter("pipeline_attacks", "Attacks handed to the plugin pipeline"),
     "pipeline_finished": _counter(
