@@ -7,6 +7,7 @@ import selectors
 import socket
 import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,6 +179,17 @@ def test_exporter_descriptors_are_listed_for_children(exporter: metrics.Exporter
         held.close()
 
 
+def scrape(lab: Lab) -> str:
+    with inside(lab.sensor):
+        sock = socket.create_connection(("127.0.0.1", 9108), timeout=5)
+    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    body = b""
+    while chunk := sock.recv(65536):
+        body += chunk
+    sock.close()
+    return body.split(b"\r\n\r\n", 1)[1].decode()
+
+
 @pytest.fixture
 def daemon_metrics(lab: Lab, tmp_path: Path) -> Iterator[str]:
     """The real daemon in a sensor namespace (its usual plugins, downloads and a decoder
@@ -201,15 +213,16 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         sock.shutdown(socket.SHUT_WR)
         sock.recv(100)
         sock.close()
-        assert len(ht.wait_records(1)) == 1  # recorded: the recorder's figures are in
-        with inside(lab.sensor):
-            scrape = socket.create_connection(("127.0.0.1", 9108), timeout=5)
-        scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = b""
-        while chunk := scrape.recv(65536):
-            body += chunk
-        scrape.close()
-        yield body.split(b"\r\n\r\n", 1)[1].decode()
+        assert len(ht.wait_records(1)) == 1
+        # The server process reports its figures within STATS_DELAY of a change: scrape
+        # (bounded) until its attack is counted.
+        deadline = time.monotonic() + 20
+        while True:
+            text = scrape(lab)
+            if "honeytrap_attacks_total 1.0" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        yield text
     finally:
         assert ht.stop() == 0
 
