@@ -69,6 +69,7 @@ HELP = {
     "spool_depth": "Records (attacks, samples) waiting in the output plugins' spools",
     "spool_refused": "Records not spooled: an output plugin's spool was full",
     "spool_rejected": "Records the central store refused as bad data (kept in rejected/)",
+    "write_failures": "Writes a file output could not make (disk full): its records wait",
     "hpfeeds_events_too_big": "Attacks not published to hpfeeds: JSON over the limit even cut",
     "hpfeeds_samples_too_big": "Samples not published to hpfeeds: over the message limit",
     "downloads": "Samples downloaded by the download plugins",
