@@ -8,6 +8,8 @@ Run as a script inside a namespace (`ip netns exec ... python download_servers.p
     http <root> <ip> <mode> <log>          http.server; mode: plain | tls | slow | redirect:<url>
     attack                                 reads a JSON job on stdin, prints the attack's JSON
                                            and the plugins' statistics (Registry.stats)
+    hostile <kind> <ip>                    a hostile server of hostile_servers.py (dripping,
+                                           endless); many clients at once
 
 Each server prints `ready <port>` once its socket is bound: the explicit ready signal.
 """
@@ -25,7 +27,8 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-PYTHON = os.path.join(ROOT, ".venv", "bin", "python")
+# The interpreter running the tests (the project venv), for the servers and the driver too.
+PYTHON = sys.executable
 PLUGIN_DIR = os.path.join(ROOT, "plugins")
 READY_TIMEOUT = 30.0  # a server that is not bound after this long has failed
 ATTACK_TIMEOUT = 120.0  # one driver run: the plugins' own caps are far below this
@@ -197,5 +200,11 @@ if __name__ == "__main__":
         _http(*arguments)
     elif command == "attack":
         _attack()
+    elif command == "hostile":
+        import asyncio
+
+        import hostile_servers
+
+        asyncio.run(hostile_servers.serve(*arguments))
     else:
         raise SystemExit(f"unknown command {command!r}")

@@ -122,3 +122,40 @@ def test_http_program_option_is_accepted_with_a_warning(caplog: pytest.LogCaptur
     registry = load_plugins(Config(plugin_dir=plugin_dir, plugins=[spec]))
     assert len(registry.hooks["analyze"]) == 1
     assert "http_program is ignored" in caplog.text
+
+
+def test_cancel_shuts_a_download_socket_blocked_in_recv() -> None:
+    """An abandoned download holds no connection: cancel() from another thread wakes the
+    recv (it returns end of file) and every later call fails."""
+    import socket
+    import threading
+
+    deadline = Deadline(60.0)
+    ours, theirs = socket.socketpair()
+    sock = deadline.adopt(ours)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(sock.recv(10)))
+    reader.start()
+    deadline.cancel()
+    reader.join(10)
+    try:
+        assert not reader.is_alive() and got == [b""]
+        with pytest.raises(DownloadError, match="abandoned"):
+            sock.recv(10)
+    finally:
+        sock.close()
+        theirs.close()
+
+
+def test_a_deadline_socket_timeout_at_the_deadline_is_the_time_cap() -> None:
+    import socket
+
+    deadline = Deadline(0.2)
+    ours, theirs = socket.socketpair()
+    sock = deadline.adopt(ours)
+    try:
+        with pytest.raises(DownloadError, match="time cap of 0.2 s reached"):
+            sock.recv(10)
+    finally:
+        sock.close()
+        theirs.close()

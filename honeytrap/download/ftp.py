@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import socket
 
+from honeytrap.download.deadline import Deadline
 from honeytrap.download.ftpproto import Reply, ReplyReader, command, passive_port, port_command
-from honeytrap.download.policy import Deadline, FetchContext, Fetched, read_capped
+from honeytrap.download.policy import FetchContext, Fetched, read_capped
 from honeytrap.download.request import DownloadRequest
 from honeytrap.errors import DownloadError, ProtocolError
 
@@ -33,8 +34,7 @@ class _Control:
 
     def reply(self) -> Reply:
         while not self.pending:
-            self.sock.settimeout(self.deadline.timeout())
-            data = self.sock.recv(4096)
+            data = self.sock.recv(4096)  # a DeadlineSocket: bounded by the deadline
             if not data:
                 raise DownloadError("FTP server closed the control connection")
             self.pending.extend(self.reader.feed(data))
@@ -49,7 +49,6 @@ class _Control:
         raise ProtocolError("FTP server sent only preliminary replies")
 
     def send(self, verb: str, argument: str = "") -> Reply:
-        self.sock.settimeout(self.deadline.timeout())
         self.sock.sendall(command(verb, argument))
         return self.final()
 
@@ -65,8 +64,7 @@ def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
     try:
         return _session(request, ctx, active=True)
     except (DownloadError, ProtocolError, OSError) as exc:
-        if ctx.deadline.remaining() <= 0:
-            raise
+        ctx.deadline.remaining()  # the time cap ends the download; no passive try after it
         active_error = exc
     try:
         return _session(request, ctx, active=False)
@@ -104,7 +102,7 @@ def _login(control: _Control, request: DownloadRequest) -> None:
 def _active(control: _Control, request: DownloadRequest, ctx: FetchContext) -> bytes:
     local = control.sock.getsockname()[0]
     server = control.sock.getpeername()[0]
-    with socket.socket(control.sock.family, socket.SOCK_STREAM) as listener:
+    with ctx.deadline.new_socket(control.sock.family) as listener:
         listener.bind((local, 0))
         listener.listen(1)
         control.expect(*port_command(local, listener.getsockname()[1]))
@@ -116,13 +114,13 @@ def _active(control: _Control, request: DownloadRequest, ctx: FetchContext) -> b
 def _accept(listener: socket.socket, server: str, deadline: Deadline) -> socket.socket:
     """The data connection from the server's address; anyone else is turned away."""
     for _ in range(MAX_REPLIES_PER_COMMAND):
-        listener.settimeout(deadline.timeout(ACTIVE_ACCEPT_TIMEOUT))
         try:
-            conn, peer = listener.accept()
+            conn, peer = deadline.call(listener, socket.socket.accept, listener,
+                                       cap=ACTIVE_ACCEPT_TIMEOUT)
         except TimeoutError as exc:
             raise DownloadError("FTP server did not connect back (active mode)") from exc
         if peer[0] == server:
-            return conn
+            return deadline.adopt(conn)
         conn.close()
     raise DownloadError("foreign hosts kept connecting to our FTP data port")
 
@@ -138,7 +136,6 @@ def _passive(control: _Control, request: DownloadRequest, ctx: FetchContext) -> 
 
 
 def _retr(control: _Control, request: DownloadRequest) -> None:
-    control.sock.settimeout(control.deadline.timeout())
     control.sock.sendall(command("RETR", request.path))
     reply = control.reply()
     if reply.code >= 400:
@@ -150,7 +147,6 @@ def _retr(control: _Control, request: DownloadRequest) -> None:
 
 def _receive(control: _Control, data_sock: socket.socket, ctx: FetchContext) -> bytes:
     with data_sock:
-        data_sock.settimeout(ctx.deadline.timeout())
         data = read_capped(data_sock.recv, ctx.policy.max_size, ctx.deadline)
     done = control.final()
     if done.code not in (226, 250):

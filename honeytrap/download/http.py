@@ -79,7 +79,7 @@ def _follow(
     if follow is None:
         raise DownloadError(f"redirect to an unusable location {location[:100]!r}")
     try:
-        addresses = ctx.policy.check(follow.host, ctx.attack)
+        addresses = ctx.policy.check(follow.host, ctx.attack, ctx.deadline)
     except DownloadRefused as exc:
         raise DownloadRefused(f"redirect to {follow.uri}: {exc}") from exc
     return follow, addresses
@@ -117,7 +117,8 @@ class _PolicyHTTPS(_PolicyHTTP):
         context.verify_mode = ssl.CERT_NONE  # noqa: S323 - see the module docstring
         name = None if parse_ip(self.host) is not None else self.host
         try:
-            self.sock = context.wrap_socket(raw, server_hostname=name)
-        except (ssl.SSLError, OSError):
+            # The handshake and every read after it under the download's deadline.
+            self.sock = self._ctx.deadline.wrap_tls(context, raw, name)
+        except (ssl.SSLError, OSError, DownloadError):
             raw.close()
             raise

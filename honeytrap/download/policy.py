@@ -9,6 +9,7 @@ downloader plugins report as their statistics (`downloads`, `download_failures`)
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -26,9 +27,12 @@ from honeytrap.download.addresses import (
     parse_networks,
     refusal,
 )
+from honeytrap.download.deadline import Deadline
 from honeytrap.download.request import DownloadRequest
 from honeytrap.errors import DownloadError, PluginError, RemoteError
 from honeytrap.plugin import PluginContext
+
+log = logging.getLogger("honeytrap.download")
 
 # Named limits. Each says why.
 # Malware droppers and bot binaries are kilobytes to a few megabytes; 16 MiB keeps nearly all
@@ -46,6 +50,8 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_MAX_PER_ATTACK = 8
 # A hostname resolving to more addresses than this is refused (a rebinding or flooding trick).
 MAX_RESOLVED = 32
+# A URI in the log is cut to this many characters: enough to tell downloads apart.
+MAX_LOGGED_URI = 200
 # The sensor's interface addresses are re-read at most this often (interfaces rarely change;
 # reading /proc per download would be waste on a busy sensor).
 LOCAL_ADDRESS_TTL = 60.0
@@ -53,26 +59,6 @@ LOCAL_ADDRESS_TTL = 60.0
 
 class DownloadRefused(DownloadError):
     """The policy refused the download (destination, quota); nothing was sent."""
-
-
-class Deadline:
-    """The overall time cap of one download, shared by every step of it."""
-
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self.expires = clock() + seconds
-
-    def remaining(self) -> float:
-        """Seconds left; DownloadError once none are."""
-        left = self.expires - self._clock()
-        if left <= 0:
-            raise DownloadError("time cap reached")
-        return left
-
-    def timeout(self, cap: float | None = None) -> float:
-        """A socket timeout: what is left, at most `cap`."""
-        left = self.remaining()
-        return left if cap is None else min(left, cap)
 
 
 @dataclass(frozen=True)
@@ -188,13 +174,15 @@ class DownloadPolicy:
         """Why `addr` is refused, or None."""
         return refusal(addr, own=self.own_addresses(attack), allow=self.allow)
 
-    def check(self, host: str, attack: Attack) -> list[IPAddress]:
+    def check(
+        self, host: str, attack: Attack, deadline: Deadline | None = None
+    ) -> list[IPAddress]:
         """The addresses a download from `host` may connect to, every one checked; raises
         DownloadRefused. A name is resolved here, once: the client connects to these
         addresses, never to the name again (no DNS-rebinding window). With
         `replace_private_ips` a refused host is replaced by the attacker's address (the
         original's behaviour: bots often name their own NATed address), itself checked."""
-        addresses = self.resolve(host)
+        addresses = self.resolve(host, deadline)
         reasons = [r for r in (self.refusal(a, attack) for a in addresses) if r]
         if not reasons:
             return addresses
@@ -207,14 +195,18 @@ class DownloadPolicy:
                 reasons.append(f"replacement {why}")
         raise DownloadRefused("; ".join(reasons))
 
-    def resolve(self, host: str) -> list[IPAddress]:
+    def resolve(self, host: str, deadline: Deadline | None = None) -> list[IPAddress]:
+        """The addresses of `host`; a name is resolved within connect_timeout (and what is
+        left of the download's deadline)."""
         literal = parse_ip(host)
         if literal is not None:
             return [normalise(literal)]
         if not host or len(host) > 253:
             raise DownloadRefused(f"not a host name: {host!r}")
         try:
-            infos = _getaddrinfo(host, self.connect_timeout)
+            limit = self.connect_timeout if deadline is None else deadline.timeout(
+                self.connect_timeout)
+            infos = _getaddrinfo(host, limit)
         except (OSError, UnicodeError) as exc:
             raise DownloadError(f"cannot resolve {host!r}: {exc}") from exc
         found: list[IPAddress] = []
@@ -238,15 +230,17 @@ class DownloadPolicy:
         last: Exception | None = None
         for addr in addresses:
             family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = deadline.new_socket(family)
             try:
-                sock.settimeout(deadline.timeout(self.connect_timeout))
-                sock.connect((str(addr), port))
-                sock.settimeout(deadline.timeout())
+                deadline.call(sock, socket.socket.connect, sock, (str(addr), port),
+                              cap=self.connect_timeout)
                 return sock
             except OSError as exc:
                 sock.close()
                 last = exc
+            except DownloadError:
+                sock.close()
+                raise
         raise DownloadError(f"cannot connect to port {port}: {last}")
 
     def deadline(self) -> Deadline:
@@ -275,13 +269,19 @@ class DownloadPolicy:
             seen.add(key)
             return True
 
-    def run(self, attack: Attack, request: DownloadRequest, fetch: Fetcher) -> Download | None:
-        """Check, fetch and record one download. Never raises for remote trouble; a download
-        this attack already tried is skipped (None, nothing recorded)."""
+    def run(
+        self, attack: Attack, request: DownloadRequest, fetch: Fetcher,
+        deadline: Deadline | None = None,
+    ) -> Download | None:
+        """Check, fetch and record one download under one deadline (`deadline`, or a new one
+        of `timeout` seconds). Never raises for remote trouble; a download this attack
+        already tried is skipped (None, nothing recorded)."""
         if not self.first_time(attack, request):
             return None
+        # One deadline from the first step (resolving the name) to the last byte.
+        deadline = self.deadline() if deadline is None else deadline
         try:
-            addresses = self.check(request.host, attack)
+            addresses = self.check(request.host, attack, deadline)
             self.reserve(attack)
         except DownloadRefused as exc:
             self._record(attack, request, "refused", str(exc))
@@ -289,7 +289,7 @@ class DownloadPolicy:
         except RemoteError as exc:
             self._record(attack, request, "failed", str(exc))
             return None
-        context = FetchContext(self, attack, addresses, self.deadline())
+        context = FetchContext(self, attack, addresses, deadline)
         try:
             fetched = fetch(request, context)
         except DownloadRefused as exc:
@@ -321,8 +321,12 @@ class DownloadPolicy:
         return download
 
     def _record(self, attack: Attack, request: DownloadRequest, outcome: str, reason: str) -> None:
-        """Record the try on the attack and count its outcome."""
+        """Record the try on the attack, count its outcome, log a refusal or a failure
+        (the URI is the attacker's: logged as a quoted, shortened literal)."""
         _record(attack, request, outcome, reason)
+        if outcome != "ok":
+            log.info("attack %s: download %s %r: %s", attack.root.id, outcome,
+                     request.uri[:MAX_LOGGED_URI], reason)
         self.counts.count(outcome)
 
 

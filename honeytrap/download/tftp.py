@@ -28,7 +28,7 @@ def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.connect((str(server_ip), request.port))  # only to learn our source address
         local = sock.getsockname()
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+    with ctx.deadline.new_socket(family, socket.SOCK_DGRAM) as sock:
         # Unconnected: the server answers from a new port (its transfer ID, RFC 1350 sec. 4).
         sock.bind((str(local[0]), 0))
         local = sock.getsockname()
@@ -45,9 +45,9 @@ def _transfer(
     sock.sendto(session.start(), server)
     retries = stray = 0
     while not session.done:
-        sock.settimeout(ctx.deadline.timeout(RETRY_TIMEOUT))
         try:
-            packet, source = sock.recvfrom(DATAGRAM)
+            packet, source = ctx.deadline.call(sock, socket.socket.recvfrom, sock, DATAGRAM,
+                                               cap=RETRY_TIMEOUT)
         except TimeoutError:
             retries += 1
             if retries > MAX_RETRIES:
