@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from honeytrap import __version__, capabilities, daemon, privileges, resources
+from honeytrap import __version__, capabilities, daemon, privileges, resources, state
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
@@ -135,6 +135,7 @@ class Options:
             bpf_expression=" ".join(a.expression) if a.expression else None,
         )
         check_monitor_name(config.monitor)
+        config.sensor_id = state.sensor_id(config.sensor_id, config.state_dir, config.warnings)
         return config
 
 
@@ -217,6 +218,7 @@ def serve(
         log.warning("no -u given: dynamic servers keep running as root")
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
+    log.log(logs.NOTICE, "sensor id %s (state_dir %s)", config.sensor_id, config.state_dir)
     try:
         registry = load_plugins(config)
     except PluginError as exc:
