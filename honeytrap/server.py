@@ -290,6 +290,7 @@ class DynamicServer:
         self.last_activity = time.monotonic()
         self.stopping = False
         self.connections: set[Finisher] = set()
+        self.starting = 0  # accepted, transport not yet set up
         self._accepting = False
         self._backoff = ACCEPT_BACKOFF_MIN
         self._expire_sent = False
@@ -350,7 +351,7 @@ class DynamicServer:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self._listener_closed and not self.connections:
+        if self._listener_closed and not self.connections and not self.starting:
             self.process.server_done(self)
 
     # --- accounting --------------------------------------------------------------------------
@@ -451,8 +452,17 @@ class DynamicServer:
     def _start_connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
         handler = self.handler_factory()
+        self.starting += 1
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
-        task.add_done_callback(_log_task_failure)
+        task.add_done_callback(self._connection_started)
+
+    def _connection_started(self, task: asyncio.Task[object]) -> None:
+        """An accepted connection's transport is set up (it counts in `connections` now), or
+        failed: until then the server is not done (a connection taken by the stop's last accept
+        must not be cut by the process's exit)."""
+        self.starting -= 1
+        _log_task_failure(task)
+        self._maybe_done()
 
     def handler_factory(self) -> asyncio.Protocol:
         if self.port.mode in RELAY_MODES:

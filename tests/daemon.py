@@ -205,8 +205,9 @@ read_limit = "1048576"
 
     def server_names(self) -> dict[int, str]:
         """The server processes' names by pid (`ht-<port>/<proto>`, `+N` for N more ports)."""
+        # A child just forked still has the master's name for a moment: not yet a server.
         return {pid: name for pid, name in self._child_names()
-                if name not in ("honeytrap-rec", SPARE_NAME)}
+                if name.startswith("ht-") and name != SPARE_NAME}
 
     def wait_children(self, count: int, timeout: float = 10.0) -> list[int]:
         """children(), once there are `count` (bounded): a connect() completes as soon as the
