@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
@@ -62,8 +61,6 @@ HELP = USAGE + f"""
 """
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-# Descriptors beyond the connections: logs, plugin files, the monitor, control channels.
-FD_RESERVE = 256
 
 
 class UsageError(Exception):
@@ -205,24 +202,10 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
         pidfile.release()
 
 
-def raise_fd_limit(config: Config) -> None:
-    """Each connection is a descriptor (two in mirror and proxy mode): lift the soft limit (often
-    1024) to what max_connections needs, raising the hard limit too where root may."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * config.max_connections + FD_RESERVE
-    if soft >= wanted:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.warning("descriptor limit %d is below the %d that max_connections wants", hard, wanted)
-
-
 def serve(
     options: Options, config: Config, identity: privileges.Identity, pidfile: PidFile
 ) -> int:
-    from honeytrap.master import Master
+    from honeytrap.master import Master, raise_fd_limit
 
     raise_fd_limit(config)
     preload()
