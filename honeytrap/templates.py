@@ -21,16 +21,9 @@ def template_path(response_dir: str, protocol: str, port: int) -> str:
 def load_template(response_dir: str, protocol: str, port: int) -> bytes:
     """The template for protocol/port, or a single newline when there is none or it is unusable
     (logged: a broken template must not stop the port being served)."""
-    template = find_template(response_dir, protocol, port)
-    return DEFAULT_TEMPLATE if template is None else template
-
-
-def find_template(response_dir: str, protocol: str, port: int) -> bytes | None:
-    """The template for protocol/port; None when there is no template file (a UDP port without
-    one sends no reply at all: reflector.py), a newline when it is unusable (logged)."""
     fd = open_template(response_dir, protocol, port)
     if fd is None:
-        return None
+        return DEFAULT_TEMPLATE
     return read_template(fd, template_path(response_dir, protocol, port))
 
 
