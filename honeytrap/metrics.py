@@ -112,6 +112,10 @@ METRICS: dict[str, MetricDef] = {
         "refused_full", "Connections refused: max_connections on one server"),
     "accept_errors": _counter(
         "accept_errors", "accept() failures for lack of descriptors or memory"),
+    "udp_replies_refused": _counter(
+        "udp_replies_refused", "UDP replies not sent: over twice the bytes in, or the rates"),
+    "udp_replies_cut": _counter(
+        "udp_replies_cut", "UDP replies cut to twice the bytes their source sent"),
     "unacknowledged": _gauge(
         "unacknowledged",
         "Attacks handed to the recorder and not yet acknowledged (all through the plugins)"),
