@@ -127,6 +127,8 @@ METRICS: dict[str, MetricDef] = {
         "spool_refused", "Records not spooled: an output plugin's spool was full"),
     "spool_rejected": _counter(
         "spool_rejected", "Records the central store refused as bad data (kept in rejected/)"),
+    "write_failures": _counter(
+        "write_failures", "Writes a file output could not make (disk full): its records wait"),
     "hpfeeds_events_too_big": _counter(
         "hpfeeds_events_too_big", "Attacks not published to hpfeeds: JSON over the limit even cut"),
     "hpfeeds_samples_too_big": _counter(
