@@ -168,7 +168,9 @@ def test_udp_datagram_is_answered_once_and_recorded_once(
     sensor.start()
     address = lab.sensor.ip4 if family == socket.AF_INET else lab.sensor.ip6
     sock = udp_socket(lab.attacker, family)
-    sock.sendto(b"\x00\x01probe", (address, 5060))
+    # As large as half the reply: the reflector guard sends at most twice what came in.
+    probe = b"\x00\x01probe" + b"p" * 200
+    sock.sendto(probe, (address, 5060))
     reply, _ = sock.recvfrom(65535)
     assert reply == (REPO / "templates" / "5060_udp").read_bytes()
     sock.settimeout(2.5)  # longer than the read timeout that ends the exchange
@@ -177,7 +179,7 @@ def test_udp_datagram_is_answered_once_and_recorded_once(
     sock.close()
     records = sensor.wait_records(1)
     assert len(records) == 1
-    assert payload_of(records[0]) == b"\x00\x01probe"
+    assert payload_of(records[0]) == probe
     sensor.stop()
     assert len(sensor.records()) == 1
 
