@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
@@ -29,6 +30,10 @@ log = logging.getLogger("honeytrap.server")
 MAX_CONNECTION_SECONDS = 600.0
 # Datagrams read per wake-up of a UDP socket.
 UDP_BATCH = 64
+# A connection closed by us takes what the kernel already received first: at most this many
+# reads of this size (read_limit caps what is kept).
+ABORT_READS = 16
+ABORT_READ_SIZE = 65536
 UDP_BUFFER = 65535
 # in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -57,7 +62,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.attach(transport)
         self.server.connection_opened(self)
 
@@ -107,9 +112,29 @@ class NormalConnection(asyncio.Protocol, Finisher):
             self.transport.close()
 
     def abort(self, why: Closed) -> None:
+        self._take_pending()
         self.session.abort(why)
         if self.transport is not None:
             self.transport.close()
+
+    def _take_pending(self) -> None:
+        """Closing now (shutdown, lifetime): what the attacker sent and the kernel already holds
+        is part of the attack, even if the loop has not read it yet (an accept just before
+        "shutdown" would otherwise be recorded empty)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.conn is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        for _ in range(ABORT_READS):
+            try:
+                data = os.read(sock.fileno(), ABORT_READ_SIZE)  # non-blocking: asyncio's socket
+            except OSError:
+                return
+            if not data or self.session.closed is not Closed.OPEN:
+                return
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done:
@@ -179,6 +204,7 @@ class UdpServer:
         self, data: bytes, ancdata: list[tuple[int, int, bytes]], addr: tuple[str, int]
     ) -> None:
         remote = split(addr)
+        self.server.reflector.received(remote[0], len(data))
         local_addr, pktinfo = _local_address(self.family, ancdata)
         peer = self.exchanges.get(remote)
         if peer is None:
@@ -200,10 +226,17 @@ class UdpServer:
         self.server.perread(peer.conn, "in", data)
         reply = peer.exchange.on_datagram(data)
         peer.touch()
-        self.reply(reply, pktinfo, addr)
+        if self.server.has_template:  # a port without a template file stays silent
+            self.reply(reply, pktinfo, addr)
 
     def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None:
-        """Send one datagram to `addr` from the address it attacked (`pktinfo`)."""
+        """Send one datagram to `addr` from the address it attacked (`pktinfo`), as far as the
+        reflector guard lets us: cut, or not sent (counted there)."""
+        allowed = self.server.reflector.allow(split(addr)[0], len(data))
+        if allowed is None:
+            return
+        if allowed < len(data):
+            data = data[:allowed]
         try:
             if pktinfo is not None:
                 self.sock.sendmsg([data], [pktinfo], 0, addr)

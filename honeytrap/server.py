@@ -3,10 +3,11 @@
 A *dynamic server* (class DynamicServer) serves one port: its listening socket (bound by the
 master, as root), its template, its mode, its connections, its listen timeout. A *server process*
 (class ServerProcess) hosts up to `ports_per_process` of them on one asyncio loop: the master
-forks one with its first port, and hands it further ports' bound sockets over the control channel
-(SCM_RIGHTS) while it has room, so a sweep over a thousand ports costs a few dozen forks, not a
-thousand (bench/: a fork and the copy-on-write faults of a fresh child cost ~15 ms of CPU here).
-With `ports_per_process = 1` every port has a process of its own, as in the original.
+forks it empty (a spare, named SPARE_NAME) before it is needed, and hands it ports' bound sockets
+over the control channel (SCM_RIGHTS) while it has room, so no fork is on a first SYN's path and
+a sweep over a thousand ports costs a few forks, not a thousand (bench/: a fork and the
+copy-on-write faults of a fresh child cost ~15 ms of CPU here). With `ports_per_process = 1`
+every port has a process of its own, as in the original.
 
 A process drops privileges before it reads a single attacker byte, and serves every connection
 concurrently (the original forked per connection; a slow attacker here delays nobody). Finished
@@ -30,7 +31,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, templates
+from honeytrap import control, eventloop, forked, privileges, proctitle, templates
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import Config, PortConf
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
@@ -38,6 +39,7 @@ from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
 from honeytrap.recorder import RecorderClient
+from honeytrap.reflector import ReflectorGuard
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
 
@@ -54,6 +56,8 @@ ACCEPT_BACKOFF_MAX = 2.0
 STOP_GRACE = 0.2
 # On exit, the recorder gets this long to acknowledge the attacks handed to it.
 RECORDER_DRAIN_SECONDS = 30.0
+# A server process's name until its first port (then `ht-<port>/<proto>`, proctitle.py).
+SPARE_NAME = "ht-spare"
 # Server statistics go to the master this long after they change (one message for all the
 # changes meanwhile, not one per attack), so the master's figures, `unacknowledged` among them,
 # are at most this stale: a drained server shows 0 within a second.
@@ -74,10 +78,9 @@ class ServerStats:
 
 @dataclass
 class ServerSpec:
-    """What the master hands a new server process: its first port, and what every port needs."""
+    """What the master hands a new server process: what every port needs. It is forked empty,
+    a spare (SPARE_NAME), ahead of need; its ports come over the control channel."""
 
-    port: PortConf
-    sock: socket.socket
     config: Config
     registry: Registry
     identity: privileges.Identity
@@ -88,13 +91,12 @@ class ServerSpec:
 
 def child_main(spec: ServerSpec) -> int:
     """Runs in the forked child; returns the exit status."""
-    conf = spec.port
-    forked.leave_master(spec.close_in_child, proctitle.server_name(conf.port, conf.protocol))
-    template = templates.load_template(spec.config.response_dir, conf.protocol, conf.port)
+    forked.leave_master(spec.close_in_child, SPARE_NAME)
     privileges.drop(spec.identity)
     process = ServerProcess(spec)
     try:
-        done = asyncio.run(process.serve(template))
+        with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
+            done = runner.run(process.serve())
     finally:
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
@@ -126,16 +128,18 @@ class ServerProcess:
         self.retiring = False  # the master hands no more ports: exit once all are done
         self._stats_timer: asyncio.TimerHandle | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
+        # What the UDP ports of this process may send to a source (reflector.py).
+        self.reflector = ReflectorGuard(per_source=self.config.udp_replies_per_source,
+                                        per_sensor=self.config.udp_replies_per_sensor)
 
-    async def serve(self, template: bytes) -> bool:
-        """Serve the first port and every port handed over until retired or shut down; True if
-        the recorder acknowledged every attack."""
+    async def serve(self) -> bool:
+        """Serve every port handed over until retired or shut down; True if the recorder
+        acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
-        self.add(self.spec.port, self.spec.sock, template)
         await self.finished.wait()
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
             return True
@@ -143,7 +147,8 @@ class ServerProcess:
                   len(self.recorder.unacked))
         return False
 
-    def add(self, conf: PortConf, sock: socket.socket, template: bytes) -> None:
+    def add(self, conf: PortConf, sock: socket.socket, template: bytes | None) -> None:
+        """Serve a port; `template` None: the port has no template file."""
         key = (conf.protocol, conf.port)
         if key in self.servers or self.retiring:  # a bug on the master's side: let it go
             log.error("port %d/%s handed over twice or too late", conf.port, conf.protocol)
@@ -199,7 +204,7 @@ class ServerProcess:
             if key != ("", 0):
                 self.channel.send(f"released {port_key(*key)}")
             return
-        template = templates.DEFAULT_TEMPLATE
+        template: bytes | None = None
         template_fd = fds[1] if len(fds) > 1 else None
         if template_fd is not None:
             path = templates.template_path(self.config.response_dir, key[0], key[1])
@@ -260,6 +265,7 @@ class ServerProcess:
         stats = self.stats.as_dict()
         # A level, not a count: attacks handed to the recorder and not yet acknowledged.
         stats["unacknowledged"] = len(self.recorder.unacked)
+        stats.update(self.reflector.counters.__dict__)
         self.channel.send_stats(stats)
 
 
@@ -275,13 +281,16 @@ class DynamicServer:
     """One port: its listening socket, template and connections, in a ServerProcess."""
 
     def __init__(
-        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes
+        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes | None
     ) -> None:
         self.process = process
         self.config = process.config
         self.port = conf
         self.sock = sock
-        self.template = template
+        # No template file: TCP answers a newline (the man page), UDP nothing (reflector.py).
+        self.has_template = template is not None
+        self.template = templates.DEFAULT_TEMPLATE if template is None else template
+        self.reflector = process.reflector
         self.key = port_key(conf.protocol, conf.port)
         self.stats = process.stats
         self.mirror = process.mirror

@@ -45,6 +45,7 @@ class Hpfeeds:
         if not 0 < port < 65536:
             raise PluginError(f"plugin {ctx.name}: option 'port' must be 1..65535")
         self.ident = ctx.option("ident")
+        self.sensor_id = ctx.config.sensor_id
         self.channels = ctx.option_list("channels") or [EVENTS_CHANNEL, SAMPLES_CHANNEL]
         for channel in self.channels:
             if not channel or "\n" in channel or len(channel.encode()) > 255:
@@ -72,7 +73,7 @@ class Hpfeeds:
             if channel.startswith(SAMPLE_PREFIX):
                 self._samples(attack, index, channel, limit)
                 continue
-            payload = event_payload(attack, limit)
+            payload = event_payload(attack, limit, self.sensor_id)
             if payload is None:
                 self.events_too_big += 1
                 self.log.error("attack %s: JSON too large for hpfeeds even cut; not published",

@@ -18,6 +18,8 @@ import pytest
 from daemon import HONEYTRAP, REPO, Honeytrap, nfq_rules
 from netns import Lab, inside
 
+from honeytrap.porttable import SPARE_PROCESSES
+
 PAYLOAD = b"GET /cgi-bin/x HTTP/1.0\r\n\x00\xff\xfe binary \x1b[31m %s %n\r\n\r\n"
 
 
@@ -91,6 +93,29 @@ def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
     assert "%n" not in line and "\x1b" not in line  # attacker bytes never reach the log line
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_either_event_loop_serves_tcp_and_udp_and_records(
+    lab: Lab, sensor: Honeytrap, event_loop: str
+) -> None:
+    """event_loop: the server processes run the same connection code on either loop."""
+    sensor.extra_config = f'event_loop = "{event_loop}"'
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 21)
+    assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
+    sock.sendall(PAYLOAD)
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(4096) == b""
+    sock.close()
+    udp = udp_socket(lab.attacker, socket.AF_INET)
+    udp.sendto(b"ping", (lab.sensor.ip4, 5060))
+    assert udp.recvfrom(65535)[0] == (REPO / "templates" / "5060_udp").read_bytes()
+    udp.close()
+    sensor.wait_records(1)
+    assert sensor.stop() == 0
+    payloads = sorted(payload_of(r) for r in sensor.records())
+    assert payloads == sorted([PAYLOAD, b"ping"])
+
+
 def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
     sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 8080)
@@ -115,7 +140,7 @@ def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
 
 def test_processes_are_named_in_ps_args_and_comm(lab: Lab, sensor: Honeytrap) -> None:
     """`ps -o args` (and top -c) and `ps -o comm` show the recorder and each server process
-    by name: honeytrap-rec, ht-<port>/<proto>."""
+    by name: honeytrap-rec, ht-<port>/<proto>, and ht-spare for those forked ahead."""
     sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 8080)
     sock.settimeout(10)
@@ -129,7 +154,11 @@ def test_processes_are_named_in_ps_args_and_comm(lab: Lab, sensor: Honeytrap) ->
     finally:
         sock.close()
     rows = sorted(line.split() for line in out.splitlines())
-    assert rows == [["honeytrap-rec", "honeytrap-rec"], ["ht-8080/tcp", "ht-8080/tcp"]]
+    spares = [row for row in rows if row == ["ht-spare", "ht-spare"]]
+    assert 1 <= len(spares) <= SPARE_PROCESSES
+    assert [row for row in rows if row not in spares] == [
+        ["honeytrap-rec", "honeytrap-rec"], ["ht-8080/tcp", "ht-8080/tcp"]
+    ]
 
 
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
@@ -139,7 +168,9 @@ def test_udp_datagram_is_answered_once_and_recorded_once(
     sensor.start()
     address = lab.sensor.ip4 if family == socket.AF_INET else lab.sensor.ip6
     sock = udp_socket(lab.attacker, family)
-    sock.sendto(b"\x00\x01probe", (address, 5060))
+    # As large as half the reply: the reflector guard sends at most twice what came in.
+    probe = b"\x00\x01probe" + b"p" * 200
+    sock.sendto(probe, (address, 5060))
     reply, _ = sock.recvfrom(65535)
     assert reply == (REPO / "templates" / "5060_udp").read_bytes()
     sock.settimeout(2.5)  # longer than the read timeout that ends the exchange
@@ -148,7 +179,7 @@ def test_udp_datagram_is_answered_once_and_recorded_once(
     sock.close()
     records = sensor.wait_records(1)
     assert len(records) == 1
-    assert payload_of(records[0]) == b"\x00\x01probe"
+    assert payload_of(records[0]) == probe
     sensor.stop()
     assert len(sensor.records()) == 1
 
@@ -179,7 +210,7 @@ def test_dynamic_server_ends_after_the_listen_timeout(lab: Lab, sensor: Honeytra
     sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 80)
     sock.close()
-    assert len(sensor.children()) == 1
+    assert len(sensor.wait_children(1)) == 1
     deadline = time.monotonic() + 15
     while sensor.children() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -479,7 +510,7 @@ def test_descriptor_exhaustion_is_survived_with_back_off(lab: Lab, sensor: Honey
     sensor.prefix = ["setpriv", "--bounding-set", "-sys_resource", "prlimit", "--nofile=128:128"]
     sensor.start()
     first = connect(lab.attacker, lab.sensor.ip4, 8080)
-    (server_pid,) = sensor.children()
+    (server_pid,) = sensor.wait_children(1)
     held = [connect(lab.attacker, lab.sensor.ip4, 8080) for _ in range(150)]
     deadline = time.monotonic() + 15
     while "accept failed" not in sensor.logfile.read_text() and time.monotonic() < deadline:
