@@ -44,7 +44,8 @@ SCRAPE_TIMEOUT = 10.0
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 # Statistics that go up and down; every other one only goes up (a Prometheus counter).
 GAUGES = frozenset(
-    {"servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending"}
+    {"servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending",
+     "pipeline_downloads_pending"}
 )
 HELP = {
     "attempts": "Connection attempts seen by the monitor",
@@ -66,6 +67,12 @@ HELP = {
     "handover_failures": "Ports bound but not handed to a server process",
     "pipeline_plugin_failures": "Plugin hooks that raised",
     "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
+    "pipeline_followups": "Attacks recorded again with what their downloads found later",
+    "pipeline_downloads_run": "Downloads the download pool ran to their end",
+    "pipeline_downloads_refused": "Downloads refused: download pool full or a budget spent",
+    "pipeline_downloads_abandoned": "Downloads abandoned after plugin_timeout",
+    "pipeline_downloads_dropped": "Downloads not started before the recorder stopped",
+    "pipeline_downloads_pending": "Downloads admitted to the download pool, not yet ended",
     "spool_depth": "Records (attacks, samples) waiting in the output plugins' spools",
     "spool_refused": "Records not spooled: an output plugin's spool was full",
     "spool_rejected": "Records the central store refused as bad data (kept in rejected/)",

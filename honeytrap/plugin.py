@@ -9,6 +9,10 @@ hooks are registered, in the order of the configuration file within each hook:
     analyze(self, attack: Attack) -> Iterable[Attack] | None
     savedata(self, attack: Attack) -> Iterable[Attack] | None
     postproc(self, attack: Attack) -> Iterable[Attack] | None
+    followup(self, attack: Attack) -> None
+                                 the attack again, once the downloads its hooks started
+                                 (background.Task) ended and added downloads or tries to it:
+                                 record them (logJSON: a follow-up line; SaveFile: the samples)
     after_fork(self) -> None     in the recorder process (recorder.py), after the privilege drop
     close(self) -> None          on reload and exit
     stats(self) -> dict[str, int]   the plugin's own statistics (name -> count), read by the
@@ -17,7 +21,8 @@ hooks are registered, in the order of the configuration file within each hook:
 
 Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may
 return *virtual* attacks (`attack.derive(...)`); they run through every hook before the attack
-that produced them goes on, so downloads found in them are attached to it before it is saved.
+that produced them goes on. It may also return `background.Task`s: slow work (a download) run
+in the download pool once the attack is recorded; what they find reaches the FOLLOWUP hooks.
 
 `load` runs in the master, as root, before any fork: open files and check options there (an
 error is a PluginError naming the plugin, fatal at start, logged on SIGHUP with the old plugins
@@ -50,7 +55,9 @@ from honeytrap.errors import PluginError
 from honeytrap.metrics import NAME as STAT_NAME
 
 ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
-HOOKS = ("perread", *ATTACK_HOOKS)
+# After an attack was recorded, what its downloads found later (pipeline.py).
+FOLLOWUP_HOOK = "followup"
+HOOKS = ("perread", *ATTACK_HOOKS, FOLLOWUP_HOOK)
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 

@@ -13,6 +13,8 @@ At SAVEDATA:
   attacker-chosen file name suffix): one file per content, published by rename so a reader
   never sees half a sample.
 The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) lists them.
+At FOLLOWUP (the downloads ended after the attack was saved) the samples are saved the same
+way and their paths added there, so logJSON's follow-up line lists them.
 """
 
 from __future__ import annotations
@@ -53,6 +55,15 @@ class SaveFile:
         if samples:
             result["downloads"] = samples
         if result:
+            attack.set_analysis("SaveFile", result)
+
+    def followup(self, attack: Attack) -> None:
+        """The samples downloaded after the attack was saved."""
+        samples = self._save_downloads(attack)
+        if samples:
+            previous = attack.analysis.get("SaveFile")
+            result = dict(previous) if isinstance(previous, dict) else {}
+            result["downloads"] = samples
             attack.set_analysis("SaveFile", result)
 
     def _save_attack(self, attack: Attack) -> str:

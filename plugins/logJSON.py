@@ -4,6 +4,10 @@ Option: `logfile`. At POSTPROC, so the downloads found by the ANALYZE plugins ar
 fork logged before the download plugins ran and never listed any). One line per attack that is
 not virtual: a virtual attack's downloads are already on its root attack. The shape is
 `Attack.to_json()`, the one serialisation every output shares; the payload is hex in it.
+
+Downloads run in the download pool after the attack is recorded, so its line lists none; when
+they end having found something, a follow-up line with the same `id`, `"follow_up": true` and
+the downloads and tries (`Attack.followup_json()`) is appended.
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 class LogJSON(outfile.LineLog):
     def line(self, attack: Attack) -> bytes:
         return (_ENCODER.encode(attack.to_json()) + "\n").encode("utf-8")
+
+    def followup(self, attack: Attack) -> None:
+        """The downloads found after the attack's line was written: a follow-up line."""
+        assert self.fd is not None, "followup after close"
+        line = (_ENCODER.encode(attack.followup_json()) + "\n").encode("utf-8")
+        outfile.append_record(self.fd, line)
 
 
 def load(ctx: PluginContext) -> LogJSON:
