@@ -12,8 +12,10 @@ fi
 
 export DEBIAN_FRONTEND=noninteractive
 if [ -z "${SKIP_APT:-}" ]; then
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends $(grep -v '^#' debian-packages.txt) >/dev/null
+    apt=(apt-get -o DPkg::Lock::Timeout=600)  # another apt may hold the dpkg lock: wait
+    "${apt[@]}" update -qq
+    mapfile -t packages < <(grep -v '^#' debian-packages.txt)
+    "${apt[@]}" install -y -qq --no-install-recommends "${packages[@]}" >/dev/null
 fi
 
 PYTHON=${PYTHON:-python3}

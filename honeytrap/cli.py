@@ -18,11 +18,12 @@ import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from honeytrap import __version__, daemon, privileges, resources
+from honeytrap import __version__, capabilities, daemon, privileges, resources
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
-from honeytrap.monitor import Monitor, check_monitor_name
+from honeytrap.monitor import check_monitor_name
+from honeytrap.monitor.choice import descriptors, open_monitor
 from honeytrap.pidfile import AlreadyRunning, PidFile, PidFileRefused
 from honeytrap.plugin import load_plugins
 from honeytrap.preload import preload
@@ -144,16 +145,6 @@ def parse(argv: list[str]) -> Options:
     return Options(make_parser().parse_args(argv))
 
 
-def open_monitor(config: Config) -> Monitor:
-    if config.monitor == "nfq":
-        from honeytrap.monitor.nfq import NfqMonitor
-
-        return NfqMonitor(config.nfq_queue)
-    from honeytrap.monitor.pcap import open_pcap_monitor
-
-    return open_pcap_monitor(config)
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         options = parse(sys.argv[1:] if argv is None else argv)
@@ -176,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = options.config()
         identity = privileges.resolve(config.user, config.group)
+        privileges.check_can_become(identity)
     except ConfigError as exc:
         sys.stderr.write(f"honeytrap: {exc}\n")
         return EXIT_USAGE
@@ -185,9 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(options: Options, config: Config, identity: privileges.Identity) -> int:
-    if os.geteuid() != 0:
-        sys.stderr.write("honeytrap: must be run as root (to bind ports and watch the network)\n")
-        return EXIT_FAILURE
     try:
         # Check the plugins load before detaching, so a mistake is seen on the terminal.
         load_plugins(config).close()
@@ -237,7 +226,11 @@ def serve(
     raise_fd_limit(config)
     preload()
 
-    if identity.uid is None:
+    if os.geteuid() != 0:
+        held = capabilities.names(capabilities.effective())
+        log.log(logs.NOTICE, "running as uid %d/gid %d with %s", os.geteuid(), os.getegid(),
+                ", ".join(held) if held else "no capabilities")
+    elif identity.uid is None:
         log.warning("no -u given: dynamic servers keep running as root")
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
@@ -256,7 +249,10 @@ def serve(
         master = Master(
             config, registry, monitor, identity,
             reload_config=options.config,
-            keep_out_of_children=lambda: [pidfile.fd] if pidfile.fd is not None else [],
+            keep_out_of_children=lambda: [
+                *descriptors(monitor), *([pidfile.fd] if pidfile.fd is not None else []),
+                *daemon.report_fds(),
+            ],
         )
     except HoneytrapError as exc:
         log.error("%s", exc)

@@ -146,7 +146,7 @@ class Config:
     mirror_all: bool = False  # -m
     bpf_expression: str = ""
     # Our extensions (documented in man/honeytrap.8).
-    monitor: str = "pcap"  # "pcap" | "nfq"
+    monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
     nfq_queue: int = 0
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from honeytrap import control, daemon, forked, metrics, templates
+from honeytrap import capabilities, control, daemon, forked, metrics, templates
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -103,6 +103,7 @@ class MasterStats:
     refused_no_room: int = 0
     refused_rate: int = 0
     refused_draining: int = 0
+    refused_privileged: int = 0  # a port we may not bind (no CAP_NET_BIND_SERVICE)
     ports_in_use: int = 0
     fork_failures: int = 0
     handover_failures: int = 0
@@ -156,6 +157,8 @@ class Master:
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
         self.bucket = TokenBucket(config.max_server_rate)
+        self.port_privilege = capabilities.PortPrivilege()
+        self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
@@ -263,6 +266,11 @@ class Master:
         self.start_server(key, conf, attempt.family)
 
     def start_server(self, key: tuple[str, int], conf: PortConf, family: int) -> bool:
+        missing = self.port_privilege.missing_for(conf.port)
+        if missing is not None:  # refused before binding: the verdict lets the kernel RST it
+            self.stats.refused_privileged += 1
+            self.bind_refusals.refuse(conf.port, conf.protocol, missing)
+            return False
         if len(self.servers) >= self.config.max_servers and not self._evict_one():
             self._refuse("refused_no_room", key)
             return False
@@ -278,6 +286,10 @@ class Master:
         except PortInUse:
             self.stats.ports_in_use += 1
             log.debug("port %d/%s is served by someone else", conf.port, conf.protocol)
+            return False
+        except PermissionError:  # a policy beyond the capability check (LSM, sysctl changed)
+            self.stats.refused_privileged += 1
+            self.bind_refusals.refuse(conf.port, conf.protocol, "a permission the system refuses")
             return False
         except OSError as exc:
             self.stats.bind_failures += 1

@@ -42,45 +42,127 @@ SCRAPE_TIMEOUT = 10.0
 # Statistic names come partly from dynamic servers (which read attacker bytes): only names of
 # this shape become metric names.
 NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-# Statistics that go up and down; every other one only goes up (a Prometheus counter).
-GAUGES = frozenset(
-    {"servers_running", "servers_total", "server_processes", "spool_depth", "pipeline_pending",
-     "pipeline_downloads_pending"}
-)
-HELP = {
-    "attempts": "Connection attempts seen by the monitor",
-    "ignored": "Attempts to ports in ignore mode",
-    "servers_started": "Dynamic servers started",
-    "servers_evicted": "Idle dynamic servers stopped to make room",
-    "refused_no_room": "Attempts refused: max_servers busy servers",
-    "refused_rate": "Attempts refused: max_server_rate exceeded",
-    "refused_draining": "Attempts refused: too many servers still finishing",
-    "refused_full": "Connections refused: max_connections on one server",
-    "connections": "Connections and UDP exchanges accepted",
-    "attacks": "Attacks recorded",
-    "bytes_in": "Attack payload bytes received",
-    "accept_errors": "accept() failures for lack of descriptors or memory",
-    "server_crashes": "Server processes that exited with an error",
-    "servers_running": "Dynamic servers serving a port now",
-    "servers_total": "Dynamic servers alive now (serving a port or letting go of it)",
-    "server_processes": "Server processes alive now (each hosts up to ports_per_process servers)",
-    "handover_failures": "Ports bound but not handed to a server process",
-    "pipeline_plugin_failures": "Plugin hooks that raised",
-    "pipeline_plugin_timeouts": "Plugin hooks abandoned after plugin_timeout",
-    "pipeline_followups": "Attacks recorded again with what their downloads found later",
-    "pipeline_downloads_run": "Downloads the download pool ran to their end",
-    "pipeline_downloads_refused": "Downloads refused: download pool full or a budget spent",
-    "pipeline_downloads_abandoned": "Downloads abandoned after plugin_timeout",
-    "pipeline_downloads_dropped": "Downloads not started before the recorder stopped",
-    "pipeline_downloads_pending": "Downloads admitted to the download pool, not yet ended",
-    "spool_depth": "Records (attacks, samples) waiting in the output plugins' spools",
-    "spool_refused": "Records not spooled: an output plugin's spool was full",
-    "spool_rejected": "Records the central store refused as bad data (kept in rejected/)",
-    "hpfeeds_events_too_big": "Attacks not published to hpfeeds: JSON over the limit even cut",
-    "hpfeeds_samples_too_big": "Samples not published to hpfeeds: over the message limit",
-    "downloads": "Samples downloaded by the download plugins",
-    "download_failures": "Downloads refused by the download policy or failed",
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """How one statistic is exposed: its metric name (after PREFIX, without the _total that
+    prometheus_client adds to a counter), whether it goes up and down, and its HELP text."""
+
+    name: str
+    gauge: bool
+    help: str
+
+
+def _counter(name: str, text: str) -> MetricDef:
+    return MetricDef(name, False, text)
+
+
+def _gauge(name: str, text: str) -> MetricDef:
+    return MetricDef(name, True, text)
+
+
+# Every statistic honeytrap and its shipped plugins report (Master.totals(): the master's, the
+# server processes', the recorder's and the plugins'), by statistic name. Prometheus naming
+# (https://prometheus.io/docs/practices/naming/, checked by `promtool check metrics`): a counter
+# is <name>_total, a gauge never ends in _total, a unit is a base unit at the end of the name,
+# before _total. Where the statistic's own name breaks that, the metric has another name (the
+# statistic keeps its name in SIGUSR1's log line).
+METRICS: dict[str, MetricDef] = {
+    # the master
+    "attempts": _counter("attempts", "Connection attempts seen by the monitor"),
+    "ignored": _counter("ignored", "Attempts to ports in ignore mode"),
+    "servers_started": _counter("servers_started", "Dynamic servers started"),
+    "servers_evicted": _counter("servers_evicted", "Idle dynamic servers stopped to make room"),
+    "refused_no_room": _counter("refused_no_room", "Attempts refused: max_servers busy servers"),
+    "refused_rate": _counter("refused_rate", "Attempts refused: max_server_rate exceeded"),
+    "refused_privileged": _counter(
+        "refused_privileged", "Attempts refused: the port needs CAP_NET_BIND_SERVICE, not held"),
+    "refused_draining": _counter(
+        "refused_draining", "Attempts refused: too many servers still finishing"),
+    "ports_in_use": _counter(
+        "ports_in_use", "Attempts to ports something else listens on (not served by us)"),
+    "fork_failures": _counter("fork_failures", "Server or recorder processes that fork() failed"),
+    "handover_failures": _counter(
+        "handover_failures", "Ports bound but not handed to a server process"),
+    "bind_failures": _counter("bind_failures", "Ports that could not be bound (other than in use)"),
+    "server_crashes": _counter("server_crashes", "Server processes that exited with an error"),
+    "recorder_crashes": _counter(
+        "recorder_crashes", "Recorder processes that exited with an error"),
+    "servers_running": _gauge("servers_running", "Dynamic servers serving a port now"),
+    # "servers_total" would read as a counter
+    "servers_total": _gauge(
+        "servers_alive", "Dynamic servers alive now (serving a port or letting go of it)"),
+    "server_processes": _gauge(
+        "server_processes", "Server processes alive now (each hosts up to ports_per_process)"),
+    # the server processes
+    "connections": _counter("connections", "Connections and UDP exchanges accepted"),
+    "attacks": _counter("attacks", "Attacks recorded by the dynamic servers"),
+    # the unit last ("bytes_in_total" had it in the middle)
+    "bytes_in": _counter("attack_payload_bytes", "Attack payload bytes received"),
+    "refused_full": _counter(
+        "refused_full", "Connections refused: max_connections on one server"),
+    "accept_errors": _counter(
+        "accept_errors", "accept() failures for lack of descriptors or memory"),
+    "unacknowledged": _gauge(
+        "unacknowledged",
+        "Attacks handed to the recorder and not yet acknowledged (all through the plugins)"),
+    # the recorder and its pipeline
+    "pipeline_attacks": _counter("pipeline_attacks", "Attacks handed to the plugin pipeline"),
+    "pipeline_finished": _counter(
+        "pipeline_finished", "Attacks that went through every plugin hook"),
+    "pipeline_plugin_failures": _counter("pipeline_plugin_failures", "Plugin hooks that raised"),
+    "pipeline_plugin_timeouts": _counter(
+        "pipeline_plugin_timeouts", "Plugin hooks abandoned after plugin_timeout"),
+    "pipeline_virtual_refused": _counter(
+        "pipeline_virtual_refused", "Virtual attacks (decoded from others) over the limit"),
+    "pipeline_pending": _gauge(
+        "pipeline_pending", "Attacks in the plugin pipeline now, not yet finished"),
+    "pipeline_followups": _counter(
+        "pipeline_followups", "Attacks recorded again with what their downloads found later"),
+    "pipeline_downloads_run": _counter(
+        "pipeline_downloads_run", "Downloads the download pool ran to their end"),
+    "pipeline_downloads_refused": _counter(
+        "pipeline_downloads_refused", "Downloads refused: download pool full or a budget spent"),
+    "pipeline_downloads_abandoned": _counter(
+        "pipeline_downloads_abandoned", "Downloads abandoned after plugin_timeout"),
+    "pipeline_downloads_dropped": _counter(
+        "pipeline_downloads_dropped", "Downloads not started before the recorder stopped"),
+    "pipeline_downloads_pending": _gauge(
+        "pipeline_downloads_pending", "Downloads admitted to the download pool, not yet ended"),
+    "recorder_link_errors": _counter(
+        "recorder_link_errors", "Malformed messages on server-to-recorder links"),
+    # the shipped plugins (Plugin.stats)
+    "spool_depth": _gauge(
+        "spool_depth", "Records (attacks, samples) waiting in the output plugins' spools"),
+    "spool_refused": _counter(
+        "spool_refused", "Records not spooled: an output plugin's spool was full"),
+    "spool_rejected": _counter(
+        "spool_rejected", "Records the central store refused as bad data (kept in rejected/)"),
+    "write_failures": _counter(
+        "write_failures", "Writes a file output could not make (disk full): its records wait"),
+    "hpfeeds_events_too_big": _counter(
+        "hpfeeds_events_too_big", "Attacks not published to hpfeeds: JSON over the limit even cut"),
+    "hpfeeds_samples_too_big": _counter(
+        "hpfeeds_samples_too_big", "Samples not published to hpfeeds: over the message limit"),
+    "downloads": _counter("downloads", "Samples downloaded by the download plugins"),
+    "download_failures": _counter(
+        "download_failures", "Downloads refused by the download policy or failed"),
 }
+# Statistics that go up and down (levels, not events: a gone child's are dropped, master.py).
+GAUGES = frozenset(name for name, metric in METRICS.items() if metric.gauge)
+# Every documented HELP text (a test checks that each metric of the real daemon has one).
+DOCUMENTED = frozenset(d.help for d in METRICS.values())
+
+
+def metric_def(name: str) -> MetricDef:
+    """The statistic's metric: from METRICS, else (a third-party plugin's statistic) a counter
+    of its own name, with a HELP line saying it is undocumented."""
+    known = METRICS.get(name)
+    if known is not None:
+        return known
+    bare = name.removesuffix("_total")
+    return MetricDef(bare, False, f"Statistic {name} reported by a plugin (not documented)")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -103,11 +185,9 @@ class TotalsCollector(Collector):
         for name, value in sorted(self.totals().items()):
             if not NAME.fullmatch(name):
                 continue
-            doc = HELP.get(name, f"honeytrap statistic {name}")
-            if name in GAUGES:
-                yield GaugeMetricFamily(PREFIX + name, doc, value=value)
-            else:
-                yield CounterMetricFamily(PREFIX + name, doc, value=value)
+            metric = metric_def(name)
+            family = GaugeMetricFamily if metric.gauge else CounterMetricFamily
+            yield family(PREFIX + metric.name, metric.help, value=value)
 
 
 def render(totals: Callable[[], dict[str, int]]) -> bytes:

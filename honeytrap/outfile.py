@@ -10,6 +10,13 @@ the attack hooks after dropping to -u/-g. So everything is opened here at load t
 - directories new files are created in are made at load time, handed to the user and group
   the servers run as, and kept open: files are created relative to the directory descriptor, so
   an unprivileged server needs write access to that directory only, not to the path above it.
+
+A record is in its file whole or not at all (a full disk): a short append is taken back with
+ftruncate before the error is raised, so the next record never continues a fragment; a new file
+(an attack file, a sample) is written unnamed (O_TMPFILE) and linked under its final name only
+when complete, so no reader and no crash ever sees it half written under that name. Where the
+filesystem has no O_TMPFILE, a temporary name in the same directory does it, unlinked on failure.
+What could not be written is held by the output (backlog.py), not lost.
 """
 
 from __future__ import annotations
@@ -21,11 +28,12 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from honeytrap import privileges
 from honeytrap.attack import Attack
+from honeytrap.backlog import Backlog
 from honeytrap.config import Config
 from honeytrap.errors import ConfigError, PluginError
 from honeytrap.plugin import PluginContext
@@ -38,8 +46,8 @@ LOG_FILE_MODE = 0o644
 SAVED_FILE_MODE = 0o644
 # Directories servers create files in: owned by the server user, which alone may write there.
 DIRECTORY_MODE = 0o755
-# Attempts to find a free name when an exclusive create collides (names are unique by
-# construction; this only covers a file left over from an earlier run with the same name).
+# Names tried when a new file's name is taken (names are unique by construction; this only
+# covers a file left over from an earlier run with the same name).
 MAX_NAME_ATTEMPTS = 100
 # Seconds a timestamp formatter remembers the text of: attacks reach the outputs in about the
 # order they end, so their start times fall in a few recent seconds (connections overlap).
@@ -47,6 +55,11 @@ RECENT_SECONDS = 16
 
 _APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+_UNNAMED_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
+# open(O_TMPFILE) where the filesystem (or an old kernel) cannot: use a temporary name instead.
+_NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
+# Temporary names (without O_TMPFILE): hidden, and never a name SaveFile gives a file.
+TEMP_PREFIX = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -83,14 +96,20 @@ def open_append(path: str, plugin: str) -> int:
 
 
 def append_record(fd: int, record: bytes) -> None:
-    """Append one record with one write. A short write (disk full) writes the rest rather than
-    losing it; the record may then be split, which we log."""
+    """Append one record with one write, whole or not at all. A short write (a full disk) is
+    taken back and raised as OSError(ENOSPC): the file ends where it ended before.
+
+    The descriptor's offset is where our write ended (O_APPEND moves it there), so the record
+    began `written` bytes before it. Only this process writes through this open file (another
+    recorder of a reload has its own, opened by its own registry); should another process's
+    append land between our write and the truncate, the truncate would take it too, which a
+    disk on which our write just fell short makes unlikely to have succeeded anyway."""
     written = os.write(fd, record)
-    if written < len(record):
-        log.error("short write (%d of %d bytes): record may be split", written, len(record))
-        view = memoryview(record)[written:]
-        while view:
-            view = view[os.write(fd, view):]
+    if written == len(record):
+        return
+    end = os.lseek(fd, 0, os.SEEK_CUR)
+    os.ftruncate(fd, end - written)
+    raise OSError(errno.ENOSPC, f"short write ({written} of {len(record)} bytes) taken back")
 
 
 def open_directory(path: str, owner: Owner, plugin: str) -> int:
@@ -110,38 +129,65 @@ def open_directory(path: str, owner: Owner, plugin: str) -> int:
     return fd
 
 
-def create_exclusive(dir_fd: int, names: list[str], data: bytes) -> str:
-    """Write `data` to the first of `names` that does not exist yet in the directory, created
-    exclusively. Returns the name used; FileExistsError if every name is taken."""
-    for name in names:
-        try:
-            fd = os.open(name, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
-        except FileExistsError:
-            continue
+def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
+    """Write `data` to a new file in the directory, under the first of `names` that does not
+    exist yet (never replacing a file), complete before the name appears. Returns the name
+    used; FileExistsError if every name is taken; any OSError leaves nothing behind."""
+    try:
+        fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in _NO_TMPFILE:
+            raise
+        return _write_new_by_temp(dir_fd, names, data)
+    try:
+        _write_all(fd, data)
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: the unprivileged recorder's way of
+        # naming an unnamed file (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH). link(2) never
+        # replaces an existing name, as O_EXCL did not.
+        source = f"/proc/self/fd/{fd}"
+        for name in names:
+            try:
+                os.link(source, name, dst_dir_fd=dir_fd)
+            except FileExistsError:
+                continue
+            return name
+        raise FileExistsError(errno.EEXIST, "every candidate name is taken")
+    finally:
+        os.close(fd)
+
+
+def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
+    """write_new on a filesystem without O_TMPFILE: a temporary name, linked, then unlinked."""
+    temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    fd = os.open(temp, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
+    try:
         try:
             _write_all(fd, data)
         finally:
             os.close(fd)
-        return name
-    raise FileExistsError(errno.EEXIST, "every candidate name is taken", names[-1])
+        for name in names:
+            try:
+                os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            return name
+        raise FileExistsError(errno.EEXIST, "every candidate name is taken")
+    finally:
+        try:
+            os.unlink(temp, dir_fd=dir_fd)  # a half-written file (disk full) is not kept
+        except FileNotFoundError:
+            pass
 
 
 def publish(dir_fd: int, name: str, data: bytes) -> bool:
-    """Make `name` hold `data`, never visible half written: write a temporary file, then rename
-    it into place. False (and nothing written) if `name` exists already: the name is derived
-    from the content, so an existing file holds the same bytes."""
+    """Make `name` hold `data`, never visible half written. False (and nothing written) if
+    `name` exists already: the name is derived from the content, so it holds the same bytes."""
     if exists(dir_fd, name):
         return False
-    temp = f".tmp-{uuid.uuid4().hex}"
     try:
-        create_exclusive(dir_fd, [temp], data)
-        os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        try:
-            os.unlink(temp, dir_fd=dir_fd)  # a half-written sample (disk full) is not kept
-        except FileNotFoundError:
-            pass
-        raise
+        write_new(dir_fd, (name,), data)
+    except FileExistsError:
+        return False  # written meanwhile by another process: the same content
     return True
 
 
@@ -156,10 +202,13 @@ def exists(dir_fd: int, name: str) -> bool:
 class LineLog:
     """An output plugin that appends one line per (non-virtual) attack to its `logfile` at
     POSTPROC (logAttacker, logJSON): virtual attacks' findings are already on their root, so
-    logging them too would count an attack twice. Subclasses say how a line looks."""
+    logging them too would count an attack twice. Subclasses say how a line looks. Lines that
+    cannot be written now (a full disk) wait in order in the backlog (backlog.py)."""
 
     def __init__(self, ctx: PluginContext) -> None:
-        self.fd: int | None = open_append(ctx.option("logfile"), ctx.name)
+        path = ctx.option("logfile")
+        self.fd: int | None = open_append(path, ctx.name)
+        self.backlog = Backlog(ctx.name, path, ctx.log)
 
     def line(self, attack: Attack) -> bytes:
         raise NotImplementedError
@@ -168,9 +217,14 @@ class LineLog:
         if attack.is_virtual:
             return
         assert self.fd is not None, "postproc after close"
-        append_record(self.fd, self.line(attack))
+        line = self.line(attack)
+        self.backlog.submit(len(line), functools.partial(append_record, self.fd, line))
+
+    def stats(self) -> dict[str, int]:
+        return self.backlog.stats()
 
     def close(self) -> None:
+        self.backlog.close()
         close_fd(self.fd)
         self.fd = None
 

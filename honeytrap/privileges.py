@@ -2,6 +2,10 @@
 
 Dynamic servers get their listening socket bound by the master (root) and drop to the
 configured user and group before they read a single attacker byte.
+
+Started without root (T-Pot's container: uid 2000 with only CAP_NET_ADMIN), -u/-g naming the
+current user and group mean nothing to change; naming someone else needs CAP_SETUID and
+CAP_SETGID, checked at start. Either way the children give up every capability they hold.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import pwd
 import stat
 from dataclasses import dataclass
 
+from honeytrap import capabilities
 from honeytrap.errors import ConfigError
 
 log = logging.getLogger("honeytrap.privileges")
@@ -45,7 +50,27 @@ def resolve(user: str, group: str) -> Identity:
         except (KeyError, OverflowError) as exc:
             raise ConfigError(f"no such group: {group!r}", key="group") from exc
         gid = gentry.gr_gid
+    if os.geteuid() != 0 and uid in (None, os.geteuid()) and gid in (None, os.getegid()):
+        return Identity(None, None, user, group)  # already them: nothing to drop
     return Identity(uid, gid, user, group)
+
+
+def check_can_become(identity: Identity) -> None:
+    """ConfigError if, without root, we would have to switch to another user or group and lack
+    the capability to (rather than fail in every server process)."""
+    if os.geteuid() == 0:
+        return
+    mask = capabilities.effective()
+    for wanted, now, cap, what in (
+        (identity.uid, os.geteuid(), capabilities.CAP_SETUID, identity.user),
+        (identity.gid, os.getegid(), capabilities.CAP_SETGID, identity.group),
+    ):
+        if wanted not in (None, now) and not capabilities.has(cap, mask):
+            raise ConfigError(
+                f"cannot switch to {what!r}: running as uid {os.geteuid()} without "
+                f"{capabilities.NAMES[cap]}; run as that user, or name yourself",
+                key="user" if cap == capabilities.CAP_SETUID else "group",
+            )
 
 
 def drop(identity: Identity) -> None:
@@ -64,6 +89,10 @@ def drop(identity: Identity) -> None:
                 raise RuntimeError("privileges were not dropped: setuid(0) succeeded")
     if identity.gid is not None and os.getgid() != identity.gid:
         raise RuntimeError("group was not changed")
+    if os.geteuid() != 0:
+        # Whatever the master held (CAP_NET_ADMIN, ...) is not for a process reading attacker
+        # bytes; its sockets are already bound.
+        capabilities.clear()
 
 
 

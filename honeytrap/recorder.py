@@ -146,7 +146,8 @@ class Recorder:
 
     def _wake(self) -> None:
         """Wake the loop (from a worker thread or the SIGTERM handler): one byte per wake-up,
-        not one write per finished attack. _on_wake clears the flag before it drains."""
+        not one write per finished attack. The caller queued its ack first; _on_wake empties
+        the pipe, then clears the flag, then takes the acks (see there why in that order)."""
         if not self._woken:
             self._woken = True
             try:
@@ -247,12 +248,17 @@ class Recorder:
         self._wake()
 
     def _on_wake(self) -> None:
-        self._woken = False
+        # Empty the pipe first, clear the flag second, take the acks last. A wake-up between
+        # the first two finds the flag set and writes nothing, but its ack was queued before,
+        # so the third step takes it; one after the second writes a byte that wakes us again.
+        # (Clearing first lost a byte written in between: the flag stayed set with the pipe
+        # empty, no worker wrote again and acknowledgements stopped for good under load.)
         try:
             while os.read(self._wake_r, 4096):
                 pass
         except BlockingIOError:
             pass
+        self._woken = False
         touched: set[_Link] = set()
         while True:
             try:
@@ -375,14 +381,17 @@ class RecorderClient:
     """A dynamic server's end of its link: sends finished attacks, keeps each until acked.
 
     `on_full(True)` when the unacknowledged bytes pass MAX_UNACKED_BYTES (the server stops
-    taking connections), `on_full(False)` once they are down to the low mark."""
+    taking connections), `on_full(False)` once they are down to the low mark; `on_acked()`
+    after acknowledgements arrived."""
 
     def __init__(
-        self, sock: socket.socket | None, config: Config, on_full: Callable[[bool], None]
+        self, sock: socket.socket | None, config: Config, on_full: Callable[[bool], None],
+        on_acked: Callable[[], None] = lambda: None,
     ) -> None:
         self.sock = sock  # attached to the loop by start()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_full = on_full
+        self.on_acked = on_acked
         self._frame_limit = max_frame(config)
         self.reader = wire.FrameReader(max_frame=self._frame_limit)
         self.unacked: dict[int, bytes] = {}
@@ -502,6 +511,7 @@ class RecorderClient:
             self.on_full(False)
         if not self.unacked:
             self._idle.set()
+        self.on_acked()
 
     def _lost(self, why: str) -> None:
         log.error("link to the recorder lost (%s): %d attacks kept until the master relinks",

@@ -54,8 +54,10 @@ ACCEPT_BACKOFF_MAX = 2.0
 STOP_GRACE = 0.2
 # On exit, the recorder gets this long to acknowledge the attacks handed to it.
 RECORDER_DRAIN_SECONDS = 30.0
-# Server statistics are sent to the master at most this often.
-STATS_INTERVAL = 10.0
+# Server statistics go to the master this long after they change (one message for all the
+# changes meanwhile, not one per attack), so the master's figures, `unacknowledged` among them,
+# are at most this stale: a drained server shows 0 within a second.
+STATS_DELAY = 1.0
 
 
 @dataclass
@@ -111,7 +113,9 @@ class ServerProcess:
         self.spec = spec
         self.config = spec.config
         self.registry = spec.registry
-        self.recorder = RecorderClient(spec.recorder, spec.config, self._recorder_full)
+        self.recorder = RecorderClient(
+            spec.recorder, spec.config, self._recorder_full, on_acked=self.stats_changed
+        )
         self.held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -120,7 +124,7 @@ class ServerProcess:
         self.servers: dict[tuple[str, int], DynamicServer] = {}  # listening
         self.draining: set[DynamicServer] = set()  # port let go, connections still open
         self.retiring = False  # the master hands no more ports: exit once all are done
-        self._last_stats = 0.0
+        self._stats_timer: asyncio.TimerHandle | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
 
     async def serve(self, template: bytes) -> bool:
@@ -242,12 +246,21 @@ class ServerProcess:
             self.recorder.submit(attack)
         except ValueError:
             log.exception("attack %s cannot be handed to the recorder", attack.id)
-        if time.monotonic() - self._last_stats > STATS_INTERVAL:
-            self.send_stats()
+        self.stats_changed()
+
+    def stats_changed(self) -> None:
+        """Send the statistics STATS_DELAY from now, with whatever else changes meanwhile."""
+        if self._stats_timer is None and self.loop is not None:
+            self._stats_timer = self.loop.call_later(STATS_DELAY, self.send_stats)
 
     def send_stats(self) -> None:
-        self._last_stats = time.monotonic()
-        self.channel.send_stats(self.stats.as_dict())
+        if self._stats_timer is not None:
+            self._stats_timer.cancel()
+            self._stats_timer = None
+        stats = self.stats.as_dict()
+        # A level, not a count: attacks handed to the recorder and not yet acknowledged.
+        stats["unacknowledged"] = len(self.recorder.unacked)
+        self.channel.send_stats(stats)
 
 
 def parse_key(text: str) -> tuple[str, int]:

@@ -12,6 +12,9 @@ At SAVEDATA:
 - each download's payload goes to `downloads_dir/<md5>` (the original's naming, without its
   attacker-chosen file name suffix): one file per content, published by rename so a reader
   never sees half a sample.
+Files are complete before their names appear (outfile.write_new). While a file cannot be
+written (a full disk), it waits in memory with the later ones, in order, and is written when
+space returns (backlog.py); its path is recorded at once (the name is known in advance).
 The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) lists them.
 At FOLLOWUP (the downloads ended after the attack was saved) the samples are saved the same
 way and their paths added there, so logJSON's follow-up line lists them.
@@ -19,11 +22,14 @@ way and their paths added there, so logJSON's follow-up line lists them.
 
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Iterator
 from hashlib import sha256
 
 from honeytrap import outfile
-from honeytrap.attack import Attack
+from honeytrap.attack import Attack, Payload
+from honeytrap.backlog import Backlog
 from honeytrap.plugin import PluginContext
 
 # Attack ids are uuid4 hex; anything else (a plugin's own id) is hashed into a safe name part.
@@ -46,6 +52,7 @@ class SaveFile:
         except BaseException:
             outfile.close_fd(self.attacks_fd)
             raise
+        self.backlog = Backlog(ctx.name, f"{self.attacks_path} and {self.downloads_path}", ctx.log)
 
     def savedata(self, attack: Attack) -> None:
         result: dict[str, object] = {}
@@ -68,16 +75,17 @@ class SaveFile:
 
     def _save_attack(self, attack: Attack) -> str:
         assert self.attacks_fd is not None, "savedata after close"
-        base = attack_file_name(attack)
-        try:
-            name = outfile.create_exclusive(self.attacks_fd, [base], attack.payload)
-        except FileExistsError:
-            # Only a file left from an earlier run takes the name: the other names are made
-            # here, not for every attack.
-            others = [f"{base}.{n}" for n in range(1, outfile.MAX_NAME_ATTEMPTS)]
-            name = outfile.create_exclusive(self.attacks_fd, others, attack.payload)
-            self.log.warning("attack file %s existed already: saved as %s", base, name)
-        return f"{self.attacks_path}/{name}"
+        dir_fd, base, payload = self.attacks_fd, attack_file_name(attack), attack.payload
+        saved = [base]
+
+        def write() -> None:
+            saved[0] = outfile.write_new(dir_fd, _candidates(base), payload)
+            if saved[0] != base:
+                # Only a file left from an earlier run takes the name: names are unique.
+                self.log.warning("attack file %s existed already: saved as %s", base, saved[0])
+
+        self.backlog.submit(len(payload), write)
+        return f"{self.attacks_path}/{saved[0]}"
 
     def _save_downloads(self, attack: Attack) -> list[str]:
         assert self.downloads_fd is not None, "savedata after close"
@@ -86,15 +94,29 @@ class SaveFile:
             payload = download.payload
             if payload.size == 0:
                 continue
-            if outfile.publish(self.downloads_fd, payload.md5, payload.data):
-                self.log.info("sample %s saved (%d bytes)", payload.md5, payload.size)
+            self.backlog.submit(payload.size, functools.partial(self._publish, payload))
             paths.append(f"{self.downloads_path}/{payload.md5}")
         return paths
 
+    def _publish(self, payload: Payload) -> None:
+        assert self.downloads_fd is not None, "savedata after close"
+        if outfile.publish(self.downloads_fd, payload.md5, payload.data):
+            self.log.info("sample %s saved (%d bytes)", payload.md5, payload.size)
+
+    def stats(self) -> dict[str, int]:
+        return self.backlog.stats()
+
     def close(self) -> None:
+        self.backlog.close()
         outfile.close_fd(self.attacks_fd)
         outfile.close_fd(self.downloads_fd)
         self.attacks_fd = self.downloads_fd = None
+
+
+def _candidates(base: str) -> Iterator[str]:
+    yield base
+    for n in range(1, outfile.MAX_NAME_ATTEMPTS):
+        yield f"{base}.{n}"
 
 
 def attack_file_name(attack: Attack) -> str:

@@ -46,6 +46,22 @@ def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> No
             )
 
 
+# T-Pot's own service ports its rules.sh accepts before queueing (a few of them).
+TPOT_ADMIN_PORTS = (64294, 64295, 64297)
+
+
+def tpot_rules(host: Host, admin_ports: Iterable[int] = TPOT_ADMIN_PORTS) -> None:
+    """T-Pot's firewall (tpotce docker/tpotinit/dist/bin/rules.sh) as it is: accept loopback,
+    accept its own ports, then queue every new SYN to NFQUEUE 0. No --queue-bypass and no socket
+    match: with nobody reading the queue, every new SYN is dropped."""
+    host.cmd("iptables", "-w", "-A", "INPUT", "-s", "127.0.0.1", "-j", "ACCEPT")
+    host.cmd("iptables", "-w", "-A", "INPUT", "-d", "127.0.0.1", "-j", "ACCEPT")
+    for port in admin_ports:
+        host.cmd("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-j", "ACCEPT")
+    host.cmd("iptables", "-w", "-A", "INPUT", "-p", "tcp", "--syn", "-m", "state", "--state", "NEW",
+             "-j", "NFQUEUE")
+
+
 @dataclass
 class Honeytrap:
     lab: Lab
@@ -53,7 +69,7 @@ class Honeytrap:
     extra_config: str = ""
     plugins: str = ""
     args: list[str] = field(default_factory=list)
-    monitor: str = "nfq"
+    monitor: str | None = "nfq"  # None: no `monitor` key (the default, auto)
     # None: not named in the configuration (the installed package's own are used).
     plugin_dir: Path | None = REPO / "plugins"
     response_dir: Path | None = REPO / "templates"
@@ -88,9 +104,10 @@ plugin-logJSON = {{ logfile = "{self.attackers_json}" }}
             for key, value in (("response_dir", self.response_dir), ("plugin_dir", self.plugin_dir))
             if value is not None
         )
+        monitor = f'monitor = "{self.monitor}"' if self.monitor is not None else ""
         self.configfile.write_text(
             f"""// written by tests/daemon.py
-monitor = "{self.monitor}"
+{monitor}
 {dirs}logfile = "{self.logfile}"
 pidfile = "{self.pidfile}"
 read_limit = "1048576"
@@ -196,7 +213,8 @@ read_limit = "1048576"
         assert self.proc is not None
         master = self.master_pid()
         out = subprocess.run(
-            ["ps", "-o", "pid=,comm=", "--ppid", str(master)], capture_output=True, text=True
+            # args: the command line ps and top -c show (setproctitle sets it, and comm too)
+            ["ps", "-o", "pid=,args=", "--ppid", str(master)], capture_output=True, text=True
         ).stdout
         rows = [line.split(None, 1) for line in out.splitlines() if line.strip()]
         return [(int(row[0]), row[1].strip() if len(row) > 1 else "") for row in rows]

@@ -86,7 +86,7 @@ def test_shipped_configuration_loads() -> None:
     assert config.response_dir == str(ROOT.resolve() / "templates")
     assert config.plugin_dir == str(ROOT.resolve() / "plugins")
     assert config.read_limit == 20971520
-    assert config.monitor == "pcap"
+    assert config.monitor == "auto"
     assert config.portconf_default is Mode.NORMAL
     assert [spec.name for spec in config.plugins] == [
         "b64Decode", "deUnicode", "ftpDownload", "tftpDownload", "httpDownload", "magicPE",
@@ -123,7 +123,7 @@ def test_defaults_without_keys() -> None:
     config = conf("")
     assert config.read_limit == DEFAULT_READ_LIMIT
     assert config.listen_timeout == DEFAULT_LISTEN_TIMEOUT
-    assert config.monitor == "pcap" and config.plugins == [] and config.ports == {}
+    assert config.monitor == "auto" and config.plugins == [] and config.ports == {}
 
 
 def test_paths_and_names_are_taken_as_given() -> None:

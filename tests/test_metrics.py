@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import selectors
 import socket
+import subprocess
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +49,33 @@ def test_plugin_statistics_are_a_gauge_and_counters_with_their_help() -> None:
     assert got["honeytrap_downloads_total"] == ("counter", 3)
     assert got["honeytrap_download_failures_total"] == ("counter", 1)
     assert b"# HELP honeytrap_downloads_total Samples downloaded by the download plugins" in text
+
+
+def promtool(text: str) -> tuple[int, str]:
+    proc = subprocess.run(
+        ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60,
+    )
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+def test_every_documented_statistic_passes_promtool() -> None:
+    """All of METRICS at once (the real daemon's scrape below has those it reported)."""
+    text = metrics.render(lambda: dict.fromkeys(metrics.METRICS, 1)).decode()
+    assert promtool(text) == (0, "")
+    assert len(list(text_string_to_metric_families(text))) == len(metrics.METRICS)
+
+
+def test_renamed_statistics_follow_prometheus_naming() -> None:
+    got = families(metrics.render(lambda: {"servers_total": 3, "bytes_in": 10}).decode())
+    assert got == {"honeytrap_servers_alive": ("gauge", 3),
+                   "honeytrap_attack_payload_bytes_total": ("counter", 10)}
+
+
+def test_a_plugins_undocumented_statistic_is_a_counter_saying_so() -> None:
+    text = metrics.render(lambda: {"lookups_total": 2}).decode()
+    assert families(text) == {"honeytrap_lookups_total": ("counter", 2)}
+    assert "not documented" in text
+    assert promtool(text) == (0, "")
 
 
 def test_names_not_of_our_shape_are_left_out() -> None:
@@ -150,11 +179,30 @@ def test_exporter_descriptors_are_listed_for_children(exporter: metrics.Exporter
         held.close()
 
 
-def test_daemon_serves_metrics_with_its_counters(lab: Lab, tmp_path: Path) -> None:
-    """The real daemon in a sensor namespace: one attack, then a scrape shows it."""
+def scrape(lab: Lab) -> str:
+    with inside(lab.sensor):
+        sock = socket.create_connection(("127.0.0.1", 9108), timeout=5)
+    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    body = b""
+    while chunk := sock.recv(65536):
+        body += chunk
+    sock.close()
+    return body.split(b"\r\n\r\n", 1)[1].decode()
+
+
+@pytest.fixture
+def daemon_metrics(lab: Lab, tmp_path: Path) -> Iterator[str]:
+    """The real daemon in a sensor namespace (its usual plugins, downloads and a decoder
+    too, so that their statistics are there), after one attack: its /metrics text."""
     nfq_rules(lab.sensor)
     ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"],
                    extra_config='metrics_listen = "127.0.0.1:9108"')
+    ht.plugins = f"""
+plugin-b64Decode = ""
+plugin-httpDownload = ""
+plugin-SaveFile = {{ attacks_dir = "{ht.attacks_dir}" downloads_dir = "{ht.downloads_dir}" }}
+plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
+"""
     ht.start()
     try:
         with inside(lab.attacker):
@@ -165,15 +213,34 @@ def test_daemon_serves_metrics_with_its_counters(lab: Lab, tmp_path: Path) -> No
         sock.shutdown(socket.SHUT_WR)
         sock.recv(100)
         sock.close()
-        with inside(lab.sensor):
-            scrape = socket.create_connection(("127.0.0.1", 9108), timeout=5)
-        scrape.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = b""
-        while chunk := scrape.recv(65536):
-            body += chunk
-        scrape.close()
-        got = families(body.split(b"\r\n\r\n", 1)[1].decode())
-        assert got["honeytrap_attempts_total"][1] >= 1
-        assert got["honeytrap_servers_started_total"][1] >= 1
+        assert len(ht.wait_records(1)) == 1
+        # The server process reports its figures within STATS_DELAY of a change: scrape
+        # (bounded) until its attack is counted.
+        deadline = time.monotonic() + 20
+        while True:
+            text = scrape(lab)
+            if "honeytrap_attacks_total 1.0" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        yield text
     finally:
         assert ht.stop() == 0
+
+
+def test_daemon_serves_metrics_with_its_counters(daemon_metrics: str) -> None:
+    """The real daemon in a sensor namespace: one attack, then a scrape shows it."""
+    got = families(daemon_metrics)
+    assert got["honeytrap_attempts_total"][1] >= 1
+    assert got["honeytrap_servers_started_total"][1] >= 1
+    assert got["honeytrap_attacks_total"][1] == 1
+    assert got["honeytrap_attack_payload_bytes_total"][1] == len(b"hello")
+
+
+def test_daemon_metrics_pass_promtool_with_help_on_every_metric(daemon_metrics: str) -> None:
+    """promtool (Debian's prometheus package) checks the real /metrics: Prometheus naming
+    (_total on counters only, base units before the suffix) and a HELP line on each."""
+    assert promtool(daemon_metrics) == (0, "")
+    helps = {family.name: family.documentation
+             for family in text_string_to_metric_families(daemon_metrics)}
+    assert len(helps) > 20
+    assert {name for name, doc in helps.items() if doc not in metrics.DOCUMENTED} == set()

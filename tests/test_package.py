@@ -147,3 +147,50 @@ def test_installed_wheel_answers_with_a_shipped_template_and_records_with_logjso
     assert bytes.fromhex(conn["payload"]["data_hex"]) == b"USER root\r\n"
     assert "plugin_dir" not in ht.configfile.read_text()
     assert "response_dir" not in ht.configfile.read_text()
+
+
+@pytest.mark.slow
+def test_install_sh_installs_the_wheel_and_a_second_run_upgrades_in_place(
+    dist: Path, tmp_path: Path
+) -> None:
+    """install.sh with --root (system files under a directory of ours, no user, no systemd):
+    the wheel with its extras in a venv of /usr/bin/python3, the package's own configuration,
+    unit, logrotate snippet and man page; run again, it reuses the venv and keeps the
+    configuration."""
+    prefix, root = tmp_path / "opt", tmp_path / "root"
+    command = [str(REPO / "install.sh"), "--no-apt", "--prefix", str(prefix), "--root",
+               str(root), "--wheel", str(wheel_of(dist))]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stderr
+    conf = root / "etc" / "honeytrap" / "honeytrap.conf"
+    assert conf.read_bytes() == (REPO / "etc" / "honeytrap.conf").read_bytes()
+    unit = (root / "etc" / "systemd" / "system" / "honeytrap.service").read_text()
+    assert f"ExecStart={prefix}/bin/honeytrap -D" in unit
+    assert (root / "etc" / "logrotate.d" / "honeytrap").is_file()
+    assert (root / "usr" / "local" / "share" / "man" / "man8" / "honeytrap.8").is_file()
+    assert os.readlink(root / "usr" / "local" / "sbin" / "honeytrap") == f"{prefix}/bin/honeytrap"
+    assert os.path.realpath(prefix / "bin" / "python") == os.path.realpath(SYSTEM_PYTHON)
+    extras = subprocess.run(
+        [str(prefix / "bin" / "python"), "-c", "import psycopg, ppdeep, magic, prometheus_client"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )
+    assert extras.returncode == 0, extras.stderr  # submitPostgres, SpamSum, magicPE, metrics
+
+    conf.write_text(conf.read_text() + '\n// edited by the operator\n')
+    python = (prefix / "bin" / "python").stat().st_ino
+    second = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert second.returncode == 0, second.stderr
+    assert conf.read_text().endswith("// edited by the operator\n")
+    assert "keeping" in second.stdout
+    assert (prefix / "bin" / "python").stat().st_ino == python  # the same venv, upgraded
+    version = subprocess.run([str(prefix / "bin" / "honeytrap"), "-v"], capture_output=True,
+                             text=True, timeout=60, env=env)
+    assert version.stdout.startswith("honeytrap 2.")
+
+
+@pytest.mark.parametrize("script", ["install.sh", "run-tests.sh"])
+def test_shell_scripts_pass_shellcheck(script: str) -> None:
+    proc = subprocess.run(["shellcheck", str(REPO / script)], capture_output=True, text=True,
+                          timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, "")

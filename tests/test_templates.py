@@ -36,7 +36,10 @@ def template(name: str) -> bytes:
 
 
 def template_names() -> list[str]:
-    return sorted(p.name for p in TEMPLATE_DIR.iterdir() if p.name not in NOT_TEMPLATES)
+    # A name with a suffix (tls.subjects, ssh.versions, ...) is a dialogue's data file, checked
+    # by that dialogue's tests; raw templates are <port>_<protocol>.
+    return sorted(p.name for p in TEMPLATE_DIR.iterdir()
+                  if p.name not in NOT_TEMPLATES and "." not in p.name)
 
 
 def parse_http(data: bytes) -> tuple[http.client.HTTPResponse, bytes]:

@@ -57,15 +57,17 @@ class Seen:
         return None
 
 
+_USE = 'use monitor = "auto", "nfq" or "pcap"'
 REMOVED_MONITORS = {
-    "ipq": "the ip_queue monitor was removed from Linux in 3.5; use monitor = \"nfq\" or \"pcap\"",
-    "ipfw": "the ipfw divert monitor was never implemented; use monitor = \"nfq\" or \"pcap\"",
+    "ipq": f"the ip_queue monitor was removed from Linux in 3.5; {_USE}",
+    "ipfw": f"the ipfw divert monitor was never implemented; {_USE}",
 }
-MONITORS = ("pcap", "nfq")
+# auto: nfq and pcap at once, whichever can open (honeytrap.monitor.choice).
+MONITORS = ("auto", "pcap", "nfq")
 
 
 def check_monitor_name(name: str) -> None:
     if name in REMOVED_MONITORS:
         raise ConfigError(REMOVED_MONITORS[name], key="monitor")
     if name not in MONITORS:
-        raise ConfigError(f"unknown monitor {name!r}; use \"nfq\" or \"pcap\"", key="monitor")
+        raise ConfigError(f"unknown monitor {name!r}; {_USE}", key="monitor")

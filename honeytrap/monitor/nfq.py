@@ -102,7 +102,8 @@ class NfqMonitor:
                 )
         except OSError as exc:
             raise ConfigError(
-                f"cannot bind NFQUEUE {queue_num}: {exc} (another program on it? not root?)",
+                f"cannot bind NFQUEUE {queue_num}: {exc} "
+                "(another program reading it? no CAP_NET_ADMIN?)",
                 key="nfq_queue",
             ) from exc
         self._fd = self.nfq.get_fd()

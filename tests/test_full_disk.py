@@ -1,0 +1,231 @@
+"""A full disk loses nothing and corrupts nothing: records are appended whole or not at all, new
+files appear complete or not at all, and what cannot be written waits in order (backlog.py).
+
+The disk is real: a small tmpfs mounted for the test (as root) and filled with a filler file."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_output_plugins import instance, load, make_attack, make_download
+from tmpfs import PAGE, Disk
+
+from honeytrap import outfile
+from honeytrap.backlog import LOG_INTERVAL, Backlog
+
+# Pages of the test's disk: room for the plugin test's files once the filler is gone.
+DISK_PAGES = 64
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Iterator[Disk]:
+    disk = Disk(tmp_path / "disk", DISK_PAGES)
+    try:
+        yield disk
+    finally:
+        disk.unmount()
+
+
+def test_a_short_append_is_taken_back(disk: Disk) -> None:
+    """The first part of a record fits in the file's last page, the rest does not: the file
+    ends where it ended before, and the next record starts on a line of its own."""
+    path = disk.path / "log"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        outfile.append_record(fd, b"a" * (PAGE - 1000) + b"\n")
+        disk.fill()
+        with pytest.raises(OSError) as info:
+            outfile.append_record(fd, b"b" * 3000 + b"\n")
+        assert info.value.errno == errno.ENOSPC
+        assert path.read_bytes() == b"a" * (PAGE - 1000) + b"\n"
+        disk.free()
+        outfile.append_record(fd, b"c\n")
+    finally:
+        os.close(fd)
+    assert path.read_bytes().split(b"\n") == [b"a" * (PAGE - 1000), b"c", b""]
+
+
+def test_a_new_file_that_does_not_fit_leaves_nothing(disk: Disk) -> None:
+    dir_fd = os.open(disk.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        disk.fill()
+        with pytest.raises(OSError) as info:
+            outfile.write_new(dir_fd, ["final"], b"x" * (3 * PAGE))
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(os.listdir(disk.path)) == ["filler"]
+        disk.free()
+        assert outfile.write_new(dir_fd, ["final"], b"x" * (3 * PAGE)) == "final"
+    finally:
+        os.close(dir_fd)
+    assert (disk.path / "final").read_bytes() == b"x" * (3 * PAGE)
+
+
+def test_a_new_file_never_replaces_an_existing_one(tmp_path: Path) -> None:
+    (tmp_path / "taken").write_bytes(b"old")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert outfile.write_new(dir_fd, ["taken", "taken.1"], b"new") == "taken.1"
+        with pytest.raises(FileExistsError):
+            outfile.write_new(dir_fd, ["taken"], b"newer")
+    finally:
+        os.close(dir_fd)
+    assert (tmp_path / "taken").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["taken", "taken.1"]
+
+
+# --- the backlog, with an injected clock and writes that fail on demand ------------------------
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.full = False
+        self.written: list[int] = []
+
+    def writer(self, n: int) -> object:
+        def write() -> None:
+            if self.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.written.append(n)
+        return write
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backlog(clock: Clock, **kw: int) -> Backlog:
+    return Backlog("logJSON", "/x/attackers.json", logging.getLogger("test.backlog"),
+                   clock=clock, retry_interval=None, **kw)
+
+
+def test_backlog_keeps_the_order_through_an_outage() -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    assert queue.submit(1, sink.writer(0))
+    sink.full = True
+    assert not any(queue.submit(1, sink.writer(n)) for n in range(1, 5))
+    assert queue.stats()["spool_depth"] == 4
+    sink.full = False
+    assert queue.submit(1, sink.writer(5))  # the held ones first, then this one
+    assert sink.written == [0, 1, 2, 3, 4, 5]
+    assert queue.stats() == {"spool_depth": 0, "spool_refused": 0, "write_failures": 4}
+
+
+def test_backlog_drains_without_new_records() -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    sink.full = True
+    queue.submit(1, sink.writer(0))
+    assert not queue.drain()
+    sink.full = False
+    assert queue.drain()
+    assert sink.written == [0]
+
+
+def test_backlog_refuses_past_its_bounds_and_counts() -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock, max_records=3, max_bytes=100)
+    sink.full = True
+    for n in range(5):
+        queue.submit(10, sink.writer(n))
+    queue.submit(95, sink.writer(5))  # over the byte bound
+    assert queue.stats()["spool_depth"] == 3
+    assert queue.stats()["spool_refused"] == 3
+    sink.full = False
+    assert queue.drain()
+    assert sink.written == [0, 1, 2]
+
+
+def test_backlog_logs_once_per_outage_and_interval(caplog: pytest.LogCaptureFixture) -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    sink.full = True
+    with caplog.at_level(logging.WARNING, logger="test.backlog"):
+        for _ in range(100):
+            queue.submit(1, sink.writer(0))
+            clock.now += 0.1  # 10 s in all: within one LOG_INTERVAL
+        assert [r.levelno for r in caplog.records] == [logging.ERROR]
+        assert "cannot write /x/attackers.json (No space left on device)" in caplog.text
+        clock.now += LOG_INTERVAL
+        queue.submit(1, sink.writer(0))
+        assert len(caplog.records) == 2
+        assert "still cannot write" in caplog.records[1].getMessage()
+        sink.full = False
+        queue.drain()
+        assert len(caplog.records) == 3
+        assert "writing /x/attackers.json again" in caplog.records[2].getMessage()
+        assert "101 held records written" in caplog.records[2].getMessage()
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def test_backlog_close_says_what_it_could_not_write(caplog: pytest.LogCaptureFixture) -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    sink.full = True
+    queue.submit(1, sink.writer(0))
+    with caplog.at_level(logging.ERROR, logger="test.backlog"):
+        queue.close()
+    assert "1 records never written" in caplog.text
+
+
+def test_backlog_retry_thread_writes_held_records_by_itself() -> None:
+    sink = Sink()
+    queue = Backlog("x", "y", logging.getLogger("test.backlog"), retry_interval=0.01)
+    sink.full = True
+    queue.submit(1, sink.writer(0))
+    sink.full = False
+    retrier = queue._retrier
+    assert retrier is not None
+    retrier.join(10)  # it ends once nothing is held
+    assert not retrier.is_alive()
+    assert sink.written == [0]
+    queue.close()
+
+
+# --- the file output plugins on a disk that fills and empties ---------------------------------
+
+
+def test_file_outputs_on_a_full_disk_hold_and_then_write_everything(
+    disk: Disk, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = load(
+        ("SaveFile", {"attacks_dir": str(disk.path / "attacks"),
+                      "downloads_dir": str(disk.path / "dl")}),
+        ("logJSON", {"logfile": str(disk.path / "attackers.json")}),
+    )
+    attacks = [make_attack(b"attack %d " % n + b"x" * 3000) for n in range(8)]
+    attacks[5].add_download(make_download(b"MZ" + b"s" * 5000))
+    try:
+        with caplog.at_level(logging.INFO):
+            for n, attack in enumerate(attacks):
+                if n == 2:
+                    disk.fill()
+                if n == 6:
+                    disk.free()
+                for hook in ("savedata", "postproc"):
+                    for _, call in registry.hooks[hook]:
+                        call(attack)  # never raises for a full disk
+        assert not any(r.exc_info for r in caplog.records)
+        assert instance(registry, "logJSON").stats()["spool_depth"] == 0
+    finally:
+        registry.close()
+    lines = (disk.path / "attackers.json").read_text().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [a.id for a in attacks]
+    saved = sorted(os.listdir(disk.path / "attacks"))
+    assert saved == sorted(os.path.basename(a.analysis["SaveFile"]["attack_file"])
+                           for a in attacks)
+    for attack in attacks:
+        path = attack.analysis["SaveFile"]["attack_file"]
+        assert Path(path).read_bytes() == attack.payload
+    sample = make_download(b"MZ" + b"s" * 5000).payload
+    assert (disk.path / "dl" / sample.md5).read_bytes() == sample.data
