@@ -28,9 +28,7 @@ class LogJSON(outfile.LineLog):
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""
-        assert self.fd is not None, "followup after close"
-        line = (_ENCODER.encode(attack.followup_json()) + "\n").encode("utf-8")
-        outfile.append_record(self.fd, line)
+        self.write_line((_ENCODER.encode(attack.followup_json()) + "\n").encode("utf-8"))
 
 
 def load(ctx: PluginContext) -> LogJSON:
