@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import resource
 import sys
 from dataclasses import dataclass
 from typing import NoReturn
 
-from honeytrap import __version__, capabilities, daemon, privileges, resources
+from honeytrap import __version__, capabilities, daemon, privileges, resources, state
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
@@ -62,8 +61,6 @@ HELP = USAGE + f"""
 """
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
-# Descriptors beyond the connections: logs, plugin files, the monitor, control channels.
-FD_RESERVE = 256
 
 
 class UsageError(Exception):
@@ -138,6 +135,7 @@ class Options:
             bpf_expression=" ".join(a.expression) if a.expression else None,
         )
         check_monitor_name(config.monitor)
+        config.sensor_id = state.sensor_id(config.sensor_id, config.state_dir, config.warnings)
         return config
 
 
@@ -204,24 +202,10 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
         pidfile.release()
 
 
-def raise_fd_limit(config: Config) -> None:
-    """Each connection is a descriptor (two in mirror and proxy mode): lift the soft limit (often
-    1024) to what max_connections needs, raising the hard limit too where root may."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * config.max_connections + FD_RESERVE
-    if soft >= wanted:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.warning("descriptor limit %d is below the %d that max_connections wants", hard, wanted)
-
-
 def serve(
     options: Options, config: Config, identity: privileges.Identity, pidfile: PidFile
 ) -> int:
-    from honeytrap.master import Master
+    from honeytrap.master import Master, raise_fd_limit
 
     raise_fd_limit(config)
     preload()
@@ -234,6 +218,7 @@ def serve(
         log.warning("no -u given: dynamic servers keep running as root")
     for warning in config.warnings:
         log.warning("configuration: %s", warning)
+    log.log(logs.NOTICE, "sensor id %s (state_dir %s)", config.sensor_id, config.state_dir)
     try:
         registry = load_plugins(config)
     except PluginError as exc:

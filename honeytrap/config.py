@@ -25,6 +25,7 @@ from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
 from honeytrap.monitor import check_monitor_name
+from honeytrap.state import DEFAULT_STATE_DIR, check_sensor_id
 
 # A plugin option value as the config syntax can express it: a string, a list, or a block.
 OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
@@ -159,6 +160,8 @@ class Config:
     download_per_attack: int = DEFAULT_DOWNLOAD_PER_ATTACK
     download_per_source: int = DEFAULT_DOWNLOAD_PER_SOURCE
     metrics_listen: str = ""  # "host:port" for Prometheus; empty: no exporter
+    state_dir: str = DEFAULT_STATE_DIR  # the sensor id, per-sensor material (honeytrap.state)
+    sensor_id: str = ""  # empty: made at first start and kept in state_dir
     download_allow: list[str] = field(default_factory=list)
     # Where this came from, for messages and SIGHUP.
     source: str = ""
@@ -297,6 +300,13 @@ def _monitor(value: Scalar, key: str) -> str:
     return value.value
 
 
+def _sensor_id(value: Scalar, key: str) -> str:
+    try:
+        return check_sensor_id(value.value)
+    except ConfigError as exc:
+        raise _error(exc.message, value, key) from exc
+
+
 Converter: TypeAlias = Callable[[Scalar, str], object]
 
 # Top-level keys with one string value: key -> converter. The field is named like the key.
@@ -336,6 +346,8 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "download_per_attack": _number,
     "download_per_source": _number,
     "metrics_listen": _text,
+    "state_dir": _path,
+    "sensor_id": _sensor_id,
 }
 
 

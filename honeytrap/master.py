@@ -1,21 +1,17 @@
-"""The master: watches the monitor, owns the table of dynamic servers, handles signals.
+"""The master: watches the monitor, owns the dynamic servers' processes, handles signals.
 
 It stays root and never reads attacker bytes beyond packet headers. One selector loop over the
 monitor's descriptor, a signal wake-up socket, one control channel per server process and one per
 recorder (recorder.py: the process running the plugins; the master gives each new server process
 a link to it, and when a recorder dies, starts another and relinks every process that used it).
 
-A dynamic server serves one port; server processes host up to `ports_per_process` of them
-(server.py). For a new port the master binds it and hands the socket to the fullest process that
-has room, and forks a new process only when none has. A process that serves no port any more is
-retired (it exits once its last connection is recorded); so is every process on reload, since it
-holds the old configuration.
-
-Bounds (an Internet-wide sweep must not fork-bomb us): at most `max_servers` running servers
-(the least recently used idle one is stopped to make room, else the attempt is refused), at most
-`max_server_rate` new servers a second, and a bounded queue of attempts waiting for a port whose
-old server is still letting go of it. Every refusal is counted and logged (rate-limited); a
-refused nfq attempt is still accepted untouched, so the kernel answers it with a reset.
+Which port is served by which process, and what to do with each attempt (start, hand over,
+fork, evict, refuse, hold while a port is released), is the port table's decision
+(porttable.py, sans-IO); this module carries its actions out: it binds ports as root, hands their
+sockets to server processes (server.py) over their control channels, forks processes (spares,
+ahead of need, when the loop is idle) and gives the monitor's held attempts their verdicts. A
+refused nfq attempt is still accepted untouched, so the kernel answers it with a reset; refusals
+are counted by the table and logged here, rate-limited.
 """
 
 from __future__ import annotations
@@ -23,14 +19,16 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 import selectors
 import signal
 import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
-from honeytrap import capabilities, control, daemon, forked, metrics, templates
+from honeytrap import capabilities, control, daemon, forked, metrics, porttable, templates
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -39,9 +37,10 @@ from honeytrap.errors import HoneytrapError
 from honeytrap.listener import PortInUse, bind_port
 from honeytrap.monitor import Held, Monitor
 from honeytrap.plugin import Registry, load_plugins
+from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
-from honeytrap.server import ServerSpec, child_main, parse_key
+from honeytrap.server import ServerSpec, child_main, parse_key, port_key
 
 log = logging.getLogger("honeytrap.master")
 
@@ -51,84 +50,60 @@ SHUTDOWN_TIMEOUT = 45.0
 # Then the recorders get this long to finish the attacks handed to them (their own pipeline
 # drain is 30 s, recorder.DRAIN_SECONDS).
 RECORDER_STOP_TIMEOUT = 40.0
-# Attempts held for one port while its previous server releases it.
-MAX_PENDING_PER_PORT = 64
-# Dynamic servers that were told to stop but still finish their work (not counted in
-# max_servers): at most this many times max_servers, else new attempts are refused.
-DRAINING_FACTOR = 2
 # A refusal is logged at most once per this many seconds (with the count since the last line).
 REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# While a spare process is wanted, the loop waits this long for work before forking one: a fork
+# blocks the loop for milliseconds, so it is done when no packet is waiting.
+SPARE_IDLE_WAIT = 0.005
+NR_OPEN = "/proc/sys/fs/nr_open"
+
+
+def nr_open() -> int:
+    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open), or its default if unreadable."""
+    try:
+        with open(NR_OPEN, encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return porttable.NR_OPEN_DEFAULT
+
+
+def raise_fd_limit(config: Config) -> int:
+    """RLIMIT_NOFILE for the master and so for every server process it forks: the per-process
+    descriptor budget (porttable.process_fd_budget), or the hard limit where root may not raise
+    it (logged). Returns the limit in force."""
+    wanted = porttable.process_fd_budget(config, nr_open())
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
+        return wanted
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.warning("descriptor limit %d is below the %d budget of a server process "
+                    "(ports_per_process x what each port may hold)", hard, wanted)
+        return hard
 
 
 @dataclass
 class ProcessHandle:
-    """A server process: its control channel and the ports it serves or still lets go of."""
+    """A server process: its control channel (its ports are the port table's)."""
 
     pid: int
     channel: Channel
-    ports: dict[tuple[str, int], ServerHandle] = field(default_factory=dict)
-    serving: int = 0  # of those ports, the ones not told to stop: what counts against its room
-    retired: bool = False  # told "retire" or "shutdown": no more ports go to it
-    lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
     stats: dict[str, int] = field(default_factory=dict)
     recorder: RecorderHandle | None = None  # the recorder its link goes to
-
-
-@dataclass
-class ServerHandle:
-    """A dynamic server: one port, in a server process."""
-
-    key: tuple[str, int]
-    process: ProcessHandle
-    conf: PortConf
-    started: float
-    last_used: float
-    busy: bool = False
-    draining: bool = False
-    released: bool = False
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
+    lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
 
 
 @dataclass
 class MasterStats:
-    attempts: int = 0
-    ignored: int = 0
-    servers_started: int = 0
-    servers_evicted: int = 0
-    refused_no_room: int = 0
-    refused_rate: int = 0
-    refused_draining: int = 0
-    refused_privileged: int = 0  # a port we may not bind (no CAP_NET_BIND_SERVICE)
-    ports_in_use: int = 0
-    fork_failures: int = 0
-    handover_failures: int = 0
-    bind_failures: int = 0
+    """What the master counts itself, beside the port table's counters."""
+
     server_crashes: int = 0
     recorder_crashes: int = 0
-
-
-class TokenBucket:
-    """At most `rate` events a second, with bursts up to `rate`."""
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = float(rate)
-        self.tokens = float(rate)
-        self.clock = clock
-        self.last = clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 class Master:
@@ -149,14 +124,11 @@ class Master:
         self.reload_config = reload_config
         self.keep_out_of_children = keep_out_of_children
         self.stats = MasterStats()
+        self.table = PortTable(self._limits(config))
         self.finished_stats: dict[str, int] = {}
-        self.servers: dict[tuple[str, int], ServerHandle] = {}  # running
-        self.releasing: dict[tuple[str, int], ServerHandle] = {}  # draining, port not yet free
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
-        self.pending: dict[tuple[str, int], list[Held]] = {}
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
-        self.bucket = TokenBucket(config.max_server_rate)
         self.port_privilege = capabilities.PortPrivilege()
         self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
@@ -168,6 +140,13 @@ class Master:
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
         self.metrics = metrics.start(config, self.totals, self.selector)
 
+    @staticmethod
+    def _limits(config: Config) -> porttable.Limits:
+        """The table's bounds; the descriptor budget is what RLIMIT_NOFILE allows now
+        (raise_fd_limit raised it at start)."""
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return porttable.Limits.from_config(config, min(nr_open(), soft))
+
     # --- the loop ---------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -178,8 +157,12 @@ class Master:
         self._start_recorder()
         daemon.notify("READY=1")
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
+        self._refill_spares(urgent=True)
         while self._running:
-            for key, _events in self.selector.select(timeout=1.0):
+            # Spares are forked when the loop has nothing else to do (a short wait for that).
+            wait = SPARE_IDLE_WAIT if self.table.spares_wanted() else 1.0
+            events = self.selector.select(timeout=wait)
+            for key, _events in events:
                 if key.data == "monitor":
                     self._on_monitor()
                 elif key.data == "signal":
@@ -190,6 +173,8 @@ class Master:
                     self._on_recorder(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
+            self._carry_out(self.table.tick())
+            self._refill_spares(urgent=not events)
             if self.metrics is not None:
                 self.metrics.tick()
             if time.monotonic() >= next_stats:
@@ -236,143 +221,124 @@ class Master:
         for held in attempts:
             try:
                 self.on_attempt(held)
-            finally:
-                if not self._is_pending(held):
-                    held.release()
-
-    def _is_pending(self, held: Held) -> bool:
-        key = (held.attempt.protocol, held.attempt.local_port)
-        return any(h is held for h in self.pending.get(key, ()))
+            except Exception:
+                held.release()  # never left without a verdict, even by a bug here
+                raise
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
-        self.stats.attempts += 1
         key = (attempt.protocol, attempt.local_port)
-        conf = self.config.port_mode(attempt.protocol, attempt.local_port)
-        if conf.mode is Mode.IGNORE:
-            self.stats.ignored += 1
-            return
-        server = self.servers.get(key)
-        if server is not None:
-            server.last_used = time.monotonic()
-            return
-        if key in self.releasing:
-            waiting = self.pending.setdefault(key, [])
-            if len(waiting) < MAX_PENDING_PER_PORT:
-                waiting.append(held)
-            else:
-                self._refuse("refused_draining", key)
-            return
-        self.start_server(key, conf, attempt.family)
+        conf = self.config.port_mode(*key)
+        refuse = ""
+        if conf.mode is not Mode.IGNORE and key not in self.table.serving:
+            missing = self.port_privilege.missing_for(conf.port)
+            if missing is not None:  # refused before binding: the verdict lets the kernel RST it
+                self.bind_refusals.refuse(conf.port, conf.protocol, missing)
+                refuse = "refused_privileged"
+        self._carry_out(
+            self.table.attempt(key, held, ignore=conf.mode is Mode.IGNORE, refuse=refuse)
+        )
 
-    def start_server(self, key: tuple[str, int], conf: PortConf, family: int) -> bool:
-        missing = self.port_privilege.missing_for(conf.port)
-        if missing is not None:  # refused before binding: the verdict lets the kernel RST it
-            self.stats.refused_privileged += 1
-            self.bind_refusals.refuse(conf.port, conf.protocol, missing)
-            return False
-        if len(self.servers) >= self.config.max_servers and not self._evict_one():
-            self._refuse("refused_no_room", key)
-            return False
-        process = self._process_with_room()
-        if process is None and len(self.children) >= self._process_limit():
-            self._refuse("refused_draining", key)
-            return False
-        if not self.bucket.take():
-            self._refuse("refused_rate", key)
-            return False
+    def _carry_out(self, actions: list[Action]) -> None:
+        """The port table's actions, in order (porttable.py says what each means)."""
+        for action in actions:
+            if isinstance(action, Verdict):
+                if action.refused:
+                    self._log_refusal(action.refused, action.key)
+                cast(Held, action.token).release()
+            elif isinstance(action, Start):
+                self._start(action)
+            elif isinstance(action, Stop):
+                process = self.children.get(action.pid)
+                if process is not None:
+                    process.channel.send(f"stop {port_key(*action.key)}")
+            elif isinstance(action, Retire):
+                process = self.children.get(action.pid)
+                if process is not None:
+                    process.channel.send("retire")
+            elif isinstance(action, Fork):
+                pid = self._fork()
+                if pid is None:
+                    self._carry_out(self.table.fork_failed(action))
+                else:
+                    self._carry_out(self.table.forked(pid, action))
+
+    def _start(self, action: Start) -> None:
+        """Bind the port as root and hand its socket (and template) to the process."""
+        key, pid = action.key, action.pid
+        conf = self.config.port_mode(*key)
+        process = self.children.get(pid)
+        family = cast(Held, action.token).attempt.family
         try:
             sock = bind_port(conf.protocol, conf.port, self.config.bind_address, family)
         except PortInUse:
-            self.stats.ports_in_use += 1
             log.debug("port %d/%s is served by someone else", conf.port, conf.protocol)
-            return False
+            self._carry_out(self.table.start_failed(key, pid, "ports_in_use"))
+            return
         except PermissionError:  # a policy beyond the capability check (LSM, sysctl changed)
-            self.stats.refused_privileged += 1
             self.bind_refusals.refuse(conf.port, conf.protocol, "a permission the system refuses")
-            return False
+            self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
+            return
         except OSError as exc:
-            self.stats.bind_failures += 1
             log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
-            return False
+            self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
+            return
         try:
-            if process is not None:
-                handed = self._hand_over(process, conf, sock)
-            else:
-                process = self._fork(conf, sock)
-                handed = process is not None
+            handed = process is not None and self._hand_over(process, conf, sock)
         finally:
             sock.close()
-        if process is None or not handed:
-            return False
-        now = time.monotonic()
-        handle = ServerHandle(key, process, conf, now, now)
-        process.ports[key] = handle
-        process.serving += 1
-        self.servers[key] = handle
-        self.stats.servers_started += 1
+        if not handed:
+            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol, pid)
+            self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
+            return
+        self.table.started(key, pid)
         log.log(
             logs.NOTICE, "dynamic server for %d/%s started (pid %d, %s mode)",
-            conf.port, conf.protocol, process.pid, conf.mode.label,
+            conf.port, conf.protocol, pid, conf.mode.label,
         )
-        return True
-
-    def _process_limit(self) -> int:
-        """Server processes alive at most, those letting go of their ports included: enough
-        for max_servers ports, times (1 + DRAINING_FACTOR)."""
-        per = self.config.ports_per_process
-        return (1 + DRAINING_FACTOR) * -(-self.config.max_servers // per)
-
-    def _process_with_room(self) -> ProcessHandle | None:
-        """The fullest process that can take one more port (so the others empty and exit)."""
-        best: ProcessHandle | None = None
-        for process in self.children.values():
-            if process.retired or process.channel.closed:
-                continue
-            if process.serving < self.config.ports_per_process and (
-                best is None or process.serving > best.serving
-            ):
-                best = process
-        return best
 
     def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
         """Give a running process the port's bound socket and its template file."""
         template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
         fds = [sock.fileno()] if template is None else [sock.fileno(), template]
         try:
-            sent = process.channel.send_fds(
-                f"serve {conf.protocol} {conf.port} {len(fds)}", fds
+            return process.channel.send_fds(
+                f"serve {port_key(conf.protocol, conf.port)} {len(fds)}", fds
             )
         finally:
             if template is not None:
                 os.close(template)
-        if not sent:
-            self.stats.handover_failures += 1
-            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol,
-                      process.pid)
-        return sent
 
-    def _fork(self, conf: PortConf, sock: socket.socket) -> ProcessHandle | None:
+    def _refill_spares(self, *, urgent: bool) -> None:
+        """Fork one spare process if the table wants one: when the loop is idle (urgent), or when
+        none is left (the next new port would otherwise fork on its first packet's path)."""
+        wanted = self.table.spares_wanted()
+        if wanted and (urgent or wanted >= self.table.limits.spare_processes):
+            pid = self._fork()
+            if pid is None:
+                self._carry_out(self.table.fork_failed())
+            else:
+                self.table.forked(pid)
+
+    def _fork(self) -> int | None:
+        """Fork an empty server process (it drops privileges and waits for its ports)."""
         if self.recorder is None:
             self._start_recorder()
         recorder = self.recorder
         link = recorder.link() if recorder is not None else None
         if link is None:
             # Attacks wait in the server until the recorder is back (relinked then).
-            log.error("no recorder link for %d/%s", conf.port, conf.protocol)
+            log.error("no recorder link for a new server process")
         parent_end, child_end = socket.socketpair()
         spec = ServerSpec(
-            conf, sock, self.config, self.registry, self.identity, child_end, recorder=link,
+            self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()],
         )
-        pid = forked.fork_child(
-            f"server process for {conf.port}/{conf.protocol}", lambda: child_main(spec)
-        )
+        pid = forked.fork_child("server process", lambda: child_main(spec))
         for end in (child_end, link):
             if end is not None:
                 end.close()
         if pid is None:
-            self.stats.fork_failures += 1
             parent_end.close()
             return None
         process = ProcessHandle(
@@ -380,7 +346,7 @@ class Master:
         )
         self.children[pid] = process
         self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
-        return process
+        return pid
 
     # --- the recorder -------------------------------------------------------------------------
 
@@ -457,38 +423,9 @@ class Master:
             fds += self.metrics.fds()
         return fds
 
-    def _evict_one(self) -> bool:
-        idle = [h for h in self.servers.values() if not h.busy]
-        if not idle:
-            return False
-        victim = min(idle, key=lambda h: h.last_used)
-        self.stats.servers_evicted += 1
-        log.info("evicting idle server for %d/%s to make room", victim.conf.port,
-                 victim.conf.protocol)
-        self._drain(victim)
-        return True
-
-    def _drain(self, handle: ServerHandle) -> None:
-        """Stop a port's server: it lets go of the port after its stop grace ("released"), and
-        its open connections finish."""
-        if handle.draining:
-            return
-        handle.draining = True
-        handle.process.serving -= 1
-        if self.servers.get(handle.key) is handle:
-            del self.servers[handle.key]
-            if not handle.released:
-                self.releasing[handle.key] = handle
-        handle.process.channel.send(f"stop {handle.key[0]} {handle.key[1]}")
-
-    def _retire(self, process: ProcessHandle, how: str = "retire") -> None:
-        """No more ports for this process: it exits once its last connection is recorded
-        ("retire"), or records and closes everything now ("shutdown")."""
-        process.retired = True
-        process.channel.send(how)
-
-    def _refuse(self, counter: str, key: tuple[str, int]) -> None:
-        setattr(self.stats, counter, getattr(self.stats, counter) + 1)
+    def _log_refusal(self, counter: str, key: tuple[str, int]) -> None:
+        """Refusals are counted by the table; logged here at most once per
+        REFUSAL_LOG_INTERVAL, with the count since the last line."""
         now = time.monotonic()
         self._refusals_unlogged += 1
         if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
@@ -512,43 +449,15 @@ class Master:
             if message == "":
                 self._gone(process)
                 continue
-            handle = process.ports.get(parse_key(rest))
-            if handle is None:
-                continue  # a port this process already let go of
+            key = parse_key(rest)
             if word == "busy":
-                handle.busy = True
-                handle.last_used = time.monotonic()
+                self.table.busy(process.pid, key)
             elif word == "idle":
-                handle.busy = False
-                handle.last_used = time.monotonic()
+                self.table.idle_again(process.pid, key)
             elif word == "expire":
-                if not handle.busy:
-                    self._drain(handle)
+                self._carry_out(self.table.expire(process.pid, key))
             elif word == "released":
-                self._released(handle)
-
-    def _released(self, handle: ServerHandle) -> None:
-        handle.released = True
-        process = handle.process
-        if not handle.draining:  # let go on its own (a malformed handover, a crash)
-            handle.draining = True
-            process.serving -= 1
-        if process.ports.get(handle.key) is handle:
-            del process.ports[handle.key]
-            if not process.ports and not process.retired:
-                self._retire(process)
-        if self.servers.get(handle.key) is handle:
-            del self.servers[handle.key]
-        if self.releasing.get(handle.key) is handle:
-            del self.releasing[handle.key]
-        waiting = self.pending.pop(handle.key, [])
-        if waiting and self._running:
-            attempt = waiting[0].attempt
-            conf = self.config.port_mode(attempt.protocol, attempt.local_port)
-            if conf.mode is not Mode.IGNORE:
-                self.start_server(handle.key, conf, attempt.family)
-        for held in waiting:
-            held.release()
+                self._carry_out(self.table.released(process.pid, key))
 
     def _gone(self, process: ProcessHandle) -> None:
         """The channel closed: the process exited (or crashed); its ports are free."""
@@ -556,11 +465,10 @@ class Master:
             self.selector.unregister(process.channel.fileno())
         except (KeyError, ValueError):
             pass
-        process.retired = True
-        process.lost = list(process.ports)
-        for handle in list(process.ports.values()):
-            self._released(handle)
-        process.channel.close()
+        process.lost = self.table.ports_of(process.pid)
+        self._carry_out(self.table.gone(process.pid))
+        if not process.channel.closed:
+            process.channel.close()
         self._keep_stats(process.stats)
         process.stats = {}
 
@@ -589,11 +497,12 @@ class Master:
                 continue
             if not process.channel.closed:
                 self._on_channel(process)  # read its last words (final stats)
-            if not process.channel.closed or process.ports:
+            if pid in self.table.processes:
                 self._gone(process)
+            lost = process.lost
             if code != 0:
                 self.stats.server_crashes += 1
-                ports = " ".join(f"{port}/{proto}" for proto, port in process.lost) or "none"
+                ports = " ".join(f"{port}/{proto}" for proto, port in lost) or "none"
                 log.error("server process %d (ports %s) exited with status %d", pid, ports, code)
 
     # --- reload, stats, shutdown ------------------------------------------------------------
@@ -612,7 +521,6 @@ class Master:
             return
         old = self.registry
         self.config, self.registry = config, registry
-        self.bucket = TokenBucket(config.max_server_rate)
         old.close()
         # New plugins, new recorder; the old one records what its servers still hand it, then
         # exits once they all have.
@@ -621,23 +529,20 @@ class Master:
         if previous is not None:
             previous.stop()
         logs.reopen()
-        for handle in list(self.servers.values()):
-            self._drain(handle)
-        for process in self.children.values():  # they hold the old configuration
-            if not process.retired:
-                self._retire(process)
+        # Every process holds the old configuration: each is retired, its ports stopped.
+        self._carry_out(self.table.reload(self._limits(config)))
         log.log(logs.NOTICE, "configuration and %d plugins reloaded", len(registry.plugins))
         daemon.notify("READY=1")
 
     def totals(self) -> dict[str, int]:
-        totals = dict(self.stats.__dict__)
+        totals = {**self.table.stats.__dict__, **self.stats.__dict__}
         live = [p.stats for p in self.children.values()]
         live += [r.stats for r in self.recorders.values()]
         for stats in [self.finished_stats, *live]:
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0) + value
-        totals["servers_running"] = len(self.servers)
-        totals["servers_total"] = sum(len(p.ports) for p in self.children.values())
+        totals["servers_running"] = len(self.table.serving)
+        totals["servers_total"] = sum(len(p.ports) for p in self.table.processes.values())
         totals["server_processes"] = len(self.children)
         return totals
 
@@ -648,12 +553,9 @@ class Master:
 
     def _shutdown(self) -> int:
         daemon.notify("STOPPING=1")
-        for waiting in self.pending.values():
-            for held in waiting:
-                held.release()
-        self.pending.clear()
+        self._carry_out(self.table.shutdown())
         for process in list(self.children.values()):
-            self._retire(process, "shutdown")
+            process.channel.send("shutdown")
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
         self._kill(self.children, "server process")
         self.children.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import socket
 import time
 from collections.abc import Sequence
@@ -29,6 +30,10 @@ log = logging.getLogger("honeytrap.server")
 MAX_CONNECTION_SECONDS = 600.0
 # Datagrams read per wake-up of a UDP socket.
 UDP_BATCH = 64
+# A connection closed by us takes what the kernel already received first: at most this many
+# reads of this size (read_limit caps what is kept).
+ABORT_READS = 16
+ABORT_READ_SIZE = 65536
 UDP_BUFFER = 65535
 # in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
@@ -107,9 +112,29 @@ class NormalConnection(asyncio.Protocol, Finisher):
             self.transport.close()
 
     def abort(self, why: Closed) -> None:
+        self._take_pending()
         self.session.abort(why)
         if self.transport is not None:
             self.transport.close()
+
+    def _take_pending(self) -> None:
+        """Closing now (shutdown, lifetime): what the attacker sent and the kernel already holds
+        is part of the attack, even if the loop has not read it yet (an accept just before
+        "shutdown" would otherwise be recorded empty)."""
+        transport = self.transport
+        if transport is None or transport.is_closing() or self.conn is None:
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        for _ in range(ABORT_READS):
+            try:
+                data = os.read(sock.fileno(), ABORT_READ_SIZE)  # non-blocking: asyncio's socket
+            except OSError:
+                return
+            if not data or self.session.closed is not Closed.OPEN:
+                return
+            self.data_received(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done:

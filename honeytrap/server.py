@@ -3,10 +3,11 @@
 A *dynamic server* (class DynamicServer) serves one port: its listening socket (bound by the
 master, as root), its template, its mode, its connections, its listen timeout. A *server process*
 (class ServerProcess) hosts up to `ports_per_process` of them on one asyncio loop: the master
-forks one with its first port, and hands it further ports' bound sockets over the control channel
-(SCM_RIGHTS) while it has room, so a sweep over a thousand ports costs a few dozen forks, not a
-thousand (bench/: a fork and the copy-on-write faults of a fresh child cost ~15 ms of CPU here).
-With `ports_per_process = 1` every port has a process of its own, as in the original.
+forks it empty (a spare, named SPARE_NAME) before it is needed, and hands it ports' bound sockets
+over the control channel (SCM_RIGHTS) while it has room, so no fork is on a first SYN's path and
+a sweep over a thousand ports costs a few forks, not a thousand (bench/: a fork and the
+copy-on-write faults of a fresh child cost ~15 ms of CPU here). With `ports_per_process = 1`
+every port has a process of its own, as in the original.
 
 A process drops privileges before it reads a single attacker byte, and serves every connection
 concurrently (the original forked per connection; a slow attacker here delays nobody). Finished
@@ -54,6 +55,8 @@ ACCEPT_BACKOFF_MAX = 2.0
 STOP_GRACE = 0.2
 # On exit, the recorder gets this long to acknowledge the attacks handed to it.
 RECORDER_DRAIN_SECONDS = 30.0
+# A server process's name until its first port (then `ht-<port>/<proto>`, proctitle.py).
+SPARE_NAME = "ht-spare"
 # Server statistics go to the master this long after they change (one message for all the
 # changes meanwhile, not one per attack), so the master's figures, `unacknowledged` among them,
 # are at most this stale: a drained server shows 0 within a second.
@@ -74,10 +77,9 @@ class ServerStats:
 
 @dataclass
 class ServerSpec:
-    """What the master hands a new server process: its first port, and what every port needs."""
+    """What the master hands a new server process: what every port needs. It is forked empty,
+    a spare (SPARE_NAME), ahead of need; its ports come over the control channel."""
 
-    port: PortConf
-    sock: socket.socket
     config: Config
     registry: Registry
     identity: privileges.Identity
@@ -88,13 +90,11 @@ class ServerSpec:
 
 def child_main(spec: ServerSpec) -> int:
     """Runs in the forked child; returns the exit status."""
-    conf = spec.port
-    forked.leave_master(spec.close_in_child, proctitle.server_name(conf.port, conf.protocol))
-    template = templates.load_template(spec.config.response_dir, conf.protocol, conf.port)
+    forked.leave_master(spec.close_in_child, SPARE_NAME)
     privileges.drop(spec.identity)
     process = ServerProcess(spec)
     try:
-        done = asyncio.run(process.serve(template))
+        done = asyncio.run(process.serve())
     finally:
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
@@ -127,15 +127,14 @@ class ServerProcess:
         self._stats_timer: asyncio.TimerHandle | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
 
-    async def serve(self, template: bytes) -> bool:
-        """Serve the first port and every port handed over until retired or shut down; True if
-        the recorder acknowledged every attack."""
+    async def serve(self) -> bool:
+        """Serve every port handed over until retired or shut down; True if the recorder
+        acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
         self.finished = asyncio.Event()
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
-        self.add(self.spec.port, self.spec.sock, template)
         await self.finished.wait()
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
             return True

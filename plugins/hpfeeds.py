@@ -50,6 +50,7 @@ class Hpfeeds:
         if not 0 < port < 65536:
             raise PluginError(f"plugin {ctx.name}: option 'port' must be 1..65535")
         self.ident = ctx.option("ident")
+        self.sensor_id = ctx.config.sensor_id
         self.channels = ctx.option_list("channels") or [EVENTS_CHANNEL, SAMPLES_CHANNEL]
         for channel in self.channels:
             if not channel or "\n" in channel or len(channel.encode()) > 255:
@@ -84,8 +85,10 @@ class Hpfeeds:
             if channel.startswith(SAMPLE_PREFIX):
                 self._samples(attack, index, channel, limit)
                 continue
-            payload = followup_payload(attack, limit) if followup else event_payload(attack,
-                                                                                     limit)
+            if followup:
+                payload = followup_payload(attack, limit, self.sensor_id)
+            else:
+                payload = event_payload(attack, limit, self.sensor_id)
             if payload is None:
                 self.events_too_big += 1
                 self.log.error("attack %s: JSON too large for hpfeeds even cut; not published",
@@ -124,10 +127,12 @@ class Hpfeeds:
         self.output.close()
 
 
-def followup_payload(attack: Attack, limit: int) -> bytes | None:
-    """attack.followup_json() within `limit` bytes: over it, the samples' hex is left out
-    (marked "truncated"; they go on their own channel). None if even that does not fit."""
+def followup_payload(attack: Attack, limit: int, sensor_id: str) -> bytes | None:
+    """attack.followup_json() with `sensor_id`, within `limit` bytes: over it, the samples' hex
+    is left out (marked "truncated"; they go on their own channel). None if even that does not
+    fit."""
     doc = attack.followup_json()
+    doc["sensor_id"] = sensor_id
     data = json.dumps(doc).encode()
     if len(data) <= limit:
         return data

@@ -3,11 +3,12 @@
 Option: `logfile`. At POSTPROC, so the downloads found by the ANALYZE plugins are listed (T-Pot's
 fork logged before the download plugins ran and never listed any). One line per attack that is
 not virtual: a virtual attack's downloads are already on its root attack. The shape is
-`Attack.to_json()`, the one serialisation every output shares; the payload is hex in it.
+`Attack.to_json()`, the one serialisation every output shares; the payload is hex in it; plus
+`sensor_id`, the sensor's id (a fleet's ELK tells its sensors apart by it).
 
 Downloads run in the download pool after the attack is recorded, so its line lists none; when
-they end having found something, a follow-up line with the same `id`, `"follow_up": true` and
-the downloads and tries (`Attack.followup_json()`) is appended.
+they end having found something, a follow-up line with the same `id` and `sensor_id`,
+`"follow_up": true` and the downloads and tries (`Attack.followup_json()`) is appended.
 """
 
 from __future__ import annotations
@@ -23,12 +24,20 @@ _ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class LogJSON(outfile.LineLog):
+    def __init__(self, ctx: PluginContext) -> None:
+        super().__init__(ctx)
+        self.sensor_id = ctx.config.sensor_id
+
     def line(self, attack: Attack) -> bytes:
-        return (_ENCODER.encode(attack.to_json()) + "\n").encode("utf-8")
+        doc = attack.to_json()
+        doc["sensor_id"] = self.sensor_id
+        return (_ENCODER.encode(doc) + "\n").encode("utf-8")
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""
-        self.write_line((_ENCODER.encode(attack.followup_json()) + "\n").encode("utf-8"))
+        doc = attack.followup_json()
+        doc["sensor_id"] = self.sensor_id
+        self.write_line((_ENCODER.encode(doc) + "\n").encode("utf-8"))
 
 
 def load(ctx: PluginContext) -> LogJSON:

@@ -1,8 +1,10 @@
 """submitPostgres: every attack, with its downloads, into a central PostgreSQL database.
 
 Options, as the original's: `db_host` (a name, an address, or a unix socket directory),
-`db_port` (default 5432), `db_name`, `db_user`, `db_pass`, `sensor_id` (this sensor's name in
-the `sensors` table); all but db_port required. Ours: `spool_dir` (default
+`db_port` (default 5432), `db_name`, `db_user`, `db_pass`, all but db_port required, and
+`sensor_id` (this sensor's name in the `sensors` table; the original required it, T-Pot's file
+has none: default, the sensor id of the whole sensor, the top-level `sensor_id` key or the one
+kept in state_dir, so one key names the sensor everywhere). Ours: `spool_dir` (default
 /var/spool/honeytrap/<plugin name>), `spool_max_records`, `spool_max_bytes`, `retry_max`
 (seconds, the reconnect back-off cap).
 
@@ -41,7 +43,7 @@ class SubmitPostgres:
             user=ctx.option("db_user"),
             password=ctx.option("db_pass"),
         )
-        sink = PostgresSink(info, ctx.option("sensor_id"), ctx.log)
+        sink = PostgresSink(info, ctx.option("sensor_id", ctx.config.sensor_id), ctx.log)
         sink.name = ctx.name
         self.output = Output(ctx, sink)
 

@@ -22,6 +22,7 @@ from netns import Host, Lab
 REPO = Path(__file__).resolve().parent.parent
 HONEYTRAP = [sys.executable, "-m", "honeytrap"]
 READY_TIMEOUT = 30.0
+SPARE_NAME = "ht-spare"  # server.SPARE_NAME: a server process with no port yet
 
 
 def nfq_rules(host: Host, queue: int = 0, exclude_tcp: Iterable[int] = ()) -> None:
@@ -198,12 +199,26 @@ read_limit = "1048576"
             time.sleep(0.05)
 
     def children(self) -> list[int]:
-        """Pids of the server processes (the daemon's children but the recorder)."""
-        return [pid for pid, name in self._child_names() if name != "honeytrap-rec"]
+        """Pids of the server processes serving ports (the daemon's children but the recorder
+        and the spare processes forked ahead, which have no port yet)."""
+        return list(self.server_names())
 
     def server_names(self) -> dict[int, str]:
         """The server processes' names by pid (`ht-<port>/<proto>`, `+N` for N more ports)."""
-        return {pid: name for pid, name in self._child_names() if name != "honeytrap-rec"}
+        return {pid: name for pid, name in self._child_names()
+                if name not in ("honeytrap-rec", SPARE_NAME)}
+
+    def wait_children(self, count: int, timeout: float = 10.0) -> list[int]:
+        """children(), once there are `count` (bounded): a connect() completes as soon as the
+        master bound the port, a moment before the spare process it went to takes its name."""
+        deadline = time.monotonic() + timeout
+        while len(children := self.children()) != count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return children
+
+    def spares(self) -> list[int]:
+        """Pids of the spare server processes (forked ahead, no port yet)."""
+        return [pid for pid, name in self._child_names() if name == SPARE_NAME]
 
     def recorders(self) -> list[int]:
         """Pids of the recorder processes (one; two while a reload's old one finishes)."""

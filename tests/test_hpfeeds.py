@@ -89,6 +89,11 @@ def test_attack_json_over_the_limit_is_cut_and_marked() -> None:
     assert doc["attack_connection"]["payload"]["sha512_hash"] == Payload(b"A" * 600_000).sha512
 
 
+def test_event_names_its_sensor() -> None:
+    doc = json.loads(event_payload(make_attack(1), 100_000, "fleet-sensor-7") or b"")
+    assert doc["sensor_id"] == "fleet-sensor-7"
+
+
 # -- against the broker -----------------------------------------------------------------------
 
 @pytest.fixture

@@ -217,5 +217,6 @@ def test_logjson_line_is_json_dumps_of_to_json_byte_for_byte(tmp_path: Path) -> 
     attack.set_analysis("Other", {"float": 0.1, "nan": math.nan, "list": [1, None, True]})
     run_hook(registry, "postproc", attack)
     registry.close()
-    expected = json.dumps(attack.to_json(), separators=(",", ":")) + "\n"
+    doc = {**attack.to_json(), "sensor_id": ""}  # the sensor's id: none in this Config
+    expected = json.dumps(doc, separators=(",", ":")) + "\n"
     assert (tmp_path / "attackers.json").read_bytes() == expected.encode("ascii")

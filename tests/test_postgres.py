@@ -258,3 +258,43 @@ def test_a_spool_the_unprivileged_recorder_cannot_reach_is_refused_at_load() -> 
         closed.chmod(0o711)
         opened = load_plugin(spec, config)  # now nobody can reach it: it loads
         opened.instance.close()  # type: ignore[attr-defined]
+
+
+def test_fleet_queries_have_their_indexes(plugin: Any, fresh_db: PgServer) -> None:
+    """One sensor's attacks over time, a sample by MD5 or SHA-256, the downloads of a sample:
+    each is an index the planner uses (sequential scans off, so a tiny table still shows it)."""
+    plugin.savedata(make_attack(1, sample=b"MZ sample"))
+    assert plugin.output.writer.wait_delivered(1, WAIT)
+    queries = {
+        "attacks_sensor_start_time": "SELECT id FROM attacks WHERE sensor_id = 1 "
+                                     "AND start_time > now() - interval '1 day'",
+        "samples_md5": "SELECT sha512 FROM samples WHERE md5 = 'x'",
+        "samples_sha256": "SELECT sha512 FROM samples WHERE sha256 = 'x'",
+        "downloads_sample": "SELECT attack_id FROM downloads WHERE sample_sha512 = 'x'",
+    }
+    with fresh_db.connect() as conn:
+        conn.execute("SET enable_seqscan = off")
+        for index, sql in queries.items():
+            plan = "\n".join(row[0] for row in conn.execute("EXPLAIN " + sql).fetchall())
+            assert index in plan, plan
+
+
+def test_sensor_id_defaults_to_the_sensors_own(fresh_db: PgServer, tmp_path: Path) -> None:
+    """T-Pot's SavePostgres block has no sensor_id: the sensor's id (the top-level key or the
+    one kept in state_dir) names the sensor, one key for every output."""
+    options = {k: v for k, v in fresh_db.options().items() if k != "sensor_id"}
+    config = Config(plugin_dir=PLUGIN_DIR, sensor_id="fleet-sensor-7")
+    loaded = load_plugin(PluginSpec("SavePostgres", {**options,
+                                                     "spool_dir": str(tmp_path / "spool")}),
+                         config)
+    instance: Any = loaded.instance
+    instance.after_fork()
+    try:
+        instance.savedata(make_attack(1))
+        assert instance.output.writer.wait_delivered(1, WAIT)
+    finally:
+        instance.close()
+    with fresh_db.connect() as conn:
+        rows = conn.execute("SELECT s.name FROM attacks a JOIN sensors s ON s.id = a.sensor_id"
+                            ).fetchall()
+    assert rows == [("fleet-sensor-7",)]

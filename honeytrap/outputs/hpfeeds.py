@@ -56,10 +56,11 @@ def split_record(data: bytes) -> tuple[str, bytes]:
     return channel.decode("utf-8"), payload
 
 
-def event_payload(attack: Attack, limit: int) -> bytes | None:
-    """attack.to_json() as JSON within `limit` bytes: over it, payload hex is cut (marked
-    "truncated"; hashes and length stay whole). None if even that does not fit."""
+def event_payload(attack: Attack, limit: int, sensor_id: str = "") -> bytes | None:
+    """attack.to_json() with `sensor_id`, as JSON within `limit` bytes: over it, payload hex is
+    cut (marked "truncated"; hashes and length stay whole). None if even that does not fit."""
     doc = attack.to_json()
+    doc["sensor_id"] = sensor_id
     data = json.dumps(doc).encode()
     if len(data) <= limit:
         return data

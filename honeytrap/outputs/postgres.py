@@ -104,6 +104,14 @@ CREATE TABLE download_tries (
     PRIMARY KEY (attack_id, seq)
 );
 """),
+    # What a fleet's queries filter on: one sensor's attacks over time, a sample by the hash a
+    # report names (MD5, SHA-256), the downloads (and so the attacks) of one sample.
+    (2, """
+CREATE INDEX attacks_sensor_start_time ON attacks (sensor_id, start_time);
+CREATE INDEX samples_md5 ON samples (md5);
+CREATE INDEX samples_sha256 ON samples (sha256);
+CREATE INDEX downloads_sample ON downloads (sample_sha512);
+"""),
 )
 
 # Any constant identifies our migration lock among the database's advisory locks.
