@@ -60,9 +60,12 @@ def send(source: Host, target: str, port: int, payload: bytes) -> int:
 
 
 def records(ht: Honeytrap) -> list[dict[str, Any]]:
+    """The whole lines of attackers.json (read while the daemon appends: a last line without
+    its newline yet is not one)."""
     if not ht.attackers_json.exists():
         return []
-    return [json.loads(line) for line in ht.attackers_json.read_text().splitlines()]
+    *lines, _partial = ht.attackers_json.read_text().split("\n")
+    return [json.loads(line) for line in lines]
 
 
 def recorded_after(ht: Honeytrap, source_port: int) -> float:
