@@ -128,7 +128,7 @@ class BindRefusals:
         if self._logged is None or now - self._logged >= REFUSAL_LOG_INTERVAL:
             log.warning(
                 "not serving %d/%s: binding it needs %s, which honeytrap does not hold "
-                "(%d attempts refused so since the last report)",
+                "(%d refused since the last report)",
                 port, protocol, missing, self._unlogged,
             )
             self._logged = now

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import background, confparse, resources
+from honeytrap import background, confparse, eventloop, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -53,6 +53,10 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # of them a fork): a sweep must not turn into a fork storm. Attempts over the rate are refused
 # and counted.
 DEFAULT_MAX_SERVER_RATE = 200
+# UDP replies (reflector.py): per source address and per server process, per second. A forged
+# source must not turn the sensor into a reflector (issue 14: 335x with the shipped templates).
+DEFAULT_UDP_REPLIES_PER_SOURCE = reflector.DEFAULT_REPLIES_PER_SOURCE
+DEFAULT_UDP_REPLIES_PER_SENSOR = reflector.DEFAULT_REPLIES_PER_SENSOR
 # Normal mode: how often the template is repeated on an idle connection, as the C original
 # did (sent after each read timeout without data, 10 times; closed after 11 idle timeouts).
 DEFAULT_TEMPLATE_REPEAT = 10
@@ -79,6 +83,8 @@ MAX_PORTS_PER_PROCESS = 1024
 MAX_CONNECTIONS_LIMIT = 1_000_000
 # Servers started per second: above this the master only forks.
 MAX_SERVER_RATE_LIMIT = 100_000
+# UDP replies per second: past this the guard no longer limits the rate in any useful sense.
+MAX_UDP_REPLY_RATE = 1_000_000
 # Template repetitions on one idle connection (the original: 10).
 MAX_TEMPLATE_REPEAT = 1000
 MAX_LOGLEVEL = 6  # man page: -t 0..6
@@ -148,11 +154,14 @@ class Config:
     bpf_expression: str = ""
     # Our extensions (documented in man/honeytrap.8).
     monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
+    event_loop: str = "auto"  # the server processes': "auto" | "uvloop" | "asyncio" (eventloop.py)
     nfq_queue: int = 0
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
+    udp_replies_per_source: int = DEFAULT_UDP_REPLIES_PER_SOURCE
+    udp_replies_per_sensor: int = DEFAULT_UDP_REPLIES_PER_SENSOR
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
     plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
     download_workers: int = DEFAULT_DOWNLOAD_WORKERS
@@ -190,6 +199,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "ports_per_process": (1, MAX_PORTS_PER_PROCESS),
     "max_connections": (1, MAX_CONNECTIONS_LIMIT),
     "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
+    "udp_replies_per_source": (1, MAX_UDP_REPLY_RATE),
+    "udp_replies_per_sensor": (1, MAX_UDP_REPLY_RATE),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
     "plugin_timeout": (0.1, MAX_TIMEOUT),
     "download_workers": (1, MAX_DOWNLOAD_WORKERS),
@@ -292,6 +303,14 @@ def _default_mode(value: Scalar, key: str) -> Mode:
     return _DEFAULT_MODES[value.value]
 
 
+def _event_loop(value: Scalar, key: str) -> str:
+    try:
+        eventloop.check_name(value.value)
+    except ConfigError as exc:
+        raise _error(exc.message, value, key) from exc
+    return value.value
+
+
 def _monitor(value: Scalar, key: str) -> str:
     try:
         check_monitor_name(value.value)
@@ -334,11 +353,14 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "bpf_expression": _text,
     # Our extensions.
     "monitor": _monitor,
+    "event_loop": _event_loop,
     "nfq_queue": _number,
     "max_servers": _number,
     "ports_per_process": _number,
     "max_connections": _number,
     "max_server_rate": _number,
+    "udp_replies_per_source": _number,
+    "udp_replies_per_sensor": _number,
     "template_repeat": _number,
     "plugin_timeout": _number,
     "download_workers": _number,

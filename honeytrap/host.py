@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from honeytrap.attack import Attack, Connection
     from honeytrap.config import Config, PortConf
     from honeytrap.mirror import MirrorPolicy
+    from honeytrap.reflector import ReflectorGuard
     from honeytrap.session import Closed
 
 # accept()/recvmsg() failing for lack of fds or memory: back off, do not crash.
@@ -41,7 +42,9 @@ class Host(Protocol):
     port: PortConf
     config: Config
     template: bytes
+    has_template: bool  # False: the port has no template file (UDP then sends nothing)
     mirror: MirrorPolicy
+    reflector: ReflectorGuard  # what a UDP port may send to a source (reflector.py)
     loop: asyncio.AbstractEventLoop
     sock: Any  # the listening (TCP) or bound (UDP) socket
 

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, Mode, Payload
@@ -62,7 +62,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.attach(transport)
         self.server.connection_opened(self)
 
@@ -204,6 +204,7 @@ class UdpServer:
         self, data: bytes, ancdata: list[tuple[int, int, bytes]], addr: tuple[str, int]
     ) -> None:
         remote = split(addr)
+        self.server.reflector.received(remote[0], len(data))
         local_addr, pktinfo = _local_address(self.family, ancdata)
         peer = self.exchanges.get(remote)
         if peer is None:
@@ -225,10 +226,17 @@ class UdpServer:
         self.server.perread(peer.conn, "in", data)
         reply = peer.exchange.on_datagram(data)
         peer.touch()
-        self.reply(reply, pktinfo, addr)
+        if self.server.has_template:  # a port without a template file stays silent
+            self.reply(reply, pktinfo, addr)
 
     def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None:
-        """Send one datagram to `addr` from the address it attacked (`pktinfo`)."""
+        """Send one datagram to `addr` from the address it attacked (`pktinfo`), as far as the
+        reflector guard lets us: cut, or not sent (counted there)."""
+        allowed = self.server.reflector.allow(split(addr)[0], len(data))
+        if allowed is None:
+            return
+        if allowed < len(data):
+            data = data[:allowed]
         try:
             if pktinfo is not None:
                 self.sock.sendmsg([data], [pktinfo], 0, addr)

@@ -2,11 +2,12 @@
 
 A plugin is `<plugin_dir>/<Name>.py`, loaded by a `plugin-<Name>` line of the configuration in
 file order. It exposes `load(ctx: PluginContext) -> object`; the object's methods named after
-hooks are registered, in the order of the configuration file within each hook:
+hooks are registered, in the order of the configuration file within each hook (each hook's
+typed Protocol is in hooks.py; a method that looks like a misspelt hook is warned about):
 
     perread(self, event: ReadEvent) -> None          every read, on the connection path: be quick
     preproc(self, attack: Attack) -> Iterable[Attack] | None
-    analyze(self, attack: Attack) -> Iterable[Attack] | None
+    analyze(self, attack: Attack) -> Iterable[Attack | background.Task] | None
     savedata(self, attack: Attack) -> Iterable[Attack] | None
     postproc(self, attack: Attack) -> Iterable[Attack] | None
     followup(self, attack: Attack) -> None
@@ -49,15 +50,16 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from honeytrap import hooks
 from honeytrap.attack import Attack
 from honeytrap.config import Config, OptionValue, PluginSpec
 from honeytrap.errors import PluginError
 from honeytrap.metrics import NAME as STAT_NAME
 
-ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
-# After an attack was recorded, what its downloads found later (pipeline.py).
-FOLLOWUP_HOOK = "followup"
-HOOKS = ("perread", *ATTACK_HOOKS, FOLLOWUP_HOOK)
+# The hooks and their typed Protocols live in hooks.py (the contract); kept here by name too.
+ATTACK_HOOKS = hooks.ATTACK_HOOKS
+FOLLOWUP_HOOK = hooks.FOLLOWUP_HOOK
+HOOKS = hooks.HOOKS
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -138,6 +140,9 @@ class Registry:
 
     def register(self, plugin: LoadedPlugin) -> None:
         self.plugins.append(plugin)
+        for name, like in hooks.misspelt_hooks(plugin.instance):
+            log.warning("plugin %s: method %s() is no hook and is never called: did you mean "
+                        "%s()?", plugin.name, name, like)
         for hook in HOOKS:
             method = getattr(plugin.instance, hook, None)
             if callable(method):

@@ -31,7 +31,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, templates
+from honeytrap import control, eventloop, forked, privileges, proctitle, templates
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import Config, PortConf
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
@@ -39,6 +39,7 @@ from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
 from honeytrap.recorder import RecorderClient
+from honeytrap.reflector import ReflectorGuard
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
 
@@ -94,7 +95,8 @@ def child_main(spec: ServerSpec) -> int:
     privileges.drop(spec.identity)
     process = ServerProcess(spec)
     try:
-        done = asyncio.run(process.serve())
+        with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
+            done = runner.run(process.serve())
     finally:
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
@@ -126,6 +128,9 @@ class ServerProcess:
         self.retiring = False  # the master hands no more ports: exit once all are done
         self._stats_timer: asyncio.TimerHandle | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
+        # What the UDP ports of this process may send to a source (reflector.py).
+        self.reflector = ReflectorGuard(per_source=self.config.udp_replies_per_source,
+                                        per_sensor=self.config.udp_replies_per_sensor)
 
     async def serve(self) -> bool:
         """Serve every port handed over until retired or shut down; True if the recorder
@@ -142,7 +147,8 @@ class ServerProcess:
                   len(self.recorder.unacked))
         return False
 
-    def add(self, conf: PortConf, sock: socket.socket, template: bytes) -> None:
+    def add(self, conf: PortConf, sock: socket.socket, template: bytes | None) -> None:
+        """Serve a port; `template` None: the port has no template file."""
         key = (conf.protocol, conf.port)
         if key in self.servers or self.retiring:  # a bug on the master's side: let it go
             log.error("port %d/%s handed over twice or too late", conf.port, conf.protocol)
@@ -198,7 +204,7 @@ class ServerProcess:
             if key != ("", 0):
                 self.channel.send(f"released {port_key(*key)}")
             return
-        template = templates.DEFAULT_TEMPLATE
+        template: bytes | None = None
         template_fd = fds[1] if len(fds) > 1 else None
         if template_fd is not None:
             path = templates.template_path(self.config.response_dir, key[0], key[1])
@@ -259,6 +265,7 @@ class ServerProcess:
         stats = self.stats.as_dict()
         # A level, not a count: attacks handed to the recorder and not yet acknowledged.
         stats["unacknowledged"] = len(self.recorder.unacked)
+        stats.update(self.reflector.counters.__dict__)
         self.channel.send_stats(stats)
 
 
@@ -274,13 +281,16 @@ class DynamicServer:
     """One port: its listening socket, template and connections, in a ServerProcess."""
 
     def __init__(
-        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes
+        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes | None
     ) -> None:
         self.process = process
         self.config = process.config
         self.port = conf
         self.sock = sock
-        self.template = template
+        # No template file: TCP answers a newline (the man page), UDP nothing (reflector.py).
+        self.has_template = template is not None
+        self.template = templates.DEFAULT_TEMPLATE if template is None else template
+        self.reflector = process.reflector
         self.key = port_key(conf.protocol, conf.port)
         self.stats = process.stats
         self.mirror = process.mirror
