@@ -73,11 +73,14 @@ FRESH_BASE = 40000
 # Load generator processes: the machine has 2 cores; both servers face the same load.
 LOADGEN_PROCS = 2
 CONCURRENCY = 100  # connections in flight per load generator process
-# honeytrap's configuration for the load (its needs, as an operator would set them).
+# honeytrap's configuration for the load (its needs, as an operator would set them; the idle
+# phase holds 15,000 connections from the one load generator address: per-source budgets up).
 HONEYTRAP_CONFIG = """
 max_servers = "1100"
 max_server_rate = "2000"
 max_connections = "20000"
+max_connections_per_source = "20000"
+max_connections_per_network = "20000"
 """
 # Read timeout of the idle test (-r): the banner goes out after one read timeout and idle
 # connections close after 11, so this keeps them open while they are counted and measured.

@@ -152,6 +152,8 @@ def test_log_levels_are_named() -> None:
         ("max_connections", config.DEFAULT_MAX_CONNECTIONS),
         ("max_server_rate", config.DEFAULT_MAX_SERVER_RATE),
         ("template_repeat", config.DEFAULT_TEMPLATE_REPEAT),
+        ("max_connections_per_source", config.DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
+        ("max_connections_per_network", config.DEFAULT_MAX_CONNECTIONS_PER_NETWORK),
         ("udp_replies_per_source", config.DEFAULT_UDP_REPLIES_PER_SOURCE),
         ("udp_replies_per_sensor", config.DEFAULT_UDP_REPLIES_PER_SENSOR),
     ],
