@@ -74,6 +74,14 @@ METRICS: dict[str, MetricDef] = {
     "ignored": _counter("ignored", "Attempts to ports in ignore mode"),
     "servers_started": _counter("servers_started", "Dynamic servers started"),
     "servers_evicted": _counter("servers_evicted", "Idle dynamic servers stopped to make room"),
+    "servers_expired": _counter(
+        "servers_expired", "Dynamic servers stopped after the listen timeout without a connection"),
+    "refused_pending": _counter(
+        "refused_pending", "Attempts let go unserved: their port was not released in time"),
+    "forks_on_path": _counter(
+        "forks_on_path", "Server processes forked for an attempt waiting on them (no spare)"),
+    "spares_forked": _counter(
+        "spares_forked", "Empty server processes forked ahead of need (spares)"),
     "refused_no_room": _counter("refused_no_room", "Attempts refused: max_servers busy servers"),
     "refused_rate": _counter("refused_rate", "Attempts refused: max_server_rate exceeded"),
     "refused_privileged": _counter(

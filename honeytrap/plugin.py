@@ -2,7 +2,8 @@
 
 A plugin is `<plugin_dir>/<Name>.py`, loaded by a `plugin-<Name>` line of the configuration in
 file order. It exposes `load(ctx: PluginContext) -> object`; the object's methods named after
-hooks are registered, in the order of the configuration file within each hook:
+hooks are registered, in the order of the configuration file within each hook (each hook's
+typed Protocol is in hooks.py; a method that looks like a misspelt hook is warned about):
 
     perread(self, event: ReadEvent) -> None          every read, on the connection path: be quick
     preproc(self, attack: Attack) -> Iterable[Attack] | None
@@ -44,13 +45,15 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
+from honeytrap import hooks
 from honeytrap.attack import Attack
 from honeytrap.config import Config, OptionValue, PluginSpec
 from honeytrap.errors import PluginError
 from honeytrap.metrics import NAME as STAT_NAME
 
-ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
-HOOKS = ("perread", *ATTACK_HOOKS)
+# The hooks and their typed Protocols live in hooks.py (the contract); kept here by name too.
+ATTACK_HOOKS = hooks.ATTACK_HOOKS
+HOOKS = hooks.HOOKS
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -131,6 +134,9 @@ class Registry:
 
     def register(self, plugin: LoadedPlugin) -> None:
         self.plugins.append(plugin)
+        for name, like in hooks.misspelt_hooks(plugin.instance):
+            log.warning("plugin %s: method %s() is no hook and is never called: did you mean "
+                        "%s()?", plugin.name, name, like)
         for hook in HOOKS:
             method = getattr(plugin.instance, hook, None)
             if callable(method):

@@ -1,0 +1,114 @@
+"""The plugin contract: one typed Protocol per hook, and the check for misspelt hook names.
+
+A plugin's `load(ctx)` returns an object; its methods named after hooks are registered
+(plugin.py). Each hook's signature is a Protocol here, so a plugin class can say which hooks it
+implements and have mypy check them:
+
+    class Keyword(hooks.PreProc, hooks.Analyze):
+        def preproc(self, attack: Attack) -> list[Attack]: ...
+        def analyze(self, attack: Attack) -> None: ...
+
+Subclassing is optional (the registry looks methods up by name, as the original looked up
+`plugin_register_hooks`), but a method whose name is close to a hook's and is none
+(`anaylze`, `postProc`, `save_data`) would silently never run: `misspelt_hooks` finds those,
+and the loader warns about each.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+from honeytrap.attack import Attack
+
+if TYPE_CHECKING:
+    from honeytrap.plugin import ReadEvent
+
+ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
+HOOKS = ("perread", *ATTACK_HOOKS)
+# Methods the registry calls besides the hooks.
+LIFECYCLE = ("after_fork", "close", "stats")
+KNOWN = (*HOOKS, *LIFECYCLE)
+# How alike a method's name and a hook's must be to look like a misspelling of it
+# (difflib's ratio: "anaylze"/"analyze" 0.86, "postprocess"/"postproc" 0.84, "process" 0.67).
+MISSPELLING_CUTOFF = 0.8
+
+
+@runtime_checkable
+class PerRead(Protocol):
+    """Every read on a connection, on the connection path (the dynamic server's loop): quick,
+    never blocking."""
+
+    def perread(self, event: ReadEvent) -> None: ...
+
+
+@runtime_checkable
+class PreProc(Protocol):
+    """A finished attack, first: decoders. May return virtual attacks (attack.derive)."""
+
+    def preproc(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class Analyze(Protocol):
+    """Then: downloaders and analyzers. May return virtual attacks."""
+
+    def analyze(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class SaveData(Protocol):
+    """Then: savers (files, databases). May return virtual attacks."""
+
+    def savedata(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class PostProc(Protocol):
+    """Last: loggers. May return virtual attacks."""
+
+    def postproc(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class AfterFork(Protocol):
+    """In the recorder, after the privilege drop: threads, connections."""
+
+    def after_fork(self) -> None: ...
+
+
+@runtime_checkable
+class Close(Protocol):
+    """On reload and exit."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Stats(Protocol):
+    """The plugin's own statistics (name -> count): counters the hooks keep, no I/O."""
+
+    def stats(self) -> Mapping[str, int]: ...
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "")
+
+
+def misspelt_hooks(instance: object) -> list[tuple[str, str]]:
+    """(method, hook) for each public method of `instance` that is no hook and no life-cycle
+    method, but looks like one: another case or underscores (`postProc`, `save_data`), or a
+    name within MISSPELLING_CUTOFF of one (`anaylze`)."""
+    found = []
+    normal = {_normal(hook): hook for hook in KNOWN}
+    for name in sorted(dir(instance)):
+        if name.startswith("_") or name in KNOWN or not callable(getattr(instance, name, None)):
+            continue
+        hook = normal.get(_normal(name))
+        if hook is None:
+            close = difflib.get_close_matches(_normal(name), list(normal), 1, MISSPELLING_CUTOFF)
+            hook = normal[close[0]] if close else None
+        if hook is not None:
+            found.append((name, hook))
+    return found
