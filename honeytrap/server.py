@@ -32,7 +32,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, templates
+from honeytrap import control, eventloop, forked, privileges, proctitle, templates
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection
 from honeytrap.budget import SourceBudget
@@ -98,7 +98,8 @@ def child_main(spec: ServerSpec) -> int:
     privileges.drop(spec.identity)
     process = ServerProcess(spec)
     try:
-        done = asyncio.run(process.serve())
+        with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
+            done = runner.run(process.serve())
     finally:
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
