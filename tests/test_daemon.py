@@ -107,14 +107,15 @@ def test_either_event_loop_serves_tcp_and_udp_and_records(
     assert sock.recv(4096) == b""
     sock.close()
     udp = udp_socket(lab.attacker, socket.AF_INET)
-    ping = b"ping" + b"p" * 200  # half the reply at least: the reflector guard sends <= 2x
-    udp.sendto(ping, (lab.sensor.ip4, 5060))
-    assert udp.recvfrom(65535)[0] == (REPO / "templates" / "5060_udp").read_bytes()
-    udp.close()
+    try:
+        udp.sendto(b"ping", (lab.sensor.ip4, 5060))
+        assert udp.recvfrom(65535)[0]  # answered (the SIP dialogue's reply)
+    finally:
+        udp.close()
     sensor.wait_records(1)
     assert sensor.stop() == 0
     payloads = sorted(payload_of(r) for r in sensor.records())
-    assert payloads == sorted([PAYLOAD, ping])
+    assert payloads == sorted([PAYLOAD, b"ping"])
 
 
 def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
