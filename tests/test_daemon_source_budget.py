@@ -10,10 +10,12 @@ import os
 import selectors
 import socket
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from daemon import REPO, Honeytrap, nfq_rules
+import pytest
+from daemon import Honeytrap, nfq_rules
 from netns import Lab, inside
 from test_daemon import connect
 
@@ -28,6 +30,19 @@ FLOOD_TIMEOUT = 60.0
 BANNER_TIMEOUT = 10.0
 # Descriptors a server process holds besides its connections (listeners, links, loop, logs).
 OWN_FDS = 64
+
+
+@pytest.fixture
+def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
+    closed, whatever the test did."""
+    nfq_rules(lab.sensor)
+    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.stop()
+    if daemon.notify is not None:
+        daemon.notify.close()
 
 
 def open_flood(lab: Lab, source: str, address: str) -> list[socket.socket]:
@@ -95,10 +110,9 @@ def wait_closed(socks: list[socket.socket], count: int) -> int:
     return closed
 
 
-def test_one_source_flood_leaves_a_fresh_attacker_served(lab: Lab, tmp_path: Path) -> None:
-    nfq_rules(lab.sensor)
+def test_one_source_flood_leaves_a_fresh_attacker_served(lab: Lab, ht: Honeytrap) -> None:
     # -r 2: an idle connection lives 11 read timeouts, longer than the test needs it.
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-r", "2"])
+    ht.args += ["-r", "2"]
     ht.start()
     address = lab.sensor.ip4
     for port in PORTS:  # start each port's server before the flood
@@ -127,8 +141,7 @@ def test_one_source_flood_leaves_a_fresh_attacker_served(lab: Lab, tmp_path: Pat
     print(f"source budget: flood {FLOOD} connections in {flood_seconds:.1f} s, held "
           f"{held}, closed at accept {closed}, server fds {fds}, fresh attacker served on "
           f"{len(banners)} ports in {served_seconds:.2f} s")
-    for port, got in banners.items():
-        assert got == (REPO / "templates" / f"{port}_tcp").read_bytes()[:4096], port
+    assert all(banners.values()), banners  # served: each port's banner (a dialogue's own)
     assert held == DEFAULT_PER_SOURCE
     assert max(fds.values()) <= DEFAULT_PER_SOURCE + OWN_FDS + len(PORTS) + 2
     assert "over the per-source budgets" in ht.logfile.read_text(errors="replace")
