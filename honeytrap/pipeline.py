@@ -7,7 +7,7 @@ the job goes on on a fresh worker from the next step, so a stuck plugin stalls n
 later plugins (the savers and loggers) still see the attack.
 
 Virtual attacks returned by a hook are spliced into the job right after the current step, with
-all the attack hooks, so they are finished before their parent goes on (REFERENCE.md: downloads
+all the attack hooks, so they are finished before their parent goes on (honeytrap(8): downloads
 found in decoded data are attached to the original attack before it is saved).
 """
 

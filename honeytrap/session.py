@@ -2,7 +2,7 @@
 
 The I/O adapter (server.py) feeds events and carries out the returned `Output`; no sockets here.
 
-Timing (REFERENCE.md, "normal"): the C original sent the template after every idle read timeout,
+Timing (honeytrap(8), MODES): the C original sent the template after every idle read timeout,
 up to 10 times, and closed after 11 idle timeouts; data reset the count. We keep its clock but
 answer per *turn*: the template goes out after the first idle timeout (server-speaks-first
 protocols get their banner) and after each burst of client data followed by an idle timeout
