@@ -5,6 +5,7 @@ connection ends. The daemon's own adapter is tested end to end in the daemon tes
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,10 +15,12 @@ from honeytrap.dialogue.base import Dialogue
 
 
 @contextmanager
-def serve(factory: Callable[[], Dialogue], read_timeout: float = 0.3,
-          max_idle: int = 20) -> Iterator[tuple[int, list[dict[str, Any]], threading.Event]]:
-    """Serve `factory`'s dialogues on a loopback port in a thread; yields (port, records,
-    ended): `records` gets each connection's record, `ended` is set after each one."""
+def serve(factory: Callable[[], Dialogue], read_timeout: float = 0.3, max_idle: int = 20,
+          sock: socket.socket | None = None,
+          ) -> Iterator[tuple[int, list[dict[str, Any]], threading.Event]]:
+    """Serve `factory`'s dialogues on a loopback port (or on `sock`, a bound socket, e.g. one
+    made in a test namespace) in a thread; yields (port, records, ended): `records` gets each
+    connection's record, `ended` is set after each one."""
     records: list[dict[str, Any]] = []
     ended = threading.Event()
     ready = threading.Event()
@@ -51,7 +54,10 @@ def serve(factory: Callable[[], Dialogue], read_timeout: float = 0.3,
             ended.set()
 
     async def main(stop: asyncio.Event) -> None:
-        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        if sock is not None:
+            server = await asyncio.start_server(handle, sock=sock)
+        else:
+            server = await asyncio.start_server(handle, "127.0.0.1", 0)
         port.append(server.sockets[0].getsockname()[1])
         ready.set()
         await stop.wait()
