@@ -1,4 +1,5 @@
-"""The benchmark's baseline: the least a honeypot port can do, in plain asyncio.
+"""The benchmark's baselines: the least a honeypot port can do, in plain asyncio (the asyncio
+floor) or, with `--loop uvloop`, the same code on uvloop's event loop (the uvloop floor).
 
 On every connection: send the banner, read what the client sends (up to READ_LIMIT), and when the
 client closes or half-closes, close and append one JSON line to the output file. Listens on
@@ -19,6 +20,7 @@ import signal
 import socket
 import sys
 import time
+from typing import cast
 
 # As honeytrap's read_limit in the benchmark's configuration (tests/daemon.py: 1 MiB).
 READ_LIMIT = 1024 * 1024
@@ -47,8 +49,8 @@ class Recorder(asyncio.Protocol):
         self.local = 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
         self.start = time.time()
         self.peer = transport.get_extra_info("peername")[:2]
         self.local = transport.get_extra_info("sockname")[1]
@@ -117,13 +119,19 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=1)
     parser.add_argument("--banner-hex", default="0a")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, max(FD_LIMIT, hard)))
     except (ValueError, OSError):  # no CAP_SYS_RESOURCE (a container): as far as allowed
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    asyncio.run(serve(args))
+    if args.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(serve(args))
+    else:
+        asyncio.run(serve(args))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 Modes (each prints one JSON line on stdout):
   burst    connect, send --payload bytes, half-close (SHUT_WR), read until the server closes;
-           --concurrency connections in flight; ports --port .. --port + --ports - 1 in turn.
+           --concurrency connections in flight; ports --port .. --port + --ports - 1 in turn;
+           with --rate, at most that many started per second (a steady load, not a burst).
            A connection is *completed* when the server closed cleanly after our half-close.
   idle     open --count connections (--window handshakes in flight) and keep them open; one is
            *served* when its first bytes (the banner) arrive. Prints the counts, then holds every
@@ -56,7 +57,9 @@ def burst(args: argparse.Namespace) -> dict[str, object]:
     deadline = t0 + args.deadline
     next_sweep = t0 + SWEEP_INTERVAL
     while (started < args.count or sel.get_map()) and time.monotonic() < deadline:
-        while started < args.count and len(sel.get_map()) < args.concurrency:
+        # --rate: no more starts than the rate allows so far (the soak's steady load).
+        allowed = args.count if not args.rate else int(args.rate * (time.monotonic() - t0)) + 1
+        while started < min(args.count, allowed) and len(sel.get_map()) < args.concurrency:
             port = args.port + (started * args.stride + args.offset) % args.ports
             started += 1
             sock = _open(args.address, port)
@@ -64,7 +67,7 @@ def burst(args: argparse.Namespace) -> dict[str, object]:
                 counts["failed"] += 1
                 continue
             sel.register(sock, selectors.EVENT_WRITE, [0, time.monotonic()])
-        for key, _ in sel.select(timeout=0.1):
+        for key, _ in sel.select(timeout=0.1 if not args.rate else 0.005):
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
             outcome = _step(sel, sock, key.data, payload)
@@ -192,6 +195,8 @@ def main() -> None:
     parser.add_argument("--offset", type=int, default=0, help="this process's index")
     parser.add_argument("--stride", type=int, default=1, help="how many processes share ports")
     parser.add_argument("--deadline", type=float, default=120.0)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="burst: start at most this many connections per second (0: no cap)")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     try:

@@ -1,20 +1,25 @@
 """The honeytrap benchmark, one command, as root:  python bench/run.py [--quick]
 
 Makes its own attacker and sensor network namespaces (tests/netns.py), queues new SYNs to NFQUEUE
-in the sensor as the README says, and measures, each beside a baseline measured in the same run
-on the same ports in the same sensor namespace (bench/baseline.py: banner, read, one JSON line
-per connection; honeytrap is not running then):
+in the sensor as the README says, and measures honeytrap (the real daemon, `python -m honeytrap`,
+nfq monitor, SaveFile, logAttacker and logJSON on) beside two floors measured in the same run in
+the same sensor namespace (bench/baseline.py: banner, read, one JSON line per connection, on
+plain asyncio and on uvloop). The phases (bench/phases.py: a registry; each phase is a module
+listed in PHASE_MODULES) run in order; --only picks some:
 
-  (a) connections/s with a 200-byte payload and half-close, on one port and across a port sweep,
-      and the records written vs the connections completed (attackers.json lines for honeytrap);
-  (b) idle connections held at once: how many were served (got the banner), and the total PSS of
-      the server's processes (honeytrap: the master and all its children);
-  (c) the time from the first SYN to a fresh port until connect() completes, p50/p99.
+  one_port, sweep  connections/s (200-byte payload, half-close) on one port and across a port
+                   sweep, in --reps paired reps (each rep: asyncio floor, uvloop floor,
+                   honeytrap, back to back), medians with min-max, CPU per connection, records
+                   written vs connections completed (bench/throughput.py);
+  idle             idle connections held at once: how many were served, the PSS (bench/idle.py);
+  latency          first SYN to a fresh port until connect() completes, p50/p99
+                   (bench/latency.py);
+  soak             --soak-seconds at 80% of one_port's median rate: memory flat, everything
+                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py).
 
-honeytrap is the real daemon (`python -m honeytrap`, nfq monitor) with SaveFile, logAttacker and
-logJSON on. The load generator (bench/loadgen.py) runs in the attacker namespace, in the same
-number of processes against both servers. Results: a markdown table printed and written to
-bench/results/ (with the raw figures as JSON).
+The load generator (bench/loadgen.py) runs in the attacker namespace, in the same number of
+processes against every target. Results: a markdown table printed and written to bench/results/
+(with the raw figures as JSON).
 
 The daemon's files (one per attack: SaveFile) go in a work directory made in --workdir (default
 /var/tmp, not /tmp: see bench/README.md) and removed at the end. By default it is a filesystem of
@@ -24,36 +29,36 @@ journal and loop-mounted (bench/workdir.py), unmounted and deleted at the end, a
 Ctrl-C and SIGTERM. --no-fresh-fs makes a plain directory instead; where the loop mount cannot be
 made, the run says why on stderr and does the same. Before the phases, the run times creating,
 writing and closing CALIBRATION_FILES small files there and reports the mean, the filesystem and
-whether it was fresh: what one attack's file costs there, which the baseline never pays.
---only runs some of the phases (one_port, sweep, idle, latency).
+whether it was fresh: what one attack's file costs there, which the floors never pay. The run
+also reports the machine's load average at its start and end (it is often shared).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
 import os
-import select
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import NoReturn
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from daemon import Honeytrap, nfq_rules  # noqa: E402
+from daemon import nfq_rules  # noqa: E402
+from harness import FULL, QUICK, Bench, Sizes  # noqa: E402
 from netns import Lab  # noqa: E402
+from phases import PHASES  # noqa: E402
+from report import Row, markdown, percentile  # noqa: E402
 from workdir import (  # noqa: E402
-    DAEMON_GROUP,
-    DAEMON_USER,
     FRESH_FS_BYTES,
     WorkDir,
     filesystem,
@@ -62,35 +67,12 @@ from workdir import (  # noqa: E402
     work_directory,
 )
 
-from honeytrap.templates import load_template  # noqa: E402
-
-PYTHON = sys.executable
-# The ports measured: a port without a template (honeytrap answers a newline, so does the
-# baseline), a sweep range and a range of fresh ports for the latency test, all unserved.
-ONE_PORT = 4444
-SWEEP_BASE = 20000
-FRESH_BASE = 40000
-# Load generator processes: the machine has 2 cores; both servers face the same load.
-LOADGEN_PROCS = 2
-CONCURRENCY = 100  # connections in flight per load generator process
-# honeytrap's configuration for the load (its needs, as an operator would set them).
-HONEYTRAP_CONFIG = """
-max_servers = "1100"
-max_server_rate = "2000"
-max_connections = "20000"
-"""
-# Read timeout of the idle test (-r): the banner goes out after one read timeout and idle
-# connections close after 11, so this keeps them open while they are counted and measured.
-IDLE_READ_TIMEOUT = 5.0
-# Each phase is bounded: the load generators stop after this long.
-PHASE_DEADLINE = 180.0
-# honeytrap logs at its default level, as an operator runs it (the tests' harness says -t 6).
-LOGLEVEL = 3
-# The targets of the issue, as ratios to the baseline.
-TARGET_THROUGHPUT = 0.6
-TARGET_PSS = 2.0
-# The phases, in the order they run (--only picks some).
-PHASES = ("one_port", "sweep", "idle", "latency")
+# The phase modules, imported in this order (each registers its phases: bench/phases.py). A new
+# phase is a module of its own added here.
+PHASE_MODULES = ("throughput", "idle", "latency", "soak")
+for _module in PHASE_MODULES:
+    importlib.import_module(_module)
+PHASE_NAMES = tuple(PHASES)
 # Where the work directory is made by default. Not /tmp: test runs create and delete many files
 # there, and an ext4 without a journal then spends up to ~1 ms per file creation skipping the
 # recently deleted inodes (find_inode_bit -> recently_deleted), a machine-state cost the
@@ -104,204 +86,6 @@ CALIBRATION_BYTES = 200
 # SaveFile's flags and mode for an attack file (honeytrap/outfile.py).
 CALIBRATION_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
 CALIBRATION_MODE = 0o644
-
-
-@dataclass(frozen=True)
-class Sizes:
-    one_port: int  # connections to one port
-    sweep_ports: int
-    sweep_conns: int
-    idle: tuple[int, ...]
-    fresh_ports: int
-
-
-FULL = Sizes(20000, 1000, 5000, (5000, 15000), 200)
-QUICK = Sizes(300, 50, 100, (300,), 20)
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def descendants(pid: int) -> list[int]:
-    """pid and every process below it (from /proc/*/stat)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(parents.get(current, []))
-    return found
-
-
-def pss_kib(pid: int) -> int:
-    """Total PSS of a process and all its descendants, in KiB (smaps_rollup)."""
-    total = 0
-    for p in descendants(pid):
-        try:
-            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
-        except OSError:
-            continue
-    return total
-
-
-class Bench:
-    def __init__(self, lab: Lab, workdir: Path, sizes: Sizes) -> None:
-        self.lab = lab
-        self.workdir = workdir
-        self.sizes = sizes
-        self.address = lab.sensor.ip4
-        self.banner = load_template(str(REPO / "templates"), "tcp", ONE_PORT)
-        self.runs = 0
-
-    # --- servers ---
-
-    def baseline(self, port: int, ports: int) -> tuple[subprocess.Popen[bytes], Path]:
-        self.runs += 1
-        out = self.workdir / f"baseline-{self.runs}.json"
-        proc = self.lab.spawn(
-            self.lab.sensor,
-            [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports", str(ports),
-             "--banner-hex", self.banner.hex(), "--out", str(out)],
-            stdout=subprocess.PIPE,
-        )
-        assert proc.stdout is not None
-        if proc.stdout.readline().strip() != b"ready":
-            raise RuntimeError("the baseline server did not start")
-        return proc, out
-
-    def stop_baseline(self, proc: subprocess.Popen[bytes], out: Path) -> int:
-        proc.terminate()
-        proc.wait(30)
-        return len(out.read_text().splitlines()) if out.exists() else 0
-
-    def honeytrap(self, read_timeout: float = 1.0) -> Honeytrap:
-        self.runs += 1
-        ht = Honeytrap(
-            self.lab, self.workdir / f"honeytrap-{self.runs}",
-            args=["-u", DAEMON_USER, "-g", DAEMON_GROUP, "-l", "600", "-r", str(read_timeout),
-                  "-t", str(LOGLEVEL)],
-            extra_config=HONEYTRAP_CONFIG,
-        )
-        return ht.start()
-
-    def stop_honeytrap(self, ht: Honeytrap) -> dict[str, int]:
-        """SIGTERM (honeytrap finishes every attack in flight), then count its three outputs."""
-        code = ht.stop(timeout=120)
-        files = len(os.listdir(ht.attacks_dir)) if ht.attacks_dir.exists() else 0
-        log_lines = (
-            len(ht.attacker_log.read_text().splitlines()) if ht.attacker_log.exists() else 0
-        )
-        return {"exit": code, "json": len(ht.records()), "log": log_lines, "files": files}
-
-    # --- load ---
-
-    def loadgen(self, *argv: str, stdin: bool = False) -> subprocess.Popen[bytes]:
-        return self.lab.spawn(
-            self.lab.attacker,
-            [PYTHON, str(BENCH / "loadgen.py"), *argv, "--address", self.address,
-             "--deadline", str(PHASE_DEADLINE)],
-            stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        )
-
-    def burst(self, port: int, ports: int, count: int) -> dict[str, float]:
-        procs = [
-            self.loadgen(
-                "burst", "--port", str(port), "--ports", str(ports),
-                "--count", str(count // LOADGEN_PROCS + (i < count % LOADGEN_PROCS)),
-                "--concurrency", str(CONCURRENCY), "--offset", str(i),
-                "--stride", str(LOADGEN_PROCS),
-            )
-            for i in range(LOADGEN_PROCS)
-        ]
-        results = [json.loads(p.communicate(timeout=PHASE_DEADLINE + 30)[0]) for p in procs]
-        total = {k: sum(r[k] for r in results) for k in ("completed", "failed", "timeout")}
-        elapsed = max(r["elapsed"] for r in results)
-        return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed}
-
-    def idle(self, count: int, server_pid: int) -> dict[str, float]:
-        procs = [
-            self.loadgen(
-                "idle", "--port", str(ONE_PORT),
-                "--count", str(count // LOADGEN_PROCS + (i < count % LOADGEN_PROCS)),
-                stdin=True,
-            )
-            for i in range(LOADGEN_PROCS)
-        ]
-        results = []
-        for p in procs:
-            assert p.stdout is not None
-            ready, _, _ = select.select([p.stdout], [], [], PHASE_DEADLINE + 30)
-            if not ready:
-                raise RuntimeError("an idle load generator did not report")
-            results.append(json.loads(p.stdout.readline()))
-        pss = pss_kib(server_pid)
-        processes = len(descendants(server_pid))
-        for p in procs:
-            p.communicate(b"\n", timeout=60)
-        served = sum(r["served"] for r in results)
-        return {"served": served, "pss_kib": pss, "processes": processes}
-
-    def latency(self, port: int, ports: int) -> list[float]:
-        proc = self.loadgen("latency", "--port", str(port), "--ports", str(ports))
-        result = json.loads(proc.communicate(timeout=PHASE_DEADLINE + 30)[0])
-        return list(result["samples_ms"])
-
-    # --- phases: each measures the baseline, then honeytrap ---
-
-    def throughput(self, port: int, ports: int, count: int) -> dict[str, dict[str, float]]:
-        proc, out = self.baseline(port, ports)
-        base = self.burst(port, ports, count)
-        base["records"] = self.stop_baseline(proc, out)
-        ht = self.honeytrap()
-        mine = self.burst(port, ports, count)
-        outputs = self.stop_honeytrap(ht)
-        mine["records"] = outputs["json"]
-        mine.update({f"records_{k}": v for k, v in outputs.items()})
-        return {"baseline": base, "honeytrap": mine}
-
-    def idle_phase(self, count: int) -> dict[str, dict[str, float]]:
-        proc, out = self.baseline(ONE_PORT, 1)
-        base = self.idle(count, proc.pid)
-        self.stop_baseline(proc, out)
-        ht = self.honeytrap(read_timeout=IDLE_READ_TIMEOUT)
-        mine = self.idle(count, ht.master_pid())
-        self.stop_honeytrap(ht)
-        return {"baseline": base, "honeytrap": mine}
-
-    def latency_phase(self) -> dict[str, list[float]]:
-        n = self.sizes.fresh_ports
-        proc, out = self.baseline(FRESH_BASE, n)
-        base = self.latency(FRESH_BASE, n)
-        self.stop_baseline(proc, out)
-        ht = self.honeytrap()
-        mine = self.latency(FRESH_BASE, n)
-        self.stop_honeytrap(ht)
-        return {"baseline": base, "honeytrap": mine}
-
-    def run(self, phases: Sequence[str]) -> dict[str, Any]:
-        s = self.sizes
-        results: dict[str, Any] = {}
-        if "one_port" in phases:
-            results["one_port"] = self.throughput(ONE_PORT, 1, s.one_port)
-        if "sweep" in phases:
-            results["sweep"] = self.throughput(SWEEP_BASE, s.sweep_ports, s.sweep_conns)
-        if "idle" in phases:
-            for count in s.idle:
-                results[f"idle_{count}"] = self.idle_phase(count)
-        if "latency" in phases:
-            results["latency"] = self.latency_phase()
-        return results
 
 
 # --- the filesystem calibration ---------------------------------------------------------------
@@ -366,88 +150,21 @@ def calibration_line(cal: dict[str, object]) -> str:
 # --- the table ---------------------------------------------------------------------------------
 
 
-def percentile(samples: list[float], q: float) -> float:
-    if not samples:
-        return float("nan")
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-Row = tuple[str, str, str, str, str]
-
-
-def ratio(a: float, b: float) -> str:
-    return f"{b / a:.2f}x" if a else "-"
-
-
-def throughput_rows(r: dict[str, dict[str, float]], label: str, met: dict[str, bool]) -> list[Row]:
-    b, h = r["baseline"], r["honeytrap"]
-    ok = h["rate"] >= TARGET_THROUGHPUT * b["rate"]
-    met[f"throughput {label}"] = ok
-    recorded = h["records"] == h["completed"]
-    met[f"records {label}"] = recorded
-    return [
-        (f"connections/s, {label} (200 B, half-close)", f"{b['rate']:.0f}", f"{h['rate']:.0f}",
-         ratio(b["rate"], h["rate"]), f">= {TARGET_THROUGHPUT}x: {'met' if ok else 'MISSED'}"),
-        (f"completed / records, {label}", f"{b['completed']:.0f} / {b['records']:.0f}",
-         f"{h['completed']:.0f} / {h['records']:.0f}", "",
-         f"equal: {'met' if recorded else 'MISSED'}"),
-    ]
-
-
-def idle_rows(r: dict[str, dict[str, float]], count: int, first: bool,
-              met: dict[str, bool]) -> list[Row]:
-    b, h = r["baseline"], r["honeytrap"]
-    all_served = h["served"] == count
-    met[f"idle {count} served"] = all_served
-    pss_ok = h["pss_kib"] <= TARGET_PSS * b["pss_kib"]
-    target = ""
-    if first:  # the PSS target is about the smaller idle count
-        met[f"PSS {count} idle"] = pss_ok
-        target = f"<= {TARGET_PSS}x: {'met' if pss_ok else 'MISSED'}"
-    return [
-        (f"idle connections served, {count:,}", f"{b['served']:.0f}", f"{h['served']:.0f}", "",
-         f"all: {'met' if all_served else 'MISSED'}"),
-        (f"PSS at {count:,} idle (MiB; processes)",
-         f"{b['pss_kib'] / 1024:.1f} ({b['processes']:.0f})",
-         f"{h['pss_kib'] / 1024:.1f} ({h['processes']:.0f})",
-         ratio(b["pss_kib"], h["pss_kib"]), target),
-    ]
-
-
-def latency_rows(lat: dict[str, list[float]], sizes: Sizes) -> list[Row]:
-    rows = []
-    for q, name in ((0.5, "p50"), (0.99, "p99")):
-        b_ms, h_ms = percentile(lat["baseline"], q), percentile(lat["honeytrap"], q)
-        rows.append((f"first SYN to accept, fresh port, {name} (ms; {len(lat['honeytrap'])} "
-                     f"of {sizes.fresh_ports})", f"{b_ms:.2f}", f"{h_ms:.2f}",
-                     ratio(b_ms, h_ms), ""))
-    return rows
-
-
-def table(results: dict[str, Any], sizes: Sizes) -> tuple[str, dict[str, bool]]:
+def table(bench: Bench, phases: Sequence[str]) -> tuple[str, dict[str, bool]]:
     """The markdown table of the phases that ran, and whether each target was met."""
     rows: list[Row] = []
     met: dict[str, bool] = {}
-    for key, label in (("one_port", "one port"), ("sweep", f"{sizes.sweep_ports}-port sweep")):
-        if key in results:
-            rows += throughput_rows(results[key], label, met)
-    for count in sizes.idle:
-        if f"idle_{count}" in results:
-            rows += idle_rows(results[f"idle_{count}"], count, count == sizes.idle[0], met)
-    if "latency" in results:
-        rows += latency_rows(results["latency"], sizes)
-    head = ("measurement", "baseline", "honeytrap", "ratio", "target")
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n", met
+    for name in phases:
+        if name in bench.results:
+            rows += PHASES[name].rows(bench.results[name], bench, met)
+    return markdown(rows), met
 
 
 # --- the command -------------------------------------------------------------------------------
 
 
 def phase_list(text: str) -> tuple[str, ...]:
-    """--only's value: phase names, comma-separated, run in PHASES order."""
+    """--only's value: phase names, comma-separated, run in registration order."""
     names = {name.strip() for name in text.split(",") if name.strip()}
     unknown = names - set(PHASES)
     if unknown or not names:
@@ -455,6 +172,14 @@ def phase_list(text: str) -> tuple[str, ...]:
             f"phases are {', '.join(PHASES)}; not {', '.join(sorted(unknown)) or 'none'}"
         )
     return tuple(p for p in PHASES if p in names)
+
+
+def with_prerequisites(phases: Sequence[str]) -> tuple[str, ...]:
+    """The phases asked for and those whose figures they read (Phase.after), in order."""
+    wanted = set(phases)
+    for name in phases:
+        wanted.update(PHASES[name].after)
+    return tuple(p for p in PHASES if p in wanted)
 
 
 def parse_args() -> argparse.Namespace:
@@ -474,13 +199,18 @@ def parse_args() -> argparse.Namespace:
              f"a fresh ext4 of its own (a {FRESH_FS_BYTES // 1024**3} GiB sparse image in DIR, "
              "loop-mounted)",
     )
-    parser.add_argument("--only", metavar="PHASE[,PHASE]", type=phase_list, default=PHASES,
-                        help=f"run only these phases ({', '.join(PHASES)})")
+    parser.add_argument("--only", metavar="PHASE[,PHASE]", type=phase_list,
+                        default=PHASE_NAMES, help=f"run only these phases ({', '.join(PHASES)})")
+    parser.add_argument("--reps", type=int, default=None,
+                        help=f"paired reps of the throughput phases (default {FULL.reps}, "
+                             f"--quick {QUICK.reps})")
+    parser.add_argument("--soak-seconds", type=float, default=None,
+                        help=f"length of the soak (default {FULL.soak_seconds:.0f}, "
+                             f"--quick {QUICK.soak_seconds:.0f})")
     return parser.parse_args()
 
 
-def measure(sizes: Sizes, wd: WorkDir,
-            phases: Sequence[str]) -> tuple[dict[str, object], dict[str, Any]]:
+def measure(sizes: Sizes, wd: WorkDir, phases: Sequence[str]) -> tuple[dict[str, object], Bench]:
     """The calibration, then the phases, in a lab of their own."""
     calibration = calibrate(wd)
     lab = Lab.create()
@@ -490,10 +220,12 @@ def measure(sizes: Sizes, wd: WorkDir,
             host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
             host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
         nfq_rules(lab.sensor)
-        results = Bench(lab, wd.path, sizes).run(phases)
+        bench = Bench(lab, wd.path, sizes)
+        for name in phases:
+            bench.results[name] = PHASES[name].run(bench)
     finally:
         lab.close()
-    return calibration, results
+    return calibration, bench
 
 
 def write_results(out: Path, name: str, header: str, text: str, data: dict[str, object]) -> None:
@@ -505,7 +237,7 @@ def write_results(out: Path, name: str, header: str, text: str, data: dict[str, 
 
 
 def title(mode: str, phases: Sequence[str], started: str) -> str:
-    only = "" if tuple(phases) == PHASES else f"{', '.join(phases)} only, "
+    only = "" if tuple(phases) == PHASE_NAMES else f"{', '.join(phases)} only, "
     return f"# honeytrap benchmark ({mode} mode, {only}{started}, {os.cpu_count()} cores)\n\n"
 
 
@@ -513,6 +245,14 @@ def terminated(signum: int, frame: FrameType | None) -> NoReturn:
     """SIGTERM ends the run as Ctrl-C does: through the `finally`s, which unmount and delete the
     work directory's filesystem and remove the namespaces."""
     raise SystemExit(128 + signum)
+
+
+def load_line(start: tuple[float, float, float], end: tuple[float, float, float]) -> str:
+    """The machine's load while the run ran: it is shared, and the floors measured beside
+    honeytrap in every rep are what make the ratios meaningful under that load."""
+    return (f"Machine load average (1, 5, 15 min): {start[0]:.2f} {start[1]:.2f} {start[2]:.2f} "
+            f"at the start, {end[0]:.2f} {end[1]:.2f} {end[2]:.2f} at the end, "
+            f"{os.cpu_count()} cores.\n")
 
 
 def main() -> int:
@@ -526,21 +266,31 @@ def main() -> int:
         sys.stderr.write(f"bench/run.py: --workdir: {why_not}\n")
         return 2
     sizes = QUICK if args.quick else FULL
+    if args.reps is not None:
+        sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
+    if args.soak_seconds is not None:
+        sizes = dataclasses.replace(sizes, soak_seconds=max(1.0, args.soak_seconds))
     mode = "quick" if args.quick else "full"
+    phases = with_prerequisites(args.only)
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    load_start = os.getloadavg()
     signal.signal(signal.SIGTERM, terminated)
     with work_directory(parent, args.fresh_fs) as wd:
-        calibration, results = measure(sizes, wd, args.only)
-    text, met = table(results, sizes)
-    header = (title(mode, args.only, started)
-              + "Baseline: bench/baseline.py on the same ports in the same sensor namespace.\n"
+        calibration, bench = measure(sizes, wd, phases)
+    load_end = os.getloadavg()
+    text, met = table(bench, phases)
+    header = (title(mode, phases, started)
+              + "Floors: bench/baseline.py on asyncio and on uvloop, on ports of their own in the "
+                "same sensor namespace, measured in the same reps as honeytrap.\n"
+              + load_line(load_start, load_end)
               + calibration_line(calibration) + "\n")
     data: dict[str, object] = {
-        "mode": mode, "phases": list(args.only), "started": started,
-        "calibration": calibration, "results": results, "targets_met": met,
+        "mode": mode, "phases": list(phases), "started": started,
+        "sizes": dataclasses.asdict(sizes), "load_average": [load_start, load_end],
+        "calibration": calibration, "results": bench.results, "targets_met": met,
     }
     # A partial run gets files of its own, so that it never stands in for a whole one.
-    name = mode if args.only == PHASES else f"{mode}-{'+'.join(args.only)}"
+    name = mode if phases == PHASE_NAMES else f"{mode}-{'+'.join(phases)}"
     write_results(Path(args.out), name, header, text, data)
     sys.stdout.write(header + text)
     return 0

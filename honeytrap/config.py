@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import confparse, reflector, resources
+from honeytrap import confparse, eventloop, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -144,6 +144,7 @@ class Config:
     bpf_expression: str = ""
     # Our extensions (documented in man/honeytrap.8).
     monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
+    event_loop: str = "auto"  # the server processes': "auto" | "uvloop" | "asyncio" (eventloop.py)
     nfq_queue: int = 0
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
@@ -284,6 +285,14 @@ def _default_mode(value: Scalar, key: str) -> Mode:
     return _DEFAULT_MODES[value.value]
 
 
+def _event_loop(value: Scalar, key: str) -> str:
+    try:
+        eventloop.check_name(value.value)
+    except ConfigError as exc:
+        raise _error(exc.message, value, key) from exc
+    return value.value
+
+
 def _monitor(value: Scalar, key: str) -> str:
     try:
         check_monitor_name(value.value)
@@ -326,6 +335,7 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "bpf_expression": _text,
     # Our extensions.
     "monitor": _monitor,
+    "event_loop": _event_loop,
     "nfq_queue": _number,
     "max_servers": _number,
     "ports_per_process": _number,

@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload, jsonable
@@ -63,7 +63,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.attach(transport)
         self.server.connection_opened(self)
 

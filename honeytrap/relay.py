@@ -194,7 +194,7 @@ class TcpLeg(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.transport = transport
         transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
         self.owner.leg_made(self)
@@ -502,7 +502,7 @@ class RelayConnection(asyncio.Protocol, RelayBase):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.transport = transport
         local = split(transport.get_extra_info("sockname"))
         remote = split(transport.get_extra_info("peername"))

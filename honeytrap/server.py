@@ -31,7 +31,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, templates
+from honeytrap import control, eventloop, forked, privileges, proctitle, templates
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import Config, PortConf
 from honeytrap.dialogue.catalog import Catalog
@@ -97,7 +97,8 @@ def child_main(spec: ServerSpec) -> int:
     privileges.drop(spec.identity)
     process = ServerProcess(spec)
     try:
-        done = asyncio.run(process.serve())
+        with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
+            done = runner.run(process.serve())
     finally:
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1

@@ -86,6 +86,16 @@ class Broker:
         with self.cond:
             return self.cond.wait_for(lambda: len(self.received) >= count, timeout)
 
+    def wait_for_ids(
+        self, ids: set[str], timeout: float, channel: str = "honeytrap.events"
+    ) -> bool:
+        """Every one of `ids` arrived on `channel` (a count is not enough where a record may
+        arrive twice: the duplicate would stand in for one still in flight)."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: ids <= {i for c, _, i in self.received if c == channel}, timeout
+            )
+
     def ids(self, channel: str = "honeytrap.events") -> Counter[str]:
         """Attack ids received on `channel`, with how often each came."""
         with self.cond:
@@ -108,10 +118,17 @@ def _serve(fd: int, auth_file: str) -> None:
             super().publish(source, chan, data)
 
     async def main() -> None:
-        server = RecordingServer(auth=Authenticator(auth_file))
+        # The broker always starts a Prometheus exporter; unset, it binds every address on port
+        # 8080 of the host, which collides with anything else there (another broker of a
+        # parallel run, a test's server): an ephemeral loopback port instead.
+        server = RecordingServer(auth=Authenticator(auth_file), exporter="127.0.0.1:0")
         server.add_endpoint_test(socket.socket(fileno=fd))
         task = asyncio.ensure_future(server.serve_forever())
-        await server.when_started
+        # serve_forever logs a start-up failure and returns without setting when_started: wait
+        # for either, so a broker that cannot start exits (the test sees EOF, not a hang).
+        await asyncio.wait({task, server.when_started}, return_when=asyncio.FIRST_COMPLETED)
+        if not server.when_started.done():
+            sys.exit(1)
         sys.stdout.write("ready\n")
         sys.stdout.flush()
         await task

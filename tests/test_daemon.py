@@ -93,6 +93,31 @@ def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
     assert "%n" not in line and "\x1b" not in line  # attacker bytes never reach the log line
 
 
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_either_event_loop_serves_tcp_and_udp_and_records(
+    lab: Lab, sensor: Honeytrap, event_loop: str
+) -> None:
+    """event_loop: the server processes run the same connection code on either loop."""
+    sensor.extra_config = f'event_loop = "{event_loop}"'
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 21)
+    assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
+    sock.sendall(PAYLOAD)
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(4096) == b""
+    sock.close()
+    udp = udp_socket(lab.attacker, socket.AF_INET)
+    try:
+        udp.sendto(b"ping", (lab.sensor.ip4, 5060))
+        assert udp.recvfrom(65535)[0]  # answered (the SIP dialogue's reply)
+    finally:
+        udp.close()
+    sensor.wait_records(1)
+    assert sensor.stop() == 0
+    payloads = sorted(payload_of(r) for r in sensor.records())
+    assert payloads == sorted([PAYLOAD, b"ping"])
+
+
 def test_dynamic_server_runs_as_the_u_user(lab: Lab, sensor: Honeytrap) -> None:
     sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 8080)

@@ -207,7 +207,7 @@ def test_ident_without_subscribe_right_still_delivers(broker: Broker, tmp_path: 
     finally:
         instance.close()
     assert instance.output.sink.confirm is False
-    assert broker.wait_for(5, WAIT)
+    assert broker.wait_for_ids({a.id for a in attacks}, WAIT)
     ids = broker.ids()
     assert set(ids) == {a.id for a in attacks}
     assert sum(ids.values()) <= len(attacks) + 1

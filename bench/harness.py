@@ -1,0 +1,337 @@
+"""What the benchmark's phases share: the lab, the servers measured (the asyncio and uvloop
+floors, bench/baseline.py; honeytrap, the real daemon), the load (bench/loadgen.py) and the
+process figures (CPU time and PSS from /proc, by role).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))
+
+from daemon import Honeytrap  # noqa: E402
+from netns import Lab, inside  # noqa: E402
+from workdir import DAEMON_GROUP, DAEMON_USER  # noqa: E402
+
+from honeytrap.templates import load_template  # noqa: E402
+
+PYTHON = sys.executable
+# Load generator processes: the machine has 2 cores; every target faces the same load.
+LOADGEN_PROCS = 2
+CONCURRENCY = 100  # connections in flight per load generator process
+# honeytrap's configuration for the load (its needs, as an operator would set them).
+HONEYTRAP_CONFIG = """
+max_servers = "1100"
+max_server_rate = "2000"
+max_connections = "20000"
+"""
+# The floors' loops (bench/baseline.py --loop).
+FLOORS = ("asyncio", "uvloop")
+# Each load generator run is bounded: it stops after this long.
+PHASE_DEADLINE = 180.0
+# After a burst, honeytrap's records (the recorder works behind the servers) are waited for
+# this long at most before its CPU time is read.
+RECORDS_WAIT = 120.0
+# honeytrap logs at its default level, as an operator runs it (the tests' harness says -t 6).
+LOGLEVEL = 3
+# The daemon's metrics port inside the sensor namespace (the soak reads `unacknowledged`).
+METRICS_PORT = 9100
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+RECORDER_NAME = "honeytrap-rec"  # /proc/<pid>/comm of the recorder (proctitle.RECORDER)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    one_port: int  # connections to one port, per rep and target
+    sweep_ports: int
+    sweep_conns: int  # per rep and target
+    idle: tuple[int, ...]
+    fresh_ports: int
+    reps: int
+    soak_seconds: float
+
+
+FULL = Sizes(20000, 1000, 5000, (5000, 15000), 200, 5, 600.0)
+QUICK = Sizes(300, 50, 100, (300,), 20, 2, 5.0)
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every process below it (from /proc/*/stat)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(parents.get(current, []))
+    return found
+
+
+def pss_kib(pid: int) -> int:
+    """PSS of one process in KiB (smaps_rollup); 0 if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_pss_kib(pid: int) -> int:
+    """Total PSS of a process and all its descendants, in KiB."""
+    return sum(pss_kib(p) for p in descendants(pid))
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and of its reaped children (proc(5) stat 14-17)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+
+
+def role(pid: int, master: int) -> str:
+    if pid == master:
+        return "master"
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    return "recorder" if comm == RECORDER_NAME else "servers"
+
+
+def by_role(master: int, figure: Any) -> dict[str, float]:
+    """figure(pid) summed over honeytrap's processes, by role (master, recorder, servers)."""
+    out = {"master": 0.0, "recorder": 0.0, "servers": 0.0}
+    for pid in descendants(master):
+        name = role(pid, master)
+        if name in out:
+            out[name] += figure(pid)
+    return out
+
+
+# --- the bench ---------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, lab: Lab, workdir: Path, sizes: Sizes) -> None:
+        self.lab = lab
+        self.workdir = workdir
+        self.sizes = sizes
+        self.address = lab.sensor.ip4
+        self.banner = load_template(str(REPO / "templates"), "tcp", 4444)
+        self.runs = 0
+        self.results: dict[str, Any] = {}  # the figures of the phases run so far
+
+    # --- servers ---
+
+    def floor(self, loop: str, port: int, ports: int) -> Floor:
+        self.runs += 1
+        out = self.workdir / f"floor-{loop}-{self.runs}.json"
+        proc = self.lab.spawn(
+            self.lab.sensor,
+            [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports", str(ports),
+             "--banner-hex", self.banner.hex(), "--out", str(out), "--loop", loop],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the {loop} floor did not start")
+        return Floor(loop, proc, out, port, ports)
+
+    def honeytrap(self, read_timeout: float = 1.0, extra: str = "") -> Honeytrap:
+        self.runs += 1
+        ht = Honeytrap(
+            self.lab, self.workdir / f"honeytrap-{self.runs}",
+            args=["-u", DAEMON_USER, "-g", DAEMON_GROUP, "-l", "600", "-r", str(read_timeout),
+                  "-t", str(LOGLEVEL)],
+            extra_config=HONEYTRAP_CONFIG + extra,
+        )
+        return ht.start()
+
+    def stop_honeytrap(self, ht: Honeytrap) -> dict[str, Any]:
+        """SIGTERM (honeytrap finishes every attack in flight), then count its three outputs."""
+        started = time.monotonic()
+        code = ht.stop(timeout=120)
+        stop_seconds = time.monotonic() - started
+        files = len(os.listdir(ht.attacks_dir)) if ht.attacks_dir.exists() else 0
+        return {"exit": code, "stop_seconds": stop_seconds, "json": lines(ht.attackers_json),
+                "log": lines(ht.attacker_log), "files": files,
+                "server_crashes": server_crashes(ht)}
+
+    # --- load ---
+
+    def loadgen(self, *argv: str, stdin: bool = False,
+                deadline: float = PHASE_DEADLINE) -> subprocess.Popen[bytes]:
+        return self.lab.spawn(
+            self.lab.attacker,
+            [PYTHON, str(BENCH / "loadgen.py"), *argv, "--address", self.address,
+             "--deadline", str(deadline)],
+            stdout=subprocess.PIPE, stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        )
+
+    def burst(self, port: int, ports: int, count: int, rate: float = 0.0,
+              deadline: float = PHASE_DEADLINE) -> dict[str, float]:
+        return self.collect(self.start_burst(port, ports, count, rate, deadline), deadline)
+
+    def start_burst(self, port: int, ports: int, count: int, rate: float = 0.0,
+                    deadline: float = PHASE_DEADLINE) -> list[subprocess.Popen[bytes]]:
+        return [
+            self.loadgen(
+                "burst", "--port", str(port), "--ports", str(ports),
+                "--count", str(count // LOADGEN_PROCS + (i < count % LOADGEN_PROCS)),
+                "--concurrency", str(CONCURRENCY), "--offset", str(i),
+                "--stride", str(LOADGEN_PROCS), "--rate", str(rate / LOADGEN_PROCS),
+                deadline=deadline,
+            )
+            for i in range(LOADGEN_PROCS)
+        ]
+
+    def collect(self, procs: list[subprocess.Popen[bytes]],
+                deadline: float = PHASE_DEADLINE) -> dict[str, float]:
+        results = [json.loads(p.communicate(timeout=deadline + 30)[0]) for p in procs]
+        total = {k: sum(r[k] for r in results) for k in ("completed", "failed", "timeout")}
+        elapsed = max(r["elapsed"] for r in results)
+        return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed}
+
+    def idle(self, port: int, count: int, server_pid: int) -> dict[str, Any]:
+        procs = [
+            self.loadgen(
+                "idle", "--port", str(port),
+                "--count", str(count // LOADGEN_PROCS + (i < count % LOADGEN_PROCS)),
+                stdin=True,
+            )
+            for i in range(LOADGEN_PROCS)
+        ]
+        results = []
+        for p in procs:
+            assert p.stdout is not None
+            ready, _, _ = select.select([p.stdout], [], [], PHASE_DEADLINE + 30)
+            if not ready:
+                raise RuntimeError("an idle load generator did not report")
+            results.append(json.loads(p.stdout.readline()))
+        pss = tree_pss_kib(server_pid)
+        roles = by_role(server_pid, pss_kib)
+        processes = len(descendants(server_pid))
+        for p in procs:
+            p.communicate(b"\n", timeout=60)
+        served = sum(r["served"] for r in results)
+        return {"served": served, "pss_kib": pss, "processes": processes, "pss_roles": roles}
+
+    def latency(self, port: int, ports: int) -> list[float]:
+        proc = self.loadgen("latency", "--port", str(port), "--ports", str(ports))
+        result = json.loads(proc.communicate(timeout=PHASE_DEADLINE + 30)[0])
+        return list(result["samples_ms"])
+
+    # --- measuring one target under a burst ---
+
+    def measure_floor(self, floor: Floor, count: int, port: int | None = None) -> dict[str, Any]:
+        before = cpu_seconds(floor.proc.pid)
+        result = self.burst(floor.port if port is None else port, floor.ports, count)
+        result["cpu_us"] = (cpu_seconds(floor.proc.pid) - before) * 1e6 / max(1, count)
+        return result
+
+    def measure_honeytrap(self, ht: Honeytrap, port: int, ports: int,
+                          count: int) -> dict[str, Any]:
+        """A burst, then the wait (bounded) for the recorder to write every record, so the CPU
+        time read after it is the whole cost of the burst's attacks, by role."""
+        master = ht.master_pid()
+        before = by_role(master, cpu_seconds)
+        records_before = lines(ht.attackers_json)
+        result = self.burst(port, ports, count)
+        result["records_wait"] = wait_lines(
+            ht.attackers_json, records_before + int(result["completed"]), RECORDS_WAIT
+        )
+        after = by_role(master, cpu_seconds)
+        done = max(1, int(result["completed"]))
+        result["cpu_roles_us"] = {k: (after[k] - before[k]) * 1e6 / done for k in after}
+        result["cpu_us"] = sum(result["cpu_roles_us"].values())
+        result["pss_kib"] = tree_pss_kib(master)
+        result["pss_roles"] = by_role(master, pss_kib)
+        return result
+
+
+@dataclass
+class Floor:
+    loop: str
+    proc: subprocess.Popen[bytes]
+    out: Path
+    port: int
+    ports: int
+
+    def stop(self) -> int:
+        """SIGTERM; the records it wrote (one JSON line per connection)."""
+        self.proc.terminate()
+        self.proc.wait(30)
+        return lines(self.out)
+
+
+def lines(path: Path) -> int:
+    try:
+        with open(path, "rb") as f:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+    except FileNotFoundError:
+        return 0
+
+
+def wait_lines(path: Path, count: int, seconds: float) -> float:
+    """Wait until `path` has `count` lines (bounded); the seconds it took, -1 if it never did."""
+    started = time.monotonic()
+    while lines(path) < count:
+        if time.monotonic() - started > seconds:
+            return -1.0
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def server_crashes(ht: Honeytrap) -> int:
+    """Server processes the master logged as exited with an error (it counts each one in
+    server_crashes; the line is an error, logged at the bench's level)."""
+    try:
+        text = ht.logfile.read_text(errors="replace")
+    except OSError:
+        return -1
+    return sum(1 for line in text.splitlines()
+               if "server process" in line and "exited with status" in line)
+
+
+def scrape(lab: Lab, port: int = METRICS_PORT) -> dict[str, float]:
+    """honeytrap's Prometheus metrics (metrics_listen), from inside the sensor namespace."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with inside(lab.sensor):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    try:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = b""
+        while chunk := sock.recv(65536):
+            body += chunk
+    finally:
+        sock.close()
+    text = body.split(b"\r\n\r\n", 1)[1].decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}

@@ -1,0 +1,108 @@
+"""The soak phase: honeytrap under a steady load of SOAK_LOAD times the highest rate it
+reached (one_port's median) for --soak-seconds (10 minutes by default), one port, 200 B,
+half-close. Its memory is sampled every SAMPLE_SECONDS by role; at the end every attack must be
+recorded and acknowledged (the servers' `unacknowledged` gauge, scraped from metrics_listen, at
+zero), SIGTERM must complete within STOP_TARGET seconds and no server process may exit as
+crashed; and memory must stay flat: the last window's mean within MEMORY_TOLERANCE of the
+second's (windows of a minute, a fifth of a shorter soak)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from harness import METRICS_PORT, Bench, by_role, lines, pss_kib, scrape, wait_lines
+from phases import Phase, register
+from report import Row, median, row, verdict
+
+SOAK_PORT = 4444
+SOAK_LOAD = 0.8
+SAMPLE_SECONDS = 5.0
+WINDOW_SECONDS = 60.0
+MEMORY_TOLERANCE = 0.10
+STOP_TARGET = 5.0
+# After the load: the recorder's last records, then the servers' last report (each sends its
+# figures within a second of a change, honeytrap/server.py STATS_DELAY), waited for this long.
+SETTLE_SECONDS = 60.0
+
+
+def soak(bench: Bench) -> dict[str, Any]:
+    top = median([rep["honeytrap"]["rate"] for rep in bench.results["one_port"]["reps"]])
+    rate = SOAK_LOAD * top
+    seconds = bench.sizes.soak_seconds
+    ht = bench.honeytrap(extra=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\n')
+    try:
+        master = ht.master_pid()
+        started = time.monotonic()
+        procs = bench.start_burst(SOAK_PORT, 1, int(rate * seconds), rate,
+                                  deadline=seconds + SETTLE_SECONDS)
+        samples: list[dict[str, float]] = []
+        every = min(SAMPLE_SECONDS, window(seconds) / 4)  # a few samples in every window
+        while any(p.poll() is None for p in procs):
+            roles = by_role(master, pss_kib)
+            samples.append({"t": time.monotonic() - started, **roles,
+                            "records": lines(ht.attackers_json)})
+            time.sleep(every)
+        load = bench.collect(procs, seconds + SETTLE_SECONDS)
+        completed = int(load["completed"])
+        load["records_wait"] = wait_lines(ht.attackers_json, completed, SETTLE_SECONDS)
+        figures: dict[str, float] = {}
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline:
+            figures = scrape(bench.lab)
+            if (figures.get("honeytrap_attacks_total") == completed
+                    and figures.get("honeytrap_unacknowledged") == 0):
+                break
+            time.sleep(0.5)
+    finally:
+        outputs = bench.stop_honeytrap(ht)
+    return {"rate_asked": rate, "seconds": seconds, "load": load, "samples": samples,
+            "unacknowledged": figures.get("honeytrap_unacknowledged", -1),
+            "attacks_reported": figures.get("honeytrap_attacks_total", -1), "outputs": outputs}
+
+
+def window(seconds: float) -> float:
+    return min(WINDOW_SECONDS, seconds / 5)
+
+
+def window_mean(samples: list[dict[str, float]], key: str, start: float, end: float) -> float:
+    values = [s[key] for s in samples if start <= s["t"] < end]
+    return sum(values) / len(values) if values else float("nan")
+
+
+def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row]:
+    seconds, load, outputs = r["seconds"], r["load"], r["outputs"]
+    span = window(seconds)
+    out = [row(f"soak: {seconds:.0f} s at {SOAK_LOAD:.0%} of one port's median "
+               f"({r['rate_asked']:.0f}/s asked)",
+               honeytrap=f"{load['rate']:.0f}/s, {load['completed']:.0f} completed, "
+                         f"{load['failed'] + load['timeout']:.0f} failed")]
+    for key in ("servers", "recorder"):
+        second = window_mean(r["samples"], key, span, 2 * span)
+        last = window_mean(r["samples"], key, seconds - span, seconds + 1)
+        flat = last <= (1 + MEMORY_TOLERANCE) * second
+        met[f"soak {key} memory flat"] = flat
+        out.append(row(f"soak: {key} PSS, second -> last {span:.0f} s (MiB)",
+                       honeytrap=f"{second / 1024:.1f} -> {last / 1024:.1f}",
+                       ratio=f"{last / second:.2f}x" if second else "-",
+                       target=verdict(flat, f"within {MEMORY_TOLERANCE:.0%}")))
+    recorded = outputs["json"] == load["completed"] and outputs["files"] == load["completed"]
+    met["soak records"] = recorded
+    out.append(row("soak: completed / records (JSON, files)",
+                   honeytrap=f"{load['completed']:.0f} / {outputs['json']}, {outputs['files']}",
+                   target=verdict(recorded, "equal")))
+    acked = r["unacknowledged"] == 0 and r["attacks_reported"] == load["completed"]
+    met["soak unacknowledged zero"] = acked
+    out.append(row("soak: unacknowledged at the end (servers' gauge)",
+                   honeytrap=f"{r['unacknowledged']:.0f}", target=verdict(acked, "0")))
+    clean = (outputs["stop_seconds"] < STOP_TARGET and outputs["exit"] == 0
+             and outputs["server_crashes"] == 0)
+    met["soak SIGTERM"] = clean
+    out.append(row("soak: SIGTERM to exit (s); exit status; servers crashed",
+                   honeytrap=f"{outputs['stop_seconds']:.2f}; {outputs['exit']}; "
+                             f"{outputs['server_crashes']}",
+                   target=verdict(clean, f"< {STOP_TARGET:.0f} s, 0, 0")))
+    return out
+
+
+register(Phase("soak", soak, soak_rows, after=("one_port",)))

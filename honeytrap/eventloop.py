@@ -1,0 +1,68 @@
+"""The event loop the server processes run on (`event_loop`): uvloop or plain asyncio.
+
+uvloop's transports are written in C: measured here (bench/), a server process spends ~90 us of
+CPU per connection on it against ~118 us on asyncio's, and the bench's uvloop floor serves a
+connection in ~60 us against the asyncio floor's ~95 us. The connection code is the same on
+both: it only uses the asyncio Protocol/Transport API and loop.add_reader & co., which uvloop
+implements. "auto" takes uvloop when it is installed (a dependency of the package, but an
+install from a distribution may lack it), asyncio otherwise.
+
+Mirror and proxy mode (relay.py) hand a connection from one protocol object to another and
+pause and resume its reading mid-stream; on uvloop that loses data (tests/test_modes.py fails
+there), so a configuration with any mirror or proxy port (-m, portconf_default, a portconf
+entry) runs its server processes on asyncio whatever event_loop says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from honeytrap.attack import Mode
+from honeytrap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from honeytrap.config import Config
+
+# The modes that need asyncio's transports (see above); relay.RELAY_MODES.
+_RELAY_MODES = (Mode.MIRROR, Mode.PROXY)
+
+CHOICES = ("auto", "uvloop", "asyncio")
+
+
+def available(name: str) -> bool:
+    return name == "asyncio" or importlib.util.find_spec(name) is not None
+
+
+def check_name(name: str) -> None:
+    """A ConfigError unless `name` is a choice this host can run."""
+    if name not in CHOICES:
+        raise ConfigError(f"event_loop must be one of {', '.join(CHOICES)}, not {name!r}")
+    if name == "uvloop" and not available("uvloop"):
+        raise ConfigError("event_loop is uvloop, but uvloop is not installed")
+
+
+def relays(config: Config) -> bool:
+    """Whether any port may be served in mirror or proxy mode."""
+    return (config.mirror_all or config.portconf_default in _RELAY_MODES
+            or any(conf.mode in _RELAY_MODES for conf in config.ports.values()))
+
+
+def resolve(config: Config) -> str:
+    """The loop the server processes run on: "uvloop" or "asyncio"."""
+    if relays(config):
+        return "asyncio"
+    if config.event_loop == "auto":
+        return "uvloop" if available("uvloop") else "asyncio"
+    return config.event_loop
+
+
+def factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop]:
+    """A new-loop function for asyncio.Runner(loop_factory=...)."""
+    if resolve(config) == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return asyncio.new_event_loop
