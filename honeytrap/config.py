@@ -1,4 +1,4 @@
-"""The one configuration object, built and validated up front (STYLE.md).
+"""The one configuration object, built and validated up front.
 
 `load_config(path)` reads a file in the original's syntax (see confparse.py) into a `Config`;
 `apply_overrides` (alias `apply_options`) lays command-line values over it (the man page: the
@@ -31,7 +31,7 @@ from honeytrap.state import DEFAULT_STATE_DIR, check_sensor_id
 OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
 
 # Named limits and defaults. Each says why.
-DEFAULT_CONFIG_FILE = "/etc/honeytrap/honeytrap.conf"  # man page / REFERENCE.md
+DEFAULT_CONFIG_FILE = "/etc/honeytrap/honeytrap.conf"  # honeytrap(8), -C
 DEFAULT_LOGFILE = "/var/log/honeytrap.log"
 DEFAULT_PIDFILE = "/run/honeytrap.pid"
 DEFAULT_LISTEN_TIMEOUT = 30.0  # man page: "-l ... Default is 30" (the C code used 120)
