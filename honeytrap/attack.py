@@ -112,6 +112,45 @@ class Connection:
         }
 
 
+@dataclass(frozen=True)
+class DialogueRecord:
+    """How normal mode answered: the dialogue (protocol) that did, the exchange in order, and
+    the dialogue's own fields (dialogue/base.py's record(): fixed key names, JSON values).
+
+    `turns` is the exchange in order as byte counts: +n bytes from the attacker, -n bytes from
+    us (the attacker's bytes themselves are attack_connection's payload, byte-exact; ours are
+    `sent`). One array of numbers, so Elasticsearch maps it as one long field."""
+
+    protocol: str  # "ftp", "http", "raw" (a raw template), "none" (nothing said), ...
+    turns: tuple[int, ...] = ()
+    sent: Payload = field(default_factory=Payload)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "protocol": self.protocol,
+            "turns": list(self.turns),
+            "sent": {"length": self.sent.size, "data_hex": self.sent.data.hex()},
+            "fields": self.fields,
+        }
+
+
+def jsonable(value: Any) -> Any:
+    """A dialogue's record() value as JSON: bytes as hex text, tuples as lists, keys as text."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+_NO_DIALOGUE = DialogueRecord("")
+
+
 # T-Pot's attackers.json always carries proxy_connection; the C code filled an unused one with
 # zeros. We keep the key (ELK mappings expect it) with the same zero values.
 _NO_CONNECTION = Connection("ip", "0.0.0.0", 0, "0.0.0.0", 0)
@@ -182,6 +221,7 @@ class Attack:
     start_time: float = field(default_factory=time.time)
     end_time: float = 0.0
     proxy_connection: Connection | None = None
+    dialogue: DialogueRecord | None = None  # normal mode: how the sensor answered
     is_virtual: bool = False
     parent: Attack | None = None
     id: str = field(default_factory=lambda: uuid.uuid4().hex)
@@ -271,6 +311,7 @@ class Attack:
             "operation_mode_name": self.mode.label,
             "attack_connection": self.attack_connection.to_json(),
             "proxy_connection": (self.proxy_connection or _NO_CONNECTION).to_json(),
+            "dialogue": (self.dialogue or _NO_DIALOGUE).to_json(),
             "download_count": len(downloads),
             "download_tries": len(tries),
             "downloads": downloads,

@@ -20,6 +20,7 @@ from typing import NoReturn
 from honeytrap import __version__, capabilities, daemon, privileges, resources, state
 from honeytrap import log as logs
 from honeytrap.config import DEFAULT_CONFIG_FILE, Config, apply_overrides, load_config
+from honeytrap.dialogue.catalog import load_catalog
 from honeytrap.errors import ConfigError, HoneytrapError, PluginError
 from honeytrap.monitor import check_monitor_name
 from honeytrap.monitor.choice import descriptors, open_monitor
@@ -178,7 +179,8 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
     try:
         # Check the plugins load before detaching, so a mistake is seen on the terminal.
         load_plugins(config).close()
-    except PluginError as exc:
+        load_catalog(config)  # a bad dialogue file, too
+    except (PluginError, ConfigError) as exc:
         sys.stderr.write(f"honeytrap: {exc}\n")
         return EXIT_USAGE
     pidfile = PidFile(config.pidfile)

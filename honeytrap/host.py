@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from honeytrap.attack import Attack, Connection
     from honeytrap.config import Config, PortConf
+    from honeytrap.dialogue.base import DialogueFactory
+    from honeytrap.dialogue.catalog import Catalog
     from honeytrap.mirror import MirrorPolicy
     from honeytrap.reflector import ReflectorGuard
     from honeytrap.session import Closed
@@ -41,8 +43,10 @@ class Host(Protocol):
 
     port: PortConf
     config: Config
-    template: bytes
+    template: bytes  # the raw template (or the default), for UDP and relay fall-backs
     has_template: bool  # False: the port has no template file (UDP then sends nothing)
+    catalog: Catalog  # the sensor's dialogues (dialogue/catalog.py)
+    dialogue: DialogueFactory  # what answers this port's TCP connections in normal mode
     mirror: MirrorPolicy
     reflector: ReflectorGuard  # what a UDP port may send to a source (reflector.py)
     loop: asyncio.AbstractEventLoop

@@ -33,6 +33,7 @@ from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
 from honeytrap.control import Channel
+from honeytrap.dialogue.catalog import load_catalog
 from honeytrap.errors import HoneytrapError
 from honeytrap.listener import PortInUse, bind_port
 from honeytrap.monitor import Held, Monitor
@@ -119,6 +120,7 @@ class Master:
     ) -> None:
         self.config = config
         self.registry = registry
+        self.catalog = load_catalog(config)  # dialogues, inherited by every server process
         self.monitor = monitor
         self.identity = identity
         self.reload_config = reload_config
@@ -332,7 +334,7 @@ class Master:
         parent_end, child_end = socket.socketpair()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
-            close_in_child=[*self._fds_for_child(), parent_end.fileno()],
+            close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
         )
         pid = forked.fork_child("server process", lambda: child_main(spec))
         for end in (child_end, link):
@@ -514,13 +516,14 @@ class Master:
         daemon.notify("RELOADING=1")
         try:
             config = self.reload_config()
+            catalog = load_catalog(config)
             registry = load_plugins(config)
         except HoneytrapError as exc:
             log.error("reload failed, keeping the running configuration: %s", exc)
             daemon.notify("READY=1")
             return
         old = self.registry
-        self.config, self.registry = config, registry
+        self.config, self.registry, self.catalog = config, registry, catalog
         old.close()
         # New plugins, new recorder; the old one records what its servers still hand it, then
         # exits once they all have.

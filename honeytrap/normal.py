@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from honeytrap.addresses import split
-from honeytrap.attack import Attack, Connection, Mode, Payload
+from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload, jsonable
+from honeytrap.datachannel import FtpData
+from honeytrap.dialogue.base import DataChannel
 from honeytrap.host import RESOURCE_ERRNOS, Finisher, Host
 from honeytrap.relay import RELAY_MODES, UdpRelayPeer
 from honeytrap.session import Closed, NormalSession, Output, UdpExchange
@@ -41,24 +43,23 @@ CMSG_SPACE = socket.CMSG_SPACE(32)
 
 
 class NormalConnection(asyncio.Protocol, Finisher):
-    """Normal mode over TCP: a NormalSession driven by data, the read-timeout clock and EOF."""
+    """Normal mode over TCP: the port's dialogue in a NormalSession (session.py), driven by data,
+    the session's clock and EOF. Replies wait their jitter (in order); FTP's data connection is
+    datachannel.py's."""
 
     def __init__(self, server: Host, notes: Sequence[str] = ()) -> None:
         self.server = server
         self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
-        config = server.config
-        self.session = NormalSession(
-            server.template,
-            read_limit=config.read_limit,
-            template_repeat=config.template_repeat,
-        )
-        self.read_timeout = config.read_timeout
+        self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.start = time.time()
-        self.last_data = time.monotonic()
-        self.opened = time.monotonic()
+        self.loop = server.loop
+        self.opened = self.loop.time()
         self.timer: asyncio.TimerHandle | None = None
+        self.send_at = 0.0  # when the last reply scheduled goes out (replies keep their order)
+        self.data: FtpData | None = None
+        self.uploaded = bytearray()
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -72,48 +73,81 @@ class NormalConnection(asyncio.Protocol, Finisher):
         local = split(transport.get_extra_info("sockname"))
         remote = split(transport.get_extra_info("peername"))
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
-        loop = asyncio.get_running_loop()
-        self.timer = loop.call_later(self.read_timeout, self._tick)
+        config = self.server.config
+        ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0])
+        self.session = NormalSession(
+            self.server.dialogue(ctx), read_limit=config.read_limit,
+            read_timeout=config.read_timeout, now=self.loop.time(),
+        )
+        self._apply(self.session.start())
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
-        assert self.conn is not None
+        assert self.conn is not None and self.session is not None
         self.server.perread(self.conn, "in", data)
-        self._apply(self.session.on_data(data))
+        self._apply(self.session.on_data(data, self.loop.time()))
+        self._arm()
 
     def eof_received(self) -> bool:
-        self._apply(self.session.on_eof())
+        if self.session is not None:
+            self._apply(self.session.on_eof())
         return False
 
-    def _tick(self) -> None:
-        """The one timer of a connection: the read timeout, and (checked on the same clock,
-        which runs at least every read timeout while the connection is open) its lifetime."""
-        if self.done:
+    def _arm(self) -> None:
+        """One timer per connection, at the session's next deadline (or the lifetime's)."""
+        if self.done or self.session is None:
             return
-        if time.monotonic() - self.opened >= MAX_CONNECTION_SECONDS:
+        due = min(self.session.deadline(), self.opened + MAX_CONNECTION_SECONDS)
+        if self.timer is not None:
+            if self.timer.when() <= due:
+                return  # it fires first and re-arms
+            self.timer.cancel()
+        self.timer = self.loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        if self.done or self.session is None:
+            return
+        now = self.loop.time()
+        if now - self.opened >= MAX_CONNECTION_SECONDS:
             self.abort(Closed.LIFETIME)
             return
-        loop = asyncio.get_running_loop()
-        waited = time.monotonic() - self.last_data
-        if waited < self.read_timeout:
-            self.timer = loop.call_later(self.read_timeout - waited, self._tick)
-            return
-        self.last_data = time.monotonic()
-        self._apply(self.session.on_timeout())
-        if not self.done:
-            self.timer = loop.call_later(self.read_timeout, self._tick)
+        self._apply(self.session.on_tick(now))
+        self._arm()
 
     def _apply(self, out: Output) -> None:
         if self.transport is None:
             return
+        if out.data is not None:
+            self._data_channel(out.data)
+        if not out.delay and self.send_at <= self.loop.time():
+            self._send(out)
+            return
+        self.send_at = max(self.send_at, self.loop.time() + out.delay)
+        self.loop.call_at(self.send_at, self._send, out)
+
+    def _send(self, out: Output) -> None:
+        assert self.transport is not None
         if out.send and not self.transport.is_closing():
             self.transport.write(out.send)
         if out.close:
             self.transport.close()
 
+    def _data_channel(self, channel: DataChannel) -> None:
+        if self.data is None:
+            assert self.conn is not None and self.session is not None
+            session = self.session
+            self.data = FtpData(
+                self.conn.local_addr, self.conn.remote_addr,
+                room=lambda: session.read_limit - len(self.uploaded), sink=self.uploaded.extend,
+                done=lambda then: self._apply(session.later(then)),
+            )
+        self.data.handle(channel)
+
     def abort(self, why: Closed) -> None:
-        self._take_pending()
-        self.session.abort(why)
+        if self.session is not None:
+            self._take_pending()
+            self.session.abort(why)
         if self.transport is not None:
             self.transport.close()
 
@@ -132,7 +166,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
                 data = os.read(sock.fileno(), ABORT_READ_SIZE)  # non-blocking: asyncio's socket
             except OSError:
                 return
-            if not data or self.session.closed is not Closed.OPEN:
+            if not data or self.session is None or self.session.closed is not Closed.OPEN:
                 return
             self.data_received(data)
 
@@ -142,23 +176,36 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.done = True
         if self.timer is not None:
             self.timer.cancel()
-        if self.session.closed is Closed.OPEN:
-            self.session.abort(Closed.RESET if exc else Closed.EOF)
-        assert self.conn is not None
+        if self.data is not None:
+            self.data.shutdown()
+        session = self.session
+        assert self.conn is not None and session is not None
+        if session.closed is Closed.OPEN:
+            session.abort(Closed.RESET if exc else Closed.EOF)
         conn = self.conn
+        fields = session.record()
+        if self.uploaded:
+            fields["data_received"] = bytes(self.uploaded)
+        transcript = session.transcript
         attack = Attack(
             attack_connection=Connection(
                 conn.protocol, conn.local_addr, conn.local_port, conn.remote_addr,
-                conn.remote_port, Payload(self.session.payload),
+                conn.remote_port, Payload(session.payload),
             ),
             mode=Mode.NORMAL,
             start_time=self.start,
             end_time=time.time(),
+            dialogue=DialogueRecord(session.dialogue.name, tuple(transcript.turns),
+                                    Payload(bytes(transcript.sent)), jsonable(fields)),
         )
         for note in self.notes:
             attack.add_note(note)
-        if self.session.truncated:
-            attack.add_note(f"read_limit of {self.session.read_limit} bytes reached")
+        if session.truncated:
+            attack.add_note(f"read_limit of {session.read_limit} bytes reached")
+        if transcript.sent_cut:
+            attack.add_note(f"replies over read_limit of {session.read_limit} bytes not kept")
+        if session.error:
+            attack.add_note(session.error)
         self.server.connection_closed(self, attack)
 
 
@@ -226,7 +273,8 @@ class UdpServer:
         self.server.perread(peer.conn, "in", data)
         reply = peer.exchange.on_datagram(data)
         peer.touch()
-        if self.server.has_template:  # a port without a template file stays silent
+        # A port without a template file stays silent unless a dialogue answers (reflector.py)
+        if reply is not None and (self.server.has_template or peer.exchange.dialogue is not None):
             self.reply(reply, pktinfo, addr)
 
     def reply(self, data: bytes, pktinfo: tuple[int, int, bytes] | None, addr: Any) -> None:
@@ -255,7 +303,11 @@ class UdpPeer(Finisher):
         self.udp = udp
         self.conn = conn
         server = udp.server
-        self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit)
+        factory = server.catalog.udp_factory(server.port.port)
+        ctx = server.catalog.context("udp", server.port.port, server.config.read_limit,
+                                     conn.local_addr)
+        self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit,
+                                    dialogue=factory(ctx) if factory is not None else None)
         self.start = time.time()
         self.last = time.monotonic()
         self.timer = server.loop.call_later(server.config.read_timeout, self._tick)
@@ -288,7 +340,14 @@ class UdpPeer(Finisher):
             mode=Mode.NORMAL,
             start_time=self.start,
             end_time=time.time(),
+            dialogue=DialogueRecord(
+                self.exchange.dialogue.name if self.exchange.dialogue is not None else "raw",
+                tuple(self.exchange.transcript.turns),
+                Payload(bytes(self.exchange.transcript.sent)), jsonable(self.exchange.record()),
+            ),
         )
+        if self.exchange.error:
+            attack.add_note(self.exchange.error)
         if self.exchange.truncated:
             attack.add_note(f"read_limit of {self.exchange.read_limit} bytes reached")
         self.udp.server.connection_closed(self, attack)

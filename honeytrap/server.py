@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from honeytrap import control, eventloop, forked, privileges, proctitle, templates
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import Config, PortConf
+from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
 from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
@@ -87,6 +88,7 @@ class ServerSpec:
     control: socket.socket
     recorder: socket.socket | None = None  # this process's link to the recorder
     close_in_child: list[int] = field(default_factory=list)
+    catalog: Catalog = field(default_factory=Catalog)  # the sensor's dialogues (the master's)
 
 
 def child_main(spec: ServerSpec) -> int:
@@ -287,10 +289,12 @@ class DynamicServer:
         self.config = process.config
         self.port = conf
         self.sock = sock
-        # No template file: TCP answers a newline (the man page), UDP nothing (reflector.py).
+        # No template file: TCP answers by detection (catalog.py), UDP nothing (reflector.py).
         self.has_template = template is not None
         self.template = templates.DEFAULT_TEMPLATE if template is None else template
         self.reflector = process.reflector
+        self.catalog = process.spec.catalog
+        self.dialogue = self.catalog.factory(conf.port, template)
         self.key = port_key(conf.protocol, conf.port)
         self.stats = process.stats
         self.mirror = process.mirror
@@ -460,6 +464,9 @@ class DynamicServer:
 
     def _start_connection(self, sock: socket.socket) -> None:
         sock.setblocking(False)
+        # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
+        # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         handler = self.handler_factory()
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
         task.add_done_callback(_log_task_failure)

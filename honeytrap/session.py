@@ -1,23 +1,39 @@
-"""Normal mode, sans-IO: what to send and when to close, given data, idle timeouts and EOF.
+"""Normal mode, sans-IO: one connection's dialogue, its limits and its clock, given data, ticks
+and EOF.
 
-The I/O adapter (server.py) feeds events and carries out the returned `Output`; no sockets here.
-
-Timing (REFERENCE.md, "normal"): the C original sent the template after every idle read timeout,
-up to 10 times, and closed after 11 idle timeouts; data reset the count. We keep its clock but
-answer per *turn*: the template goes out after the first idle timeout (server-speaks-first
-protocols get their banner) and after each burst of client data followed by an idle timeout
-(client-speaks-first protocols get their answer), at most `template_repeat` times; a silent peer is
-not flooded with repeats. The connection closes after `idle_limit` idle timeouts in a row, when
-the peer half-closes (it gets nothing more, as in the original), or at `read_limit` bytes.
+The I/O adapter (normal.py) feeds events with the monotonic time and carries out the returned
+`Output`; it asks `deadline()` when to tick next. No sockets here. What answers is a dialogue
+(honeytrap/dialogue/: a `.dialogue` file, the port's raw template, or protocol detection); this
+session bounds it:
+  - `read_limit` bytes of the client are kept and fed to the dialogue; at the limit it closes;
+  - the dialogue's `idle()` is called after each read timeout of silence (and once after its
+    `quiet` period, for the raw template's timing, raw.py);
+  - the connection closes after `idle_limit` read timeouts of silence (the C original's 11 idle
+    timeouts), when the peer half-closes (it gets nothing more, as in the original), or when the
+    dialogue says so;
+  - a DialogueError (the client broke the dialogue) closes the connection with a note; nothing
+    recorded is lost.
+The transcript (the dialogue in order: byte counts each way, and our own bytes) goes into the
+attack record.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from honeytrap.dialogue.base import DataChannel, Dialogue, DialogueError, Reply
+
+log = logging.getLogger("honeytrap.session")
 
 # The C original closed after 11 idle read timeouts in a row (10 template sends + 1).
 DEFAULT_IDLE_LIMIT = 11
+# Turns kept in the transcript; a longer dialogue keeps its first turns and counts the rest in
+# the last (bounds the record of a client that sends a byte at a time).
+MAX_TURNS = 1024
 
 
 class Closed(enum.Enum):
@@ -25,104 +41,229 @@ class Closed(enum.Enum):
     IDLE = "idle"  # idle_limit timeouts without data
     EOF = "eof"  # the peer half-closed or closed
     READ_LIMIT = "read_limit"  # read_limit bytes received
-    LIFETIME = "lifetime"  # the connection's time cap (server.py)
+    LIFETIME = "lifetime"  # the connection's time cap (normal.py)
     RESET = "reset"  # a socket error
     SHUTDOWN = "shutdown"  # the server was stopped
+    DIALOGUE = "dialogue"  # the dialogue closed it (QUIT, a protocol error, ...)
+    ERROR = "error"  # the dialogue failed on the client's bytes (DialogueError)
 
 
 @dataclass
 class Output:
     send: bytes = b""
     close: bool = False
+    delay: float = 0.0  # wait this long before sending (and closing)
+    data: DataChannel | None = None  # FTP's data connection (normal.py's DataChannels)
+
+
+@dataclass
+class Transcript:
+    """The dialogue in order: +n bytes from the client, -n bytes from us, and our bytes (at most
+    `limit`, the read_limit: what we send is bounded like what we keep of the client)."""
+
+    limit: int
+    turns: list[int] = field(default_factory=list)
+    sent: bytearray = field(default_factory=bytearray)
+    sent_cut: bool = False
+
+    def add(self, count: int) -> None:
+        if not count:
+            return
+        turns = self.turns
+        if turns and (turns[-1] > 0) == (count > 0):
+            turns[-1] += count
+        elif len(turns) < MAX_TURNS:
+            turns.append(count)
+        else:
+            turns[-1] += count if (turns[-1] > 0) == (count > 0) else 0
+
+    def ours(self, data: bytes) -> None:
+        self.add(-len(data))
+        room = self.limit - len(self.sent)
+        if len(data) > room:
+            self.sent_cut = True
+        self.sent += data[: max(room, 0)]
 
 
 class NormalSession:
     def __init__(
         self,
-        template: bytes,
+        dialogue: Dialogue,
         *,
         read_limit: int,
-        template_repeat: int = 10,
+        read_timeout: float,
+        now: float,
         idle_limit: int = DEFAULT_IDLE_LIMIT,
     ) -> None:
-        self.template = template
+        self.dialogue = dialogue
         self.read_limit = read_limit
-        self.template_repeat = template_repeat
+        self.read_timeout = read_timeout
         self.idle_limit = idle_limit
         self.received = bytearray()
-        self.sent = 0  # template sends
-        self.idle = 0  # idle timeouts in a row
-        self.turn_pending = True  # nothing answered since the start or the last data
+        self.transcript = Transcript(read_limit)
         self.closed = Closed.OPEN
         self.truncated = False
+        self.error = ""  # why the dialogue failed, for the record's notes
+        self.last = now  # the last client data (or the start)
+        self.next_idle = read_timeout  # silence after which idle() is due next
+        self.quiet_done = False
 
     @property
     def payload(self) -> bytes:
         return bytes(self.received)
 
-    def on_data(self, data: bytes) -> Output:
+    def start(self) -> Output:
+        first = self._call(self.dialogue.start)
+        if isinstance(first, Reply):  # a DialogueError: closing
+            return self._out(first)
+        return self._out(Reply(send=first, delay=float(getattr(self.dialogue, "start_delay", 0))))
+
+    def on_data(self, data: bytes, now: float) -> Output:
         if self.closed is not Closed.OPEN:
             return Output()
         room = self.read_limit - len(self.received)
+        full = len(data) >= room
         if len(data) > room:
-            self.received += data[: max(room, 0)]
+            data = data[: max(room, 0)]
             self.truncated = True
-            return self._close(Closed.READ_LIMIT)
         self.received += data
-        self.idle = 0
-        self.turn_pending = True
-        if len(self.received) >= self.read_limit:
-            return self._close(Closed.READ_LIMIT)
-        return Output()
+        self.transcript.add(len(data))
+        self.last = now
+        self.next_idle = self.read_timeout
+        self.quiet_done = False
+        out = self._out(self._reply(lambda: self.dialogue.receive(data)))
+        if full:
+            out.close = True
+            self._close(Closed.READ_LIMIT)
+        return out
 
-    def on_timeout(self) -> Output:
-        """One read timeout passed without data."""
+    def on_tick(self, now: float) -> Output:
+        """The clock: idle() when due, the idle limit."""
         if self.closed is not Closed.OPEN:
             return Output()
-        self.idle += 1
-        if self.idle >= self.idle_limit:
-            return self._close(Closed.IDLE)
-        if self.turn_pending and self.sent < self.template_repeat:
-            self.turn_pending = False
-            self.sent += 1
-            return Output(send=self.template)
+        # Compared as deadline() computes them, so a tick at the deadline is never early.
+        if now >= self.last + self.idle_limit * self.read_timeout:
+            self._close(Closed.IDLE)
+            return Output(close=True)
+        quiet = self._quiet()
+        if quiet is not None and not self.quiet_done and now >= self.last + quiet:
+            self.quiet_done = True
+            return self._out(self._reply(self.dialogue.idle))
+        if now >= self.last + self.next_idle:
+            self.next_idle += self.read_timeout
+            return self._out(self._reply(self.dialogue.idle))
         return Output()
+
+    def deadline(self) -> float:
+        """When on_tick should run next (monotonic)."""
+        due = [self.last + self.next_idle, self.last + self.idle_limit * self.read_timeout]
+        quiet = self._quiet()
+        if quiet is not None and not self.quiet_done:
+            due.append(self.last + quiet)
+        return min(due)
+
+    def _quiet(self) -> float | None:
+        quiet = getattr(self.dialogue, "quiet", None)
+        return min(float(quiet), self.read_timeout) if quiet is not None else None
+
+    def later(self, data: bytes) -> Output:
+        """Bytes the dialogue asked for later (FTP's 226 once its data transfer is over)."""
+        if self.closed is not Closed.OPEN or not data:
+            return Output()
+        return self._out(Reply(send=data))
 
     def on_eof(self) -> Output:
         """The peer half-closed: it gets nothing more (as in the original)."""
-        return self._close(Closed.EOF)
+        self._close(Closed.EOF)
+        return Output(close=True)
 
     def abort(self, why: Closed) -> Output:
-        return self._close(why)
+        self._close(why)
+        return Output(close=True)
 
-    def _close(self, why: Closed) -> Output:
+    def _close(self, why: Closed) -> None:
         if self.closed is Closed.OPEN:
             self.closed = why
-        return Output(close=True)
+
+    def _reply(self, call: Callable[[], Reply]) -> Reply:
+        result = self._call(call)
+        return result if isinstance(result, Reply) else Reply()
+
+    def _call(self, call: Callable[[], Any]) -> Any:
+        """The dialogue's answer; a failure closes the connection (the record is kept)."""
+        try:
+            return call()
+        except DialogueError as exc:
+            self.error = f"dialogue {self.dialogue.name}: {exc}"
+        except Exception as exc:  # a bug in a dialogue must not lose the attack record
+            log.exception("dialogue %s failed", self.dialogue.name)
+            self.error = f"dialogue {self.dialogue.name} failed: {type(exc).__name__}"
+        self._close(Closed.ERROR)
+        return Reply(close=True)
+
+    def _out(self, reply: Reply) -> Output:
+        if reply.send:
+            self.transcript.ours(reply.send)
+        if reply.close:
+            self._close(Closed.DIALOGUE)
+        return Output(reply.send, reply.close, max(reply.delay, 0.0), reply.data)
+
+    def record(self) -> dict[str, Any]:
+        """The dialogue's own fields for the record ({} if it fails to give them)."""
+        result = self._call(self.dialogue.record)
+        return result if isinstance(result, dict) else {}
 
 
 class UdpExchange:
     """One peer's datagrams to a UDP port: one reply per datagram, one attack per exchange
     (the datagrams until the peer is silent for a read timeout). The original re-forked on one
-    datagram and replied about ten times to it; we reply exactly once."""
+    datagram and replied about ten times to it; we reply at most once. The reply is the
+    dialogue's answer to the datagram (a code dialogue echoing what the client checks), or the
+    port's raw template when the dialogue has none to give (raw.py answers only on idle)."""
 
-    def __init__(self, template: bytes, *, read_limit: int) -> None:
+    def __init__(self, template: bytes, *, read_limit: int, dialogue: Dialogue | None = None
+                 ) -> None:
         self.template = template
+        self.dialogue = dialogue
         self.read_limit = read_limit
         self.received = bytearray()
+        self.transcript = Transcript(read_limit)
         self.datagrams = 0
         self.truncated = False
+        self.error = ""
 
     @property
     def payload(self) -> bytes:
         return bytes(self.received)
 
-    def on_datagram(self, data: bytes) -> bytes:
-        """Record the datagram (up to read_limit) and return the one reply to send."""
+    def on_datagram(self, data: bytes) -> bytes | None:
+        """Record the datagram (up to read_limit) and return the one reply to send (None:
+        none)."""
         self.datagrams += 1
         room = self.read_limit - len(self.received)
         if len(data) > room:
             self.truncated = True
             data = data[: max(room, 0)]
         self.received += data
-        return self.template
+        self.transcript.add(len(data))
+        reply = self.template
+        if self.dialogue is not None:
+            try:
+                answer = self.dialogue.receive(data)
+            except DialogueError as exc:
+                self.error = f"dialogue {self.dialogue.name}: {exc}"
+                return None
+            reply = answer.send
+            if not reply:
+                return None
+        self.transcript.ours(reply)
+        return reply
+
+    def record(self) -> dict[str, Any]:
+        if self.dialogue is None:
+            return {}
+        try:
+            fields = self.dialogue.record()
+        except DialogueError:
+            return {}
+        return fields if isinstance(fields, dict) else {}

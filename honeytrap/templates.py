@@ -8,7 +8,8 @@ import stat
 
 log = logging.getLogger("honeytrap.templates")
 
-# The man page's behaviour for a port without a template: answer a single newline.
+# A port without a template answers a client whose protocol is unknown with a single newline
+# (the original's answer on every port; dialogue/detect.py), and UDP datagrams the same.
 DEFAULT_TEMPLATE = b"\n"
 # A template is sent whole on each turn; a larger file is a mistake in the response directory.
 MAX_TEMPLATE_SIZE = 1024 * 1024
@@ -18,12 +19,12 @@ def template_path(response_dir: str, protocol: str, port: int) -> str:
     return os.path.join(response_dir, f"{port}_{protocol}")
 
 
-def load_template(response_dir: str, protocol: str, port: int) -> bytes:
-    """The template for protocol/port, or a single newline when there is none or it is unusable
-    (logged: a broken template must not stop the port being served)."""
+def load_template(response_dir: str, protocol: str, port: int) -> bytes | None:
+    """The template for protocol/port, or None when there is none or it is unusable (logged: a
+    broken template must not stop the port being served)."""
     fd = open_template(response_dir, protocol, port)
     if fd is None:
-        return DEFAULT_TEMPLATE
+        return None
     return read_template(fd, template_path(response_dir, protocol, port))
 
 
@@ -46,15 +47,15 @@ def open_template(response_dir: str, protocol: str, port: int) -> int | None:
     return fd
 
 
-def read_template(fd: int, path: str) -> bytes:
-    """The template from a descriptor open_template gave (closed here); a newline if unusable."""
+def read_template(fd: int, path: str) -> bytes | None:
+    """The template from a descriptor open_template gave (closed here); None if unusable."""
     try:
         with os.fdopen(fd, "rb") as f:
             data = f.read(MAX_TEMPLATE_SIZE + 1)
     except OSError as exc:
-        log.warning("template %s unreadable (%s): answering a newline", path, exc.strerror)
-        return DEFAULT_TEMPLATE
+        log.warning("template %s unreadable (%s): answering without", path, exc.strerror)
+        return None
     if len(data) > MAX_TEMPLATE_SIZE:
-        log.warning("template %s is over %d bytes: answering a newline", path, MAX_TEMPLATE_SIZE)
-        return DEFAULT_TEMPLATE
+        log.warning("template %s is over %d bytes: answering without", path, MAX_TEMPLATE_SIZE)
+        return None
     return data

@@ -13,12 +13,16 @@ Frame (all integers little-endian, both ends are the same host and the same code
 
     header   u32 body length (the bytes after the header), u8 type
     ack      body: u64 seq
-    attack   body: u64 seq, u8 mode (Mode's value), u8 flags (1: is_virtual, 2: has proxy),
+    attack   body: u64 seq, u8 mode (Mode's value), u8 flags (1: is_virtual, 2: has proxy,
+                   4: has dialogue),
                    f64 start_time, f64 end_time, u32 id length, u32 note count,
                    attack_connection's fixed part: u32 lengths of protocol, local_addr,
                    remote_addr, payload, then u16 local_port, u16 remote_port,
                    then the id, and the protocol, local_addr, remote_addr, payload bytes;
                    if flag 2: proxy_connection, the same fixed part and bytes;
+                   if flag 4: the dialogue record: u32 lengths of protocol, sent, fields, u32
+                   turn count, then the protocol (ASCII), i64 per turn, the sent bytes, and
+                   the fields as UTF-8 JSON (an object);
                    then per note: u32 length, UTF-8 bytes
 
 Strings: the id and notes are UTF-8 (notes may hold text from the configuration or templates);
@@ -38,9 +42,11 @@ well-behaved server never breaks the stream.
 from __future__ import annotations
 
 import io
+import json
 import struct
+from typing import Any
 
-from .attack import Attack, Connection, Mode, Payload
+from .attack import Attack, Connection, DialogueRecord, Mode, Payload
 
 # The largest frame body accepted. An attack carries at most read_limit bytes of payload on each
 # of its two connections (read_limit is configurable, 20 MiB in the shipped configuration), plus
@@ -56,7 +62,8 @@ _TYPE_ACK = 2
 
 _FLAG_VIRTUAL = 1
 _FLAG_PROXY = 2
-_KNOWN_FLAGS = _FLAG_VIRTUAL | _FLAG_PROXY
+_FLAG_DIALOGUE = 4
+_KNOWN_FLAGS = _FLAG_VIRTUAL | _FLAG_PROXY | _FLAG_DIALOGUE
 
 _MODES = {mode.value: mode for mode in Mode}
 
@@ -71,6 +78,10 @@ _ATTACK_BODY = struct.Struct("<" + _ATTACK_FORMAT)
 # Header and fixed fields in one call when encoding.
 _ATTACK_FRAME = struct.Struct("<IB" + _ATTACK_FORMAT)
 _LENGTH = struct.Struct("<I")
+_DIALOGUE = struct.Struct("<IIII")
+_TURN = struct.Struct("<q")
+# A dialogue's fields nest a few levels (TLS: {"tls": {...}}); deeper is a compromised server.
+MAX_FIELD_DEPTH = 8
 
 
 class WireError(ValueError):
@@ -121,6 +132,9 @@ def _encode_attack(seq: int, attack: Attack, max_frame: int) -> bytes:
     if attack.proxy_connection is not None:
         flags |= _FLAG_PROXY
         parts += _connection_parts(attack.proxy_connection)
+    if attack.dialogue is not None:
+        flags |= _FLAG_DIALOGUE
+        parts += _dialogue_parts(attack.dialogue)
     notes = tuple(attack.notes)  # the count must match what is encoded
     for note in notes:
         data = note.encode()
@@ -151,6 +165,18 @@ def _connection_parts(conn: Connection) -> tuple[bytes, ...]:
         raise WireError(f"proxy connection ports {conn.local_port!r}, {conn.remote_port!r} "
                         "are not in 0..65535") from exc
     return fixed, protocol, local, remote, payload
+
+
+def _dialogue_parts(record: DialogueRecord) -> tuple[bytes, ...]:
+    protocol = record.protocol.encode("ascii")
+    sent = record.sent.data
+    try:
+        fields = json.dumps(record.fields, separators=(",", ":"), allow_nan=False).encode()
+        turns = b"".join(_TURN.pack(turn) for turn in record.turns)
+    except (TypeError, ValueError, struct.error) as exc:
+        raise WireError(f"dialogue record not encodable: {exc}") from exc
+    fixed = _DIALOGUE.pack(len(protocol), len(sent), len(fields), len(record.turns))
+    return fixed, protocol, turns, sent, fields
 
 
 def _unencodable(seq: int, attack: Attack) -> str:
@@ -274,6 +300,9 @@ def _decode_attack_fields(data: bytes, pos: int, end: int) -> Message:
             raise WireError("proxy connection's fixed fields overrun the body")
         fixed = _CONNECTION.unpack_from(data, pos)
         pos, proxy = _decode_connection(data, pos + _CONNECTION.size, end, *fixed)
+    dialogue = None
+    if flags & _FLAG_DIALOGUE:
+        pos, dialogue = _decode_dialogue(data, pos, end)
     notes: list[str] = []
     if note_count:
         pos = _decode_notes(data, pos, end, note_count, notes)
@@ -281,7 +310,7 @@ def _decode_attack_fields(data: bytes, pos: int, end: int) -> Message:
         raise WireError(f"{end - pos} trailing bytes after the attack")
     attack = Attack(attack_connection=connection, mode=mode, start_time=start, end_time=finish,
                     proxy_connection=proxy, is_virtual=bool(flags & _FLAG_VIRTUAL), id=ident,
-                    notes=notes)
+                    notes=notes, dialogue=dialogue)
     return "attack", seq, attack
 
 
@@ -299,6 +328,36 @@ def _decode_connection(data: bytes, pos: int, end: int, protocol_length: int,
                             data[remote_at:payload_at].decode("ascii"), remote_port,
                             Payload(data[payload_at:stop]))
     return stop, connection
+
+
+def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueRecord]:
+    if end - pos < _DIALOGUE.size:
+        raise WireError("dialogue record's fixed fields overrun the body")
+    protocol_length, sent_length, fields_length, turn_count = _DIALOGUE.unpack_from(data, pos)
+    pos += _DIALOGUE.size
+    turns_at = pos + protocol_length
+    sent_at = turns_at + turn_count * _TURN.size
+    fields_at = sent_at + sent_length
+    stop = fields_at + fields_length
+    if stop > end:
+        raise WireError("dialogue record overruns the body")
+    protocol = data[pos:turns_at].decode("ascii")
+    turns = tuple(turn for (turn,) in _TURN.iter_unpack(data[turns_at:sent_at]))
+    try:
+        fields = json.loads(data[fields_at:stop].decode())
+    except (ValueError, RecursionError) as exc:
+        raise WireError(f"dialogue fields are not JSON: {exc}") from exc
+    if not isinstance(fields, dict) or _depth(fields) > MAX_FIELD_DEPTH:
+        raise WireError(f"dialogue fields must be an object at most {MAX_FIELD_DEPTH} deep")
+    return stop, DialogueRecord(protocol, turns, Payload(data[sent_at:fields_at]), fields)
+
+
+def _depth(value: Any, level: int = 1) -> int:
+    if level > MAX_FIELD_DEPTH:
+        return level
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) \
+        else ()
+    return max((_depth(child, level + 1) for child in children), default=level)
 
 
 def _decode_notes(data: bytes, pos: int, end: int, count: int, notes: list[str]) -> int:

@@ -293,8 +293,7 @@ def test_proxy_to_an_absent_backend_falls_back_to_normal_mode(
     sensor.extra_config = proxy_config("tcp", 25, lab.sensor.ip4, 7002)  # nobody listens there
     sensor.start()
     client = tcp_client(lab.attacker, lab.attacker.ip4, lab.sensor.ip4, 25)
-    template = (REPO / "templates" / "25_tcp").read_bytes()
-    assert recv_exactly(client, len(template)) == template
+    assert recv_exactly(client, 4) == b"220 "  # the SMTP dialogue's greeting (25_tcp.dialogue)
     client.close()
     [record] = sensor.wait_records(1)
     assert record["operation_mode"] == NORMAL

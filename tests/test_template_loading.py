@@ -26,7 +26,7 @@ def test_no_template_is_a_newline_without_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert templates.open_template(str(tmp_path), "udp", 53) is None
-    assert templates.load_template(str(tmp_path), "udp", 53) == templates.DEFAULT_TEMPLATE
+    assert templates.load_template(str(tmp_path), "udp", 53) is None
     assert caplog.records == []
 
 
@@ -36,13 +36,13 @@ def test_a_fifo_is_refused_without_blocking(
     """Opening a FIFO for reading blocks until a writer comes: the master must never wait."""
     os.mkfifo(tmp_path / "80_tcp")
     assert templates.open_template(str(tmp_path), "tcp", 80) is None
-    assert templates.load_template(str(tmp_path), "tcp", 80) == templates.DEFAULT_TEMPLATE
+    assert templates.load_template(str(tmp_path), "tcp", 80) is None
     assert "not a regular file" in caplog.text
 
 
 def test_a_directory_is_refused(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "25_tcp").mkdir()
-    assert templates.load_template(str(tmp_path), "tcp", 25) == templates.DEFAULT_TEMPLATE
+    assert templates.load_template(str(tmp_path), "tcp", 25) is None
     assert "not a regular file" in caplog.text
 
 
@@ -50,7 +50,7 @@ def test_an_oversized_template_is_refused(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (tmp_path / "110_tcp").write_bytes(b"x" * (templates.MAX_TEMPLATE_SIZE + 1))
-    assert templates.load_template(str(tmp_path), "tcp", 110) == templates.DEFAULT_TEMPLATE
+    assert templates.load_template(str(tmp_path), "tcp", 110) is None
     assert "is over" in caplog.text
     (tmp_path / "110_tcp").write_bytes(b"x" * templates.MAX_TEMPLATE_SIZE)
     assert len(templates.load_template(str(tmp_path), "tcp", 110)) == templates.MAX_TEMPLATE_SIZE
@@ -61,5 +61,5 @@ def test_an_unreadable_template_is_a_newline(
 ) -> None:
     """A symlink loop stands in for any open() failure (root reads any mode bits)."""
     (tmp_path / "23_tcp").symlink_to(tmp_path / "23_tcp")
-    assert templates.load_template(str(tmp_path), "tcp", 23) == templates.DEFAULT_TEMPLATE
+    assert templates.load_template(str(tmp_path), "tcp", 23) is None
     assert "unreadable" in caplog.text

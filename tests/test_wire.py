@@ -11,7 +11,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from honeytrap.attack import Attack, Connection, Download, DownloadTry, Mode, Payload
+from honeytrap.attack import (
+    Attack,
+    Connection,
+    DialogueRecord,
+    Download,
+    DownloadTry,
+    Mode,
+    Payload,
+)
 from honeytrap.wire import MAX_FRAME, MAX_TIME, FrameReader, WireError, encode_ack, encode_attack
 
 # Offsets in an attack frame, from the layout in wire.py's docstring: header (u32 length, u8
@@ -34,7 +42,7 @@ def state(attack: Attack) -> tuple[Any, ...]:
     """Everything an attack carries, comparable (Attack itself compares by identity)."""
     return (attack.id, attack.mode, attack.start_time, attack.end_time, attack.is_virtual,
             attack.attack_connection, attack.proxy_connection, attack.notes, attack.downloads,
-            attack.download_tries, attack.analysis, attack.parent)
+            attack.download_tries, attack.analysis, attack.parent, attack.dialogue)
 
 
 def decode_one(frame: bytes) -> tuple[str, int, Attack | None]:
@@ -68,6 +76,9 @@ TYPICAL = {
     "empty payload": Attack(conn(payload=b""), start_time=0.0, end_time=0.0),
     "1 MiB payload": Attack(conn(payload=bytes(range(256)) * 4096), start_time=1.7e9),
     "virtual, ignore mode": Attack(conn(), mode=Mode.IGNORE, is_virtual=True, start_time=1.0),
+    "dialogue": Attack(conn(payload=b"USER a\r\n"), start_time=1.0, dialogue=DialogueRecord(
+        "ftp", (-20, 8, -34), Payload(b"220 hi\r\n331 pw\r\n"),
+        {"state": "password", "commands": ["USER"], "tls": {"ja4": "t13d", "alpn": []}})),
 }
 
 
@@ -288,7 +299,7 @@ def test_time_out_of_range_is_refused(when: float) -> None:
 
 def test_unknown_mode_and_flags_are_refused() -> None:
     reject(patched(MODE_AT, "<B", 3), "unknown mode 3")
-    reject(patched(FLAGS_AT, "<B", 4), "unknown flags 0x4")
+    reject(patched(FLAGS_AT, "<B", 8), "unknown flags 0x8")
 
 
 def test_ports_decode_over_their_whole_range() -> None:
@@ -300,6 +311,15 @@ def test_ports_decode_over_their_whole_range() -> None:
     frame = patched(LOCAL_PORT_AT, "<H", 65535)
     _, _, attack = decode_one(frame)
     assert attack is not None and attack.attack_connection.local_port == 65535
+
+
+def test_dialogue_fields_that_are_not_a_shallow_json_object_are_refused() -> None:
+    record = DialogueRecord("ftp", (), Payload(b""), {"k": "v"})
+    frame = encode_attack(1, Attack(conn(), dialogue=record))
+    reject(frame.replace(b'{"k":"v"}', b'["k","v"]'), "must be an object")
+    reject(frame.replace(b'{"k":"v"}', b'{"k":"v",'), "not JSON")
+    deep = DialogueRecord("ftp", (), Payload(b""), {"k": [[[[[[[[["x"]]]]]]]]]})
+    reject(encode_attack(1, Attack(conn(), dialogue=deep)), "deep")
 
 
 def test_note_count_beyond_the_body_is_refused() -> None:
@@ -324,10 +344,22 @@ PORTS = st.integers(0, 65535)
 TIMES = st.floats(0.0, MAX_TIME, allow_nan=False)
 CONNECTIONS = st.builds(Connection, ASCII, ASCII, PORTS, ASCII, PORTS,
                         st.builds(Payload, st.binary(max_size=2000)))
+# JSON values as a dialogue's record() gives them (after attack.jsonable): finite numbers.
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner,
+                                                                max_size=4),
+    max_leaves=12)
+DIALOGUES = st.builds(
+    DialogueRecord, ASCII, st.lists(st.integers(-2**63, 2**63 - 1), max_size=8).map(tuple),
+    st.builds(Payload, st.binary(max_size=500)),
+    st.dictionaries(st.text(max_size=10), JSON, max_size=4))
 ATTACKS = st.builds(
     Attack, attack_connection=CONNECTIONS, mode=st.sampled_from(Mode), start_time=TIMES,
     end_time=TIMES, proxy_connection=st.none() | CONNECTIONS, is_virtual=st.booleans(),
-    id=st.text(max_size=64), notes=st.lists(st.text(max_size=200), max_size=5))
+    id=st.text(max_size=64), notes=st.lists(st.text(max_size=200), max_size=5),
+    dialogue=st.none() | DIALOGUES)
 
 
 @settings(max_examples=500, deadline=None)

@@ -1,11 +1,13 @@
 """The contract every dialogue keeps: bytes in, bytes out, no sockets, no clocks.
 
 A dialogue answers one connection (or one UDP peer exchange) of normal mode. The I/O adapter
-creates it on accept, sends what `start()` returns at once (a server-speaks-first banner, or
-nothing), feeds every chunk the client sends to `receive()`, calls `idle()` after each read
-timeout that passed without data, and carries out the returned `Reply`. What a dialogue wants in
-the attack record beyond the client's raw bytes (the protocol name, a TLS fingerprint, the
-decrypted stream) it returns from `record()` when the connection ends.
+creates it on accept, sends what `start()` returns (a server-speaks-first banner, or nothing;
+after the dialogue's optional `start_delay` attribute, seconds, else at once), feeds every chunk
+the client sends to `receive()`, calls `idle()` after each read timeout that passed without data
+(and, for a dialogue with a `quiet` attribute, seconds, once that long a silence passed), and
+carries out the returned `Reply`. What a dialogue wants in the attack record beyond the client's
+raw bytes (the protocol name, a TLS fingerprint, the decrypted stream) it returns from
+`record()` when the connection ends.
 
 Wrapping dialogues (TLS) hold an inner dialogue and satisfy the same contract, so the adapter
 never knows whether it speaks to the client in clear or through a TLS layer.
@@ -29,9 +31,23 @@ class DialogueError(RemoteError):
 
 
 @dataclass
+class DataChannel:
+    """FTP's second connection (RFC 959 3.2), as a dialogue asks the adapter for it. The adapter
+    only ever listens for the connection's own client (a connection from anyone else is closed
+    unread) and never connects anywhere."""
+
+    listen: int = 0  # listen on this port of the local address for the client's data connection
+    send: bytes | None = None  # send these bytes on the data connection, then close it
+    receive: bool = False  # read the data connection (recorded) until the client closes it
+    then: bytes = b""  # for the control connection once that transfer is over (FTP's 226)
+
+
+@dataclass
 class Reply:
     send: bytes = b""  # bytes for the client (already framed or encrypted)
     close: bool = False  # close after sending
+    delay: float = 0.0  # seconds to wait before sending (a served reply's jitter); 0: at once
+    data: DataChannel | None = None  # FTP only: what to do with the data connection
 
 
 @dataclass
@@ -45,6 +61,7 @@ class Context:
     hostname: str = "localhost"  # the sensor's plausible host name, per sensor
     state_dir: str = ""  # per-sensor state (certificate, keys); "" in unit tests
     extra: dict[str, Any] = field(default_factory=dict)  # per-sensor material (e.g. an SSLContext)
+    local_addr: str = ""  # the address the client connected to ("" in unit tests)
 
 
 class Dialogue(Protocol):

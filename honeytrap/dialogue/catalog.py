@@ -1,0 +1,173 @@
+"""The dialogues a sensor serves, loaded once in the master at start (and on reload).
+
+`Catalog.load` parses every `<port>_<protocol>.dialogue` in the response directory (a broken
+file is a ConfigError naming file and line: the daemon does not start with it, a reload keeps
+the running catalog), imports the dialogues written in code (below), and makes the per-sensor
+material they need (the TLS context) as root. Server processes are forked from the master and
+inherit it; they never read the response directory for dialogues.
+
+Which dialogue answers a connection (`Catalog.factory`):
+  1. the port's `.dialogue` file (it takes precedence over a raw template beside it);
+  2. UDP: the code dialogue for the port's well-known protocol (UDP_PORTS), if there is one;
+  3. the port's raw template (`<port>_<protocol>`, raw.py: the original's behaviour, kept);
+  4. TCP: protocol detection from the client's first bytes (detect.py), by name: a dialogue
+     file's `dialogue NAME` (the lowest port's file of that name) or a code module below;
+     UDP: the default template.
+
+Dialogues written in code plug in by name: module `honeytrap.dialogue.<name>` for the names in
+MODULES. tls and ssh have the agreed classes (TlsDialogue(ctx, choose_inner), SshDialogue(ctx));
+the others expose `factory`, a DialogueFactory. A module that is not there leaves its name
+unserved (detection then answers as for an unknown protocol).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import re
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from honeytrap.config import Config
+from honeytrap.dialogue.base import Context, Dialogue, DialogueFactory
+from honeytrap.dialogue.detect import Detector, classify
+from honeytrap.dialogue.raw import RawDialogue
+from honeytrap.dialogue.script import Script, load_script
+from honeytrap.dialogue.text import ScriptDialogue
+from honeytrap.errors import ConfigError
+from honeytrap.templates import DEFAULT_TEMPLATE
+
+log = logging.getLogger("honeytrap.dialogue")
+
+MODULES = ("tls", "ssh", "mysql", "postgres", "smb", "rdp", "vnc", "dns", "snmp", "sip",
+           "ntp", "rpc")
+# UDP ports whose datagrams a code dialogue answers (its reply echoes what the client checks:
+# the DNS id, the SNMP request-id, ...); other UDP ports get their raw template.
+UDP_PORTS = {53: "dns", 161: "snmp", 5060: "sip", 123: "ntp", 111: "rpc"}
+# A response directory with more dialogue files than this is a mistake (each is parsed at load).
+MAX_SCRIPTS = 1024
+_NAME = re.compile(r"([0-9]{1,5})_(tcp|udp)\.dialogue")
+
+
+def load_catalog(config: Config) -> Catalog:
+    """The catalog for a configuration (ConfigError naming file and line for a bad dialogue)."""
+    return Catalog.load(config.response_dir, state_dir=str(getattr(config, "state_dir", "")),
+                        template_repeat=config.template_repeat)
+
+
+@dataclass
+class Catalog:
+    scripts: dict[tuple[str, int], Script] = field(default_factory=dict)
+    by_name: dict[str, Script] = field(default_factory=dict)
+    modules: dict[str, ModuleType] = field(default_factory=dict)
+    hostname: str = "localhost"
+    extra: dict[str, Any] = field(default_factory=dict)
+    template_repeat: int = 10
+    state_dir: str = ""
+
+    @classmethod
+    def load(cls, response_dir: str, *, state_dir: str = "", template_repeat: int = 10,
+             hostname: str = "") -> Catalog:
+        catalog = cls(hostname=hostname or socket.gethostname() or "localhost",
+                      template_repeat=template_repeat, state_dir=state_dir)
+        catalog._load_scripts(response_dir)
+        for name in MODULES:
+            try:
+                catalog.modules[name] = importlib.import_module(f"honeytrap.dialogue.{name}")
+            except ImportError:
+                continue
+        tls = catalog.modules.get("tls")
+        if tls is not None:
+            try:
+                catalog.extra["tls_context"] = tls.server_context(state_dir, catalog.hostname)
+            except (OSError, ValueError) as exc:
+                log.error("TLS disabled: no server context (%s)", exc)
+                del catalog.modules["tls"]
+        return catalog
+
+    def _load_scripts(self, response_dir: str) -> None:
+        try:
+            names = sorted(os.listdir(response_dir))
+        except OSError as exc:
+            log.warning("response directory %s unreadable (%s): no dialogues", response_dir,
+                        exc.strerror)
+            return
+        found = [(m.group(2), int(m.group(1)), n) for n in names if (m := _NAME.fullmatch(n))]
+        if len(found) > MAX_SCRIPTS:
+            raise ConfigError(f"{response_dir}: over {MAX_SCRIPTS} dialogue files")
+        for protocol, port, filename in sorted(found):
+            if not 0 < port < 65536:
+                raise ConfigError(f"{response_dir}/{filename}: port {port} is not 1..65535")
+            script = load_script(os.path.join(response_dir, filename))
+            self.scripts[(protocol, port)] = script
+            if protocol == "tcp":
+                self.by_name.setdefault(script.name, script)
+
+    # --- per connection ---------------------------------------------------------------------
+
+    def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "") -> Context:
+        return Context(protocol, port, read_limit, rng=random.SystemRandom(),
+                       hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
+                       local_addr=local_addr)
+
+    def factory(self, port: int, template: bytes | None) -> DialogueFactory:
+        """What answers a TCP connection to port (see the module's docstring); template is the
+        port's raw template, None when it has none."""
+        script = self.scripts.get(("tcp", port))
+        if script is not None:
+            return lambda ctx: ScriptDialogue(script, ctx)
+        if template is not None:
+            return lambda ctx: RawDialogue(template, ctx, self.template_repeat)
+        return self.detector
+
+    def udp_factory(self, port: int) -> DialogueFactory | None:
+        """The dialogue answering a UDP port's datagrams, None for its raw template."""
+        script = self.scripts.get(("udp", port))
+        if script is not None:
+            return lambda ctx: ScriptDialogue(script, ctx)
+        return self.named(UDP_PORTS.get(port, ""))
+
+    def detector(self, ctx: Context) -> Dialogue:
+        def lookup(name: str) -> Dialogue | None:
+            factory = self.named(name)
+            return factory(ctx) if factory is not None else None
+
+        def unknown() -> Dialogue:
+            return RawDialogue(DEFAULT_TEMPLATE, ctx, self.template_repeat)
+
+        return Detector(ctx, lookup, unknown)
+
+    def named(self, name: str) -> DialogueFactory | None:
+        """The dialogue served for a protocol name, None if none is."""
+        script = self.by_name.get(name)
+        if script is not None:
+            return lambda ctx: ScriptDialogue(script, ctx)
+        module = self.modules.get(name)
+        if module is None:
+            return None
+        if name == "tls":
+            return lambda ctx: module.TlsDialogue(ctx, self.chooser(ctx))
+        if name == "ssh":
+            return lambda ctx: module.SshDialogue(ctx)
+        factory = getattr(module, "factory", None)
+        return factory if callable(factory) else None
+
+    def chooser(self, ctx: Context) -> Callable[[bytes], Dialogue]:
+        """TLS's choose_inner: the dialogue for the first decrypted bytes (b"": the client
+        waits for a banner, so detection goes on, silent)."""
+
+        def choose(data: bytes) -> Dialogue:
+            name = classify(data) if data else None
+            factory = self.named(name) if name not in (None, "tls") else None
+            if factory is not None:
+                return factory(ctx)
+            if data:
+                return RawDialogue(DEFAULT_TEMPLATE, ctx, self.template_repeat)
+            return self.detector(ctx)
+
+        return choose

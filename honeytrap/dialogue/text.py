@@ -1,0 +1,204 @@
+"""The engine of `.dialogue` files: a Script (script.py) played against one connection, sans-IO.
+
+Client bytes go through the script's framer (framing.py) into requests; each request is answered
+by the first rule of the current state whose match clauses hold (then the rules common to every
+state), its reply expanded (placeholders) and its `goto`/`close` applied. Requests are answered in
+order, one Reply per chunk received, delayed by the script's jitter.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from typing import Any
+
+from honeytrap.dialogue.base import Context, DataChannel, Reply
+from honeytrap.dialogue.framing import BAD, Request, framer_for
+from honeytrap.dialogue.script import Rule, Script, Template
+
+# Client text put into a reply ({arg}, {tag}, regex groups) is cut to this many bytes, and
+# keeps only printable ASCII: a reply never carries control bytes the client chose.
+MAX_ECHO = 64
+# Command words kept in the record, per connection (the rest are counted only).
+MAX_RECORDED_COMMANDS = 64
+_PRINTABLE = bytes(range(0x20, 0x7F))
+# FTP passive data ports are drawn from this range (a typical PassivePorts setting, above the
+# ephemeral ports Linux picks for outbound connections).
+DATA_PORTS = (61000, 64999)
+
+
+def clean(data: bytes) -> bytes:
+    """Client bytes safe to echo in a reply."""
+    return bytes(b for b in data[:MAX_ECHO] if b in _PRINTABLE)
+
+
+class ScriptDialogue:
+    """One connection's dialogue played from a Script."""
+
+    def __init__(self, script: Script, ctx: Context) -> None:
+        self.script = script
+        self.ctx = ctx
+        self.name = script.name
+        self.state = script.initial
+        banner = self.expand(script.banner, Request(), ())
+        self.banner = banner
+        self.framer = framer_for(script.parser, banner)
+        self.requests = 0
+        self.commands: list[str] = []
+        self.closed = False
+        self.channel: DataChannel | None = None  # asked of the adapter in this receive()
+        self.data_port = 0
+        self.start_delay = self._delay() if banner else 0.0
+        self._id = f"{ctx.rng.getrandbits(40):010X}"
+
+    def start(self) -> bytes:
+        return self.banner
+
+    def idle(self) -> Reply:
+        return Reply()
+
+    def receive(self, data: bytes) -> Reply:
+        if self.closed:
+            return Reply()
+        requests, immediate = self.framer.feed(data)
+        out = bytearray(immediate)
+        self.channel = None
+        for request in requests:
+            self.requests += 1
+            if len(self.commands) < MAX_RECORDED_COMMANDS:
+                self.commands.append(request.cmd.decode("ascii", "replace")[:32])
+            out += self.answer(request)
+            if self.closed:
+                break
+        if not out and not self.closed:
+            return Reply()
+        return Reply(send=bytes(out), close=self.closed, delay=self._delay() if out else 0.0,
+                     data=self.channel)
+
+    def answer(self, request: Request) -> bytes:
+        rule = self.match(request)
+        if rule is None:
+            return b""
+        groups: tuple[bytes, ...] = ()
+        if rule.regex is not None:
+            found = rule.regex.search(request.text)
+            groups = tuple(g or b"" for g in found.groups()) if found else ()
+        if self.script.parser == "http":
+            out = self._http(rule, request, groups)
+        else:
+            out = b"".join(
+                _bulk(self.expand(part, request, groups)) if bulk
+                else self.expand(part, request, groups)
+                for part, bulk in zip(rule.reply, rule.bulk, strict=True)
+            )
+        after = self.expand(rule.after, request, groups)
+        if (rule.data is not None or rule.receive) and self.data_port:
+            channel = self.channel = self.channel or DataChannel()
+            if rule.data is not None:
+                channel.send = self.expand(rule.data, request, groups)
+            channel.receive = rule.receive
+            channel.then = after
+        else:
+            out += after
+        if rule.goto:
+            self.state = rule.goto
+        if rule.close:
+            self.closed = True
+        return out
+
+    def match(self, request: Request) -> Rule | None:
+        for rule in [*self.script.states.get(self.state, []), *self.script.common]:
+            if _matches(rule, request):
+                return rule
+        return None
+
+    def _http(self, rule: Rule, request: Request, groups: tuple[bytes, ...]) -> bytes:
+        """RFC 9112 response framing: status line in the client's version, Date (RFC 9110
+        6.6.1), the rule's headers, Content-Length, Connection; no body for HEAD (9110 9.3.2)."""
+        code, text = rule.status or (200, ())
+        body = self.expand(rule.body, request, groups)
+        version = request.version if request.version in (b"HTTP/1.0", b"HTTP/1.1") else b"HTTP/1.1"
+        keep = request.keep_alive and not rule.close and request.cmd != BAD
+        lines = [version + b" %d " % code + self.expand(text, request, groups),
+                 b"Date: " + _http_date()]
+        lines += [self.expand(header, request, groups) for header in rule.headers]
+        lines += [b"Content-Length: %d" % len(body),
+                  b"Connection: " + (b"keep-alive" if keep else b"close")]
+        if not keep:
+            self.closed = True
+        head = b"\r\n".join(lines) + b"\r\n\r\n"
+        return head if request.cmd == b"HEAD" else head + body
+
+    def expand(self, template: Template, request: Request, groups: tuple[bytes, ...]) -> bytes:
+        out = bytearray()
+        for segment in template:
+            out += segment.text if not segment.name else self._value(segment.name, request, groups)
+        return bytes(out)
+
+    def _value(self, name: str, request: Request, groups: tuple[bytes, ...]) -> bytes:
+        if name.isdigit():
+            index = int(name) - 1
+            return clean(groups[index]) if index < len(groups) else b""
+        if name == "hostname":
+            return self.ctx.hostname.encode("ascii", "replace")
+        if name == "date":
+            return _http_date()
+        if name == "maildate":
+            return email.utils.formatdate(localtime=False).encode()
+        if name == "id":
+            return self._id.encode()
+        if name == "num":
+            return b"%d" % self.ctx.rng.randrange(1000, 65000)
+        if name == "port":
+            return b"%d" % self.ctx.port
+        if name == "local":
+            return self.ctx.local_addr.encode("ascii", "replace")
+        if name in ("pasv", "dataport"):
+            return self._passive(name)
+        if name == "rest":
+            parts = request.arg.split(None, 1)
+            return clean(parts[1] if len(parts) > 1 else b"")
+        value = {"arg": request.arg, "tag": request.tag, "cmd": request.cmd,
+                 "path": request.path}.get(name, b"")
+        return clean(value)
+
+    def _passive(self, name: str) -> bytes:
+        """A fresh data port to listen on (asked of the adapter), as RFC 959 4.1.2's
+        h1,h2,h3,h4,p1,p2 or RFC 2428's bare port number."""
+        self.data_port = self.ctx.rng.randint(*DATA_PORTS)
+        self.channel = self.channel or DataChannel()
+        self.channel.listen = self.data_port
+        if name == "dataport":
+            return b"%d" % self.data_port
+        host = self.ctx.local_addr if self.ctx.local_addr.count(".") == 3 else "0.0.0.0"  # noqa: S104
+        numbers = [*host.split("."), str(self.data_port >> 8), str(self.data_port & 255)]
+        return ",".join(numbers).encode()
+
+    def _delay(self) -> float:
+        low, high = self.script.delay
+        return self.ctx.rng.uniform(low, high) if high else 0.0
+
+    def record(self) -> dict[str, Any]:
+        return {"state": self.state, "requests": self.requests, "commands": self.commands}
+
+
+def _matches(rule: Rule, request: Request) -> bool:
+    if rule.cmd and rule.cmd != request.cmd:
+        return False
+    if rule.sub and rule.sub != request.sub:
+        return False
+    if rule.path is not None and rule.path != request.path:
+        return False
+    if rule.prefix is not None and not request.text.startswith(rule.prefix):
+        return False
+    return rule.regex is None or rule.regex.search(request.text) is not None
+
+
+def _bulk(data: bytes) -> bytes:
+    """A RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(data), data)
+
+
+def _http_date() -> bytes:
+    """IMF-fixdate (RFC 9110 5.6.7), now."""
+    return email.utils.formatdate(time.time(), usegmt=True).encode()

