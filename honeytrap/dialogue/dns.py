@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import struct
 
+from honeytrap.dialogue.base import Context, Dialogue
 from honeytrap.dialogue.binary import Cursor, Truncated
+from honeytrap.dialogue.datagram import DatagramDialogue
 
 HEADER = 12
 MAX_NAME = 255  # RFC 1035 2.3.4
@@ -51,3 +53,11 @@ def reply(datagram: bytes) -> bytes | None:
     out_flags = 0x8000 | (opcode << 11) | (flags & 0x0100) | 0x0080 | REFUSED  # QR, RD, RA
     opt = b"\0" + struct.pack("!HHIH", TYPE_OPT, EDNS_SIZE, 0, 0) if edns else b""
     return struct.pack("!6H", ident, out_flags, 1, 0, 0, 1 if edns else 0) + q + opt
+
+
+def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
+    return reply(datagram)
+
+
+def factory(ctx: Context) -> Dialogue:
+    return DatagramDialogue("dns", answer, ctx)

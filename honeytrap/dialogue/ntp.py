@@ -8,6 +8,9 @@ from __future__ import annotations
 import hashlib
 import struct
 
+from honeytrap.dialogue.base import Context, Dialogue
+from honeytrap.dialogue.datagram import DatagramDialogue, clock
+
 PACKET = 48
 MODE_CLIENT, MODE_SERVER = 3, 4
 NTP_EPOCH = 2208988800  # 1900-01-01 to 1970-01-01 in seconds
@@ -38,3 +41,11 @@ def reply(datagram: bytes, unix: float, hostname: str) -> bytes | None:
     return (bytes([version << 3 | MODE_SERVER, STRATUM, poll, PRECISION & 0xFF])
             + struct.pack("!II", ROOT_DELAY, ROOT_DISPERSION) + reference_id(hostname)
             + timestamp(unix - 64) + datagram[40:48] + timestamp(unix) + timestamp(unix))
+
+
+def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
+    return reply(datagram, clock(ctx), ctx.hostname)
+
+
+def factory(ctx: Context) -> Dialogue:
+    return DatagramDialogue("ntp", answer, ctx)

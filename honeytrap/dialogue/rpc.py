@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import struct
 
+from honeytrap.dialogue.base import Context, Dialogue
+from honeytrap.dialogue.datagram import DatagramDialogue
+
 CALL, REPLY, MSG_ACCEPTED = 0, 1, 0
 SUCCESS, PROG_UNAVAIL, PROG_MISMATCH, PROC_UNAVAIL = 0, 1, 2, 3
 PMAP_PROG = 100000
@@ -67,3 +70,11 @@ def reply(datagram: bytes, budget: int) -> bytes | None:
             entries += entry
         return ok + entries + struct.pack("!I", 0)
     return head + struct.pack("!I", PROC_UNAVAIL)
+
+
+def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
+    return reply(datagram, budget)
+
+
+def factory(ctx: Context) -> Dialogue:
+    return DatagramDialogue("rpc", answer, ctx)

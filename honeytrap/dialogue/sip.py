@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import random
 
+from honeytrap.dialogue import sensor
+from honeytrap.dialogue.base import Context, Dialogue
+from honeytrap.dialogue.datagram import DatagramDialogue
+
+SERVERS = "sip.servers"
+
 METHODS_200 = {"OPTIONS"}
 METHODS_401 = {"REGISTER", "INVITE", "SUBSCRIBE", "MESSAGE"}
 ALLOW = "INVITE, ACK, CANCEL, OPTIONS, BYE, REFER, SUBSCRIBE, NOTIFY, INFO, PUBLISH, MESSAGE"
@@ -70,3 +76,11 @@ def reply(datagram: bytes, rng: random.Random, server: str, budget: int) -> byte
     if len(full) <= budget:
         return full
     return ("\r\n".join([*out, *required, "Content-Length: 0"]) + "\r\n\r\n").encode()
+
+
+def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
+    return reply(datagram, ctx.rng, sensor.pick(SERVERS, ctx.hostname), budget)
+
+
+def factory(ctx: Context) -> Dialogue:
+    return DatagramDialogue("sip", answer, ctx)

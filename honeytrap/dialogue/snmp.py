@@ -6,7 +6,12 @@ endOfMibView. v3 gets nothing: its discovery reply is larger than the request.""
 
 from __future__ import annotations
 
+from honeytrap.dialogue import sensor
+from honeytrap.dialogue.base import Context, Dialogue
 from honeytrap.dialogue.binary import Cursor, Truncated
+from honeytrap.dialogue.datagram import DatagramDialogue
+
+DESCRIPTIONS = "snmp.sysdescr"
 
 SEQUENCE, INTEGER, OCTET_STRING, NULL, OID = 0x30, 0x02, 0x04, 0x05, 0x06
 GET, GET_NEXT, RESPONSE, GET_BULK = 0xA0, 0xA1, 0xA2, 0xA5
@@ -129,3 +134,17 @@ def _reply(datagram: bytes, descr: str, name: str) -> bytes | None:
             + enc(SEQUENCE, bindings))
     return enc(SEQUENCE, enc(INTEGER, version_raw) + enc(OCTET_STRING, community)
                + enc(RESPONSE, body))
+
+
+def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
+    """The reply with this sensor's sysDescr.0, cut where the reply would exceed `budget`."""
+    name = ctx.hostname.split(".")[0][:64]
+    descr = sensor.pick(DESCRIPTIONS, ctx.hostname).replace("{host}", name)
+    out = reply(datagram, descr, name)
+    if out is not None and len(out) > budget:
+        out = reply(datagram, descr[: max(0, len(descr) - (len(out) - budget) - 2)], name)
+    return out
+
+
+def factory(ctx: Context) -> Dialogue:
+    return DatagramDialogue("snmp", answer, ctx)
