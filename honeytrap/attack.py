@@ -321,6 +321,32 @@ class Attack:
         }
 
 
+    def followup_json(self, when: float | None = None) -> dict[str, Any]:
+        """The follow-up record of an attack recorded before its downloads ended: the same
+        `id`, `"follow_up": true`, `@timestamp` the time of the follow-up, and every download,
+        download try and analysis result known now (the lists are the whole lists, not only
+        what is new: a reader keeps the last record per id)."""
+        with self._lock:
+            downloads = [d.to_json() for d in self.downloads]
+            tries = [t.to_json() for t in self.download_tries]
+            analysis = dict(self.analysis)
+        return {
+            "@timestamp": _iso(time.time() if when is None else when),
+            "id": self.id,
+            "follow_up": True,
+            "start_time": _iso(self.start_time),
+            "attack_connection": {
+                key: value for key, value in self.attack_connection.to_json().items()
+                if key != "payload"
+            },
+            "download_count": len(downloads),
+            "download_tries": len(tries),
+            "downloads": downloads,
+            "download_attempts": tries,
+            "analysis": analysis,
+        }
+
+
 # Seconds _iso remembers the text of: an attack's start and end, and those of the attacks logged
 # just before it (attacks reach the outputs in about time order).
 _RECENT_SECONDS = 16

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import confparse, eventloop, reflector, resources
+from honeytrap import background, confparse, eventloop, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -63,6 +63,12 @@ DEFAULT_TEMPLATE_REPEAT = 10
 # One plugin hook call taking longer than this is abandoned (the attack goes on to the next
 # plugin); downloaders cap their own time well below it.
 DEFAULT_PLUGIN_TIMEOUT = 300.0
+# The download pool (honeytrap/background.py says why each default): threads, downloads
+# admitted at once, per attack and per attacker address at once.
+DEFAULT_DOWNLOAD_WORKERS = background.DEFAULT_WORKERS
+DEFAULT_DOWNLOAD_QUEUE = background.DEFAULT_QUEUE
+DEFAULT_DOWNLOAD_PER_ATTACK = background.DEFAULT_PER_ATTACK
+DEFAULT_DOWNLOAD_PER_SOURCE = background.DEFAULT_PER_SOURCE
 
 # Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
 # An attack is held in memory until its plugins ran: more than this per connection is a mistake.
@@ -83,6 +89,10 @@ MAX_UDP_REPLY_RATE = 1_000_000
 MAX_TEMPLATE_REPEAT = 1000
 MAX_LOGLEVEL = 6  # man page: -t 0..6
 MAX_NFQ_QUEUE = 65535  # NFQUEUE numbers are 16 bits
+# Download threads: each holds a stack and a socket; past this a sensor is a download farm.
+MAX_DOWNLOAD_WORKERS = 1024
+# Downloads admitted at once: each attack waiting on them is held in the recorder's memory.
+MAX_DOWNLOAD_QUEUE = 100_000
 
 PROTOCOLS = ("tcp", "udp")
 PLUGIN_PREFIX = "plugin-"
@@ -154,6 +164,10 @@ class Config:
     udp_replies_per_sensor: int = DEFAULT_UDP_REPLIES_PER_SENSOR
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
     plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS
+    download_queue: int = DEFAULT_DOWNLOAD_QUEUE
+    download_per_attack: int = DEFAULT_DOWNLOAD_PER_ATTACK
+    download_per_source: int = DEFAULT_DOWNLOAD_PER_SOURCE
     metrics_listen: str = ""  # "host:port" for Prometheus; empty: no exporter
     state_dir: str = DEFAULT_STATE_DIR  # the sensor id, per-sensor material (honeytrap.state)
     sensor_id: str = ""  # empty: made at first start and kept in state_dir
@@ -189,6 +203,10 @@ _RANGES: dict[str, tuple[float, float]] = {
     "udp_replies_per_sensor": (1, MAX_UDP_REPLY_RATE),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
     "plugin_timeout": (0.1, MAX_TIMEOUT),
+    "download_workers": (1, MAX_DOWNLOAD_WORKERS),
+    "download_queue": (1, MAX_DOWNLOAD_QUEUE),
+    "download_per_attack": (1, MAX_DOWNLOAD_QUEUE),
+    "download_per_source": (1, MAX_DOWNLOAD_QUEUE),
 }
 _DEFAULT_MODES = {"ignore": Mode.IGNORE, "normal": Mode.NORMAL, "mirror": Mode.MIRROR}
 _BOOLEANS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
@@ -345,6 +363,10 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "udp_replies_per_sensor": _number,
     "template_repeat": _number,
     "plugin_timeout": _number,
+    "download_workers": _number,
+    "download_queue": _number,
+    "download_per_attack": _number,
+    "download_per_source": _number,
     "metrics_listen": _text,
     "state_dir": _path,
     "sensor_id": _sensor_id,
