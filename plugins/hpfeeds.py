@@ -22,7 +22,6 @@ was not published for the broker's size limit.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 
@@ -36,6 +35,7 @@ from honeytrap.outputs.hpfeeds import (
     SAMPLES_CHANNEL,
     HpfeedsSink,
     event_payload,
+    followup_payload,
     record_data,
 )
 from honeytrap.outputs.output import Output
@@ -125,22 +125,6 @@ class Hpfeeds:
 
     def close(self) -> None:
         self.output.close()
-
-
-def followup_payload(attack: Attack, limit: int, sensor_id: str) -> bytes | None:
-    """attack.followup_json() with `sensor_id`, within `limit` bytes: over it, the samples' hex
-    is left out (marked "truncated"; they go on their own channel). None if even that does not
-    fit."""
-    doc = attack.followup_json()
-    doc["sensor_id"] = sensor_id
-    data = json.dumps(doc).encode()
-    if len(data) <= limit:
-        return data
-    for download in doc["downloads"]:
-        download["payload"]["data_hex"] = ""
-        download["payload"]["truncated"] = True
-    data = json.dumps(doc).encode()
-    return data if len(data) <= limit else None
 
 
 def load(ctx: PluginContext) -> Hpfeeds:
