@@ -5,7 +5,7 @@ add downloads, download tries and notes, through the methods below (thread-safe:
 a worker pool off the connection path). A *virtual* attack is derived from another by decoding
 its payload (b64Decode, deUnicode); what is found in it is attached to the root attack too.
 
-`to_json` is the one canonical serialisation (T-Pot's attackers.json shape, see REFERENCE.md),
+`to_json` is the one canonical serialisation (T-Pot's attackers.json shape, see README.md, Outputs),
 used by logJSON, hpfeeds and the spools, so every output agrees.
 """
 
@@ -317,6 +317,32 @@ class Attack:
             "downloads": downloads,
             "download_attempts": tries,
             "notes": notes,
+            "analysis": analysis,
+        }
+
+
+    def followup_json(self, when: float | None = None) -> dict[str, Any]:
+        """The follow-up record of an attack recorded before its downloads ended: the same
+        `id`, `"follow_up": true`, `@timestamp` the time of the follow-up, and every download,
+        download try and analysis result known now (the lists are the whole lists, not only
+        what is new: a reader keeps the last record per id)."""
+        with self._lock:
+            downloads = [d.to_json() for d in self.downloads]
+            tries = [t.to_json() for t in self.download_tries]
+            analysis = dict(self.analysis)
+        return {
+            "@timestamp": _iso(time.time() if when is None else when),
+            "id": self.id,
+            "follow_up": True,
+            "start_time": _iso(self.start_time),
+            "attack_connection": {
+                key: value for key, value in self.attack_connection.to_json().items()
+                if key != "payload"
+            },
+            "download_count": len(downloads),
+            "download_tries": len(tries),
+            "downloads": downloads,
+            "download_attempts": tries,
             "analysis": analysis,
         }
 

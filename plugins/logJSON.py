@@ -5,6 +5,10 @@ fork logged before the download plugins ran and never listed any). One line per 
 not virtual: a virtual attack's downloads are already on its root attack. The shape is
 `Attack.to_json()`, the one serialisation every output shares; the payload is hex in it; plus
 `sensor_id`, the sensor's id (a fleet's ELK tells its sensors apart by it).
+
+Downloads run in the download pool after the attack is recorded, so its line lists none; when
+they end having found something, a follow-up line with the same `id` and `sensor_id`,
+`"follow_up": true` and the downloads and tries (`Attack.followup_json()`) is appended.
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ class LogJSON(outfile.LineLog):
         doc = attack.to_json()
         doc["sensor_id"] = self.sensor_id
         return (_ENCODER.encode(doc) + "\n").encode("utf-8")
+
+    def followup(self, attack: Attack) -> None:
+        """The downloads found after the attack's line was written: a follow-up line."""
+        doc = attack.followup_json()
+        doc["sensor_id"] = self.sensor_id
+        self.write_line((_ENCODER.encode(doc) + "\n").encode("utf-8"))
 
 
 def load(ctx: PluginContext) -> LogJSON:

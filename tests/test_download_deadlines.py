@@ -15,6 +15,7 @@ from download_servers import PLUGIN_DIR, start
 from netns import Lab, inside
 
 from honeytrap.attack import Attack, Connection, Payload
+from honeytrap.background import Task
 from honeytrap.config import Config, PluginSpec
 from honeytrap.plugin import load_plugins
 
@@ -53,7 +54,9 @@ def download(lab: Lab, plugin: str, payload: bytes) -> tuple[dict[str, Any], flo
         with inside(lab.sensor):
             started = time.monotonic()
             for _, hook in registry.hooks["analyze"]:
-                hook(attack)
+                for task in hook(attack) or ():
+                    assert isinstance(task, Task)
+                    task.run()  # the real download, as the download pool runs it
             elapsed = time.monotonic() - started
     finally:
         registry.close()

@@ -140,7 +140,7 @@ def test_cancel_shuts_a_download_socket_blocked_in_recv() -> None:
     reader.join(10)
     try:
         assert not reader.is_alive() and got == [b""]
-        with pytest.raises(DownloadError, match="abandoned"):
+        with pytest.raises(DownloadError, match="cancelled"):
             sock.recv(10)
     finally:
         sock.close()

@@ -41,7 +41,7 @@ class Deadline:
     def remaining(self) -> float:
         """Seconds left; DownloadError once none are (or the download was cancelled)."""
         if self.cancelled:
-            raise DownloadError("abandoned by the download pool")
+            raise DownloadError("cancelled by the download pool")
         left = self.expires - self._clock()
         if left <= 0:
             raise DownloadError(f"time cap of {self.seconds:g} s reached")
@@ -97,7 +97,7 @@ class Deadline:
         with self._lock:
             if self.cancelled:
                 sock.close()
-                raise DownloadError("abandoned by the download pool")
+                raise DownloadError("cancelled by the download pool")
             # Closed sockets are dropped as new ones come: a download opens only a few.
             self._sockets = [s for s in self._sockets if s.fileno() >= 0]
             self._sockets.append(sock)

@@ -77,6 +77,22 @@ def event_payload(attack: Attack, limit: int, sensor_id: str = "") -> bytes | No
     return data if len(data) <= limit else None
 
 
+def followup_payload(attack: Attack, limit: int, sensor_id: str) -> bytes | None:
+    """attack.followup_json() with `sensor_id`, within `limit` bytes: over it, the samples' hex
+    is left out (marked "truncated"; they go on their own channel). None if even that does not
+    fit."""
+    doc = attack.followup_json()
+    doc["sensor_id"] = sensor_id
+    data = json.dumps(doc).encode()
+    if len(data) <= limit:
+        return data
+    for download in doc["downloads"]:
+        download["payload"]["data_hex"] = ""
+        download["payload"]["truncated"] = True
+    data = json.dumps(doc).encode()
+    return data if len(data) <= limit else None
+
+
 def _cut(payload: dict[str, Any], keep: int) -> None:
     if len(payload["data_hex"]) > keep:
         payload["data_hex"] = payload["data_hex"][:keep]
