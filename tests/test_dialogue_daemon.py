@@ -162,12 +162,14 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         bot.sendall(line)
         read_until(bot, b"# ")
         bot.close()
-        [record] = ht.wait_records(1, timeout=60)
+        records = ht.wait_records(2, timeout=60)  # the attack, then its downloads' follow-up
     finally:
         assert ht.stop() == 0
+    [record] = [r for r in records if not r.get("follow_up")]
+    [follow_up] = [r for r in records if r.get("follow_up")]
     assert line in payload_of(record)
     assert dialogue(record)["protocol"] == "telnet"
-    assert record["download_count"] == 1
+    assert follow_up["id"] == record["id"] and follow_up["download_count"] == 1
     md5 = hashlib.md5(sample).hexdigest()
     assert (ht.downloads_dir / md5).read_bytes() == sample
 
