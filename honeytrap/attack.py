@@ -5,7 +5,7 @@ add downloads, download tries and notes, through the methods below (thread-safe:
 a worker pool off the connection path). A *virtual* attack is derived from another by decoding
 its payload (b64Decode, deUnicode); what is found in it is attached to the root attack too.
 
-`to_json` is the one canonical serialisation (T-Pot's attackers.json shape, see REFERENCE.md),
+`to_json` is the one canonical serialisation (T-Pot's attackers.json shape, see README.md, Outputs),
 used by logJSON, hpfeeds and the spools, so every output agrees.
 """
 

@@ -112,6 +112,10 @@ METRICS: dict[str, MetricDef] = {
         "refused_full", "Connections refused: max_connections on one server"),
     "accept_errors": _counter(
         "accept_errors", "accept() failures for lack of descriptors or memory"),
+    "refused_source": _counter(
+        "refused_source", "Connections closed at accept: max_connections_per_source"),
+    "refused_network": _counter(
+        "refused_network", "Connections closed at accept: max_connections_per_network"),
     "udp_replies_refused": _counter(
         "udp_replies_refused", "UDP replies not sent: over twice the bytes in, or the rates"),
     "udp_replies_cut": _counter(

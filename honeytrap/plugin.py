@@ -1,4 +1,4 @@
-"""Plugins: loading, the hook registry, and reloading (all in this one place; STYLE.md).
+"""Plugins: loading, the hook registry, and reloading (all in this one place).
 
 A plugin is `<plugin_dir>/<Name>.py`, loaded by a `plugin-<Name>` line of the configuration in
 file order. It exposes `load(ctx: PluginContext) -> object`; the object's methods named after

@@ -205,8 +205,10 @@ read_limit = "1048576"
 
     def server_names(self) -> dict[int, str]:
         """The server processes' names by pid (`ht-<port>/<proto>`, `+N` for N more ports)."""
+        # Only named ones: a spare forked a moment ago still shows the master's command line
+        # until its first statement renames it (forked.leave_master).
         return {pid: name for pid, name in self._child_names()
-                if name not in ("honeytrap-rec", SPARE_NAME)}
+                if name.startswith("ht-") and name != SPARE_NAME}
 
     def wait_children(self, count: int, timeout: float = 10.0) -> list[int]:
         """children(), once there are `count` (bounded): a connect() completes as soon as the

@@ -286,7 +286,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _text(value: Any) -> str:
-    """PostgreSQL text cannot hold NUL; attacker-influenced strings may (REFERENCE.md)."""
+    """PostgreSQL text cannot hold NUL; attacker-influenced strings may."""
     return str(value).replace("\x00", "\ufffd")
 
 
