@@ -100,6 +100,16 @@ MAX_DOWNLOAD_QUEUE = 100_000
 
 PROTOCOLS = ("tcp", "udp")
 PLUGIN_PREFIX = "plugin-"
+# The original's plugins we do not implement, and why. A line loading one is warned about and
+# skipped, so a file written for the original (T-Pot's, with them commented out or not) loads.
+UNIMPLEMENTED_PLUGINS = {
+    "cpuEmu": "shellcode emulation with libemu",
+    "cspm": "shellcode signature matching",
+    "submitMWserv": "submission to the mwcollect alliance, a service that is gone",
+    "submitNebula": "submission to Nebula, a service that is gone",
+}
+# The original's shared objects are htm_<Name>.so; a line naming one so means plugin <Name>.
+ORIGINAL_MODULE_PREFIX = "htm_"
 
 
 @dataclass(frozen=True)
@@ -537,8 +547,15 @@ class _Builder:
 
     def plugin(self, entry: Entry) -> None:
         name = entry.key[len(PLUGIN_PREFIX):]
+        if name.startswith(ORIGINAL_MODULE_PREFIX) and len(name) > len(ORIGINAL_MODULE_PREFIX):
+            name = name[len(ORIGINAL_MODULE_PREFIX):]
+            self.warn(f"the original's module name: loading plugin {name}", entry, entry.key)
         if not name:
             raise _error("plugin name missing (write plugin-<Name>)", entry, entry.key)
+        if name in UNIMPLEMENTED_PLUGINS:
+            self.warn(f"plugin {name} ({UNIMPLEMENTED_PLUGINS[name]}) is not implemented: "
+                      "line skipped", entry, entry.key)
+            return
         for spec in self.plugins:
             if spec.name == name:
                 raise _error(f"plugin {name} is loaded twice (first at {spec.file}:{spec.line})",

@@ -22,6 +22,7 @@ unserved (detection then answers as for an unknown protocol).
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import os
@@ -60,6 +61,21 @@ def load_catalog(config: Config) -> Catalog:
                         template_repeat=config.template_repeat)
 
 
+def _tls_context(tls: ModuleType, state_dir: str, hostname: str) -> Any:
+    """The sensor's TLS context, its certificate kept in state_dir; where state_dir cannot be
+    written (a read-only root without a volume for it: T-Pot's container as it is), a
+    certificate made for this start only, and a warning (errno's name: T-Pot's health check
+    treats the kernel's wording as a failure)."""
+    try:
+        return tls.server_context(state_dir, hostname)
+    except OSError as exc:
+        if not state_dir or exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        log.warning("TLS certificate not kept: state_dir %s cannot be written (%s); "
+                    "a new one for this start", state_dir, errno.errorcode[exc.errno])
+        return tls.server_context("", hostname)
+
+
 @dataclass
 class Catalog:
     scripts: dict[tuple[str, int], Script] = field(default_factory=dict)
@@ -84,7 +100,7 @@ class Catalog:
         tls = catalog.modules.get("tls")
         if tls is not None:
             try:
-                catalog.extra["tls_context"] = tls.server_context(state_dir, catalog.hostname)
+                catalog.extra["tls_context"] = _tls_context(tls, state_dir, catalog.hostname)
             except (OSError, ValueError) as exc:
                 log.error("TLS disabled: no server context (%s)", exc)
                 del catalog.modules["tls"]
