@@ -286,6 +286,18 @@ def test_validity_window(rng: Any) -> None:
     assert end > now + datetime.timedelta(days=certificate.MIN_LEFT_DAYS - 1)
 
 
+def test_unwritable_state_dir_is_not_fatal(tmp_path: Any) -> None:
+    """A state_dir that cannot be written (a read-only root): a certificate for this run."""
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    ctx = tls.server_context(str(blocker / "state"), HOST)  # a path under a regular file
+    d = tls.TlsDialogue(Context("tcp", 443, 1 << 20, extra={tls.CONTEXT_KEY: ctx}),
+                        lambda first: Inner(first))
+    c = Client(d)
+    c.handshake()
+    assert d.record()["tls"]["version"] == "TLSv1.3"
+
+
 def test_sensors_differ(tmp_path: Any) -> None:
     """Two sensors: different keys and serials; subjects chosen by host name."""
     a = x509.load_pem_x509_certificate(certificate.generate("a.example.test")[1])
