@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from honeytrap.dialogue import datagram, ntlm, sensor
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import Cursor, Truncated, text
 from honeytrap.errors import ConfigError
 
@@ -216,3 +216,8 @@ class SmbDialogue:
             return self._frame(smb2_header(SESSION_SETUP, STATUS_LOGON_FAILURE, message_id,
                                            self.session_id) + error_body())
         return self._fail(f"NTLMSSP message type {kind}")
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return SmbDialogue(ctx)
