@@ -31,11 +31,14 @@ PYTHON = sys.executable
 # Load generator processes: the machine has 2 cores; every target faces the same load.
 LOADGEN_PROCS = 2
 CONCURRENCY = 100  # connections in flight per load generator process
-# honeytrap's configuration for the load (its needs, as an operator would set them).
+# honeytrap's configuration for the load (its needs, as an operator would set them; the idle
+# phase holds 15,000 connections from the one load generator address: per-source budgets up).
 HONEYTRAP_CONFIG = """
 max_servers = "1100"
 max_server_rate = "2000"
 max_connections = "20000"
+max_connections_per_source = "20000"
+max_connections_per_network = "20000"
 """
 # The floors' loops (bench/baseline.py --loop).
 FLOORS = ("asyncio", "uvloop")

@@ -1,4 +1,4 @@
-"""The one configuration object, built and validated up front (STYLE.md).
+"""The one configuration object, built and validated up front.
 
 `load_config(path)` reads a file in the original's syntax (see confparse.py) into a `Config`;
 `apply_overrides` (alias `apply_options`) lays command-line values over it (the man page: the
@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import confparse, eventloop, reflector, resources
+from honeytrap import background, budget, confparse, eventloop, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -31,7 +31,7 @@ from honeytrap.state import DEFAULT_STATE_DIR, check_sensor_id
 OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
 
 # Named limits and defaults. Each says why.
-DEFAULT_CONFIG_FILE = "/etc/honeytrap/honeytrap.conf"  # man page / REFERENCE.md
+DEFAULT_CONFIG_FILE = "/etc/honeytrap/honeytrap.conf"  # honeytrap(8), -C
 DEFAULT_LOGFILE = "/var/log/honeytrap.log"
 DEFAULT_PIDFILE = "/run/honeytrap.pid"
 DEFAULT_LISTEN_TIMEOUT = 30.0  # man page: "-l ... Default is 30" (the C code used 120)
@@ -58,6 +58,10 @@ DEFAULT_MAX_CONNECTIONS = 4096
 # a 5,000 SYN/s sweep through 4 times over, and still caps what a flood may cost the master.
 # Attempts over the rate are refused and counted.
 DEFAULT_MAX_SERVER_RATE = 20000
+# Connections one source address / one /24 or /64 may hold in one server process (budget.py):
+# one address must not take every descriptor of a process that serves many ports.
+DEFAULT_MAX_CONNECTIONS_PER_SOURCE = budget.DEFAULT_PER_SOURCE
+DEFAULT_MAX_CONNECTIONS_PER_NETWORK = budget.DEFAULT_PER_NETWORK
 # UDP replies (reflector.py): per source address and per server process, per second. A forged
 # source must not turn the sensor into a reflector (issue 14: 335x with the shipped templates).
 DEFAULT_UDP_REPLIES_PER_SOURCE = reflector.DEFAULT_REPLIES_PER_SOURCE
@@ -68,6 +72,12 @@ DEFAULT_TEMPLATE_REPEAT = 10
 # One plugin hook call taking longer than this is abandoned (the attack goes on to the next
 # plugin); downloaders cap their own time well below it.
 DEFAULT_PLUGIN_TIMEOUT = 300.0
+# The download pool (honeytrap/background.py says why each default): threads, downloads
+# admitted at once, per attack and per attacker address at once.
+DEFAULT_DOWNLOAD_WORKERS = background.DEFAULT_WORKERS
+DEFAULT_DOWNLOAD_QUEUE = background.DEFAULT_QUEUE
+DEFAULT_DOWNLOAD_PER_ATTACK = background.DEFAULT_PER_ATTACK
+DEFAULT_DOWNLOAD_PER_SOURCE = background.DEFAULT_PER_SOURCE
 
 # Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
 # An attack is held in memory until its plugins ran: more than this per connection is a mistake.
@@ -88,9 +98,23 @@ MAX_UDP_REPLY_RATE = 1_000_000
 MAX_TEMPLATE_REPEAT = 1000
 MAX_LOGLEVEL = 6  # man page: -t 0..6
 MAX_NFQ_QUEUE = 65535  # NFQUEUE numbers are 16 bits
+# Download threads: each holds a stack and a socket; past this a sensor is a download farm.
+MAX_DOWNLOAD_WORKERS = 1024
+# Downloads admitted at once: each attack waiting on them is held in the recorder's memory.
+MAX_DOWNLOAD_QUEUE = 100_000
 
 PROTOCOLS = ("tcp", "udp")
 PLUGIN_PREFIX = "plugin-"
+# The original's plugins we do not implement, and why. A line loading one is warned about and
+# skipped, so a file written for the original (T-Pot's, with them commented out or not) loads.
+UNIMPLEMENTED_PLUGINS = {
+    "cpuEmu": "shellcode emulation with libemu",
+    "cspm": "shellcode signature matching",
+    "submitMWserv": "submission to the mwcollect alliance, a service that is gone",
+    "submitNebula": "submission to Nebula, a service that is gone",
+}
+# The original's shared objects are htm_<Name>.so; a line naming one so means plugin <Name>.
+ORIGINAL_MODULE_PREFIX = "htm_"
 
 
 @dataclass(frozen=True)
@@ -154,11 +178,17 @@ class Config:
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
+    max_connections_per_network: int = DEFAULT_MAX_CONNECTIONS_PER_NETWORK
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
     udp_replies_per_source: int = DEFAULT_UDP_REPLIES_PER_SOURCE
     udp_replies_per_sensor: int = DEFAULT_UDP_REPLIES_PER_SENSOR
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
     plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT
+    download_workers: int = DEFAULT_DOWNLOAD_WORKERS
+    download_queue: int = DEFAULT_DOWNLOAD_QUEUE
+    download_per_attack: int = DEFAULT_DOWNLOAD_PER_ATTACK
+    download_per_source: int = DEFAULT_DOWNLOAD_PER_SOURCE
     metrics_listen: str = ""  # "host:port" for Prometheus; empty: no exporter
     state_dir: str = DEFAULT_STATE_DIR  # the sensor id, per-sensor material (honeytrap.state)
     sensor_id: str = ""  # empty: made at first start and kept in state_dir
@@ -189,11 +219,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_servers": (1, MAX_SERVERS_LIMIT),
     "ports_per_process": (1, MAX_PORTS_PER_PROCESS),
     "max_connections": (1, MAX_CONNECTIONS_LIMIT),
+    "max_connections_per_source": (1, MAX_CONNECTIONS_LIMIT),
+    "max_connections_per_network": (1, MAX_CONNECTIONS_LIMIT),
     "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
     "udp_replies_per_source": (1, MAX_UDP_REPLY_RATE),
     "udp_replies_per_sensor": (1, MAX_UDP_REPLY_RATE),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
     "plugin_timeout": (0.1, MAX_TIMEOUT),
+    "download_workers": (1, MAX_DOWNLOAD_WORKERS),
+    "download_queue": (1, MAX_DOWNLOAD_QUEUE),
+    "download_per_attack": (1, MAX_DOWNLOAD_QUEUE),
+    "download_per_source": (1, MAX_DOWNLOAD_QUEUE),
 }
 _DEFAULT_MODES = {"ignore": Mode.IGNORE, "normal": Mode.NORMAL, "mirror": Mode.MIRROR}
 _BOOLEANS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
@@ -345,11 +381,17 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "max_servers": _number,
     "ports_per_process": _number,
     "max_connections": _number,
+    "max_connections_per_source": _number,
+    "max_connections_per_network": _number,
     "max_server_rate": _number,
     "udp_replies_per_source": _number,
     "udp_replies_per_sensor": _number,
     "template_repeat": _number,
     "plugin_timeout": _number,
+    "download_workers": _number,
+    "download_queue": _number,
+    "download_per_attack": _number,
+    "download_per_source": _number,
     "metrics_listen": _text,
     "state_dir": _path,
     "sensor_id": _sensor_id,
@@ -510,8 +552,15 @@ class _Builder:
 
     def plugin(self, entry: Entry) -> None:
         name = entry.key[len(PLUGIN_PREFIX):]
+        if name.startswith(ORIGINAL_MODULE_PREFIX) and len(name) > len(ORIGINAL_MODULE_PREFIX):
+            name = name[len(ORIGINAL_MODULE_PREFIX):]
+            self.warn(f"the original's module name: loading plugin {name}", entry, entry.key)
         if not name:
             raise _error("plugin name missing (write plugin-<Name>)", entry, entry.key)
+        if name in UNIMPLEMENTED_PLUGINS:
+            self.warn(f"plugin {name} ({UNIMPLEMENTED_PLUGINS[name]}) is not implemented: "
+                      "line skipped", entry, entry.key)
+            return
         for spec in self.plugins:
             if spec.name == name:
                 raise _error(f"plugin {name} is loaded twice (first at {spec.file}:{spec.line})",

@@ -1,4 +1,4 @@
-"""Pure decoders for the analysis plugins: bytes in, decoded bytes out, no I/O (STYLE.md).
+"""Pure decoders for the analysis plugins: bytes in, decoded bytes out, no I/O.
 
 Each function takes an attacker's payload and returns what could be recovered from it: a list
 of `Decoded` (possibly empty). None of them raises on any input; every size, count and key

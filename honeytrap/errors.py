@@ -1,4 +1,4 @@
-"""The exception tree, split by blame (STYLE.md: "a small exception tree").
+"""The exception tree, split by blame.
 
 - ConfigError: the operator's fault; a clear message naming file, line and key.
 - RemoteError: the attacker's or a remote peer's fault; logged and survived.

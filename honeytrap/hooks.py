@@ -21,12 +21,15 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from honeytrap.attack import Attack
+from honeytrap.background import Task
 
 if TYPE_CHECKING:
     from honeytrap.plugin import ReadEvent
 
 ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
-HOOKS = ("perread", *ATTACK_HOOKS)
+# After an attack was recorded, what the downloads it started found later (pipeline.py).
+FOLLOWUP_HOOK = "followup"
+HOOKS = ("perread", *ATTACK_HOOKS, FOLLOWUP_HOOK)
 # Methods the registry calls besides the hooks.
 LIFECYCLE = ("after_fork", "close", "stats")
 KNOWN = (*HOOKS, *LIFECYCLE)
@@ -52,9 +55,10 @@ class PreProc(Protocol):
 
 @runtime_checkable
 class Analyze(Protocol):
-    """Then: downloaders and analyzers. May return virtual attacks."""
+    """Then: downloaders and analyzers. May return virtual attacks, and slow work for the
+    download pool (background.Task: run once the attack is recorded)."""
 
-    def analyze(self, attack: Attack) -> Iterable[Attack] | None: ...
+    def analyze(self, attack: Attack) -> Iterable[Attack | Task] | None: ...
 
 
 @runtime_checkable
@@ -69,6 +73,14 @@ class PostProc(Protocol):
     """Last: loggers. May return virtual attacks."""
 
     def postproc(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class FollowUp(Protocol):
+    """Later, once the download tasks the attack's hooks returned all ended and added downloads
+    or download tries to it: record them (the root attack, with everything found on it)."""
+
+    def followup(self, attack: Attack) -> None: ...
 
 
 @runtime_checkable

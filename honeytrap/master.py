@@ -253,7 +253,8 @@ class Master:
         """The port table's actions, in order (porttable.py says what each means)."""
         for action in actions:
             if isinstance(action, Verdict):
-                if action.refused:
+                # A privileged port's refusal is logged by bind_refusals, naming the capability.
+                if action.refused and action.refused != "refused_privileged":
                     self._log_refusal(action.refused, action.key)
                 cast(Held, action.token).release()
             elif isinstance(action, Start):

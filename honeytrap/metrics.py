@@ -112,6 +112,10 @@ METRICS: dict[str, MetricDef] = {
         "refused_full", "Connections refused: max_connections on one server"),
     "accept_errors": _counter(
         "accept_errors", "accept() failures for lack of descriptors or memory"),
+    "refused_source": _counter(
+        "refused_source", "Connections closed at accept: max_connections_per_source"),
+    "refused_network": _counter(
+        "refused_network", "Connections closed at accept: max_connections_per_network"),
     "udp_replies_refused": _counter(
         "udp_replies_refused", "UDP replies not sent: over twice the bytes in, or the rates"),
     "udp_replies_cut": _counter(
@@ -130,6 +134,18 @@ METRICS: dict[str, MetricDef] = {
         "pipeline_virtual_refused", "Virtual attacks (decoded from others) over the limit"),
     "pipeline_pending": _gauge(
         "pipeline_pending", "Attacks in the plugin pipeline now, not yet finished"),
+    "pipeline_followups": _counter(
+        "pipeline_followups", "Attacks recorded again with what their downloads found later"),
+    "pipeline_downloads_run": _counter(
+        "pipeline_downloads_run", "Downloads the download pool ran to their end"),
+    "pipeline_downloads_refused": _counter(
+        "pipeline_downloads_refused", "Downloads refused: download pool full or a budget spent"),
+    "pipeline_downloads_abandoned": _counter(
+        "pipeline_downloads_abandoned", "Downloads abandoned after plugin_timeout"),
+    "pipeline_downloads_dropped": _counter(
+        "pipeline_downloads_dropped", "Downloads not started before the recorder stopped"),
+    "pipeline_downloads_pending": _gauge(
+        "pipeline_downloads_pending", "Downloads admitted to the download pool, not yet ended"),
     "recorder_link_errors": _counter(
         "recorder_link_errors", "Malformed messages on server-to-recorder links"),
     # the shipped plugins (Plugin.stats)

@@ -1,6 +1,6 @@
 """Mirror mode's target policy: whom we may connect back to, and how often.
 
-Mirror mode (REFERENCE.md, "mirror") connects back to the attacking connection's own peer on the
+Mirror mode (honeytrap(8), MODES) connects back to the attacking connection's own peer on the
 attacked port. Connecting back is an outbound connection the attacker chose the address of, so
 it is refused (and the connection served in normal mode, with a note) when the address is:
 

@@ -307,7 +307,8 @@ class UdpPeer(Finisher):
         ctx = server.catalog.context("udp", server.port.port, server.config.read_limit,
                                      conn.local_addr)
         self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit,
-                                    dialogue=factory(ctx) if factory is not None else None)
+                                    dialogue=factory(ctx) if factory is not None else None,
+                                    fallback=server.has_template)
         self.start = time.time()
         self.last = time.monotonic()
         self.timer = server.loop.call_later(server.config.read_timeout, self._tick)

@@ -216,8 +216,11 @@ class LineLog:
     def postproc(self, attack: Attack) -> None:
         if attack.is_virtual:
             return
-        assert self.fd is not None, "postproc after close"
-        line = self.line(attack)
+        self.write_line(self.line(attack))
+
+    def write_line(self, line: bytes) -> None:
+        """Append one whole line, or keep it in the backlog until the disk takes it."""
+        assert self.fd is not None, "write after close"
         self.backlog.submit(len(line), functools.partial(append_record, self.fd, line))
 
     def stats(self) -> dict[str, int]:

@@ -7,8 +7,16 @@ the job goes on on a fresh worker from the next step, so a stuck plugin stalls n
 later plugins (the savers and loggers) still see the attack.
 
 Virtual attacks returned by a hook are spliced into the job right after the current step, with
-all the attack hooks, so they are finished before their parent goes on (REFERENCE.md: downloads
-found in decoded data are attached to the original attack before it is saved).
+all the attack hooks, so they are finished before their parent goes on.
+
+Slow work (downloads) never holds up recording: a hook returns it as `background.Task`s, which
+are admitted to the download pool at once (a refusal is on the record) and started once every
+hook has recorded the attack. When the last of an attack's tasks ended, and they added
+downloads or download tries to it, the attack goes through the FOLLOWUP hooks (a follow-up
+job on these workers): the outputs record what was found later (logJSON a follow-up line,
+SaveFile the samples, the databases and hpfeeds the downloads; docs/plugins.md). FOLLOWUP
+hooks run in the order of their plugins' first attack hook (analyzers, then savers, then
+loggers), then in configuration order.
 """
 
 from __future__ import annotations
@@ -21,8 +29,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from honeytrap import background
 from honeytrap.attack import Attack
-from honeytrap.plugin import ATTACK_HOOKS, Registry
+from honeytrap.background import DownloadPool, Task
+from honeytrap.config import Config
+from honeytrap.plugin import ATTACK_HOOKS, FOLLOWUP_HOOK, Registry
 
 log = logging.getLogger("honeytrap.pipeline")
 
@@ -40,6 +51,21 @@ MAX_VIRTUAL_DEPTH = 3
 MAX_VIRTUAL_PER_ATTACK = 32
 # Abandoned (hung) threads tolerated before we stop replacing them and say so loudly.
 MAX_ABANDONED_WORKERS = 32
+# At close, downloads cancelled (sockets shut) get this long to end and their follow-ups this
+# long to be recorded, even when the drain time is spent.
+CANCEL_GRACE = 2.0
+
+
+DEFAULT_DOWNLOAD_LIMITS = background.Limits()
+
+
+def download_limits(config: Config) -> background.Limits:
+    return background.Limits(
+        workers=config.download_workers,
+        queue=config.download_queue,
+        per_attack=config.download_per_attack,
+        per_source=config.download_per_source,
+    )
 
 
 @dataclass
@@ -47,17 +73,23 @@ class Step:
     attack: Attack
     hook: str
     plugin: str
-    call: Callable[[Attack], Iterable[Attack] | None]
+    call: Callable[[Attack], Iterable[Attack | Task] | None]
     depth: int
 
 
 @dataclass
 class Job:
     steps: deque[Step]
+    attack: Attack
     virtuals: int = 0
     # Called once, from the worker thread, when every step ran (the recorder acknowledges the
     # attack to its server then: recorder.py).
     on_done: Callable[[], None] | None = None
+    # The attack's admitted download tasks; started once every step ran.
+    downloads: background.Group | None = None
+    # Downloads and download tries on the attack when it was recorded: a follow-up records
+    # only when its tasks added to them.
+    recorded: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -67,6 +99,11 @@ class Counters:
     plugin_failures: int = 0
     plugin_timeouts: int = 0
     virtual_refused: int = 0
+    followups: int = 0  # attacks that went through the FOLLOWUP hooks
+    downloads_run: int = 0  # download pool tasks that ran to their end
+    downloads_refused: int = 0  # refused: pool full, or an attack's or a source's budget spent
+    downloads_abandoned: int = 0  # abandoned past plugin_timeout (sockets shut, thread retired)
+    downloads_dropped: int = 0  # still waiting when the recorder stopped
 
 
 @dataclass
@@ -87,6 +124,7 @@ class Pipeline:
         *,
         workers: int = DEFAULT_WORKERS,
         plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT,
+        downloads: background.Limits = DEFAULT_DOWNLOAD_LIMITS,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.registry = registry
@@ -103,6 +141,7 @@ class Pipeline:
         self._slots = threading.Semaphore(1)
         for _ in range(workers):
             self._spawn()
+        self.downloads = DownloadPool(downloads, timeout=plugin_timeout, clock=clock)
         self._watchdog = threading.Thread(target=self._watch, name="pipeline-watchdog", daemon=True)
         self._watchdog.start()
 
@@ -113,11 +152,43 @@ class Pipeline:
             # No worker would ever take it, and drain() would wait for it forever.
             log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        job = Job(deque(self._steps(attack, 0)), on_done=on_done)
+        job = Job(deque(self._steps(attack, 0)), attack, on_done=on_done)
         with self._idle:
             self._pending += 1
             self.counters.attacks += 1
         self._queue.put(job)
+
+    def _followup(self, job: Job, root: Attack) -> None:
+        """The attack's download tasks all ended (called from a pool thread): if they found
+        anything, queue the attack for the FOLLOWUP hooks."""
+        with root._lock:
+            found = (len(root.downloads), len(root.download_tries))
+        steps = self._followup_steps(root)
+        if found == job.recorded or not steps or self._stopping:
+            return
+        with self._idle:
+            self._pending += 1
+            self.counters.followups += 1
+        self._queue.put(Job(deque(steps), root))
+
+    def _followup_steps(self, attack: Attack) -> list[Step]:
+        """The FOLLOWUP hooks, by their plugin's first attack hook, then configuration order."""
+        hooks = self.registry.hooks
+        rank: dict[str, int] = {}
+        for index, hook in enumerate(ATTACK_HOOKS):
+            for name, _call in hooks[hook]:
+                rank.setdefault(name, index)
+        ordered = sorted(hooks[FOLLOWUP_HOOK], key=lambda item: rank.get(item[0], 0))
+        return [Step(attack, FOLLOWUP_HOOK, name, call, 0) for name, call in ordered]
+
+    def stats(self) -> dict[str, int]:
+        """The counters, the download pool's included, and the pending gauges."""
+        pool = self.downloads.counters
+        self.counters.downloads_run = pool.tasks
+        self.counters.downloads_refused = pool.refused
+        self.counters.downloads_abandoned = pool.abandoned
+        self.counters.downloads_dropped = pool.dropped
+        return {**self.counters.__dict__, "downloads_pending": self.downloads.pending()}
 
     def pending(self) -> int:
         with self._idle:
@@ -135,8 +206,15 @@ class Pipeline:
         return True
 
     def close(self, timeout: float) -> bool:
-        """Drain, then stop the workers. True if nothing was left unfinished."""
+        """Drain (the attacks, then their downloads and follow-ups), then stop the workers.
+        Downloads still running then are cancelled (their sockets shut). True if nothing was
+        left unfinished."""
+        deadline = time.monotonic() + timeout
         done = self.drain(timeout)
+        done = self.downloads.close(max(0.0, deadline - time.monotonic())) and done
+        # Cancelled downloads end at once (their sockets are shut); their follow-ups are queued.
+        self.downloads.drain(max(CANCEL_GRACE, deadline - time.monotonic()))
+        done = self.drain(max(CANCEL_GRACE, deadline - time.monotonic())) and done
         self._stopping = True
         for _ in self._workers:
             self._queue.put(None)
@@ -187,14 +265,27 @@ class Pipeline:
                 if worker.abandoned:
                     # The watchdog gave this job to another worker; this thread retires.
                     return
-            if result:
-                self._splice(job, step, result)
+            virtuals = [item for item in result if isinstance(item, Attack)]
+            if virtuals:
+                self._splice(job, step, virtuals)
+            for task in result:
+                if isinstance(task, Task):
+                    self._admit(job, step, task)
         self._finished(job)
 
-    def _call(self, step: Step) -> list[Attack]:
+    def _admit(self, job: Job, step: Step, task: Task) -> None:
+        if step.hook == FOLLOWUP_HOOK:
+            log.error("plugin %s returned a download task from followup: ignored", step.plugin)
+            return
+        if job.downloads is None:
+            job.downloads = self.downloads.group(job.attack, lambda root: self._followup(job,
+                                                                                        root))
+        self.downloads.admit(job.downloads, task)
+
+    def _call(self, step: Step) -> list[Attack | Task]:
         try:
             produced = step.call(step.attack)
-            return [a for a in produced or () if isinstance(a, Attack)]
+            return [a for a in produced or () if isinstance(a, Attack | Task)]
         except BaseException:
             # BaseException too: a plugin's sys.exit() would otherwise end this worker thread
             # quietly, and its job (the attack) would never finish.
@@ -226,6 +317,11 @@ class Pipeline:
                 job.on_done()
             except Exception:
                 log.exception("attack completion callback failed")
+        if job.downloads is not None:
+            root = job.attack
+            with root._lock:
+                job.recorded = (len(root.downloads), len(root.download_tries))
+            self.downloads.start(job.downloads)
         with self._idle:
             self._pending -= 1
             self.counters.finished += 1

@@ -1,4 +1,4 @@
-"""Plugins: loading, the hook registry, and reloading (all in this one place; STYLE.md).
+"""Plugins: loading, the hook registry, and reloading (all in this one place).
 
 A plugin is `<plugin_dir>/<Name>.py`, loaded by a `plugin-<Name>` line of the configuration in
 file order. It exposes `load(ctx: PluginContext) -> object`; the object's methods named after
@@ -7,9 +7,13 @@ typed Protocol is in hooks.py; a method that looks like a misspelt hook is warne
 
     perread(self, event: ReadEvent) -> None          every read, on the connection path: be quick
     preproc(self, attack: Attack) -> Iterable[Attack] | None
-    analyze(self, attack: Attack) -> Iterable[Attack] | None
+    analyze(self, attack: Attack) -> Iterable[Attack | background.Task] | None
     savedata(self, attack: Attack) -> Iterable[Attack] | None
     postproc(self, attack: Attack) -> Iterable[Attack] | None
+    followup(self, attack: Attack) -> None
+                                 the attack again, once the downloads its hooks started
+                                 (background.Task) ended and added downloads or tries to it:
+                                 record them (logJSON: a follow-up line; SaveFile: the samples)
     after_fork(self) -> None     in the recorder process (recorder.py), after the privilege drop
     close(self) -> None          on reload and exit
     stats(self) -> dict[str, int]   the plugin's own statistics (name -> count), read by the
@@ -18,7 +22,8 @@ typed Protocol is in hooks.py; a method that looks like a misspelt hook is warne
 
 Attack hooks run in the recorder, off the connection path (pipeline.py). An attack hook may
 return *virtual* attacks (`attack.derive(...)`); they run through every hook before the attack
-that produced them goes on, so downloads found in them are attached to it before it is saved.
+that produced them goes on. It may also return `background.Task`s: slow work (a download) run
+in the download pool once the attack is recorded; what they find reaches the FOLLOWUP hooks.
 
 `load` runs in the master, as root, before any fork: open files and check options there (an
 error is a PluginError naming the plugin, fatal at start, logged on SIGHUP with the old plugins
@@ -53,6 +58,7 @@ from honeytrap.metrics import NAME as STAT_NAME
 
 # The hooks and their typed Protocols live in hooks.py (the contract); kept here by name too.
 ATTACK_HOOKS = hooks.ATTACK_HOOKS
+FOLLOWUP_HOOK = hooks.FOLLOWUP_HOOK
 HOOKS = hooks.HOOKS
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -110,6 +116,15 @@ class PluginContext:
             return int(raw, 0)
         except ValueError as exc:
             raise PluginError(f"plugin {self.name}: option {key!r}: not a number: {raw!r}") from exc
+
+    def option_yes(self, key: str, default: bool) -> bool:
+        """A yes/no option (the configuration's booleans: yes/no, on/off, true/false)."""
+        raw = self.option(key, "yes" if default else "no").strip().lower()
+        if raw in ("yes", "on", "true"):
+            return True
+        if raw in ("no", "off", "false"):
+            return False
+        raise PluginError(f"plugin {self.name}: option {key!r} must be yes or no, not {raw!r}")
 
 
 @dataclass

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from honeytrap import control, forked, privileges, proctitle, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
-from honeytrap.pipeline import Pipeline
+from honeytrap.pipeline import Pipeline, download_limits
 from honeytrap.plugin import Registry
 
 log = logging.getLogger("honeytrap.recorder")
@@ -99,7 +99,8 @@ def recorder_main(spec: RecorderSpec) -> int:
     forked.leave_master(spec.close_in_child, proctitle.RECORDER)
     privileges.drop(spec.identity)
     spec.registry.after_fork()
-    pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout)
+    pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout,
+                        downloads=download_limits(spec.config))
     recorder = Recorder(spec, pipeline)
     signal.signal(signal.SIGTERM, lambda _s, _f: recorder.stop())
     try:
@@ -307,7 +308,7 @@ class Recorder:
         win a name clash."""
         self._last_stats = time.monotonic()
         stats = self.spec.registry.stats()
-        stats.update({f"pipeline_{k}": v for k, v in self.pipeline.counters.__dict__.items()})
+        stats.update({f"pipeline_{k}": v for k, v in self.pipeline.stats().items()})
         stats["pipeline_pending"] = self.pipeline.pending()
         stats["recorder_link_errors"] = self.link_errors
         self.channel.send_stats(stats)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import logging
 import os
 import signal
@@ -32,7 +33,9 @@ import time
 from dataclasses import dataclass, field
 
 from honeytrap import control, eventloop, forked, privileges, proctitle, templates
+from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection
+from honeytrap.budget import SourceBudget
 from honeytrap.config import Config, PortConf
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
@@ -130,6 +133,9 @@ class ServerProcess:
         self.retiring = False  # the master hands no more ports: exit once all are done
         self._stats_timer: asyncio.TimerHandle | None = None
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
+        # Connections a source address or network may hold in this process (budget.py).
+        self.budget = SourceBudget(per_source=self.config.max_connections_per_source,
+                                   per_network=self.config.max_connections_per_network)
         # What the UDP ports of this process may send to a source (reflector.py).
         self.reflector = ReflectorGuard(per_source=self.config.udp_replies_per_source,
                                         per_sensor=self.config.udp_replies_per_sensor)
@@ -268,6 +274,7 @@ class ServerProcess:
         # A level, not a count: attacks handed to the recorder and not yet acknowledged.
         stats["unacknowledged"] = len(self.recorder.unacked)
         stats.update(self.reflector.counters.__dict__)
+        stats.update(self.budget.counters.__dict__)
         self.channel.send_stats(stats)
 
 
@@ -385,6 +392,8 @@ class DynamicServer:
         self.active -= 1
         self.last_activity = time.monotonic()
         self.process.attack_finished(attack)
+        if self.port.protocol == "tcp":
+            self.process.budget.release(attack.attack_connection.remote_addr)
         if self.active == 0 and not self._listener_closed:
             self.process.channel.send(f"idle {self.key}")
         if (
@@ -439,7 +448,7 @@ class DynamicServer:
                     self.stats.refused_full += 1
                 return
             try:
-                sock, _addr = self.sock.accept()
+                sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 self._backoff = ACCEPT_BACKOFF_MIN
                 return
@@ -450,7 +459,22 @@ class DynamicServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the peer gave up before we took it
                 raise
-            self._start_connection(sock)
+            source = split(addr)[0]
+            why = self.process.budget.admit(source)
+            if why is not None:
+                sock.close()  # at once: a descriptor held for it is what the budget prevents
+                self._refused_over_budget(source, why)
+                continue
+            self._start_connection(sock, source)
+
+    def _refused_over_budget(self, source: str, why: str) -> None:
+        refused = self.process.budget.log_due()
+        if refused:
+            log.warning(
+                "port %d/tcp: %d connections closed at accept over the per-source budgets "
+                "since the last such line (last from %s: %s)",
+                self.port.port, refused, source, why,
+            )
 
     def _back_off(self, exc: OSError) -> None:
         """Out of fds or memory: stop accepting for a while (the kernel keeps the backlog)."""
@@ -463,7 +487,7 @@ class DynamicServer:
         self.loop.call_later(self._backoff, self._resume_accepting)
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
-    def _start_connection(self, sock: socket.socket) -> None:
+    def _start_connection(self, sock: socket.socket, source: str) -> None:
         sock.setblocking(False)
         # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
         # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3).
@@ -471,14 +495,17 @@ class DynamicServer:
         handler = self.handler_factory()
         self.starting += 1
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
-        task.add_done_callback(self._connection_started)
+        task.add_done_callback(functools.partial(self._setup_done, source))
 
-    def _connection_started(self, task: asyncio.Task[object]) -> None:
+    def _setup_done(self, source: str, task: asyncio.Task[object]) -> None:
         """An accepted connection's transport is set up (it counts in `connections` now), or
         failed: until then the server is not done (a connection taken by the stop's last accept
-        must not be cut by the process's exit)."""
+        must not be cut by the process's exit). One that never reached its handler is never
+        recorded: its budget back."""
         self.starting -= 1
-        _log_task_failure(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log_task_failure(task)
+            self.process.budget.release(source)
         self._maybe_done()
 
     def handler_factory(self) -> asyncio.Protocol:

@@ -221,10 +221,13 @@ class UdpExchange:
     dialogue's answer to the datagram (a code dialogue echoing what the client checks), or the
     port's raw template when the dialogue has none to give (raw.py answers only on idle)."""
 
-    def __init__(self, template: bytes, *, read_limit: int, dialogue: Dialogue | None = None
-                 ) -> None:
+    def __init__(self, template: bytes, *, read_limit: int, dialogue: Dialogue | None = None,
+                 fallback: bool = False) -> None:
         self.template = template
         self.dialogue = dialogue
+        # the port has a raw template of its own: it answers what the dialogue does not
+        # recognise (a probe on 5060 that is not SIP), as it did before dialogues
+        self.fallback = fallback
         self.read_limit = read_limit
         self.received = bytearray()
         self.transcript = Transcript(read_limit)
@@ -253,7 +256,7 @@ class UdpExchange:
             except DialogueError as exc:
                 self.error = f"dialogue {self.dialogue.name}: {exc}"
                 return None
-            reply = answer.send
+            reply = answer.send or (self.template if self.fallback else b"")
             if not reply:
                 return None
         self.transcript.ours(reply)

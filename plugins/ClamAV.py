@@ -139,6 +139,15 @@ class ClamAV:
             results[md5] = self._scan(source, data, root.id)
         root.set_analysis("ClamAV", results)
 
+    def followup(self, attack: Attack) -> None:
+        """The samples downloaded after the attack was recorded (the download pool)."""
+        results: dict[str, Any] = dict(attack.analysis.get("ClamAV", {}))
+        for download in list(attack.downloads):
+            if download.payload.size and download.payload.md5 not in results:
+                results[download.payload.md5] = self._scan("download", download.payload.data,
+                                                           attack.id)
+        attack.set_analysis("ClamAV", results)
+
     def _scan(self, source: str, data: bytes, attack_id: str) -> dict[str, Any]:
         try:
             result = self.clamd.scan(data)

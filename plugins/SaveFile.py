@@ -16,6 +16,8 @@ Files are complete before their names appear (outfile.write_new). While a file c
 written (a full disk), it waits in memory with the later ones, in order, and is written when
 space returns (backlog.py); its path is recorded at once (the name is known in advance).
 The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) lists them.
+At FOLLOWUP (the downloads ended after the attack was saved) the samples are saved the same
+way and their paths added there, so logJSON's follow-up line lists them.
 """
 
 from __future__ import annotations
@@ -60,6 +62,15 @@ class SaveFile:
         if samples:
             result["downloads"] = samples
         if result:
+            attack.set_analysis("SaveFile", result)
+
+    def followup(self, attack: Attack) -> None:
+        """The samples downloaded after the attack was saved."""
+        samples = self._save_downloads(attack)
+        if samples:
+            previous = attack.analysis.get("SaveFile")
+            result = dict(previous) if isinstance(previous, dict) else {}
+            result["downloads"] = samples
             attack.set_analysis("SaveFile", result)
 
     def _save_attack(self, attack: Attack) -> str:

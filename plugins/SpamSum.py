@@ -161,6 +161,14 @@ class SpamSum:
             results[payload.md5] = self._hash(source, payload)
         root.set_analysis("SpamSum", results)
 
+    def followup(self, attack: Attack) -> None:
+        """The samples downloaded after the attack was recorded (the download pool)."""
+        results: dict[str, Any] = dict(attack.analysis.get("SpamSum", {}))
+        for download in list(attack.downloads):
+            if download.payload.size and download.payload.md5 not in results:
+                results[download.payload.md5] = self._hash("download", download.payload)
+        attack.set_analysis("SpamSum", results)
+
     def _hash(self, source: str, payload: Payload) -> dict[str, Any]:
         digest = str(ppdeep.hash(payload.data[:MAX_HASH_BYTES]))
         result: dict[str, Any] = {

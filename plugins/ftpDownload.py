@@ -18,4 +18,4 @@ TIMEOUT = 60.0
 
 def load(ctx: PluginContext) -> Downloader:
     policy = DownloadPolicy.from_plugin(ctx, max_size=MAX_SIZE, timeout=TIMEOUT)
-    return Downloader(policy, ftpcmd.parse, ftp.fetch)
+    return Downloader(policy, ftpcmd.parse, ftp.fetch, ctx.name)

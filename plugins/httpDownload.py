@@ -27,4 +27,4 @@ def load(ctx: PluginContext) -> Downloader:
                 key,
             )
     policy = DownloadPolicy.from_plugin(ctx, max_size=MAX_SIZE, timeout=TIMEOUT)
-    return Downloader(policy, httpcmd.parse, http.fetch)
+    return Downloader(policy, httpcmd.parse, http.fetch, ctx.name)

@@ -13,6 +13,8 @@ them, but a bare connection is still an observation). Virtual attacks are not st
 own: what was found in them is on their root attack, as in logJSON. The schema is ours and is
 created and migrated automatically (honeytrap/outputs/postgres.py). A database that is away does
 not lose attacks: they wait in the spool and are replayed in order when it is back.
+At FOLLOWUP (downloads that ended after the attack was stored) its new downloads and download
+tries are added to the attack's rows and its counts and analysis updated.
 
 Statistics (SIGUSR1, Prometheus): `spool_depth`, `spool_refused`, `spool_rejected`
 (honeytrap/outputs/output.py); SavePostgres, the same plugin, adds into the same names.
@@ -22,7 +24,13 @@ from __future__ import annotations
 
 from honeytrap.attack import Attack
 from honeytrap.outputs.output import Output
-from honeytrap.outputs.postgres import DEFAULT_PORT, ConnInfo, PostgresSink, attack_record
+from honeytrap.outputs.postgres import (
+    DEFAULT_PORT,
+    ConnInfo,
+    PostgresSink,
+    attack_record,
+    followup_record,
+)
 from honeytrap.plugin import PluginContext
 
 
@@ -45,6 +53,12 @@ class SubmitPostgres:
     def savedata(self, attack: Attack) -> None:
         if not attack.is_virtual:
             self.output.submit(attack_record(attack))
+
+    def followup(self, attack: Attack) -> None:
+        """Downloads that ended after the attack was stored: the attack's record again, under
+        a key of its own; its new downloads and tries are inserted (the rows already there are
+        kept: ON CONFLICT DO NOTHING) and its counts and analysis updated."""
+        self.output.submit(followup_record(attack))
 
     def stats(self) -> dict[str, int]:
         return self.output.stats()

@@ -19,4 +19,4 @@ TIMEOUT = 120.0
 
 def load(ctx: PluginContext) -> Downloader:
     policy = DownloadPolicy.from_plugin(ctx, max_size=MAX_SIZE, timeout=TIMEOUT)
-    return Downloader(policy, tftpcmd.parse, tftp.fetch)
+    return Downloader(policy, tftpcmd.parse, tftp.fetch, ctx.name)

@@ -205,7 +205,8 @@ read_limit = "1048576"
 
     def server_names(self) -> dict[int, str]:
         """The server processes' names by pid (`ht-<port>/<proto>`, `+N` for N more ports)."""
-        # A child just forked still has the master's name for a moment: not yet a server.
+        # Only named ones: a spare forked a moment ago still shows the master's command line
+        # until its first statement renames it (forked.leave_master).
         return {pid: name for pid, name in self._child_names()
                 if name.startswith("ht-") and name != SPARE_NAME}
 

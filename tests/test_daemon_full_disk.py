@@ -36,6 +36,19 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
         disk.unmount()
 
 
+@pytest.fixture
+def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
+    closed, whatever the test did."""
+    nfq_rules(lab.sensor)
+    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.stop()
+    if daemon.notify is not None:
+        daemon.notify.close()
+
+
 def attack(lab: Lab, address: str, n: int) -> bytes:
     payload = b"attack-%04d " % n + PADDING
     sock = connect(lab.attacker, address, 80)  # HTTP: the client speaks first
@@ -60,9 +73,8 @@ def wait_in_log(ht: Honeytrap, text: str, count: int) -> int:
         time.sleep(0.05)
 
 
-def test_a_full_disk_loses_and_corrupts_nothing(lab: Lab, tmp_path: Path, disk: Disk) -> None:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "30"])
+def test_a_full_disk_loses_and_corrupts_nothing(lab: Lab, disk: Disk, ht: Honeytrap) -> None:
+    ht.args += ["-l", "30"]
     ht.attacks_dir = disk.path / "attacks"
     ht.downloads_dir = disk.path / "downloads"
     ht.attackers_json = disk.path / "attackers.json"

@@ -9,8 +9,10 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 from daemon import REPO, Honeytrap, nfq_rules
 from netns import Lab, inside
 from test_daemon import payload_of
@@ -25,10 +27,22 @@ PER_SOURCE = 10  # udp_replies_per_source's default
 DRAIN_TIMEOUT = 0.5
 
 
-def test_udp_flood_from_many_sources_is_not_amplified(lab: Lab, tmp_path: Path) -> None:
-    assert not (REPO / "templates" / f"{PORT_WITHOUT_TEMPLATE}_udp").exists()
+@pytest.fixture
+def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
+    closed, whatever the test did."""
     nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "30"])
+    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
+    yield daemon
+    if daemon.proc is not None and daemon.proc.poll() is None:
+        daemon.stop()
+    if daemon.notify is not None:
+        daemon.notify.close()
+
+
+def test_udp_flood_from_many_sources_is_not_amplified(lab: Lab, ht: Honeytrap) -> None:
+    assert not (REPO / "templates" / f"{PORT_WITHOUT_TEMPLATE}_udp").exists()
+    ht.args += ["-l", "30"]
     ht.start()
     hosts = [lab.add_address(lab.attacker, 10 + n) for n in range(SOURCES)]
     socks = []
@@ -85,11 +99,9 @@ def test_udp_flood_from_many_sources_is_not_amplified(lab: Lab, tmp_path: Path) 
 
 
 def test_a_udp_request_as_large_as_half_the_reply_gets_it_whole(
-    lab: Lab, tmp_path: Path
+    lab: Lab, ht: Honeytrap
 ) -> None:
     """The guard leaves real clients alone: their requests are not much smaller than replies."""
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
     ht.start()
     template = (REPO / "templates" / "5060_udp").read_bytes()
     with inside(lab.attacker):

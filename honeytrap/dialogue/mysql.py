@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from honeytrap.dialogue import sensor
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import Cursor, Truncated, text
 from honeytrap.errors import ConfigError
 
@@ -186,3 +186,8 @@ class MysqlDialogue:
         self._error = why
         self._done = True
         return Reply(close=True)
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return MysqlDialogue(ctx)

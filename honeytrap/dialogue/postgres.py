@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from honeytrap.dialogue import sensor
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import Cursor, Truncated, text
 from honeytrap.errors import ConfigError
 
@@ -159,3 +159,8 @@ class PostgresDialogue:
     def _fail(self, why: str) -> Reply:
         self._rec["error"] = why
         return Reply(close=True)
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return PostgresDialogue(ctx)

@@ -14,7 +14,7 @@ import struct
 from typing import Any
 
 from honeytrap.dialogue import tls
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import text
 
 TPKT_VERSION = 3
@@ -137,3 +137,8 @@ class RdpDialogue:
         self._rec["error"] = why
         self._done = True
         return Reply(close=True)
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return RdpDialogue(ctx)

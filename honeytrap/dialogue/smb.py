@@ -12,20 +12,18 @@ their negotiate is recorded raw all the same.
 from __future__ import annotations
 
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from honeytrap.dialogue import ntlm, sensor
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue import datagram, ntlm, sensor
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import Cursor, Truncated, text
 from honeytrap.errors import ConfigError
 
 SERVERS = "smb.servers"
-# Context.extra key of a clock (seconds since the epoch) for SystemTime: the dialogue itself
-# reads no clock, so tests can fix it.
-CLOCK_KEY = "clock"
+# Context.extra key of a clock for SystemTime and the NTLM timestamp (tests fix it)
+CLOCK_KEY = datagram.CLOCK_KEY
 SESSION_REQUEST, POSITIVE_RESPONSE, KEEPALIVE, SESSION_MESSAGE = 0x81, 0x82, 0x85, 0x00
 SMB1, SMB2 = b"\xffSMB", b"\xfeSMB"
 SMB1_NEGOTIATE = 0x72
@@ -92,8 +90,7 @@ class SmbDialogue:
         self.guid = ctx.rng.randbytes(16)
         self.challenge = ctx.rng.randbytes(8)
         self.session_id = ctx.rng.getrandbits(64) | 1
-        clock = ctx.extra.get(CLOCK_KEY)
-        self._clock: Callable[[], float] = clock if callable(clock) else time.time
+        self._clock: Callable[[], float] = lambda: datagram.clock(ctx)
         self._buf = bytearray()
         self._done = False
         self._rec: dict[str, Any] = {"smb1_dialects": [], "dialects": [], "dialect": None,
@@ -219,3 +216,8 @@ class SmbDialogue:
             return self._frame(smb2_header(SESSION_SETUP, STATUS_LOGON_FAILURE, message_id,
                                            self.session_id) + error_body())
         return self._fail(f"NTLMSSP message type {kind}")
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return SmbDialogue(ctx)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from honeytrap.dialogue import sensor
-from honeytrap.dialogue.base import Context, Reply
+from honeytrap.dialogue.base import Context, Dialogue, Reply
 from honeytrap.dialogue.binary import text
 from honeytrap.errors import ConfigError
 
@@ -139,3 +139,8 @@ class VncDialogue:
     def _fail(self, why: str) -> Reply:
         self._rec["error"] = why
         return Reply(close=True)
+
+
+def factory(ctx: Context) -> Dialogue:
+    """The catalog's DialogueFactory for this protocol."""
+    return VncDialogue(ctx)

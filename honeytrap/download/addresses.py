@@ -2,8 +2,8 @@
 interface listing in `local_addresses`).
 
 An attacker names the host; we must not let that turn the sensor into a probe of its own
-network (STYLE.md, "Downloads refuse non-global addresses by default"; the original fetched
-whatever it was told). IPv4 hidden in IPv6 is judged as the IPv4 address it reaches:
+network (downloads refuse non-global addresses by default; the original fetched whatever it
+was told). IPv4 hidden in IPv6 is judged as the IPv4 address it reaches:
 IPv4-mapped (::ffff:a.b.c.d, which an AF_INET6 socket connects to over IPv4), IPv4-compatible
 (::a.b.c.d), NAT64 (64:ff9b::/96, RFC 6052; 64:ff9b:1::/48, RFC 8215), 6to4 (2002::/16,
 RFC 3056) and Teredo (2001::/32, RFC 4380: server and obfuscated client).

@@ -278,6 +278,18 @@ class DownloadPolicy:
         already tried is skipped (None, nothing recorded)."""
         if not self.first_time(attack, request):
             return None
+        return self.attempt(attack, request, fetch, deadline)
+
+    def refuse(self, attack: Attack, request: DownloadRequest, reason: str) -> None:
+        """Record (and count) a download refused before it started (the download pool had no
+        room for it)."""
+        self._record(attack, request, "refused", reason)
+
+    def attempt(
+        self, attack: Attack, request: DownloadRequest, fetch: Fetcher,
+        deadline: Deadline | None = None,
+    ) -> Download | None:
+        """`run` without the check for a download tried already (the caller made it)."""
         # One deadline from the first step (resolving the name) to the last byte.
         deadline = self.deadline() if deadline is None else deadline
         try:

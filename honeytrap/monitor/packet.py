@@ -1,7 +1,7 @@
 """Classify a captured frame as a connection attempt (sans-IO: bytes in, `Attempt | None` out).
 
 The pcap monitor sees the sensor's own answers to attempts on unserved ports (the man page's
-pcap monitor, REFERENCE.md "Connection monitors"):
+pcap monitor, honeytrap(8), CONNECTION MONITORS):
 
 - TCP: the kernel's RST to a SYN on a closed port. RFC 793 (3.4, "reset generation"): a segment
   without ACK is answered with `seq = 0`, `ack = seg.seq + seg.len` and the ACK flag set. So an

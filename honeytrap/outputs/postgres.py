@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,7 +129,12 @@ _SQL = {
     "attacks": "INSERT INTO attacks (id, sensor_id, parent_id, start_time, end_time, "
                "is_virtual, operation_mode, mode_name, download_count, download_tries, notes, "
                "analysis) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-               "ON CONFLICT DO NOTHING",
+               # A follow-up (downloads ended after the attack was stored) carries more tries:
+               # it updates the counts; an older copy replayed from a spool changes nothing.
+               "ON CONFLICT (id) DO UPDATE SET download_count = EXCLUDED.download_count, "
+               "download_tries = EXCLUDED.download_tries, notes = EXCLUDED.notes, "
+               "analysis = EXCLUDED.analysis "
+               "WHERE attacks.download_tries < EXCLUDED.download_tries",
     "connections": "INSERT INTO connections (attack_id, role, protocol, local_ip, local_port, "
                    "remote_ip, remote_port, payload_sha512) "
                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -149,11 +155,19 @@ _RECORD_ERRORS = (
 
 
 def attack_record(attack: Attack) -> Record:
-    """The spool/queue form of an attack: attack.to_json() plus the parent's id."""
-    doc = attack.to_json()
+    """The spool/queue form of an attack: attack.to_json() (the samples inline: the store
+    keeps them) plus the parent's id."""
+    doc = attack.to_json(inline_samples=True)
     if attack.parent is not None:
         doc["parent_id"] = attack.parent.id
     return Record(attack.id, attack.start_time, json.dumps(doc).encode())
+
+
+def followup_record(attack: Attack) -> Record:
+    """attack_record for a follow-up: the whole attack again (its downloads and tries now
+    included), keyed apart from the first record and spooled at the time of the follow-up."""
+    record = attack_record(attack)
+    return Record(f"{attack.id}-followup", time.time(), record.data)
 
 
 @dataclass(frozen=True)
@@ -273,7 +287,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _text(value: Any) -> str:
-    """PostgreSQL text cannot hold NUL; attacker-influenced strings may (REFERENCE.md)."""
+    """PostgreSQL text cannot hold NUL; attacker-influenced strings may."""
     return str(value).replace("\x00", "\ufffd")
 
 

@@ -31,6 +31,9 @@ class Probe:
     def postproc(self, attack: Any) -> None:
         self._hook("postproc")
 
+    def followup(self, attack: Any) -> None:
+        self._hook("followup")
+
     def after_fork(self) -> None:
         self._hook("after_fork")
 
