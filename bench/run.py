@@ -67,6 +67,8 @@ from workdir import (  # noqa: E402
     work_directory,
 )
 
+from honeytrap import outfile  # noqa: E402
+
 # The phase modules, imported in this order (each registers its phases: bench/phases.py). A new
 # phase is a module of its own added here.
 PHASE_MODULES = ("throughput", "idle", "latency", "soak")
@@ -83,9 +85,6 @@ DEFAULT_WORKDIR_PARENT = Path("/var/tmp")
 # 2,000 gives a stable mean in well under a second on a fresh ext4 directory.
 CALIBRATION_FILES = 2000
 CALIBRATION_BYTES = 200
-# SaveFile's flags and mode for an attack file (honeytrap/outfile.py).
-CALIBRATION_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-CALIBRATION_MODE = 0o644
 
 
 # --- the filesystem calibration ---------------------------------------------------------------
@@ -106,9 +105,8 @@ def calibrate(wd: WorkDir) -> dict[str, object]:
     try:
         for i in range(CALIBRATION_FILES):
             start = time.perf_counter()
-            fd = os.open(f"f{i}", CALIBRATION_FLAGS, CALIBRATION_MODE, dir_fd=dir_fd)
-            os.write(fd, data)
-            os.close(fd)
+            # As SaveFile writes an attack file: unnamed, then linked into place.
+            outfile.write_new(dir_fd, (f"f{i}",), data)
             samples.append((time.perf_counter() - start) * 1e6)
     finally:
         cpu = time.thread_time() - cpu_start

@@ -122,6 +122,24 @@ def test_handshake_then_inner_dialogue(server_ctx: ssl.SSLContext) -> None:
     assert d.name == "tls"
 
 
+def test_inner_delay_kept(server_ctx: ssl.SSLContext) -> None:
+    """The inner reply's delay (a served reply's jitter) reaches the adapter with the bytes."""
+
+    class Slow(Inner):
+        def receive(self, data: bytes) -> Reply:
+            return Reply(b"late\n", delay=0.25)
+
+    ctx = Context("tcp", 443, 1 << 20, extra={tls.CONTEXT_KEY: server_ctx})
+    d = tls.TlsDialogue(ctx, lambda first: Slow(first))
+    c = Client(d)
+    c.handshake()
+    c.obj.write(b"x")
+    reply = d.receive(c.out.read())
+    assert reply.delay == 0.25
+    c.inc.write(reply.send)
+    assert c.read() == b"late\n"
+
+
 def test_tls12(server_ctx: ssl.SSLContext) -> None:
     d = make(server_ctx)
     c = Client(d, maximum=ssl.TLSVersion.TLSv1_2)

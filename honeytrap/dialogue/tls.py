@@ -113,6 +113,7 @@ class TlsDialogue:
         self._decrypted = bytearray()
         self._version = ""
         self._cipher = ""
+        self._delay = 0.0  # the inner reply's delay (a served reply's jitter), kept for it
 
     def start(self) -> bytes:
         return b""  # TLS: the client speaks first
@@ -213,9 +214,10 @@ class TlsDialogue:
             self.inner = self.choose_inner(plain)
             banner = self.inner.start()
         reply = self.inner.receive(plain) if plain else Reply()
-        return self._encrypt(Reply(banner + reply.send, reply.close))
+        return self._encrypt(Reply(banner + reply.send, reply.close, reply.delay))
 
     def _encrypt(self, reply: Reply) -> bool:
+        self._delay = max(self._delay, reply.delay)
         if reply.send and not self._closed:
             try:
                 self._ssl.write(reply.send)
@@ -233,4 +235,5 @@ class TlsDialogue:
             except (ssl.SSLError, ValueError):
                 pass  # close_notify is written; the client's never comes (memory BIO)
         self._closed = self._closed or close
-        return Reply(send=self._out.read(), close=self._closed)
+        delay, self._delay = self._delay, 0.0
+        return Reply(send=self._out.read(), close=self._closed, delay=delay)
