@@ -15,7 +15,11 @@ listed in PHASE_MODULES) run in order; --only picks some:
   latency          first SYN to a fresh port until connect() completes, p50/p99
                    (bench/latency.py);
   soak             --soak-seconds at 80% of one_port's median rate: memory flat, everything
-                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py).
+                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py);
+  syn_sweep,       all 65,535 ports with the default configuration: an nmap SYN sweep at 5,000
+  connect_sweep    SYN/s (SYNs answered with a SYN-ACK) and a connect sweep with 200 in flight
+                   (completed, recorded), peak processes, descriptors and PSS, another attacker
+                   served during and after (bench/sweep.py).
 
 The load generator (bench/loadgen.py) runs in the attacker namespace, in the same number of
 processes against every target. Results: a markdown table printed and written to bench/results/
@@ -67,9 +71,11 @@ from workdir import (  # noqa: E402
     work_directory,
 )
 
+from honeytrap import outfile  # noqa: E402
+
 # The phase modules, imported in this order (each registers its phases: bench/phases.py). A new
 # phase is a module of its own added here.
-PHASE_MODULES = ("throughput", "idle", "latency", "soak")
+PHASE_MODULES = ("throughput", "idle", "latency", "soak", "sweep")
 for _module in PHASE_MODULES:
     importlib.import_module(_module)
 PHASE_NAMES = tuple(PHASES)
@@ -83,9 +89,6 @@ DEFAULT_WORKDIR_PARENT = Path("/var/tmp")
 # 2,000 gives a stable mean in well under a second on a fresh ext4 directory.
 CALIBRATION_FILES = 2000
 CALIBRATION_BYTES = 200
-# SaveFile's flags and mode for an attack file (honeytrap/outfile.py).
-CALIBRATION_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
-CALIBRATION_MODE = 0o644
 
 
 # --- the filesystem calibration ---------------------------------------------------------------
@@ -106,9 +109,8 @@ def calibrate(wd: WorkDir) -> dict[str, object]:
     try:
         for i in range(CALIBRATION_FILES):
             start = time.perf_counter()
-            fd = os.open(f"f{i}", CALIBRATION_FLAGS, CALIBRATION_MODE, dir_fd=dir_fd)
-            os.write(fd, data)
-            os.close(fd)
+            # As SaveFile writes an attack file: unnamed, then linked into place.
+            outfile.write_new(dir_fd, (f"f{i}",), data)
             samples.append((time.perf_counter() - start) * 1e6)
     finally:
         cpu = time.thread_time() - cpu_start

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from honeytrap.filetype import file_type
+
 
 class Mode(enum.Enum):
     """Operation modes. The values are the original's PORTCONF_* numbers, which T-Pot's
@@ -172,9 +174,22 @@ class Download:
     local_addr: str = ""
     local_port: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        payload = self.payload.to_json()
-        payload["sha256_hash"] = self.payload.sha256
+    def to_json(self, inline: bool = False) -> dict[str, Any]:
+        """The download, its sample named (hashes, size, type, the file name SaveFile keeps it
+        under: downloads_dir/<md5>) rather than carried: a sample is up to 32 MiB, twice that
+        as hex, on one Elastic line. `inline` adds the bytes as `data_hex` (the PostgreSQL
+        store keeps the samples; logJSON's and hpfeeds' `inline_samples` option)."""
+        sample = self.payload
+        payload: dict[str, Any] = {
+            "md5_hash": sample.md5,
+            "sha256_hash": sample.sha256,
+            "sha512_hash": sample.sha512,
+            "length": sample.size,
+            "file_type": file_type(sample.data),
+            "stored_as": sample.md5,
+        }
+        if inline:
+            payload["data_hex"] = sample.data.hex()
         return {
             "type": self.type,
             "protocol": self.protocol,
@@ -293,11 +308,12 @@ class Attack:
         with self._lock:
             self.analysis[plugin] = result
 
-    def to_json(self) -> dict[str, Any]:
-        """T-Pot's attackers.json shape; downloads as a list (the fork flattened them)."""
+    def to_json(self, *, inline_samples: bool = False) -> dict[str, Any]:
+        """T-Pot's attackers.json shape; downloads as a list (the fork flattened them), their
+        samples named, not carried, unless `inline_samples` (Download.to_json)."""
         start = _iso(self.start_time)
         with self._lock:
-            downloads = [d.to_json() for d in self.downloads]
+            downloads = [d.to_json(inline_samples) for d in self.downloads]
             tries = [t.to_json() for t in self.download_tries]
             notes = list(self.notes)
             analysis = dict(self.analysis)
@@ -321,13 +337,15 @@ class Attack:
         }
 
 
-    def followup_json(self, when: float | None = None) -> dict[str, Any]:
+    def followup_json(
+        self, when: float | None = None, *, inline_samples: bool = False
+    ) -> dict[str, Any]:
         """The follow-up record of an attack recorded before its downloads ended: the same
         `id`, `"follow_up": true`, `@timestamp` the time of the follow-up, and every download,
         download try and analysis result known now (the lists are the whole lists, not only
         what is new: a reader keeps the last record per id)."""
         with self._lock:
-            downloads = [d.to_json() for d in self.downloads]
+            downloads = [d.to_json(inline_samples) for d in self.downloads]
             tries = [t.to_json() for t in self.download_tries]
             analysis = dict(self.analysis)
         return {

@@ -117,6 +117,15 @@ class PluginContext:
         except ValueError as exc:
             raise PluginError(f"plugin {self.name}: option {key!r}: not a number: {raw!r}") from exc
 
+    def option_yes(self, key: str, default: bool) -> bool:
+        """A yes/no option (the configuration's booleans: yes/no, on/off, true/false)."""
+        raw = self.option(key, "yes" if default else "no").strip().lower()
+        if raw in ("yes", "on", "true"):
+            return True
+        if raw in ("no", "off", "false"):
+            return False
+        raise PluginError(f"plugin {self.name}: option {key!r} must be yes or no, not {raw!r}")
+
 
 @dataclass
 class LoadedPlugin:

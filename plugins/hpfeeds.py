@@ -5,7 +5,9 @@ Options: `host`, `port`, `ident`, `secret` (required), `channels` (a list; defau
 `mwbinary.` each downloaded sample is published raw, once per hash (dionaea's convention); on
 every other channel each attack as JSON (`attack.to_json()`, the attackers.json shape). Ours:
 `confirm` (yes/no, default yes: see honeytrap/outputs/hpfeeds.py), `spool_dir`,
-`spool_max_records`, `spool_max_bytes`, `retry_max` (seconds, the reconnect back-off cap).
+`spool_max_records`, `spool_max_bytes`, `retry_max` (seconds, the reconnect back-off cap),
+`inline_samples` (yes/no, default no: the JSON names each sample by hashes, size, type and
+stored name; yes adds its bytes as hex, which the sample channel already carries).
 
 At SAVEDATA; virtual attacks are not published on their own (their findings are on their root,
 as in logJSON). At FOLLOWUP (downloads that ended after the attack was published): the new
@@ -51,6 +53,7 @@ class Hpfeeds:
             raise PluginError(f"plugin {ctx.name}: option 'port' must be 1..65535")
         self.ident = ctx.option("ident")
         self.sensor_id = ctx.config.sensor_id
+        self.inline_samples = ctx.option_yes("inline_samples", False)
         self.channels = ctx.option_list("channels") or [EVENTS_CHANNEL, SAMPLES_CHANNEL]
         for channel in self.channels:
             if not channel or "\n" in channel or len(channel.encode()) > 255:
@@ -86,9 +89,11 @@ class Hpfeeds:
                 self._samples(attack, index, channel, limit)
                 continue
             if followup:
-                payload = followup_payload(attack, limit, self.sensor_id)
+                payload = followup_payload(attack, limit, self.sensor_id,
+                                           inline_samples=self.inline_samples)
             else:
-                payload = event_payload(attack, limit, self.sensor_id)
+                payload = event_payload(attack, limit, self.sensor_id,
+                                        inline_samples=self.inline_samples)
             if payload is None:
                 self.events_too_big += 1
                 self.log.error("attack %s: JSON too large for hpfeeds even cut; not published",

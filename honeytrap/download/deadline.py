@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from honeytrap.errors import DownloadError
 
 _T = TypeVar("_T")
+CANCELLED = "cancelled by the download pool"
 
 
 class Deadline:
@@ -41,7 +42,7 @@ class Deadline:
     def remaining(self) -> float:
         """Seconds left; DownloadError once none are (or the download was cancelled)."""
         if self.cancelled:
-            raise DownloadError("cancelled by the download pool")
+            raise DownloadError(CANCELLED)
         left = self.expires - self._clock()
         if left <= 0:
             raise DownloadError(f"time cap of {self.seconds:g} s reached")
@@ -97,7 +98,7 @@ class Deadline:
         with self._lock:
             if self.cancelled:
                 sock.close()
-                raise DownloadError("cancelled by the download pool")
+                raise DownloadError(CANCELLED)
             # Closed sockets are dropped as new ones come: a download opens only a few.
             self._sockets = [s for s in self._sockets if s.fileno() >= 0]
             self._sockets.append(sock)
@@ -110,10 +111,19 @@ class Deadline:
         a timeout that ends at the deadline is the deadline's DownloadError."""
         sock.settimeout(self.timeout(cap))
         try:
-            return operation(*args)
+            result = operation(*args)
         except TimeoutError:
             self.remaining()  # raises once the cap is reached
             raise
+        except OSError:
+            if self.cancelled:  # the shutdown from cancel(), not the server
+                raise DownloadError(CANCELLED) from None
+            raise
+        if self.cancelled:
+            # cancel() shut the socket: the end of file a recv now returns is ours, not the
+            # server's, and must not pass for a complete file.
+            raise DownloadError(CANCELLED)
+        return result
 
 
 class DeadlineSocket(socket.socket):

@@ -39,6 +39,10 @@ def fetch(request: DownloadRequest, ctx: FetchContext) -> Fetched:
             if length.isdigit() and int(length) > ctx.policy.max_size:
                 raise DownloadRefused(f"larger than {ctx.policy.max_size} bytes")
             data = read_capped(response.read1, ctx.policy.max_size, ctx.deadline)
+            if response.length:
+                # read1 takes an early end of file for the end: the sample would be truncated.
+                raise DownloadError(f"HTTP body ended {response.length} bytes short of its "
+                                    "Content-Length")
             return Fetched(data, str(remote[0]), int(remote[1]), str(local[0]), int(local[1]))
         except http.client.HTTPException as exc:
             raise DownloadError(f"HTTP: {exc!r}") from exc

@@ -56,16 +56,20 @@ def split_record(data: bytes) -> tuple[str, bytes]:
     return channel.decode("utf-8"), payload
 
 
-def event_payload(attack: Attack, limit: int, sensor_id: str = "") -> bytes | None:
+def event_payload(
+    attack: Attack, limit: int, sensor_id: str = "", *, inline_samples: bool = False
+) -> bytes | None:
     """attack.to_json() with `sensor_id`, as JSON within `limit` bytes: over it, payload hex is
-    cut (marked "truncated"; hashes and length stay whole). None if even that does not fit."""
-    doc = attack.to_json()
+    cut (marked "truncated"; hashes and length stay whole). None if even that does not fit.
+    The samples are named, not carried (they go on their own channel), unless inline_samples."""
+    doc = attack.to_json(inline_samples=inline_samples)
     doc["sensor_id"] = sensor_id
     data = json.dumps(doc).encode()
     if len(data) <= limit:
         return data
     for download in doc["downloads"]:
-        _cut(download["payload"], 0)  # the samples go on their own channel
+        if "data_hex" in download["payload"]:
+            _cut(download["payload"], 0)
     data = json.dumps(doc).encode()
     for key in ("proxy_connection", "attack_connection"):
         if len(data) <= limit:
@@ -77,18 +81,21 @@ def event_payload(attack: Attack, limit: int, sensor_id: str = "") -> bytes | No
     return data if len(data) <= limit else None
 
 
-def followup_payload(attack: Attack, limit: int, sensor_id: str) -> bytes | None:
-    """attack.followup_json() with `sensor_id`, within `limit` bytes: over it, the samples' hex
-    is left out (marked "truncated"; they go on their own channel). None if even that does not
-    fit."""
-    doc = attack.followup_json()
+def followup_payload(
+    attack: Attack, limit: int, sensor_id: str, *, inline_samples: bool = False
+) -> bytes | None:
+    """attack.followup_json() with `sensor_id`, within `limit` bytes: over it, inline samples'
+    hex is left out (marked "truncated"; they go on their own channel). None if even that does
+    not fit."""
+    doc = attack.followup_json(inline_samples=inline_samples)
     doc["sensor_id"] = sensor_id
     data = json.dumps(doc).encode()
     if len(data) <= limit:
         return data
     for download in doc["downloads"]:
-        download["payload"]["data_hex"] = ""
-        download["payload"]["truncated"] = True
+        if "data_hex" in download["payload"]:
+            download["payload"]["data_hex"] = ""
+            download["payload"]["truncated"] = True
     data = json.dumps(doc).encode()
     return data if len(data) <= limit else None
 

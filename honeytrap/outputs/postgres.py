@@ -155,8 +155,9 @@ _RECORD_ERRORS = (
 
 
 def attack_record(attack: Attack) -> Record:
-    """The spool/queue form of an attack: attack.to_json() plus the parent's id."""
-    doc = attack.to_json()
+    """The spool/queue form of an attack: attack.to_json() (the samples inline: the store
+    keeps them) plus the parent's id."""
+    doc = attack.to_json(inline_samples=True)
     if attack.parent is not None:
         doc["parent_id"] = attack.parent.id
     return Record(attack.id, attack.start_time, json.dumps(doc).encode())
