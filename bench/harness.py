@@ -154,13 +154,16 @@ class Bench:
 
     # --- servers ---
 
-    def floor(self, loop: str, port: int, ports: int) -> Floor:
+    def floor(self, loop: str, port: int, ports: int, banner: bytes | None = None) -> Floor:
+        """A floor on `port` .. `port + ports - 1`, answering `banner` (default: honeytrap's
+        answer on the throughput ports) at once."""
         self.runs += 1
         out = self.workdir / f"floor-{loop}-{self.runs}.json"
         proc = self.lab.spawn(
             self.lab.sensor,
             [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports", str(ports),
-             "--banner-hex", self.banner.hex(), "--out", str(out), "--loop", loop],
+             "--banner-hex", (self.banner if banner is None else banner).hex(), "--out",
+             str(out), "--loop", loop],
             stdout=subprocess.PIPE,
         )
         assert proc.stdout is not None
