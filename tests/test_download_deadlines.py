@@ -69,6 +69,7 @@ def assert_cut_at_the_cap(record: dict[str, Any], elapsed: float) -> None:
     [attempt] = record["download_attempts"]
     assert attempt["outcome"] == "failed"
     assert attempt["reason"].endswith(f"time cap of {CAP:g} s reached"), attempt["reason"]
+    print(f" cut after {elapsed:.3f} s (cap {CAP:g} s)", end="")
     assert CAP <= elapsed <= CAP + GRACE, elapsed
 
 

@@ -7,8 +7,8 @@ it, and T-Pot's own health check (tpotce docker/_tests/tests/honeytrap.sh) passe
   `cap_add: NET_ADMIN`), no CAP_NET_RAW, no CAP_NET_BIND_SERVICE;
 - a read-only `/` (a mount namespace of its own: `read_only: true`) with only the data
   directories and a tmpfs /tmp/honeytrap writable;
-- a configuration in T-Pot's shape (written by us: no `monitor` key, its plugin lines, the
-  commented-out ones included) and T-Pot's command line.
+- the image's configuration, etc/tpot/honeytrap.conf, in T-Pot's shape (written by us: no
+  `monitor` key, its plugin lines, the commented-out ones included), and T-Pot's command line.
 
 The health check: `Trapping attacks via NFQ` in the log directory; a token sent to 2222, 2323 and
 31337 each answered within 3 s; an attackers.json line with the protocol, the local port and the
@@ -50,88 +50,11 @@ RUNTIME_ERRORS = re.compile(
     r"|Segmentation fault|Traceback|Assertion .*failed"
 )
 
-# T-Pot's honeytrap.conf, in its shape (its keys, order and comments style; our paths). The
-# plugins it loads, and those it leaves commented out.
-TPOT_CONF = """/*
- * a T-Pot style honeytrap configuration (written for this test)
- */
-
-// log to this file
-logfile		= "{var}/log/honeytrap.log"
-
-// store process ID in this file (the command line's -P wins)
-pidfile		= "/var/run/honeytrap.pid"
-
-/* where to look for default responses */
-response_dir	= "{responses}"
-
-replace_private_ips = "no"
-//bind_address = "127.0.0.1"
-//promisc = "on"
-
-user	= "honeytrap"
-group	= "honeytrap"
-
-read_limit = "20971520"
-
-/* ----- plugin stuff below ----- */
-plugin_dir	= "{plugins}"
-
-// plugin-magicPE = ""
-plugin-ftpDownload = ""
-plugin-tftpDownload = ""
-plugin-b64Decode = ""
-plugin-deUnicode = ""
-plugin-vncDownload = ""
-
-plugin-SaveFile = {{
-	attacks_dir	= "{var}/attacks"
-	downloads_dir	= "{var}/downloads"
-}}
-
-/*
-plugin-cpuEmu = {{
-	execute_shellcode = "no"
-	createprocess_cmd = "/bin/sh -c \\"cd /nowhere; wine 'c:\\\\windows\\\\cmd.exe'\\""
-}}
-*/
-
-/*
-plugin-ClamAV = {{
-	temp_dir	= "/tmp"
-	clamdb_path	= "/var/lib/clamav"
-}}
-*/
-
-plugin-logAttacker = {{ logfile = "{var}/log/attacker.log" }}
-
-plugin-logJSON = {{ logfile = "{var}/log/attackers.json" }}
-
-/*
-plugin-SavePostgres = {{
-	db_host	= "localhost"
-	db_name	= "some_db"
-	db_user	= "some_user"
-	db_pass	= "some_pass"
-}}
-*/
-
-/*
-plugin-httpDownload = {{
-	http_program = "/usr/bin/wget"
-	http_options = "-q -t1 -T1 -O-"
-}}
-*/
-
-/*
-plugin-submitMWserv = {{
-	mwserv_url      = "https://submission-url/"
-	guid            = "your-guid"
-}}
-*/
-
-portconf_default = "normal"
-"""
+# The image's configuration (Dockerfile), in T-Pot's shape: no `monitor` key, T-Pot's plugin
+# lines and its commented-out ones. Its /opt/honeytrap paths are moved under the test's own.
+IMAGE_CONF = REPO / "etc" / "tpot" / "honeytrap.conf"
+IMAGE_ETC = "/opt/honeytrap/etc/honeytrap"
+IMAGE_VAR = "/opt/honeytrap/var"
 
 # Run as root inside `ip netns exec <sensor> unshare -m`, then exec "$@" (setpriv ...): make
 # every mount read-only but the data directories and a tmpfs at /tmp/honeytrap, as Docker's
@@ -213,8 +136,12 @@ class TPotSensor(Honeytrap):
         self.identity = ensure_tpot_identity()
 
     def write_config(self) -> None:
-        self.configfile.write_text(TPOT_CONF.format(
-            var=self.var, responses=REPO / "templates", plugins=REPO / "plugins"))
+        text = IMAGE_CONF.read_text()
+        for image_path, ours in ((f"{IMAGE_ETC}/responses", REPO / "templates"),
+                                 (f"{IMAGE_ETC}/plugins", REPO / "plugins"),
+                                 (IMAGE_VAR, self.var)):
+            text = text.replace(image_path, str(ours))
+        self.configfile.write_text(text)
         os.chmod(self.configfile, 0o644)
 
     def command(self, *extra: str) -> list[str]:
