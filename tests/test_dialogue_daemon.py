@@ -8,6 +8,7 @@ import ftplib
 import hashlib
 import io
 import os
+import signal
 import smtplib
 import socket
 import subprocess
@@ -320,3 +321,42 @@ def test_nmap_version_scan_names_the_shipped_services(lab: Lab, sensor: Honeytra
           f"a product, {len(wrong)} wrong: {[(p, found.get(p)) for p in wrong]}")
     dialogue_ports = {int(p.name.split("_")[0]) for p in TEMPLATES.glob("*_tcp.dialogue")}
     assert dialogue_ports <= right, [(p, found.get(p)) for p in sorted(dialogue_ports - right)]
+
+
+def test_a_broken_dialogue_file_stops_the_start_naming_file_and_line(
+    lab: Lab, tmp_path: Path
+) -> None:
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    (responses / "21_tcp.dialogue").write_text('dialogue ftp\nbanner "220 hi\\r\\n"\non cmd\n')
+    ht = Honeytrap(lab, tmp_path / "ht", response_dir=responses)
+    ht.start(ready=False)
+    try:
+        assert ht.proc is not None
+        assert ht.proc.wait(timeout=60) == 2
+    finally:
+        assert ht.notify is not None
+        ht.notify.close()
+    assert f"{responses}/21_tcp.dialogue:3: cmd needs a value" in ht.stderr()
+
+
+def test_reload_with_a_broken_dialogue_keeps_the_running_ones(lab: Lab, tmp_path: Path) -> None:
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    good = 'dialogue greeter\nbanner "HELLO ${port}\\r\\n"\n'
+    (responses / "7000_tcp.dialogue").write_text(good)
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", response_dir=responses,
+                   args=["-u", "nobody", "-g", "nogroup"])
+    ht.start()
+    try:
+        (responses / "7000_tcp.dialogue").write_text(good + "on regex \"(\"\n")
+        ht.signal(signal.SIGHUP)
+        ht.wait_for("READY=1")
+        sock = connect(lab.attacker, lab.sensor.ip4, 7000)
+        assert read_until(sock, b"\r\n") == b"HELLO 7000\r\n"
+        sock.close()
+        ht.wait_records(1)
+    finally:
+        assert ht.stop() == 0
+    assert "7000_tcp.dialogue:3: bad regular expression" in ht.logfile.read_text()
