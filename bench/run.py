@@ -15,7 +15,11 @@ listed in PHASE_MODULES) run in order; --only picks some:
   latency          first SYN to a fresh port until connect() completes, p50/p99
                    (bench/latency.py);
   soak             --soak-seconds at 80% of one_port's median rate: memory flat, everything
-                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py).
+                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py);
+  syn_sweep,       all 65,535 ports with the default configuration: an nmap SYN sweep at 5,000
+  connect_sweep    SYN/s (SYNs answered with a SYN-ACK) and a connect sweep with 200 in flight
+                   (completed, recorded), peak processes, descriptors and PSS, another attacker
+                   served during and after (bench/sweep.py).
 
 The load generator (bench/loadgen.py) runs in the attacker namespace, in the same number of
 processes against every target. Results: a markdown table printed and written to bench/results/
@@ -71,7 +75,7 @@ from honeytrap import outfile  # noqa: E402
 
 # The phase modules, imported in this order (each registers its phases: bench/phases.py). A new
 # phase is a module of its own added here.
-PHASE_MODULES = ("throughput", "idle", "latency", "soak")
+PHASE_MODULES = ("throughput", "idle", "latency", "soak", "sweep")
 for _module in PHASE_MODULES:
     importlib.import_module(_module)
 PHASE_NAMES = tuple(PHASES)

@@ -17,11 +17,12 @@ Bounds (config keys, man/honeytrap.8):
   `download_per_source` tasks at once per attacker address: one attacker's hundred URLs, or
   one source's flood of attacks, cannot take the pool from everyone else.
 
-A task running past `plugin_timeout` is abandoned: `cancel()` is called (a download shuts its
-sockets: download/deadline.py), its attack's count is settled, and its thread is written off;
-a fresh thread takes its place, up to MAX_ABANDONED written-off threads at once. A written-off
-thread whose task returns after all exits, and a missing worker is started again: the pool
-recovers by itself.
+Worker threads start with the work (none while no download was asked for), up to
+`download_workers`, and then stay. A task running past `plugin_timeout` is abandoned:
+`cancel()` is called (a download shuts its sockets: download/deadline.py), its attack's count
+is settled, and its thread is written off; a fresh thread takes its place, as long as no more
+than MAX_ABANDONED are written off at once. A written-off thread whose task returns after all
+exits, and a worker held back is started: the pool recovers by itself.
 """
 
 from __future__ import annotations
@@ -132,12 +133,9 @@ class DownloadPool:
         self._workers: list[_Worker] = []
         self._threads: list[threading.Thread] = []  # every thread started, until joined
         self._abandoned = 0  # written-off threads still running
-        self._missing = 0  # workers not replaced for MAX_ABANDONED; started when one returns
+        self._idle = 0  # workers waiting for a task
         self._closing = False
-        for _ in range(limits.workers):
-            self._spawn()
-        if watch:
-            threading.Thread(target=self._watch, name="download-watchdog", daemon=True).start()
+        self._watching = watch  # the watchdog thread starts with the first worker
 
     # -- the pipeline's side ----------------------------------------------------------------
 
@@ -181,9 +179,19 @@ class DownloadPool:
             return
         with self._cond:
             group.left = len(group.tasks)
-            for task in group.tasks:
-                self._queue.append((group, task))
-            self._cond.notify(len(group.tasks))
+            closed = self._closing
+            if closed:  # admitted before the pool closed; no worker will take them now
+                self.counters.dropped += len(group.tasks)
+            else:
+                for task in group.tasks:
+                    self._queue.append((group, task))
+                self._top_up()
+                self._cond.notify(len(group.tasks))
+        if closed:
+            log.error("attack %s: %d downloads not started: the download pool is closed",
+                      group.root.id, len(group.tasks))
+            for _task in group.tasks:
+                self._settle(group)
 
     def pending(self) -> int:
         """Tasks admitted and not yet ended."""
@@ -233,7 +241,23 @@ class DownloadPool:
 
     # -- workers --------------------------------------------------------------------------
 
+    def _top_up(self) -> None:
+        """Start the workers the queue needs (under the lock): threads come with the work, up
+        to `workers`, and never past `workers` + MAX_ABANDONED with the written-off ones."""
+        if self._closing:
+            return
+        room = min(self.limits.workers - len(self._workers),
+                   self.limits.workers + MAX_ABANDONED - len(self._workers) - self._abandoned)
+        for _ in range(min(room, len(self._queue) - self._idle)):
+            self._spawn()
+        if room <= 0 and self._queue and not self._workers:
+            log.critical("%d abandoned download threads still running: no new one until one "
+                         "returns", self._abandoned)
+
     def _spawn(self) -> None:
+        if self._watching:
+            self._watching = False
+            threading.Thread(target=self._watch, name="download-watchdog", daemon=True).start()
         worker = _Worker()
         worker.thread = threading.Thread(target=self._work, args=(worker,), name="download",
                                          daemon=True)
@@ -246,7 +270,9 @@ class DownloadPool:
         while True:
             with self._cond:
                 while not self._queue and not self._closing:
+                    self._idle += 1
                     self._cond.wait()
+                    self._idle -= 1
                 if not self._queue:
                     self._workers.remove(worker)
                     return
@@ -257,11 +283,9 @@ class DownloadPool:
                 worker.current = None
                 if worker.abandoned:
                     # The watchdog settled this task and replaced this thread: retire, and
-                    # start a worker the cap on written-off threads left missing.
+                    # start a worker the cap on written-off threads may have held back.
                     self._abandoned -= 1
-                    if self._missing and not self._closing:
-                        self._missing -= 1
-                        self._spawn()
+                    self._top_up()
                     return
                 self.counters.tasks += 1
             self._settle(group)
@@ -314,18 +338,10 @@ class DownloadPool:
                 self._abandoned += 1
                 self.counters.abandoned += 1
                 hung.append((group, task))
-                if self._closing:
-                    pass
-                elif self._abandoned <= MAX_ABANDONED:
-                    self._spawn()
-                else:
-                    self._missing += 1
+            self._top_up()
         for group, task in hung:
             log.error("attack %s: %s ran over %.0f s: abandoned", group.root.id, task.label,
                       self.timeout)
-            if self._missing:
-                log.critical("%d abandoned download threads still running: not replacing "
-                             "more until one returns", self._abandoned)
             try:
                 task.cancel()
             except Exception:

@@ -40,19 +40,24 @@ DEFAULT_LOGLEVEL = 3  # man page: "-t ... Default is 3"
 DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit (20971520)
 # An Internet-wide sweep touches every port: at most this many dynamic servers live at once;
 # past it the least recently used idle server is stopped, else the port is refused and counted.
-DEFAULT_MAX_SERVERS = 64
+# 8192: a full sweep at 5,000+ SYN/s is answered on every port (each port is answered within
+# milliseconds and evicted a second or two later, idle), in 8 server processes (bench/sweep.py).
+DEFAULT_MAX_SERVERS = 8192
 # Dynamic servers (ports) one server process hosts: a new port goes to a process with room (a
 # descriptor handed over, ~0.1 ms) and only every this many ports costs a fork (~15 ms of CPU
-# with its copy-on-write faults, bench/). 64: the 1,000-port sweep measured 0.58-0.60x the
-# baseline with 16, 0.64-0.68x with 64; with the default max_servers, one process then serves
-# them all. 1: a process per port, as in the original.
-DEFAULT_PORTS_PER_PROCESS = 64
+# with its copy-on-write faults, bench/), done ahead of need (porttable.SPARE_PROCESSES). Each
+# process costs ~6 MiB of its own (the interpreter's copy-on-write pages) and each port ~3 KiB:
+# 1024 keeps a full sweep's PSS under 250 MiB (max_servers ports in 8 processes, at most
+# 2 x 8 + 2 alive with those finishing, porttable.DRAINING_FACTOR). 1: a process per port, as
+# in the original.
+DEFAULT_PORTS_PER_PROCESS = 1024
 # Concurrent connections one dynamic server serves; more wait in the kernel's backlog.
 DEFAULT_MAX_CONNECTIONS = 4096
-# New dynamic servers started per second at most (each costs a bind, and every ports_per_process
-# of them a fork): a sweep must not turn into a fork storm. Attempts over the rate are refused
-# and counted.
-DEFAULT_MAX_SERVER_RATE = 200
+# New dynamic servers started per second at most (each a bind and a descriptor handed over,
+# ~0.1 ms of the master's time; forks are bounded by the process count, not this): 20,000 lets
+# a 5,000 SYN/s sweep through 4 times over, and still caps what a flood may cost the master.
+# Attempts over the rate are refused and counted.
+DEFAULT_MAX_SERVER_RATE = 20000
 # Connections one source address / one /24 or /64 may hold in one server process (budget.py):
 # one address must not take every descriptor of a process that serves many ports.
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = budget.DEFAULT_PER_SOURCE

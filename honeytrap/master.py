@@ -55,9 +55,6 @@ RECORDER_STOP_TIMEOUT = 40.0
 REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
-# While a spare process is wanted, the loop waits this long for work before forking one: a fork
-# blocks the loop for milliseconds, so it is done when no packet is waiting.
-SPARE_IDLE_WAIT = 0.005
 NR_OPEN = "/proc/sys/fs/nr_open"
 
 
@@ -68,6 +65,17 @@ def nr_open() -> int:
             return int(f.read().strip())
     except (OSError, ValueError):
         return porttable.NR_OPEN_DEFAULT
+
+
+def template_names(config: Config) -> frozenset[str]:
+    """The names in response_dir, read at start and on SIGHUP: a port without a template costs
+    no open() per start then (a sweep starts thousands a second)."""
+    try:
+        return frozenset(os.listdir(config.response_dir))
+    except OSError as exc:
+        log.warning("response_dir %s unreadable (%s): no templates", config.response_dir,
+                    exc.strerror)
+        return frozenset()
 
 
 def raise_fd_limit(config: Config) -> int:
@@ -131,6 +139,7 @@ class Master:
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
+        self.template_names = template_names(config)
         self.port_privilege = capabilities.PortPrivilege()
         self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
@@ -159,11 +168,10 @@ class Master:
         self._start_recorder()
         daemon.notify("READY=1")
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
-        self._refill_spares(urgent=True)
+        self._refill_spares()
         while self._running:
             # Spares are forked when the loop has nothing else to do (a short wait for that).
-            wait = SPARE_IDLE_WAIT if self.table.spares_wanted() else 1.0
-            events = self.selector.select(timeout=wait)
+            events = self.selector.select(timeout=1.0)
             for key, _events in events:
                 if key.data == "monitor":
                     self._on_monitor()
@@ -176,7 +184,7 @@ class Master:
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
             self._carry_out(self.table.tick())
-            self._refill_spares(urgent=not events)
+            self._refill_spares()
             if self.metrics is not None:
                 self.metrics.tick()
             if time.monotonic() >= next_stats:
@@ -295,14 +303,15 @@ class Master:
             self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
             return
         self.table.started(key, pid)
-        log.log(
-            logs.NOTICE, "dynamic server for %d/%s started (pid %d, %s mode)",
-            conf.port, conf.protocol, pid, conf.mode.label,
-        )
+        # info, not notice: a sweep starts thousands a second (the counters say how many).
+        log.info("dynamic server for %d/%s started (pid %d, %s mode)",
+                 conf.port, conf.protocol, pid, conf.mode.label)
 
     def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
         """Give a running process the port's bound socket and its template file."""
-        template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
+        template = None
+        if f"{conf.port}_{conf.protocol}" in self.template_names:
+            template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
         fds = [sock.fileno()] if template is None else [sock.fileno(), template]
         try:
             return process.channel.send_fds(
@@ -312,11 +321,12 @@ class Master:
             if template is not None:
                 os.close(template)
 
-    def _refill_spares(self, *, urgent: bool) -> None:
-        """Fork one spare process if the table wants one: when the loop is idle (urgent), or when
-        none is left (the next new port would otherwise fork on its first packet's path)."""
-        wanted = self.table.spares_wanted()
-        if wanted and (urgent or wanted >= self.table.limits.spare_processes):
+    def _refill_spares(self) -> None:
+        """Fork one spare process if the table wants one, after the loop's events were handled
+        (every held packet has its verdict then): a fork blocks the loop for milliseconds, which
+        must not fall between a first SYN and its verdict. One per round, so a burst of packets
+        waits for one fork at most."""
+        if self.table.spares_wanted():
             pid = self._fork()
             if pid is None:
                 self._carry_out(self.table.fork_failed())
@@ -525,6 +535,7 @@ class Master:
             return
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
+        self.template_names = template_names(config)
         old.close()
         # New plugins, new recorder; the old one records what its servers still hand it, then
         # exits once they all have.

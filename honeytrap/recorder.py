@@ -3,7 +3,8 @@
 Dynamic servers serve connections and nothing else; each hands its finished attacks to the
 recorder over a link of its own (a Unix stream socketpair made by the master, wire.py frames),
 and keeps every attack until the recorder acknowledges it, which it does once every hook ran for
-it (the savers and loggers included). So:
+it (the savers and loggers included; not the downloads the hooks started, which run after it
+in the pipeline's download pool and are recorded as follow-ups: pipeline.py). So:
 
 - the plugins run beside the connection loops, not in them: a server's loop no longer shares its
   interpreter lock with plugin threads (bench/: that sharing cost more than half the throughput);

@@ -311,6 +311,7 @@ class DynamicServer:
         self.last_activity = time.monotonic()
         self.stopping = False
         self.connections: set[Finisher] = set()
+        self.starting = 0  # accepted, transport not yet set up
         self._accepting = False
         self._backoff = ACCEPT_BACKOFF_MIN
         self._expire_sent = False
@@ -371,7 +372,7 @@ class DynamicServer:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
-        if self._listener_closed and not self.connections:
+        if self._listener_closed and not self.connections and not self.starting:
             self.process.server_done(self)
 
     # --- accounting --------------------------------------------------------------------------
@@ -492,14 +493,20 @@ class DynamicServer:
         # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3).
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
         handler = self.handler_factory()
+        self.starting += 1
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
         task.add_done_callback(functools.partial(self._setup_done, source))
 
     def _setup_done(self, source: str, task: asyncio.Task[object]) -> None:
-        """A connection that never reached its handler is never recorded: its budget back."""
+        """An accepted connection's transport is set up (it counts in `connections` now), or
+        failed: until then the server is not done (a connection taken by the stop's last accept
+        must not be cut by the process's exit). One that never reached its handler is never
+        recorded: its budget back."""
+        self.starting -= 1
         if not task.cancelled() and task.exception() is not None:
             _log_task_failure(task)
             self.process.budget.release(source)
+        self._maybe_done()
 
     def handler_factory(self) -> asyncio.Protocol:
         if self.port.mode in RELAY_MODES:

@@ -8,8 +8,10 @@ import ftplib
 import hashlib
 import io
 import os
+import signal
 import smtplib
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +23,7 @@ from netns import Lab, inside
 from test_daemon import connect, payload_of
 
 READ_TIMEOUT = 5  # -r: every banner below must come well before it
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 
 @pytest.fixture
@@ -160,12 +163,14 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         bot.sendall(line)
         read_until(bot, b"# ")
         bot.close()
-        [record] = ht.wait_records(1, timeout=60)
+        records = ht.wait_records(2, timeout=60)  # the attack, then its downloads' follow-up
     finally:
         assert ht.stop() == 0
+    [record] = [r for r in records if not r.get("follow_up")]
+    [follow_up] = [r for r in records if r.get("follow_up")]
     assert line in payload_of(record)
     assert dialogue(record)["protocol"] == "telnet"
-    assert record["download_count"] == 1
+    assert follow_up["id"] == record["id"] and follow_up["download_count"] == 1
     md5 = hashlib.md5(sample).hexdigest()
     assert (ht.downloads_dir / md5).read_bytes() == sample
 
@@ -189,6 +194,7 @@ def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
     assert isinstance(fields, dict) and fields["detected"] == "http"
 
 
+@pytest.mark.slow
 def test_a_silent_client_on_a_port_without_template_gets_silence(
     lab: Lab, sensor: Honeytrap
 ) -> None:
@@ -229,3 +235,128 @@ def test_urgent_data_stays_in_the_record(lab: Lab, sensor: Honeytrap) -> None:
     sock.close()
     [record] = sensor.wait_records(1)
     assert payload_of(record) == b"\xff\xf4\xff\xf2ABOR\r\n"
+
+
+def test_curl_and_openssl_speak_tls_on_443_and_on_a_port_without_template(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """TLS detected from the ClientHello on any port; the decrypted request is answered by the
+    HTTP dialogue and recorded with the client's JA4."""
+    sensor.start()
+    base = f"https://{lab.sensor.ip4}"
+    out = lab.attacker.cmd("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/")
+    assert out == "200"
+    out = lab.attacker.cmd("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}",
+                           f"{base}:7443/nope")
+    assert out == "404"
+    reply = lab.attacker.cmd("openssl", "s_client", "-connect", f"{lab.sensor.ip4}:443",
+                             "-servername", "www.example.com", "-quiet",
+                             input=b"HEAD / HTTP/1.0\r\n\r\n")
+    assert reply.startswith("HTTP/1.0 200 OK")
+    records = sensor.wait_records(3)
+    for record in records:
+        info = dialogue(record)
+        assert info["protocol"] == "tls"
+        fields = info["fields"]
+        assert isinstance(fields, dict)
+        assert fields["tls"]["ja4"].startswith("t1")
+        decrypted = bytes.fromhex(fields["decrypted"])
+        assert decrypted.split(b" ")[0] in (b"GET", b"HEAD")
+        assert fields["detected"] == "tls"
+        assert payload_of(record)[:1] == b"\x16"  # the raw bytes: the TLS records themselves
+    by_sni = {dialogue(r)["fields"]["tls"]["sni"] for r in records}  # type: ignore[index]
+    assert "www.example.com" in by_sni
+
+
+def test_openssh_reaches_key_exchange_on_22(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    result = subprocess.run(
+        lab.attacker.argv("ssh", "-vvv", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+                          "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
+                          f"root@{lab.sensor.ip4}", "true"),
+        capture_output=True, text=True, timeout=60, check=False)
+    assert "SSH2_MSG_KEXINIT received" in result.stderr, result.stderr[-2000:]
+    [record] = sensor.wait_records(1)
+    assert dialogue(record)["protocol"] == "ssh"
+
+
+# nmap's service names that are right for each shipped template's port (nmap-services naming:
+# SMB on 445 is "microsoft-ds", RDP "ms-wbt-server", Docker's API "docker" or plain "http").
+NMAP_SECONDS = 600  # nmap -sV waits out silent ports' probes: minutes, not hours
+NMAP_RIGHT = {
+    21: {"ftp"}, 22: {"ssh"}, 23: {"telnet"}, 25: {"smtp"}, 80: {"http"}, 81: {"http"},
+    110: {"pop3"}, 111: {"rpcbind"}, 135: {"msrpc"}, 139: {"netbios-ssn", "microsoft-ds"},
+    143: {"imap"}, 445: {"microsoft-ds", "netbios-ssn"}, 587: {"smtp", "submission"},
+    1433: {"ms-sql-s"}, 1521: {"oracle-tns"}, 2375: {"docker", "http"}, 3306: {"mysql"},
+    3389: {"ms-wbt-server"}, 5432: {"postgresql"}, 5900: {"vnc"}, 6379: {"redis"},
+    8000: {"http", "http-alt"}, 8080: {"http", "http-proxy"}, 8888: {"http"},
+    9200: {"http", "elasticsearch"}, 11211: {"memcached"},
+}
+
+
+def test_nmap_version_scan_names_the_shipped_services(lab: Lab, sensor: Honeytrap) -> None:
+    """nmap -sV on every shipped template's TCP port: the figure (ports, right service, product
+    named, wrong) is printed; every port with a dialogue file must be named right."""
+    import xml.etree.ElementTree as ET  # noqa: N817, S405 - nmap's own output
+
+    shipped = {int(p.name.split("_")[0]) for p in TEMPLATES.iterdir()
+               if p.name.split(".")[0].endswith("_tcp")}
+    assert shipped == set(NMAP_RIGHT)
+    sensor.start()
+    ports = ",".join(str(port) for port in sorted(shipped))
+    xml = subprocess.run(
+        lab.attacker.argv("nmap", "-sV", "-Pn", "-n", "-T4", "-p", ports, "-oX", "-",
+                          lab.sensor.ip4),
+        capture_output=True, text=True, timeout=NMAP_SECONDS, check=True).stdout
+    found = {}
+    for port in ET.fromstring(xml).iter("port"):  # noqa: S314 - nmap's own output
+        service = port.find("service")
+        name = service.get("name", "") if service is not None else ""
+        product = service.get("product", "") if service is not None else ""
+        found[int(port.get("portid", "0"))] = (name, product)
+    right = {p for p, (name, _) in found.items() if name in NMAP_RIGHT[p]}
+    products = {p for p in right if found[p][1]}
+    wrong = sorted(set(shipped) - right)
+    print(f"\nnmap -sV: {len(shipped)} ports, {len(right)} right service, {len(products)} with "
+          f"a product, {len(wrong)} wrong: {[(p, found.get(p)) for p in wrong]}")
+    dialogue_ports = {int(p.name.split("_")[0]) for p in TEMPLATES.glob("*_tcp.dialogue")}
+    assert dialogue_ports <= right, [(p, found.get(p)) for p in sorted(dialogue_ports - right)]
+
+
+def test_a_broken_dialogue_file_stops_the_start_naming_file_and_line(
+    lab: Lab, tmp_path: Path
+) -> None:
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    (responses / "21_tcp.dialogue").write_text('dialogue ftp\nbanner "220 hi\\r\\n"\non cmd\n')
+    ht = Honeytrap(lab, tmp_path / "ht", response_dir=responses)
+    ht.start(ready=False)
+    try:
+        assert ht.proc is not None
+        assert ht.proc.wait(timeout=60) == 2
+    finally:
+        assert ht.notify is not None
+        ht.notify.close()
+    assert f"{responses}/21_tcp.dialogue:3: cmd needs a value" in ht.stderr()
+
+
+def test_reload_with_a_broken_dialogue_keeps_the_running_ones(lab: Lab, tmp_path: Path) -> None:
+    responses = tmp_path / "responses"
+    responses.mkdir()
+    good = 'dialogue greeter\nbanner "HELLO ${port}\\r\\n"\n'
+    (responses / "7000_tcp.dialogue").write_text(good)
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", response_dir=responses,
+                   args=["-u", "nobody", "-g", "nogroup"])
+    ht.start()
+    try:
+        (responses / "7000_tcp.dialogue").write_text(good + "on regex \"(\"\n")
+        ht.signal(signal.SIGHUP)
+        ht.wait_for("READY=1")
+        sock = connect(lab.attacker, lab.sensor.ip4, 7000)
+        assert read_until(sock, b"\r\n") == b"HELLO 7000\r\n"
+        sock.close()
+        ht.wait_records(1)
+    finally:
+        assert ht.stop() == 0
+    assert "7000_tcp.dialogue:3: bad regular expression" in ht.logfile.read_text()

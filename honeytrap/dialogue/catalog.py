@@ -8,7 +8,7 @@ inherit it; they never read the response directory for dialogues.
 
 Which dialogue answers a connection (`Catalog.factory`):
   1. the port's `.dialogue` file (it takes precedence over a raw template beside it);
-  2. UDP: the code dialogue for the port's well-known protocol (UDP_PORTS), if there is one;
+  2. the code dialogue for the port's well-known protocol (TCP_PORTS, UDP_PORTS), if loaded;
   3. the port's raw template (`<port>_<protocol>`, raw.py: the original's behaviour, kept);
   4. TCP: protocol detection from the client's first bytes (detect.py), by name: a dialogue
      file's `dialogue NAME` (the lowest port's file of that name) or a code module below;
@@ -47,6 +47,18 @@ log = logging.getLogger("honeytrap.dialogue")
 
 MODULES = ("tls", "ssh", "mysql", "postgres", "smb", "rdp", "vnc", "dns", "snmp", "sip",
            "ntp", "rpc")
+# The class of each code module taking the connection's Context (tls's takes the chooser too);
+# a module not listed exposes `factory`, a DialogueFactory.
+CLASSES = {"ssh": "SshDialogue", "mysql": "MysqlDialogue", "postgres": "PostgresDialogue",
+           "smb": "SmbDialogue", "rdp": "RdpDialogue", "vnc": "VncDialogue"}
+# TCP ports whose well-known protocol a code dialogue answers (taking precedence over a raw
+# template beside it, as a .dialogue file does): their clients wait for a banner (SSH, MySQL,
+# VNC) or open with a binary request no static reply can follow (SMB, RDP, PostgreSQL).
+TCP_PORTS = {22: "ssh", 2222: "ssh", 3306: "mysql", 5432: "postgres", 139: "smb", 445: "smb",
+             3389: "rdp", 5900: "vnc"}
+# TLS ports whose clients wait for the server after the handshake (RFC 8314 implicit TLS):
+# their inner dialogue, chosen when the decrypted stream stays silent.
+TLS_SILENT_PORTS = {465: "smtp", 993: "imap", 995: "pop3", 990: "ftp", 992: "telnet"}
 # UDP ports whose datagrams a code dialogue answers (its reply echoes what the client checks:
 # the DNS id, the SNMP request-id, ...); other UDP ports get their raw template.
 UDP_PORTS = {53: "dns", 161: "snmp", 5060: "sip", 123: "ntp", 111: "rpc"}
@@ -137,6 +149,9 @@ class Catalog:
         script = self.scripts.get(("tcp", port))
         if script is not None:
             return lambda ctx: ScriptDialogue(script, ctx)
+        code = self.named(TCP_PORTS.get(port, ""), scripts=False)
+        if code is not None:
+            return code
         if template is not None:
             return lambda ctx: RawDialogue(template, ctx, self.template_repeat)
         return self.detector
@@ -158,9 +173,9 @@ class Catalog:
 
         return Detector(ctx, lookup, unknown)
 
-    def named(self, name: str) -> DialogueFactory | None:
+    def named(self, name: str, scripts: bool = True) -> DialogueFactory | None:
         """The dialogue served for a protocol name, None if none is."""
-        script = self.by_name.get(name)
+        script = self.by_name.get(name) if scripts else None
         if script is not None:
             return lambda ctx: ScriptDialogue(script, ctx)
         module = self.modules.get(name)
@@ -168,18 +183,16 @@ class Catalog:
             return None
         if name == "tls":
             return lambda ctx: module.TlsDialogue(ctx, self.chooser(ctx))
-        if name == "ssh":
-            return lambda ctx: module.SshDialogue(ctx)
-        factory = getattr(module, "factory", None)
-        return factory if callable(factory) else None
+        cls = getattr(module, CLASSES.get(name, ""), None) or getattr(module, "factory", None)
+        return cls if callable(cls) else None
 
     def chooser(self, ctx: Context) -> Callable[[bytes], Dialogue]:
         """TLS's choose_inner: the dialogue for the first decrypted bytes (b"": the client
         waits for a banner, so detection goes on, silent)."""
 
         def choose(data: bytes) -> Dialogue:
-            name = classify(data) if data else None
-            factory = self.named(name) if name not in (None, "tls") else None
+            name = classify(data) if data else TLS_SILENT_PORTS.get(ctx.port)
+            factory = self.named(name) if name is not None and name != "tls" else None
             if factory is not None:
                 return factory(ctx)
             if data:

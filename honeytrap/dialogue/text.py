@@ -113,17 +113,19 @@ class ScriptDialogue:
         return None
 
     def _http(self, rule: Rule, request: Request, groups: tuple[bytes, ...]) -> bytes:
-        """RFC 9112 response framing: status line in the client's version, Date (RFC 9110
-        6.6.1), the rule's headers, Content-Length, Connection; no body for HEAD (9110 9.3.2)."""
+        """RFC 9112 response framing: the status line in the client's version, the rule's
+        headers (a Date among them where the server sends one, RFC 9110 6.6.1), Content-Length,
+        Connection where the version's default does not say it (RFC 9112 9.3); no body for
+        HEAD (RFC 9110 9.3.2)."""
         code, text = rule.status or (200, ())
         body = self.expand(rule.body, request, groups)
         version = request.version if request.version in (b"HTTP/1.0", b"HTTP/1.1") else b"HTTP/1.1"
         keep = request.keep_alive and not rule.close and request.cmd != BAD
-        lines = [version + b" %d " % code + self.expand(text, request, groups),
-                 b"Date: " + _http_date()]
+        lines = [version + b" %d " % code + self.expand(text, request, groups)]
         lines += [self.expand(header, request, groups) for header in rule.headers]
-        lines += [b"Content-Length: %d" % len(body),
-                  b"Connection: " + (b"keep-alive" if keep else b"close")]
+        lines.append(b"Content-Length: %d" % len(body))
+        if version == b"HTTP/1.1" or keep:
+            lines.append(b"Connection: " + (b"keep-alive" if keep else b"close"))
         if not keep:
             self.closed = True
         head = b"\r\n".join(lines) + b"\r\n\r\n"
@@ -142,7 +144,7 @@ class ScriptDialogue:
         if name == "hostname":
             return self.ctx.hostname.encode("ascii", "replace")
         if name == "date":
-            return _http_date()
+            return email.utils.formatdate(time.time(), usegmt=True).encode()  # RFC 9110 5.6.7
         if name == "maildate":
             return email.utils.formatdate(localtime=False).encode()
         if name == "id":
@@ -197,8 +199,3 @@ def _matches(rule: Rule, request: Request) -> bool:
 def _bulk(data: bytes) -> bytes:
     """A RESP bulk string."""
     return b"$%d\r\n%s\r\n" % (len(data), data)
-
-
-def _http_date() -> bytes:
-    """IMF-fixdate (RFC 9110 5.6.7), now."""
-    return email.utils.formatdate(time.time(), usegmt=True).encode()

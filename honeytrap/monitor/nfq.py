@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 import warnings
 from dataclasses import dataclass
 from typing import Any
-
-import dpkt
 
 from honeytrap.errors import ConfigError
 from honeytrap.monitor import Attempt
 
 log = logging.getLogger("honeytrap.monitor.nfq")
 
-# Only headers are needed: IPv6 with a few extension headers + TCP/UDP header fit in this.
-COPY_RANGE = 256
+# The master needs headers only (it never reads attacker bytes): the copy the kernel queues to us
+# is cut to an IPv6 header (40), IPV6_EXTENSION_ROOM of extension headers and the ports and flags
+# of the TCP/UDP header (the first 14 bytes), which also covers IPv4's largest header (60).
+IPV6_HEADER = 40
+IPV6_EXTENSION_ROOM = 64
+TRANSPORT_NEEDED = 14  # TCP: ports (4), seq (4), ack (4), offset (1), flags (1); UDP: 8
+COPY_RANGE = IPV6_HEADER + IPV6_EXTENSION_ROOM + TRANSPORT_NEEDED
 # Packets the kernel holds for us before it starts dropping (or bypassing, with
 # --queue-bypass): a sweep arrives in bursts.
 QUEUE_MAXLEN = 8192
@@ -31,40 +35,54 @@ SOCKET_BUFFER = 8 * 1024 * 1024
 
 TCP_SYN = 0x02
 TCP_ACK = 0x10
+PROTO_TCP = 6
+PROTO_UDP = 17
+# IPv6 extension headers walked to reach the transport header (RFC 8200 section 4): hop-by-hop,
+# routing, destination options (length in 8-octet units after the first 8), fragment (8).
+IPV6_EXTENSIONS = {0, 43, 60}
+IPV6_FRAGMENT = 44
+IPV6_MAX_EXTENSIONS = 8
 
 
 def classify(packet: bytes) -> Attempt | None:
-    """A queued IP packet -> the attempt it is (a SYN without ACK, or a UDP datagram), or None.
-    Never raises: anything unparsable is None (and gets accepted untouched)."""
-    if not packet:
+    """A queued IP packet's headers -> the attempt it is (a SYN without ACK, or a UDP datagram),
+    or None. Only headers are read (COPY_RANGE). Never raises: anything unparsable is None (and
+    gets accepted untouched)."""
+    if len(packet) < 20:
         return None
     version = packet[0] >> 4
-    try:
-        ip: Any
-        if version == 4:
-            ip = dpkt.ip.IP(packet)
-            family = socket.AF_INET
-            src = socket.inet_ntop(family, ip.src)
-            dst = socket.inet_ntop(family, ip.dst)
-            if ip.offset:
-                return None  # a non-first fragment has no ports
-        elif version == 6:
-            ip = dpkt.ip6.IP6(packet)
-            family = socket.AF_INET6
-            src = socket.inet_ntop(family, ip.src)
-            dst = socket.inet_ntop(family, ip.dst)
-        else:
+    if version == 4:
+        header = (packet[0] & 0x0F) * 4
+        if header < 20 or packet[6] & 0x1F or packet[7]:
+            return None  # a bad header length, or a non-first fragment (no ports)
+        family, proto = socket.AF_INET, packet[9]
+        src, dst = packet[12:16], packet[16:20]
+    elif version == 6 and len(packet) >= IPV6_HEADER:
+        family, proto, header = socket.AF_INET6, packet[6], IPV6_HEADER
+        src, dst = packet[8:24], packet[24:40]
+        for _ in range(IPV6_MAX_EXTENSIONS):
+            if proto in IPV6_EXTENSIONS and len(packet) >= header + 2:
+                proto, header = packet[header], header + 8 + packet[header + 1] * 8
+            elif proto == IPV6_FRAGMENT and len(packet) >= header + 8:
+                if struct.unpack_from("!H", packet, header + 2)[0] & 0xFFF8:
+                    return None  # a non-first fragment
+                proto, header = packet[header], header + 8
+            else:
+                break
+    else:
+        return None
+    if proto == PROTO_TCP and len(packet) >= header + TRANSPORT_NEEDED:
+        flags = packet[header + 13]
+        if not flags & TCP_SYN or flags & TCP_ACK:
             return None
-        transport = ip.data
-    except (dpkt.UnpackError, ValueError, IndexError, KeyError, TypeError, AttributeError):
+        protocol = "tcp"
+    elif proto == PROTO_UDP and len(packet) >= header + 8:
+        protocol = "udp"
+    else:
         return None
-    if isinstance(transport, dpkt.tcp.TCP):
-        if transport.flags & TCP_SYN and not transport.flags & TCP_ACK:
-            return Attempt("tcp", family, dst, transport.dport, src, transport.sport)
-        return None
-    if isinstance(transport, dpkt.udp.UDP):
-        return Attempt("udp", family, dst, transport.dport, src, transport.sport)
-    return None
+    sport, dport = struct.unpack_from("!HH", packet, header)
+    return Attempt(protocol, family, socket.inet_ntop(family, dst), dport,
+                   socket.inet_ntop(family, src), sport)
 
 
 @dataclass

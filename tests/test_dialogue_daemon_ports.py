@@ -1,0 +1,50 @@
+"""Real clients against the real daemon (nfq) on the well-known ports of the binary
+dialogues, where a raw template lies beside the code dialogue (the code dialogue answers):
+mysql sends its credentials on 3306, nmap's own VNC and RDP scripts get through the handshake
+on 5900 and 3389."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Honeytrap, nfq_rules
+from netns import Lab
+from test_dialogue_daemon_binary import fields_by_port
+
+READ_TIMEOUT = 3
+
+
+@pytest.fixture
+def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(lab, tmp_path / "ht", extra_config=f'state_dir = "{tmp_path / "state"}"',
+                   args=["-u", "nobody", "-g", "nogroup", "-l", "10", "-r", str(READ_TIMEOUT)])
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        ht.stop()
+
+
+def test_mysql_client_sends_credentials_on_3306(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    out = subprocess.run(lab.attacker.argv(
+        "mysql", "--no-defaults", "-h", lab.sensor.ip4, "-u", "root", "-ptoor",
+        "--connect-timeout=10", "mysql", "-e", "select 1"),
+        capture_output=True, text=True, timeout=60)
+    assert "ERROR 1045 (28000): Access denied for user 'root'@'" in out.stderr
+    rec = fields_by_port(sensor.wait_records(1))[3306]["mysql"]
+    assert isinstance(rec, dict) and (rec["user"], rec["database"]) == ("root", "mysql")
+
+
+def test_nmap_vnc_and_rdp_scripts(lab: Lab, sensor: Honeytrap) -> None:
+    sensor.start()
+    out = lab.attacker.cmd("nmap", "-Pn", "-n", "-sT", "-p", "3389,5900", "--script",
+                           "vnc-info,rdp-enum-encryption", lab.sensor.ip4)
+    assert "VNC Authentication (2)" in out and "Protocol version: 3." in out
+    assert "SSL: SUCCESS" in out
+    records = sensor.wait_records(2)
+    rdp = [r["dialogue"]["fields"]["rdp"] for r in records  # type: ignore[index]
+           if r["attack_connection"]["local_port"] == 3389]  # type: ignore[index]
+    assert any(r["cookie"] == "mstshash=nmap" for r in rdp)
