@@ -286,6 +286,7 @@ def scrape(lab: Lab, port: int) -> dict[str, float]:
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
+@pytest.mark.slow
 def test_sustained_load_is_acknowledged_to_the_last_attack(lab: Lab, tmp_path: Path) -> None:
     """Full load through the real recorder (SaveFile, logAttacker, logJSON): every attack
     recorded, the servers' unacknowledged attacks drained to zero, and at SIGTERM no server exit
