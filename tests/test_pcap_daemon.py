@@ -70,7 +70,8 @@ def test_udp_retry_is_answered_once(lab: Lab, sensor: Honeytrap, family: int) ->
     reply = None
     for attempt in range(RETRIES):
         try:
-            sock.sendto(b"probe-%d" % attempt, (address, 161))
+            # Half the reply at least: the reflector guard sends at most twice what came in.
+            sock.sendto(b"probe-%d " % attempt + b"p" * 60, (address, 161))
             reply = sock.recv(65535)
             break
         except (ConnectionRefusedError, TimeoutError):
