@@ -187,7 +187,9 @@ read_limit = "1048576"
     def records(self) -> list[dict[str, object]]:
         if not self.attackers_json.exists():
             return []
-        return [json.loads(line) for line in self.attackers_json.read_text().splitlines()]
+        # Only whole lines: the recorder may be appending the last one while we read.
+        text = self.attackers_json.read_text()
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def wait_records(self, count: int, timeout: float = 20.0) -> list[dict[str, object]]:
         """attackers.json is the daemon's output under test: wait (bounded) for `count` lines."""
