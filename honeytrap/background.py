@@ -179,10 +179,19 @@ class DownloadPool:
             return
         with self._cond:
             group.left = len(group.tasks)
-            for task in group.tasks:
-                self._queue.append((group, task))
-            self._top_up()
-            self._cond.notify(len(group.tasks))
+            closed = self._closing
+            if closed:  # admitted before the pool closed; no worker will take them now
+                self.counters.dropped += len(group.tasks)
+            else:
+                for task in group.tasks:
+                    self._queue.append((group, task))
+                self._top_up()
+                self._cond.notify(len(group.tasks))
+        if closed:
+            log.error("attack %s: %d downloads not started: the download pool is closed",
+                      group.root.id, len(group.tasks))
+            for _task in group.tasks:
+                self._settle(group)
 
     def pending(self) -> int:
         """Tasks admitted and not yet ended."""

@@ -51,6 +51,7 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
     return json.loads((out / "latest-quick.json").read_text()), out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("phase", ["one_port", "sweep"])
 def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Path],
                                                 phase: str) -> None:
@@ -72,12 +73,14 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
         assert figures["floor_records"][loop] == sum(rep[loop]["completed"] for rep in reps)
 
 
+@pytest.mark.slow
 def test_all_idle_connections_are_served(quick: tuple[dict[str, Any], Path]) -> None:
     idle = quick[0]["results"]["idle"]["300"]
     assert idle["honeytrap"]["served"] == 300
     assert idle["asyncio"]["served"] == 300 and idle["uvloop"]["served"] == 300
 
 
+@pytest.mark.slow
 def test_the_soak_records_and_acknowledges_everything_and_stops_cleanly(
     quick: tuple[dict[str, Any], Path],
 ) -> None:
@@ -89,6 +92,7 @@ def test_the_soak_records_and_acknowledges_everything_and_stops_cleanly(
     assert soak["samples"]  # memory was sampled during the load
 
 
+@pytest.mark.slow
 def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
     tables = list(quick[1].glob("bench-quick-*.md"))
     assert len(tables) == 1
@@ -100,6 +104,7 @@ def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
     assert "Machine load average" in text
 
 
+@pytest.mark.slow
 def test_the_calibration_is_reported_and_its_work_directory_removed(
     quick: tuple[dict[str, Any], Path],
 ) -> None:
@@ -116,6 +121,7 @@ def test_the_calibration_is_reported_and_its_work_directory_removed(
     assert "): creating, writing (200 B) and closing one file there cost" in text
 
 
+@pytest.mark.slow
 def test_the_json_says_whether_the_filesystem_was_fresh_and_nothing_of_it_stays(
     quick: tuple[dict[str, Any], Path],
 ) -> None:
@@ -149,6 +155,7 @@ def parent_dir() -> Iterator[Path]:
         shutil.rmtree(path)
 
 
+@pytest.mark.slow
 def test_only_runs_the_phases_named_in_a_fresh_directory_of_workdir(
     parent_dir: Path, tmp_path: Path,
 ) -> None:
@@ -166,6 +173,7 @@ def test_only_runs_the_phases_named_in_a_fresh_directory_of_workdir(
     assert not (tmp_path / "latest-quick.json").exists()  # a partial run is never the whole
 
 
+@pytest.mark.slow
 def test_no_fresh_fs_makes_a_plain_directory_on_the_workdir_filesystem(
     parent_dir: Path, tmp_path: Path,
 ) -> None:

@@ -165,6 +165,7 @@ def test_processes_are_named_in_ps_args_and_comm(lab: Lab, sensor: Honeytrap) ->
     ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
 def test_udp_datagram_is_answered_once_and_recorded_once(
     lab: Lab, sensor: Honeytrap, family: int
@@ -382,6 +383,7 @@ def sweep(lab: Lab, address: str, ports: range, deadline: float) -> dict[str, in
     return outcome
 
 
+@pytest.mark.slow
 def test_port_sweep_is_survived_with_bounded_processes(lab: Lab, sensor: Honeytrap) -> None:
     """2,000 ports swept: the server processes never pass what max_servers ports need (plus
     those draining), refusals are counted, and the daemon still serves afterwards."""

@@ -113,6 +113,7 @@ def wait_connections(proc: Any, count: int) -> None:
                 seen = int(line.split()[1])
 
 
+@pytest.mark.slow
 def test_a_hundred_dripping_downloads_do_not_delay_recording(lab: Lab, tmp_path: Path) -> None:
     dripping = start(lab, lab.attacker, "hostile", "headers", lab.attacker.ip4)
     hostile = lab.procs[-1]

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import download_servers
+import pytest
 from daemon import Honeytrap, nfq_rules
 from netns import Lab, inside
 
@@ -55,6 +56,7 @@ def statistics_with(ht: Honeytrap, wanted: str, timeout: float) -> dict[str, str
     return fields
 
 
+@pytest.mark.slow
 def test_downloads_found_in_attacks_land_under_their_md5_and_in_attackers_json(
     lab: Lab, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
         daemon.notify.close()
 
 
+@pytest.mark.slow
 def test_udp_flood_from_many_sources_is_not_amplified(lab: Lab, ht: Honeytrap) -> None:
     assert not (REPO / "templates" / f"{PORT_WITHOUT_TEMPLATE}_udp").exists()
     ht.args += ["-l", "30"]

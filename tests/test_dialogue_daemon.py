@@ -194,6 +194,7 @@ def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
     assert isinstance(fields, dict) and fields["detected"] == "http"
 
 
+@pytest.mark.slow
 def test_a_silent_client_on_a_port_without_template_gets_silence(
     lab: Lab, sensor: Honeytrap
 ) -> None:

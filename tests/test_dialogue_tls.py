@@ -140,6 +140,34 @@ def test_inner_delay_kept(server_ctx: ssl.SSLContext) -> None:
     assert c.read() == b"late\n"
 
 
+@settings(max_examples=15, deadline=None)
+@given(st.lists(st.integers(1, 400), min_size=1, max_size=8))
+def test_any_chunking_of_the_client_bytes(server_ctx: ssl.SSLContext, cuts: list[int]) -> None:
+    """The client's hello and request split anywhere (TCP may): the same handshake, the same
+    fingerprint, the request decrypted whole."""
+    d = make(server_ctx)
+    c = Client(d)
+    pending = b""
+    for _ in range(10):
+        try:
+            c.obj.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = c.out.read()
+            sizes = iter(cuts)
+            while pending:
+                size = next(sizes, len(pending))
+                c.inc.write(d.receive(pending[:size]).send)
+                pending = pending[size:]
+    c.obj.write(b"GET / HTTP/1.1\r\n\r\n")
+    data = c.out.read()
+    for i in range(0, len(data), cuts[0]):
+        d.receive(data[i : i + cuts[0]])
+    rec = d.record()
+    assert rec["decrypted"] == b"GET / HTTP/1.1\r\n\r\n"
+    assert rec["tls"]["ja4"].startswith("t13d") and rec["tls"]["sni"] == HOST
+
+
 def test_tls12(server_ctx: ssl.SSLContext) -> None:
     d = make(server_ctx)
     c = Client(d, maximum=ssl.TLSVersion.TLSv1_2)

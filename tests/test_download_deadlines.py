@@ -19,7 +19,8 @@ from honeytrap.background import Task
 from honeytrap.config import Config, PluginSpec
 from honeytrap.plugin import load_plugins
 
-pytestmark = pytest.mark.netns
+# Each waits for a download's time cap of a few seconds.
+pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 CAP = 3.0  # the downloads' configured time cap (the plugins' `timeout` option), seconds
 # A download is cut within this long after its cap (the "within a second").

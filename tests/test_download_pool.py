@@ -244,3 +244,16 @@ def test_written_off_threads_are_capped_then_replaced_as_they_return(
     assert pipeline.close(WAIT)
     assert pipeline.stats()["downloads_run"] == 3
     assert pool.threads() == 0
+
+
+def test_tasks_started_after_the_pool_closed_are_dropped_and_counted() -> None:
+    """An attack still being recorded when the recorder stopped: its downloads never start,
+    and nothing waits for them."""
+    pool = background.DownloadPool(Limits(), timeout=60)
+    done: list[Attack] = []
+    group = pool.group(attack(), done.append)
+    assert pool.admit(group, Task("fetch", lambda: None))
+    assert not pool.close(0)  # one admitted, not ended
+    pool.start(group)
+    assert (pool.pending(), pool.counters.dropped, done) == (0, 1, [group.root])
+    assert pool.threads() == 0

@@ -378,6 +378,7 @@ plugin-ReadProbe = {{ file = "{reads}" }}
     ]
 
 
+@pytest.mark.slow
 def test_a_side_that_does_not_read_stops_the_relay_reading_the_other(
     lab: Lab, sensor: Honeytrap
 ) -> None:
@@ -410,6 +411,7 @@ def test_a_side_that_does_not_read_stops_the_relay_reading_the_other(
     assert len(payload(record, "proxy_connection")) <= sent
 
 
+@pytest.mark.slow
 def test_tcp_connection_is_proxied_to_a_udp_target(lab: Lab, sensor: Honeytrap) -> None:
     """target_protocol may differ from protocol: each read becomes a datagram, each reply
     datagram goes into the stream."""

@@ -193,6 +193,7 @@ def assert_replayed_once(db: PgServer, spool: Path, expected: list[bytes], waite
     assert list((spool / REJECTED_DIR).iterdir()) == []
 
 
+@pytest.mark.slow
 def test_spool_is_replayed_when_the_database_returns_with_no_new_attack(
     lab: Lab, sensor: Honeytrap, db: PgServer, spool_dir: Path
 ) -> None:
@@ -218,6 +219,7 @@ def test_spool_is_replayed_when_the_database_returns_with_no_new_attack(
     assert len(sensor.records()) == len(expected)  # no attack came after the outage
 
 
+@pytest.mark.slow
 def test_spool_left_by_a_stopped_daemon_is_replayed_by_the_next(
     lab: Lab, sensor: Honeytrap, db: PgServer, spool_dir: Path
 ) -> None:

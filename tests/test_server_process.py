@@ -97,6 +97,7 @@ def test_a_handed_over_port_gets_its_template_from_a_directory_only_root_reads(
     assert sensor.stop() == 0
 
 
+@pytest.mark.slow
 def test_each_port_expires_on_its_own_and_an_empty_process_exits(
     lab: Lab, sensor: Honeytrap
 ) -> None:
