@@ -266,6 +266,9 @@ class Master:
                 self._start(action)
             elif isinstance(action, Stop):
                 process = self.children.get(action.pid)
+                if action.why == "evicted":
+                    log.info("evicting idle server for %d/%s to make room", action.key[1],
+                             action.key[0])
                 if process is not None:
                     process.channel.send_message(control.Stop(action.key))
             elif isinstance(action, Retire):
