@@ -25,7 +25,7 @@ from daemon import Honeytrap  # noqa: E402
 from netns import Lab, inside  # noqa: E402
 from workdir import DAEMON_GROUP, DAEMON_USER  # noqa: E402
 
-from honeytrap.templates import load_template  # noqa: E402
+from honeytrap.templates import DEFAULT_TEMPLATE, load_template  # noqa: E402
 
 PYTHON = sys.executable
 # Load generator processes: the machine has 2 cores; every target faces the same load.
@@ -147,19 +147,23 @@ class Bench:
         self.workdir = workdir
         self.sizes = sizes
         self.address = lab.sensor.ip4
-        self.banner = load_template(str(REPO / "templates"), "tcp", 4444)
+        # What honeytrap answers on the measured ports (none has a template: a newline).
+        self.banner = load_template(str(REPO / "templates"), "tcp", 4444) or DEFAULT_TEMPLATE
         self.runs = 0
         self.results: dict[str, Any] = {}  # the figures of the phases run so far
 
     # --- servers ---
 
-    def floor(self, loop: str, port: int, ports: int) -> Floor:
+    def floor(self, loop: str, port: int, ports: int, banner: bytes | None = None) -> Floor:
+        """A floor on `port` .. `port + ports - 1`, answering `banner` (default: honeytrap's
+        answer on the throughput ports) at once."""
         self.runs += 1
         out = self.workdir / f"floor-{loop}-{self.runs}.json"
         proc = self.lab.spawn(
             self.lab.sensor,
             [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports", str(ports),
-             "--banner-hex", self.banner.hex(), "--out", str(out), "--loop", loop],
+             "--banner-hex", (self.banner if banner is None else banner).hex(), "--out",
+             str(out), "--loop", loop],
             stdout=subprocess.PIPE,
         )
         assert proc.stdout is not None

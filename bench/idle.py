@@ -1,17 +1,19 @@
 """The idle phase: for each of the sizes' idle counts, that many connections held at once
 (`-r IDLE_READ_TIMEOUT` so they stay open), how many got the banner, and the total PSS
-(smaps_rollup) of each target's processes: a floor's one, honeytrap's master and children."""
+(smaps_rollup) of each target's processes: a floor's one, honeytrap's master and children.
+On IDLE_PORT, whose dialogue greets at once (a port without one answers a silent client with
+silence); the floors send that template's bytes."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from harness import FLOORS, Bench
+from harness import FLOORS, REPO, Bench
 from phases import Phase, register
 from report import Row, row, verdict
 
-IDLE_PORT = 4444
-FLOOR_PORTS = {"asyncio": 4445, "uvloop": 4446}
+IDLE_PORT = 21  # FTP: "220 ..." on connect
+FLOOR_PORTS = {"asyncio": 2121, "uvloop": 2122}
 # Read timeout of the idle test (-r): the banner goes out after one read timeout and idle
 # connections close after 11, so this keeps them open while they are counted and measured.
 IDLE_READ_TIMEOUT = 5.0
@@ -25,8 +27,9 @@ def idle(bench: Bench) -> dict[str, Any]:
 
 def idle_count(bench: Bench, count: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    banner = (REPO / "templates" / f"{IDLE_PORT}_tcp").read_bytes()
     for loop in FLOORS:
-        floor = bench.floor(loop, FLOOR_PORTS[loop], 1)
+        floor = bench.floor(loop, FLOOR_PORTS[loop], 1, banner)
         try:
             out[loop] = bench.idle(floor.port, count, floor.proc.pid)
         finally:

@@ -54,8 +54,8 @@ def parse_status(text: str) -> dict[str, int]:
 def effective(status: str = STATUS) -> int:
     """This process's effective set, as a bit mask (0 if it cannot be read)."""
     try:
-        with open(status, encoding="ascii") as f:
-            return parse_status(f.read()).get("CapEff", 0)
+        with open(status, "rb") as f:  # bytes: no codec lookup (an import) after a drop
+            return parse_status(f.read().decode("ascii", "replace")).get("CapEff", 0)
     except OSError:
         return 0
 
@@ -72,7 +72,7 @@ def names(mask: int) -> list[str]:
 def unprivileged_port_start(path: str = UNPRIVILEGED_PORT_START) -> int:
     """The lowest port a process without CAP_NET_BIND_SERVICE may bind (this namespace)."""
     try:
-        with open(path, encoding="ascii") as f:
+        with open(path, "rb") as f:
             return int(f.read().strip())
     except (OSError, ValueError):
         return DEFAULT_UNPRIVILEGED_PORT_START

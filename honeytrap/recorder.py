@@ -58,6 +58,13 @@ MAX_QUEUED_ATTACKS = 20000
 QUEUED_LOW_MARK = 10000
 # On stop, attacks in the pipeline get this long to finish.
 DRAIN_SECONDS = 30.0
+# A worker wakes the loop for its acknowledgements once this many are queued, or when it has
+# no attack left to do; the loop also takes any queued at least every LOOP_TIMEOUT. One wake-up
+# per attack cost a thread switch and a contended interpreter lock each: measured (one port,
+# SaveFile + logAttacker + logJSON on tmpfs), the recorder's CPU per attack fell from 114-120
+# to 101-110 us with batches.
+ACK_BATCH = 64
+LOOP_TIMEOUT = 1.0
 # Statistics go to the master this often.
 STATS_INTERVAL = 10.0
 # The master waits this long for a new recorder's "ready" (plugins' after_fork included).
@@ -139,6 +146,7 @@ class Recorder:
         self._acks: queue.SimpleQueue[tuple[_Link, int]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken = False  # a wake-up byte is pending: later acks ride on it
+        self._unsignalled = 0  # acks queued since the last wake-up (workers' tally, rough)
         self._last_stats = time.monotonic()
 
     def stop(self) -> None:
@@ -161,7 +169,7 @@ class Recorder:
         self.selector.register(self.channel.fileno(), selectors.EVENT_READ, "control")
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         while not (self.stopping and not self.links and self.pipeline.pending() == 0):
-            for key, events in self.selector.select(timeout=1.0):
+            for key, events in self.selector.select(timeout=LOOP_TIMEOUT):
                 if key.data == "control":
                     self._on_control()
                 elif key.data == "wake":
@@ -171,6 +179,8 @@ class Recorder:
                         self._flush(key.data)
                     if events & selectors.EVENT_READ and key.data.open:
                         self._on_link(key.data)
+            if not self._acks.empty():  # a batch not yet signalled (see ACK_BATCH)
+                self._take_acks()
             self._pace()
             if time.monotonic() - self._last_stats >= STATS_INTERVAL:
                 self.send_stats()
@@ -244,9 +254,14 @@ class Recorder:
                 self.pipeline.submit(attack, on_done=functools.partial(self._done, link, seq))
 
     def _done(self, link: _Link, seq: int) -> None:
-        """A worker thread finished the attack: hand its ack to the loop."""
+        """A worker thread finished the attack: hand its ack to the loop, and wake the loop
+        for a batch of them or when the pipeline has nothing else (the attack being finished
+        still counts as pending here)."""
         self._acks.put((link, seq))
-        self._wake()
+        self._unsignalled += 1
+        if self._unsignalled >= ACK_BATCH or self.pipeline.pending() <= 1:
+            self._unsignalled = 0
+            self._wake()
 
     def _on_wake(self) -> None:
         # Empty the pipe first, clear the flag second, take the acks last. A wake-up between
@@ -260,6 +275,9 @@ class Recorder:
         except BlockingIOError:
             pass
         self._woken = False
+        self._take_acks()
+
+    def _take_acks(self) -> None:
         touched: set[_Link] = set()
         while True:
             try:

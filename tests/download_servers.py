@@ -190,7 +190,7 @@ def _attack() -> None:
                 task.run()  # what the download pool does once the attack is recorded
     stats = registry.stats()
     registry.close()
-    json.dump({"attack": attack.to_json(), "stats": stats}, sys.stdout)
+    json.dump({"attack": attack.to_json(inline_samples=True), "stats": stats}, sys.stdout)
 
 
 if __name__ == "__main__":

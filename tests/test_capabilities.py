@@ -3,11 +3,17 @@ be bound, and the refusals' rate-limited log."""
 
 from __future__ import annotations
 
+import grp
 import logging
+import os
+import pwd
+from collections.abc import Callable
 
 import pytest
 
 from honeytrap import capabilities as caps
+from honeytrap import privileges
+from honeytrap.errors import ConfigError
 
 # /proc/<pid>/status of `setpriv --inh-caps +net_admin --ambient-caps +net_admin` as uid 2000.
 STATUS = """Name:\tpython3
@@ -60,3 +66,38 @@ def test_refusals_are_counted_and_logged_once_per_interval(
     assert lines[0].startswith("not serving 23/tcp: binding it needs CAP_NET_BIND_SERVICE")
     assert "(3 refused since the last report)" in lines[1]  # 80, 443 and 25
     assert all("Permission denied" not in line for line in lines)
+
+
+def _as_nobody(check: Callable[[], bool]) -> bool:
+    """Run `check` in a child that became nobody:nogroup (no capability left); its verdict."""
+    pid = os.fork()
+    if pid == 0:
+        code = 2
+        try:
+            os.setgroups([])
+            os.setgid(grp.getgrnam("nogroup").gr_gid)
+            os.setuid(pwd.getpwnam("nobody").pw_uid)
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+def test_without_root_naming_yourself_changes_nothing() -> None:
+    """-u/-g naming the user and group we already are: nothing to drop, nothing to check."""
+    def check() -> bool:
+        identity = privileges.resolve("nobody", "nogroup")
+        privileges.check_can_become(identity)
+        return identity.uid is None and identity.gid is None
+    assert _as_nobody(check)
+
+
+def test_without_root_another_user_needs_cap_setuid() -> None:
+    def check() -> bool:
+        try:
+            privileges.check_can_become(privileges.resolve("root", "root"))
+        except ConfigError as exc:
+            return "without CAP_SETUID" in str(exc) and exc.key == "user"
+        return False
+    assert _as_nobody(check)

@@ -27,7 +27,7 @@ PORTS = (21, 25, 110, 143, 3306)  # templates that speak first: "served" is "got
 NEW_PORT = 23
 # Bounds on waiting for the flood's handshakes and for a fresh attacker's banner.
 FLOOD_TIMEOUT = 60.0
-BANNER_TIMEOUT = 10.0
+BANNER_TIMEOUT = 30.0
 # Descriptors a server process holds besides its connections (listeners, links, loop, logs).
 OWN_FDS = 64
 
@@ -142,7 +142,7 @@ def test_one_source_flood_leaves_a_fresh_attacker_served(lab: Lab, ht: Honeytrap
           f"{held}, closed at accept {closed}, server fds {fds}, fresh attacker served on "
           f"{len(banners)} ports in {served_seconds:.2f} s")
     assert all(banners.values()), banners  # served: each port's banner (a dialogue's own)
-    assert held == DEFAULT_PER_SOURCE
+    assert held == DEFAULT_PER_SOURCE, f"{closed} of {FLOOD} closed within {FLOOD_TIMEOUT} s"
     assert max(fds.values()) <= DEFAULT_PER_SOURCE + OWN_FDS + len(PORTS) + 2
     assert "over the per-source budgets" in ht.logfile.read_text(errors="replace")
     assert ht.stop() == 0

@@ -18,6 +18,7 @@ from tmpfs import PAGE, Disk
 
 from honeytrap import outfile
 from honeytrap.backlog import LOG_INTERVAL, Backlog
+from honeytrap.log import AppendFileHandler
 
 # Pages of the test's disk: room for the plugin test's files once the filler is gone.
 DISK_PAGES = 64
@@ -229,3 +230,32 @@ def test_file_outputs_on_a_full_disk_hold_and_then_write_everything(
         assert Path(path).read_bytes() == attack.payload
     sample = make_download(b"MZ" + b"s" * 5000).payload
     assert (disk.path / "dl" / sample.md5).read_bytes() == sample.data
+
+
+def test_the_log_file_on_a_full_disk_loses_records_quietly(
+    disk: Disk, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """honeytrap's own log on a full disk: no traceback per record on stderr (logging's
+    "--- Logging error ---"), one counted line; after room returns, whole lines again."""
+    path = disk.path / "honeytrap.log"
+    handler = AppendFileHandler(str(path))
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.full_disk.log")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("before")
+        disk.fill()
+        for n in range(20):
+            logger.warning("while full %d %s", n, "x" * 3000)
+        disk.free()
+        logger.warning("after")
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Logging error" not in err
+    assert err.count("cannot write the log file") == 1
+    assert handler.lost >= 19
+    lines = path.read_text().splitlines()
+    assert lines[0] == "before" and lines[-1] == "after"  # the next record on a line of its own

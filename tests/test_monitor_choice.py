@@ -90,3 +90,24 @@ def test_explicit_pcap_with_a_queue_rule_warns_loudly(lab: Lab, sensor: Honeytra
                for line in errors), errors
     assert NFQ_LINE not in sensor.logfile.read_text()
     assert sensor.stop() == 0
+
+
+def test_auto_does_not_count_the_kernels_reset_as_a_second_attempt(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """An ignored port's queued SYN is let through to the kernel, which resets it; the sniffer
+    sees that reset, but it is the queued attempt's echo, not a second attempt."""
+    tpot_rules(lab.sensor)
+    sensor.extra_config = 'portconf = { ignore = { protocol = "tcp" port = "8081" } }'
+    sensor.start()
+    assert "NFQUEUE 0 and pcap together" in sensor.logfile.read_text()
+    with pytest.raises(ConnectionRefusedError):
+        connect(lab, 8081)
+    sock = connect(lab, 8080)  # served after the reset was on the wire: the sniffer had it
+    sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+    assert sock.recv(1)
+    sock.close()
+    assert len(sensor.wait_records(1)) == 1
+    assert sensor.stop() == 0
+    stats = [line for line in sensor.logfile.read_text().splitlines() if "statistics:" in line]
+    assert stats and " ignored=1 " in stats[-1] and " attempts=2 " in stats[-1], stats
