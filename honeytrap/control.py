@@ -1,7 +1,11 @@
 """The control channel between the master and a child (a server process, the recorder): a Unix
-SOCK_SEQPACKET socketpair, so the kernel keeps every message whole and apart (no framing to tear),
-and an outgoing queue, so a message that does not fit the socket's buffer now waits its turn
-(flushed, in order, when the socket is writable again) instead of being dropped.
+socketpair and an outgoing queue, so a message that does not fit the socket's buffer now waits
+its turn (flushed, in order, when the socket is writable again) instead of being dropped or torn:
+on a stream socket (the server processes': its buffer holds thousands of messages, where a
+SOCK_SEQPACKET pair holds net.unix.max_dgram_qlen, 10 by default, and a sweep's handovers then
+piled up in the master) what a send() did not take is kept and sent first; messages end with a
+newline; descriptors go with their message's first byte and are taken in order by the receiver.
+On a SOCK_SEQPACKET socket (the recorder's) each message is a packet of its own.
 
 Messages between the master and a server process are typed (one encoder, `encode`, and one
 decoder, `decode`, which raises only ControlError). Their text, one message per packet:
@@ -195,8 +199,8 @@ def parse_stats(message: str) -> dict[str, int] | None:
 
 
 def channel_pair() -> tuple[socket.socket, socket.socket]:
-    """A socketpair for a control channel: message-preserving."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    """A socketpair for a server process's control channel (see the module's docstring)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 class Channel:
@@ -212,6 +216,8 @@ class Channel:
         self.fds: list[int] = []
         self.on_backlog = on_backlog
         self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self._stream = sock.type == socket.SOCK_STREAM
+        self._buffer = bytearray()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -242,50 +248,67 @@ class Channel:
     def _send(self, data: bytes, fds: list[int]) -> bool:
         if self.closed:
             return False
-        if not self._queue and self._try(data, fds):
-            return not self.closed
-        if self.closed:
-            return False
+        data += b"\n"
+        if not self._queue:
+            sent = self._try(data, fds)
+            if sent is None:
+                return False
+            if sent == len(data):
+                return True
+            if sent:  # a stream took part of it, descriptors and all: the rest goes first
+                data, fds = data[sent:], []
         if len(self._queue) >= MAX_QUEUED:
             log.error("control channel: %d messages unread by the other side: closing it",
                       len(self._queue))
             self.close()
             return False
         # Our own copies of the descriptors: the caller closes its own when we return.
-        self._queue.append((data, [os.dup(fd) for fd in fds]))
+        copies: list[int] = []
+        try:
+            for fd in fds:
+                copies.append(os.dup(fd))
+        except OSError as exc:  # out of descriptors: this message fails, the channel lives
+            for fd in copies:
+                os.close(fd)
+            log.error("control channel: cannot keep a message's descriptors (%s)", exc.strerror)
+            return False
+        self._queue.append((data, copies))
         if len(self._queue) == 1 and self.on_backlog is not None:
             self.on_backlog(True)
         return True
 
-    def _try(self, data: bytes, fds: list[int]) -> bool:
-        """True if sent (or the channel is closed now), False if it would block."""
+    def _try(self, data: bytes, fds: list[int]) -> int | None:
+        """Bytes sent (0: it would block), None if the channel is closed now."""
         try:
             if fds:
-                socket.send_fds(self.sock, [data], fds)
-            else:
-                self.sock.send(data)
+                return socket.send_fds(self.sock, [data], fds)
+            return self.sock.send(data)
         except (BlockingIOError, InterruptedError):
-            return False
+            return 0
         except OSError:
             self.close()
-        return True
+            return None
 
     def flush(self) -> None:
         """Send what waits, in order, until the socket would block again."""
         while self._queue and not self.closed:
             data, fds = self._queue[0]
-            if not self._try(data, fds):
+            sent = self._try(data, fds)
+            if not sent:
+                return
+            for fd in fds:  # sent with the first byte
+                os.close(fd)
+            if sent < len(data):
+                self._queue[0] = (data[sent:], [])
                 return
             self._queue.popleft()
-            for fd in fds:
-                os.close(fd)
         if not self._queue and self.on_backlog is not None:
             self.on_backlog(False)
 
-    def receive_raw(self) -> list[tuple[bytes, list[int]]]:
-        """Every message pending, with the descriptors it carried; (b"", []) last when the other
-        end closed."""
-        messages: list[tuple[bytes, list[int]]] = []
+    def receive_raw(self) -> list[bytes]:
+        """Every complete message pending (the descriptors that came go to `fds`, in order);
+        b"" last when the other end closed."""
+        messages: list[bytes] = []
         while not self.closed:
             try:
                 data, fds, flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
@@ -293,26 +316,36 @@ class Channel:
                 break
             except OSError:
                 data, fds, flags = b"", [], 0
-            if not data and not fds:
+            self.fds.extend(fds)
+            if not data:
                 self.closed = True
-                messages.append((b"", []))
                 break
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                log.error("control channel: oversized message discarded")
-                for fd in fds:
-                    os.close(fd)
+            if not self._stream:
+                if flags & socket.MSG_TRUNC:
+                    log.error("control channel: oversized message discarded")
+                else:
+                    messages.append(data.rstrip(b"\n"))
                 continue
-            messages.append((data.rstrip(b"\n"), fds))
+            self._buffer += data
+            if len(self._buffer) > MAX_MESSAGE and b"\n" not in self._buffer:
+                log.error("control channel: oversized message discarded")
+                self._buffer.clear()
+        if self._stream and self._buffer:
+            *lines, rest = self._buffer.split(b"\n")
+            self._buffer = bytearray(rest)
+            messages.extend(bytes(line) for line in lines)
+        if self.closed:
+            messages.append(b"")
         return messages
 
     def receive(self) -> list[str]:
         """Every message pending as text (its descriptors go to `fds`, in order); "" (last)
         when the other end closed."""
-        out = []
-        for data, fds in self.receive_raw():
-            self.fds.extend(fds)
-            out.append(data.decode(errors="replace"))
-        return out
+        return [data.decode(errors="replace") for data in self.receive_raw()]
+
+    def take_fds(self, count: int) -> list[int]:
+        taken, self.fds = self.fds[:count], self.fds[count:]
+        return taken
 
     def take_fd(self) -> int | None:
         return self.fds.pop(0) if self.fds else None

@@ -467,9 +467,9 @@ class Master:
             pass
 
     def _on_channel(self, process: ProcessHandle) -> None:
-        for data, fds in process.channel.receive_raw():
-            for fd in fds:  # no message from a server process carries one
-                os.close(fd)
+        for data in process.channel.receive_raw():
+            for fd in process.channel.take_fds(len(process.channel.fds)):
+                os.close(fd)  # no message from a server process carries one
             if not data:
                 self._gone(process)
                 continue

@@ -188,7 +188,7 @@ class ServerProcess:
             self.loop.remove_writer(self.channel.fileno())
 
     def _on_control(self) -> None:
-        for data, fds in self.channel.receive_raw():
+        for data in self.channel.receive_raw():
             if not data:  # the master went away
                 self.shutdown()
                 continue
@@ -196,16 +196,16 @@ class ServerProcess:
                 message = control.decode(data)
             except control.ControlError as exc:
                 log.error("control message from the master refused: %s", exc)
-                message = None
-            if isinstance(message, control.Serve) and len(fds) == message.fds:
-                self._serve(message.key, fds)
                 continue
-            for fd in fds:  # descriptors no message of this kind carries
-                if not isinstance(message, control.Relink):
-                    os.close(fd)
             if isinstance(message, control.Serve):
-                log.error("serve %s/%s came with %d descriptors", message.key[1],
-                          message.key[0], len(fds))
+                fds = self.channel.take_fds(message.fds)
+                if len(fds) == message.fds:
+                    self._serve(message.key, fds)
+                    continue
+                log.error("serve %d/%s came without its descriptors", message.key[1],
+                          message.key[0])
+                for fd in fds:
+                    os.close(fd)
                 self.channel.send_message(control.Released(message.key))
             elif isinstance(message, control.Stop):
                 server = self.servers.get(message.key)
@@ -217,10 +217,8 @@ class ServerProcess:
             elif isinstance(message, control.Shutdown):
                 self.shutdown()
             elif isinstance(message, control.Relink):
-                for extra in fds[1:]:
-                    os.close(extra)
-                if fds:
-                    self.recorder.relink(socket.socket(fileno=fds[0]))
+                for fd in self.channel.take_fds(1):
+                    self.recorder.relink(socket.socket(fileno=fd))
 
     def _serve(self, key: tuple[str, int], fds: list[int]) -> None:
         """A port to serve: its bound socket, then the template file the master opened (none:
