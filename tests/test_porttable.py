@@ -116,7 +116,7 @@ def test_the_least_recently_used_idle_port_is_evicted() -> None:
     t.attempt(tcp(80), "again")  # 80 is used again: 81 is now the oldest
     t.busy(100, tcp(81))  # busy: never evicted
     stop = [a for a in serve(t, 84) if isinstance(a, Stop)]
-    assert stop == [Stop(tcp(82), 101)]
+    assert stop == [Stop(tcp(82), 101, "evicted")]
 
 
 def test_no_idle_port_to_evict_refuses() -> None:
@@ -252,7 +252,7 @@ def test_reload_stops_every_port_and_retires_every_process() -> None:
     serve(t, 80)
     t.forked(7)
     actions = t.reload(LIMITS)
-    assert sorted(map(str, actions)) == sorted(map(str, [Stop(tcp(80), 100), Retire(100),
+    assert sorted(map(str, actions)) == sorted(map(str, [Stop(tcp(80), 100, "reload"), Retire(100),
                                                          Retire(7)]))
     assert t.spares_wanted() == 2
 
