@@ -93,7 +93,11 @@ class Limits:
             max_server_rate=config.max_server_rate,
             max_processes=(1 + DRAINING_FACTOR) * serving + SPARE_PROCESSES,
             fd_budget=_for_ports(process_fd_budget(config, nr_open)),
-            port_fds=min(port_fds(config), _for_ports(process_fd_budget(config, nr_open))),
+            # What a new port needs free in its process: what it may hold, or, where the limit
+            # is capped below ports_per_process times that, its even share of the limit (else a
+            # capped limit would leave room for one port per process).
+            port_fds=max(1, min(port_fds(config),
+                                _for_ports(process_fd_budget(config, nr_open)) // per)),
         )
 
 

@@ -274,6 +274,11 @@ def test_the_descriptor_budget_is_ports_per_process_times_what_a_port_holds() ->
     assert process_fd_budget(Config(), nr_open=5000) == 5000  # the kernel's ceiling
     limits = Limits.from_config(Config(max_servers=1000, ports_per_process=100))
     assert limits.max_processes == 2 * 10 + limits.spare_processes
+    # A limit capped below the budget: a new port needs its even share free, not all of it.
+    capped = Limits.from_config(Config(ports_per_process=1024, max_connections=20000),
+                                nr_open=20000)
+    assert capped.fd_budget == 20000 - FD_RESERVE
+    assert capped.port_fds == (20000 - FD_RESERVE) // 1024
 
 
 # --- the state machine: any sequence keeps the invariants ----------------------------------
