@@ -56,6 +56,8 @@ RECORDER_STOP_TIMEOUT = 40.0
 REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# While a spare process is wanted, the loop waits this long for work before forking one.
+SPARE_IDLE_WAIT = 0.005
 NR_OPEN = "/proc/sys/fs/nr_open"
 
 
@@ -167,12 +169,15 @@ class Master:
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
         self._start_recorder()
+        for _spare in range(self.table.spares_wanted()):  # all of them before the first SYN
+            self._refill_spares(idle=True)
         daemon.notify("READY=1")
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
-        self._refill_spares()
         while self._running:
             # Spares are forked when the loop has nothing else to do (a short wait for that).
-            events = self.selector.select(timeout=1.0)
+            # While a spare is wanted, a short wait: one is forked when the loop is idle.
+            wait = SPARE_IDLE_WAIT if self.table.spares_wanted() else 1.0
+            events = self.selector.select(timeout=wait)
             for key, mask in events:
                 if key.data == "monitor":
                     self._on_monitor()
@@ -189,7 +194,7 @@ class Master:
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
             self._carry_out(self.table.tick())
-            self._refill_spares()
+            self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
             if time.monotonic() >= next_stats:
@@ -328,12 +333,13 @@ class Master:
             if template is not None:
                 os.close(template)
 
-    def _refill_spares(self) -> None:
-        """Fork one spare process if the table wants one, after the loop's events were handled
-        (every held packet has its verdict then): a fork blocks the loop for milliseconds, which
-        must not fall between a first SYN and its verdict. One per round, so a burst of packets
-        waits for one fork at most."""
-        if self.table.spares_wanted():
+    def _refill_spares(self, *, idle: bool) -> None:
+        """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
+        for milliseconds, which must not fall between a first SYN and its verdict), or now, after
+        the round's verdicts, when none is left. One per round, so a burst of packets waits for
+        one fork at most."""
+        wanted = self.table.spares_wanted()
+        if wanted and (idle or wanted >= self.table.limits.spare_processes):
             pid = self._fork()
             if pid is None:
                 self._carry_out(self.table.fork_failed())
