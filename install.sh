@@ -74,7 +74,12 @@ pip=("$PREFIX/bin/pip" install -q --disable-pip-version-check)
 if [ -z "$WHEEL" ]; then
     build=$(mktemp -d)
     trap 'rm -rf "$build"' EXIT
-    "$PREFIX/bin/pip" wheel -q --disable-pip-version-check --no-deps -w "$build" .
+    # From a clean copy of the tree: setuptools builds in the source directory, and a stale
+    # build/lib (a module since removed) would go into the wheel.
+    mkdir "$build/src"
+    tar --exclude=./build --exclude=./dist --exclude=./.venv --exclude=./.git \
+        --exclude='*.egg-info' --exclude=__pycache__ -cf - . | tar -xf - -C "$build/src"
+    "$PREFIX/bin/pip" wheel -q --disable-pip-version-check --no-deps -w "$build" "$build/src"
     WHEEL=$(echo "$build"/honeytrap-*.whl)
 fi
 [ -f "$WHEEL" ] || die "no wheel at $WHEEL"

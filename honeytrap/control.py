@@ -1,14 +1,26 @@
-"""The control channel between the master and one server process: a socketpair carrying
-newline-terminated words (and one JSON object after "stats "). <port> is "<protocol> <number>".
+"""The control channel between the master and a child (a server process, the recorder): a Unix
+socketpair and an outgoing queue, so a message that does not fit the socket's buffer now waits
+its turn (flushed, in order, when the socket is writable again) instead of being dropped or torn:
+on a stream socket (the server processes': its buffer holds thousands of messages, where a
+SOCK_SEQPACKET pair holds net.unix.max_dgram_qlen, 10 by default, and a sweep's handovers then
+piled up in the master) what a send() did not take is kept and sent first; messages end with a
+newline; descriptors go with their message's first byte and are taken in order by the receiver.
+On a SOCK_SEQPACKET socket (the recorder's) each message is a packet of its own.
 
-process -> master: busy <port> | idle <port> | expire <port> | released <port> | stats {...}
+Messages between the master and a server process are typed (one encoder, `encode`, and one
+decoder, `decode`, which raises only ControlError). Their text, one message per packet:
+
+process -> master: busy <port> | idle <port> | expire <port> | released <port>
+                   | load <descriptors> (its connections' descriptors, at each LOAD_STEP)
+                   | stats {json object of counters}
 master -> process: serve <port> <n> (with n descriptors: the bound socket, then the template
                    file if the port has one) | stop <port> (drain: let open connections finish)
                    | retire (no more ports: exit once the last connection is recorded)
                    | shutdown (record and close everything now)
                    | relink (with a descriptor: a new link to the recorder, recorder.py)
-An empty message means the other end is gone. Descriptors passed with a message (SCM_RIGHTS)
-are collected in order in `fds`; the receiver takes one per message that carries one.
+<port> is "<protocol> <number>". The recorder's own words (ready, link, stop, stats) go over the
+same Channel as text (`send`, `receive`). A server process reads attacker bytes: what it sends
+the master is untrusted, and decoded as such.
 """
 
 from __future__ import annotations
@@ -17,93 +29,158 @@ import json
 import logging
 import os
 import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger("honeytrap.control")
 
 # A message is a word or a small JSON object; anything longer is a bug on the other side.
 MAX_MESSAGE = 64 * 1024
-# Descriptors accepted with one read (the most one message carries is 2, serve's; more is a bug
-# on the other side).
+# Descriptors accepted with one message (the most one carries is 2, serve's; more is a bug on
+# the other side).
 MAX_FDS = 4
+# Messages waiting for the socket to drain, at most: past this the other side has stopped
+# reading for good (a hung child); the channel is closed, which the owner sees as the child gone.
+MAX_QUEUED = 1 << 16
+# A server process reports its connections' descriptors when they moved by this many since the
+# last report (the master's port table gives new ports to processes with descriptors to spare).
+LOAD_STEP = 256
+
+Key = tuple[str, int]
 
 
-class Channel:
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.sock.setblocking(False)
-        self._buffer = bytearray()
-        self.closed = False
-        self.fds: list[int] = []
+class ControlError(ValueError):
+    """A control message that does not decode (a bug, or a compromised server process)."""
 
-    def fileno(self) -> int:
-        return self.sock.fileno()
 
-    def send(self, message: str) -> None:
-        if self.closed:
-            return
-        try:
-            self.sock.sendall(message.encode() + b"\n")
-        except BlockingIOError:
-            log.warning("control channel full: %s dropped", message.split(" ", 1)[0])
-        except OSError:
-            self.closed = True
+# --- typed messages ---------------------------------------------------------------------------
 
-    def send_fd(self, message: str, fd: int) -> bool:
-        """Send `message` with a descriptor (the caller keeps and closes its own copy)."""
-        return self.send_fds(message, [fd])
 
-    def send_fds(self, message: str, fds: list[int]) -> bool:
-        """Send `message` with descriptors (the caller keeps and closes its own copies)."""
-        if self.closed:
-            return False
-        try:
-            socket.send_fds(self.sock, [message.encode() + b"\n"], fds)
-        except BlockingIOError:
-            log.error("control channel full: %s with a descriptor dropped", message)
-            return False
-        except OSError:
-            self.closed = True
-            return False
-        return True
+@dataclass(frozen=True)
+class Serve:
+    key: Key
+    fds: int  # 1: the bound socket; 2: and the template file
 
-    def send_stats(self, stats: dict[str, Any]) -> None:
-        self.send("stats " + json.dumps(stats, separators=(",", ":")))
 
-    def receive(self) -> list[str]:
-        """Every complete message pending; "" (last) when the other end closed."""
-        messages: list[str] = []
-        while True:
-            try:
-                chunk, fds, _flags, _addr = socket.recv_fds(self.sock, 65536, MAX_FDS)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                chunk, fds = b"", []
-            self.fds.extend(fds)
-            if not chunk:
-                self.closed = True
-                break
-            self._buffer += chunk
-            if len(self._buffer) > MAX_MESSAGE and b"\n" not in self._buffer:
-                log.error("control channel: oversized message discarded")
-                self._buffer.clear()
-        *lines, rest = self._buffer.split(b"\n")
-        self._buffer = bytearray(rest)
-        messages.extend(line.decode(errors="replace") for line in lines)
-        if self.closed:
-            messages.append("")
-        return messages
+@dataclass(frozen=True)
+class Stop:
+    key: Key
 
-    def take_fd(self) -> int | None:
-        return self.fds.pop(0) if self.fds else None
 
-    def close(self) -> None:
-        self.closed = True
-        for fd in self.fds:
-            os.close(fd)
-        self.fds.clear()
-        self.sock.close()
+@dataclass(frozen=True)
+class Retire:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class Relink:
+    pass
+
+
+@dataclass(frozen=True)
+class Busy:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Idle:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Expire:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Released:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Load:
+    descriptors: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    values: dict[str, int] = field(default_factory=dict)
+
+
+Message = (Serve | Stop | Retire | Shutdown | Relink | Busy | Idle | Expire | Released | Load
+           | Stats)
+_PORT_MESSAGES: dict[str, type[Stop | Busy | Idle | Expire | Released]] = {
+    "stop": Stop, "busy": Busy, "idle": Idle, "expire": Expire, "released": Released,
+}
+_WORDS: dict[str, type[Retire | Shutdown | Relink]] = {
+    "retire": Retire, "shutdown": Shutdown, "relink": Relink,
+}
+_NAMES = {cls: name for name, cls in {**_PORT_MESSAGES, **_WORDS}.items()}
+
+
+def port_key(protocol: str, port: int) -> str:
+    """How a port is named in control messages ("tcp 8080")."""
+    return f"{protocol} {port}"
+
+
+def parse_key(text: str) -> Key:
+    """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
+    protocol, _, port = text.partition(" ")
+    if protocol in ("tcp", "udp") and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+        return protocol, int(port)
+    return "", 0
+
+
+def encode(message: Message) -> bytes:
+    if isinstance(message, Serve):
+        return f"serve {port_key(*message.key)} {message.fds}".encode()
+    if isinstance(message, Load):
+        return f"load {message.descriptors}".encode()
+    if isinstance(message, Stats):
+        return b"stats " + json.dumps(message.values, separators=(",", ":")).encode()
+    if isinstance(message, (Stop, Busy, Idle, Expire, Released)):
+        return f"{_NAMES[type(message)]} {port_key(*message.key)}".encode()
+    return _NAMES[type(message)].encode()
+
+
+def decode(data: bytes) -> Message:
+    """One message; ControlError if it is not one."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ControlError("control message is not ASCII") from exc
+    word, _, rest = text.partition(" ")
+    if word in _WORDS and not rest:
+        return _WORDS[word]()
+    if word in _PORT_MESSAGES:
+        return _PORT_MESSAGES[word](_key(rest))
+    if word == "serve":
+        port, _, count = rest.rpartition(" ")
+        if count not in ("1", "2"):
+            raise ControlError(f"serve with {count!r} descriptors")
+        return Serve(_key(port), int(count))
+    if word == "load" and rest.isdigit() and len(rest) <= 12:
+        return Load(int(rest))
+    if word == "stats":
+        stats = parse_stats(text)
+        if stats is None:
+            raise ControlError("stats message is not a JSON object")
+        return Stats(stats)
+    raise ControlError(f"unknown control message {word[:20]!r}")
+
+
+def _key(text: str) -> Key:
+    key = parse_key(text)
+    if key == ("", 0):
+        raise ControlError(f"bad port {text[:40]!r}")
+    return key
 
 
 def parse_stats(message: str) -> dict[str, int] | None:
@@ -115,4 +192,170 @@ def parse_stats(message: str) -> dict[str, int] | None:
         return None
     if not isinstance(data, dict):
         return None
-    return {str(k): int(v) for k, v in data.items() if isinstance(v, int)}
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+# --- the channel --------------------------------------------------------------------------------
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A socketpair for a server process's control channel (see the module's docstring)."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+class Channel:
+    """One end of a control channel. `on_backlog(True)` is called when messages start waiting
+    for the socket (the owner then calls flush() when it is writable), `on_backlog(False)` when
+    they are all sent."""
+
+    def __init__(self, sock: socket.socket,
+                 on_backlog: Callable[[bool], None] | None = None) -> None:
+        self.sock = sock
+        self.sock.setblocking(False)
+        self.closed = False
+        self.fds: list[int] = []
+        self.on_backlog = on_backlog
+        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        self._stream = sock.type == socket.SOCK_STREAM
+        self._buffer = bytearray()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    def send(self, message: str) -> None:
+        self._send(message.encode(), [])
+
+    def send_message(self, message: Message, fds: list[int] | None = None) -> bool:
+        """Send a typed message (with descriptors: the caller keeps and closes its copies);
+        False only if the channel is closed."""
+        return self._send(encode(message), list(fds or ()))
+
+    def send_fd(self, message: str, fd: int) -> bool:
+        """Send `message` with a descriptor (the caller keeps and closes its own copy)."""
+        return self.send_fds(message, [fd])
+
+    def send_fds(self, message: str, fds: list[int]) -> bool:
+        """Send `message` with descriptors (the caller keeps and closes its own copies)."""
+        return self._send(message.encode(), fds)
+
+    def send_stats(self, stats: dict[str, Any]) -> None:
+        self.send_message(Stats({k: v for k, v in stats.items() if isinstance(v, int)}))
+
+    def _send(self, data: bytes, fds: list[int]) -> bool:
+        if self.closed:
+            return False
+        data += b"\n"
+        if not self._queue:
+            sent = self._try(data, fds)
+            if sent is None:
+                return False
+            if sent == len(data):
+                return True
+            if sent:  # a stream took part of it, descriptors and all: the rest goes first
+                data, fds = data[sent:], []
+        if len(self._queue) >= MAX_QUEUED:
+            log.error("control channel: %d messages unread by the other side: closing it",
+                      len(self._queue))
+            self.close()
+            return False
+        # Our own copies of the descriptors: the caller closes its own when we return.
+        copies: list[int] = []
+        try:
+            for fd in fds:
+                copies.append(os.dup(fd))
+        except OSError as exc:  # out of descriptors: this message fails, the channel lives
+            for fd in copies:
+                os.close(fd)
+            log.error("control channel: cannot keep a message's descriptors (%s)", exc.strerror)
+            return False
+        self._queue.append((data, copies))
+        if len(self._queue) == 1 and self.on_backlog is not None:
+            self.on_backlog(True)
+        return True
+
+    def _try(self, data: bytes, fds: list[int]) -> int | None:
+        """Bytes sent (0: it would block), None if the channel is closed now."""
+        try:
+            if fds:
+                return socket.send_fds(self.sock, [data], fds)
+            return self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            self.close()
+            return None
+
+    def flush(self) -> None:
+        """Send what waits, in order, until the socket would block again."""
+        while self._queue and not self.closed:
+            data, fds = self._queue[0]
+            sent = self._try(data, fds)
+            if not sent:
+                return
+            for fd in fds:  # sent with the first byte
+                os.close(fd)
+            if sent < len(data):
+                self._queue[0] = (data[sent:], [])
+                return
+            self._queue.popleft()
+        if not self._queue and self.on_backlog is not None:
+            self.on_backlog(False)
+
+    def receive_raw(self) -> list[bytes]:
+        """Every complete message pending (the descriptors that came go to `fds`, in order);
+        b"" last when the other end closed."""
+        messages: list[bytes] = []
+        while not self.closed:
+            try:
+                data, fds, flags, _addr = socket.recv_fds(self.sock, MAX_MESSAGE, MAX_FDS)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                data, fds, flags = b"", [], 0
+            self.fds.extend(fds)
+            if not data:
+                self.closed = True
+                break
+            if not self._stream:
+                if flags & socket.MSG_TRUNC:
+                    log.error("control channel: oversized message discarded")
+                else:
+                    messages.append(data.rstrip(b"\n"))
+                continue
+            self._buffer += data
+            if len(self._buffer) > MAX_MESSAGE and b"\n" not in self._buffer:
+                log.error("control channel: oversized message discarded")
+                self._buffer.clear()
+        if self._stream and self._buffer:
+            *lines, rest = self._buffer.split(b"\n")
+            self._buffer = bytearray(rest)
+            messages.extend(bytes(line) for line in lines)
+        if self.closed:
+            messages.append(b"")
+        return messages
+
+    def receive(self) -> list[str]:
+        """Every message pending as text (its descriptors go to `fds`, in order); "" (last)
+        when the other end closed."""
+        return [data.decode(errors="replace") for data in self.receive_raw()]
+
+    def take_fds(self, count: int) -> list[int]:
+        taken, self.fds = self.fds[:count], self.fds[count:]
+        return taken
+
+    def take_fd(self) -> int | None:
+        return self.fds.pop(0) if self.fds else None
+
+    def close(self) -> None:
+        self.closed = True
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        while self._queue:
+            for fd in self._queue.popleft()[1]:
+                os.close(fd)
+        self.sock.close()

@@ -17,6 +17,7 @@ are counted by the table and logged here, rate-limited.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import resource
@@ -41,7 +42,7 @@ from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
-from honeytrap.server import ServerSpec, child_main, parse_key, port_key
+from honeytrap.server import ServerSpec, child_main
 
 log = logging.getLogger("honeytrap.master")
 
@@ -55,6 +56,8 @@ RECORDER_STOP_TIMEOUT = 40.0
 REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# While a spare process is wanted, the loop waits this long for work before forking one.
+SPARE_IDLE_WAIT = 0.005
 NR_OPEN = "/proc/sys/fs/nr_open"
 
 
@@ -166,15 +169,22 @@ class Master:
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
         self._start_recorder()
+        for _spare in range(self.table.spares_wanted()):  # all of them before the first SYN
+            self._refill_spares(idle=True)
         daemon.notify("READY=1")
         log.log(logs.NOTICE, "honeytrap master running (monitor %s)", self.config.monitor)
-        self._refill_spares()
         while self._running:
             # Spares are forked when the loop has nothing else to do (a short wait for that).
-            events = self.selector.select(timeout=1.0)
-            for key, _events in events:
+            # While a spare is wanted, a short wait: one is forked when the loop is idle.
+            wait = SPARE_IDLE_WAIT if self.table.spares_wanted() else 1.0
+            events = self.selector.select(timeout=wait)
+            for key, mask in events:
                 if key.data == "monitor":
                     self._on_monitor()
+                elif isinstance(key.data, ProcessHandle) and mask & selectors.EVENT_WRITE:
+                    key.data.channel.flush()
+                    if mask & selectors.EVENT_READ:
+                        self._on_channel(key.data)
                 elif key.data == "signal":
                     self._on_signals()
                 elif isinstance(key.data, ProcessHandle):
@@ -184,7 +194,7 @@ class Master:
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
             self._carry_out(self.table.tick())
-            self._refill_spares()
+            self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
             if time.monotonic() >= next_stats:
@@ -261,12 +271,15 @@ class Master:
                 self._start(action)
             elif isinstance(action, Stop):
                 process = self.children.get(action.pid)
+                if action.why == "evicted":
+                    log.info("evicting idle server for %d/%s to make room", action.key[1],
+                             action.key[0])
                 if process is not None:
-                    process.channel.send(f"stop {port_key(*action.key)}")
+                    process.channel.send_message(control.Stop(action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)
                 if process is not None:
-                    process.channel.send("retire")
+                    process.channel.send_message(control.Retire())
             elif isinstance(action, Fork):
                 pid = self._fork()
                 if pid is None:
@@ -314,19 +327,19 @@ class Master:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
         fds = [sock.fileno()] if template is None else [sock.fileno(), template]
         try:
-            return process.channel.send_fds(
-                f"serve {port_key(conf.protocol, conf.port)} {len(fds)}", fds
-            )
+            return process.channel.send_message(control.Serve((conf.protocol, conf.port), len(fds)),
+                                                fds)
         finally:
             if template is not None:
                 os.close(template)
 
-    def _refill_spares(self) -> None:
-        """Fork one spare process if the table wants one, after the loop's events were handled
-        (every held packet has its verdict then): a fork blocks the loop for milliseconds, which
-        must not fall between a first SYN and its verdict. One per round, so a burst of packets
-        waits for one fork at most."""
-        if self.table.spares_wanted():
+    def _refill_spares(self, *, idle: bool) -> None:
+        """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
+        for milliseconds, which must not fall between a first SYN and its verdict), or now, after
+        the round's verdicts, when none is left. One per round, so a burst of packets waits for
+        one fork at most."""
+        wanted = self.table.spares_wanted()
+        if wanted and (idle or wanted >= self.table.limits.spare_processes):
             pid = self._fork()
             if pid is None:
                 self._carry_out(self.table.fork_failed())
@@ -342,7 +355,7 @@ class Master:
         if link is None:
             # Attacks wait in the server until the recorder is back (relinked then).
             log.error("no recorder link for a new server process")
-        parent_end, child_end = socket.socketpair()
+        parent_end, child_end = control.channel_pair()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
@@ -354,9 +367,9 @@ class Master:
         if pid is None:
             parent_end.close()
             return None
-        process = ProcessHandle(
-            pid, Channel(parent_end), recorder=recorder if link is not None else None
-        )
+        channel = Channel(parent_end)
+        process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
+        channel.on_backlog = functools.partial(self._backlog, process)
         self.children[pid] = process
         self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
         return pid
@@ -419,7 +432,7 @@ class Master:
         if recorder is None or link is None:
             return
         try:
-            if server.channel.send_fd("relink", link.fileno()):
+            if server.channel.send_message(control.Relink(), [link.fileno()]):
                 server.recorder = recorder
         finally:
             link.close()
@@ -451,26 +464,39 @@ class Master:
 
     # --- dynamic servers --------------------------------------------------------------------
 
+    def _backlog(self, process: ProcessHandle, waiting: bool) -> None:
+        """Messages wait for the process's control socket: watch it for writing meanwhile."""
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
+        try:
+            self.selector.modify(process.channel.fileno(), events, process)
+        except (KeyError, ValueError):
+            pass
+
     def _on_channel(self, process: ProcessHandle) -> None:
-        for message in process.channel.receive():
-            word, _, rest = message.partition(" ")
-            if word == "stats":
-                stats = control.parse_stats(message)
-                if stats is not None:
-                    process.stats = stats
-                continue
-            if message == "":
+        for data in process.channel.receive_raw():
+            for fd in process.channel.take_fds(len(process.channel.fds)):
+                os.close(fd)  # no message from a server process carries one
+            if not data:
                 self._gone(process)
                 continue
-            key = parse_key(rest)
-            if word == "busy":
-                self.table.busy(process.pid, key)
-            elif word == "idle":
-                self.table.idle_again(process.pid, key)
-            elif word == "expire":
-                self._carry_out(self.table.expire(process.pid, key))
-            elif word == "released":
-                self._carry_out(self.table.released(process.pid, key))
+            try:
+                message = control.decode(data)
+            except control.ControlError as exc:
+                log.warning("server process %d: %s", process.pid, exc)
+                continue
+            pid = process.pid
+            if isinstance(message, control.Stats):
+                process.stats = message.values
+            elif isinstance(message, control.Busy):
+                self.table.busy(pid, message.key)
+            elif isinstance(message, control.Idle):
+                self.table.idle_again(pid, message.key)
+            elif isinstance(message, control.Expire):
+                self._carry_out(self.table.expire(pid, message.key))
+            elif isinstance(message, control.Released):
+                self._carry_out(self.table.released(pid, message.key))
+            elif isinstance(message, control.Load):
+                self.table.load(pid, message.descriptors)
 
     def _gone(self, process: ProcessHandle) -> None:
         """The channel closed: the process exited (or crashed); its ports are free."""
@@ -570,7 +596,7 @@ class Master:
         daemon.notify("STOPPING=1")
         self._carry_out(self.table.shutdown())
         for process in list(self.children.values()):
-            process.channel.send("shutdown")
+            process.channel.send_message(control.Shutdown())
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
         self._kill(self.children, "server process")
         self.children.clear()
@@ -596,6 +622,7 @@ class Master:
                     for held in self.monitor.poll():
                         held.release()
                 elif isinstance(key.data, ProcessHandle):
+                    key.data.channel.flush()
                     self._on_channel(key.data)
                 elif isinstance(key.data, RecorderHandle):
                     self._on_recorder(key.data)

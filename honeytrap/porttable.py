@@ -93,7 +93,11 @@ class Limits:
             max_server_rate=config.max_server_rate,
             max_processes=(1 + DRAINING_FACTOR) * serving + SPARE_PROCESSES,
             fd_budget=_for_ports(process_fd_budget(config, nr_open)),
-            port_fds=min(port_fds(config), _for_ports(process_fd_budget(config, nr_open))),
+            # What a new port needs free in its process: what it may hold, or, where the limit
+            # is capped below ports_per_process times that, its even share of the limit (else a
+            # capped limit would leave room for one port per process).
+            port_fds=max(1, min(port_fds(config),
+                                _for_ports(process_fd_budget(config, nr_open)) // per)),
         )
 
 
@@ -143,10 +147,12 @@ class Fork:
 
 @dataclass(frozen=True)
 class Stop:
-    """Tell process `pid` to stop serving `key` (it answers "released" once the port is free)."""
+    """Tell process `pid` to stop serving `key` (it answers "released" once the port is free).
+    `why`: evicted (to make room), expired (listen timeout), reload."""
 
     key: Key
     pid: int
+    why: str = "expired"
 
 
 @dataclass(frozen=True)
@@ -298,7 +304,7 @@ class PortTable:
         if full:
             _key, victim = self.idle.popitem(last=False)
             self.stats.servers_evicted += 1
-            actions += self._stop(victim)  # its process has room again
+            actions += self._stop(victim, "evicted")  # its process has room again
         pid = self._with_room()
         if pid is None:
             if not can_fork:
@@ -463,7 +469,7 @@ class PortTable:
         self.bucket = TokenBucket(limits.max_server_rate, self.clock)
         actions: list[Action] = []
         for port in list(self.serving.values()):
-            actions += self._stop(port)
+            actions += self._stop(port, "reload")
         for process in self.processes.values():
             if not process.retired:
                 actions += self._retire(process)
@@ -489,12 +495,12 @@ class PortTable:
         process = self.processes.get(pid)
         return process.ports.get(key) if process is not None else None
 
-    def _stop(self, port: Port) -> list[Action]:
+    def _stop(self, port: Port, why: str = "expired") -> list[Action]:
         if port.stopping:
             return []
         self._unserve(port)
         self.releasing[port.key] = port
-        return [Stop(port.key, port.pid)]
+        return [Stop(port.key, port.pid, why)]
 
     def _unserve(self, port: Port) -> None:
         """The port no longer counts as serving (told to stop, or let go)."""

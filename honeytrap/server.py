@@ -107,9 +107,9 @@ def child_main(spec: ServerSpec) -> int:
     return 0 if done else 1
 
 
-def port_key(protocol: str, port: int) -> str:
-    """How a port is named in control messages ("tcp 8080")."""
-    return f"{protocol} {port}"
+# How ports are named in control messages (control.py), here for the tests' and old callers'.
+port_key = control.port_key
+parse_key = control.parse_key
 
 
 class ServerProcess:
@@ -127,7 +127,9 @@ class ServerProcess:
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.finished: asyncio.Event | None = None
-        self.channel = control.Channel(spec.control)
+        self.channel = control.Channel(spec.control, self._control_backlog)
+        self.connection_fds = 0  # descriptors of this process's connections (Load)
+        self._load_sent = 0
         self.servers: dict[tuple[str, int], DynamicServer] = {}  # listening
         self.draining: set[DynamicServer] = set()  # port let go, connections still open
         self.retiring = False  # the master hands no more ports: exit once all are done
@@ -148,6 +150,7 @@ class ServerProcess:
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
+        self.channel.flush()  # what was queued before the loop ran
         await self.finished.wait()
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
             return True
@@ -161,7 +164,7 @@ class ServerProcess:
         if key in self.servers or self.retiring:  # a bug on the master's side: let it go
             log.error("port %d/%s handed over twice or too late", conf.port, conf.protocol)
             sock.close()
-            self.channel.send(f"released {port_key(*key)}")
+            self.channel.send_message(control.Released(key))
             return
         server = DynamicServer(self, conf, sock, template)
         self.servers[key] = server
@@ -175,49 +178,63 @@ class ServerProcess:
             name = proctitle.server_name(first.port, first.protocol, len(self.servers) - 1)
             proctitle.set_name(name)
 
+    def _control_backlog(self, waiting: bool) -> None:
+        """Messages wait for the control socket: flush them when it is writable."""
+        if self.loop is None:
+            return
+        if waiting:
+            self.loop.add_writer(self.channel.fileno(), self.channel.flush)
+        else:
+            self.loop.remove_writer(self.channel.fileno())
+
     def _on_control(self) -> None:
-        for message in self.channel.receive():
-            word, _, rest = message.partition(" ")
-            if word == "serve":
-                self._serve(rest)
-            elif word == "stop":
-                server = self.servers.get(parse_key(rest))
+        for data in self.channel.receive_raw():
+            if not data:  # the master went away
+                self.shutdown()
+                continue
+            try:
+                message = control.decode(data)
+            except control.ControlError as exc:
+                log.error("control message from the master refused: %s", exc)
+                continue
+            if isinstance(message, control.Serve):
+                fds = self.channel.take_fds(message.fds)
+                if len(fds) == message.fds:
+                    self._serve(message.key, fds)
+                    continue
+                log.error("serve %d/%s came without its descriptors", message.key[1],
+                          message.key[0])
+                for fd in fds:
+                    os.close(fd)
+                self.channel.send_message(control.Released(message.key))
+            elif isinstance(message, control.Stop):
+                server = self.servers.get(message.key)
                 if server is not None:
                     server.stop(abort=False)
-            elif message == "retire":
+            elif isinstance(message, control.Retire):
                 self.retiring = True
                 self._maybe_finish()
-            elif message == "shutdown":
+            elif isinstance(message, control.Shutdown):
                 self.shutdown()
-            elif message == "relink":
-                fd = self.channel.take_fd()
-                if fd is not None:
+            elif isinstance(message, control.Relink):
+                for fd in self.channel.take_fds(1):
                     self.recorder.relink(socket.socket(fileno=fd))
-            elif message == "":  # the master went away
-                self.shutdown()
 
-    def _serve(self, rest: str) -> None:
-        """"serve <protocol> <port> <descriptors>": the bound socket, then the template file
-        the master opened (none: the port has no usable template)."""
-        fields = rest.split()
-        count = int(fields[2]) if len(fields) == 3 and fields[2] in ("1", "2") else 0
-        fds = [self.channel.take_fd() for _ in range(count)]
-        key = parse_key(" ".join(fields[:2]))
-        socket_fd = fds[0] if fds else None
-        if key == ("", 0) or socket_fd is None:
-            log.error("malformed serve message %r", rest)
-            for fd in fds:
-                if fd is not None:
-                    os.close(fd)
-            if key != ("", 0):
-                self.channel.send(f"released {port_key(*key)}")
-            return
+    def _serve(self, key: tuple[str, int], fds: list[int]) -> None:
+        """A port to serve: its bound socket, then the template file the master opened (none:
+        the port has no usable template)."""
         template: bytes | None = None
-        template_fd = fds[1] if len(fds) > 1 else None
-        if template_fd is not None:
+        if len(fds) > 1:
             path = templates.template_path(self.config.response_dir, key[0], key[1])
-            template = templates.read_template(template_fd, path)
-        self.add(self.config.port_mode(*key), socket.socket(fileno=socket_fd), template)
+            template = templates.read_template(fds[1], path)
+        self.add(self.config.port_mode(*key), socket.socket(fileno=fds[0]), template)
+
+    def connections_changed(self, descriptors: int) -> None:
+        """Connections opened (+) or closed (-): the master hears at each LOAD_STEP."""
+        self.connection_fds += descriptors
+        if abs(self.connection_fds - self._load_sent) >= control.LOAD_STEP:
+            self._load_sent = self.connection_fds
+            self.channel.send_message(control.Load(self.connection_fds))
 
     def shutdown(self) -> None:
         """Record and close every connection now; exit once all are recorded."""
@@ -232,7 +249,7 @@ class ServerProcess:
         if self.servers.get(key) is server:
             del self.servers[key]
         self.draining.add(server)
-        self.channel.send(f"released {port_key(*key)}")
+        self.channel.send_message(control.Released(key))
         self._retitle()
 
     def server_done(self, server: DynamicServer) -> None:
@@ -278,14 +295,6 @@ class ServerProcess:
         self.channel.send_stats(stats)
 
 
-def parse_key(text: str) -> tuple[str, int]:
-    """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
-    protocol, _, port = text.partition(" ")
-    if protocol in ("tcp", "udp") and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
-        return protocol, int(port)
-    return "", 0
-
-
 class DynamicServer:
     """One port: its listening socket, template and connections, in a ServerProcess."""
 
@@ -303,6 +312,9 @@ class DynamicServer:
         self.catalog = process.spec.catalog
         self.dialogue = self.catalog.factory(conf.port, template)
         self.key = port_key(conf.protocol, conf.port)
+        self.port_key = (conf.protocol, conf.port)
+        # Descriptors one connection holds: ours, and in mirror/proxy mode the relayed one.
+        self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
         self.stats = process.stats
         self.mirror = process.mirror
         assert process.loop is not None
@@ -340,7 +352,7 @@ class DynamicServer:
         if self.active == 0 and idle_for >= timeout:
             if not self._expire_sent:
                 self._expire_sent = True
-                self.process.channel.send(f"expire {self.key}")
+                self.process.channel.send_message(control.Expire(self.port_key))
             # The master answers with "stop"; if it does not, we ask again next period.
             self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
             return
@@ -381,22 +393,24 @@ class DynamicServer:
     def connection_opened(self, conn: Finisher) -> None:
         self.connections.add(conn)
         self.active += 1
+        self.process.connections_changed(self.connection_fds)
         self.stats.connections += 1
         self.last_activity = time.monotonic()
         if self.active == 1 and not self._listener_closed:
-            self.process.channel.send(f"busy {self.key}")
+            self.process.channel.send_message(control.Busy(self.port_key))
         if self.port.protocol == "tcp" and self.active >= self.config.max_connections:
             self._pause_accepting()
 
     def connection_closed(self, conn: Finisher, attack: Attack) -> None:
         self.connections.discard(conn)
         self.active -= 1
+        self.process.connections_changed(-self.connection_fds)
         self.last_activity = time.monotonic()
         self.process.attack_finished(attack)
         if self.port.protocol == "tcp":
             self.process.budget.release(attack.attack_connection.remote_addr)
         if self.active == 0 and not self._listener_closed:
-            self.process.channel.send(f"idle {self.key}")
+            self.process.channel.send_message(control.Idle(self.port_key))
         if (
             self.port.protocol == "tcp"
             and not self.stopping

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,9 @@ read_limit = "1048576"
         if notify_path.exists():
             notify_path.unlink()
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        # A test that fails before stop() must not leave the socket to the garbage collector:
+        # its ResourceWarning (an error here) would fail whichever test runs next.
+        weakref.finalize(self, self.notify.close)
         self.notify.bind(str(notify_path))
         env = dict(os.environ, NOTIFY_SOCKET=str(notify_path))
         if self.program == HONEYTRAP:
@@ -176,18 +180,21 @@ read_limit = "1048576"
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM, and wait for a clean exit (the daemon finishes attacks in flight)."""
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-        code = self.proc.wait(timeout)
-        if self.notify is not None:
-            self.notify.close()
-            self.notify = None
-        return code
+        try:
+            if self.proc.poll() is None:
+                self.signal(signal.SIGTERM)
+            return self.proc.wait(timeout)
+        finally:
+            if self.notify is not None:
+                self.notify.close()
+                self.notify = None
 
     def records(self) -> list[dict[str, object]]:
         if not self.attackers_json.exists():
             return []
-        return [json.loads(line) for line in self.attackers_json.read_text().splitlines()]
+        # Only whole lines: the recorder may be appending the last one while we read.
+        text = self.attackers_json.read_text()
+        return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines()]
 
     def wait_records(self, count: int, timeout: float = 20.0) -> list[dict[str, object]]:
         """attackers.json is the daemon's output under test: wait (bounded) for `count` lines."""

@@ -11,7 +11,8 @@ import socket
 from hypothesis import given
 from hypothesis import strategies as st
 
-from honeytrap.control import Channel
+from honeytrap import control
+from honeytrap.control import Channel, ControlError, channel_pair
 from honeytrap.server import parse_key, port_key
 
 
@@ -38,7 +39,7 @@ def test_out_of_range_and_signed_ports_are_refused() -> None:
 
 def test_serve_carries_the_socket_and_the_template_in_order(tmp_path: object) -> None:
     """Two serve messages sent back to back: each message's descriptors are taken in order."""
-    master_end, process_end = socket.socketpair()
+    master_end, process_end = channel_pair()
     master, process = Channel(master_end), Channel(process_end)
     listeners = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(2)]
     r, w = os.pipe()
@@ -66,3 +67,73 @@ def test_serve_carries_the_socket_and_the_template_in_order(tmp_path: object) ->
             sock.close()
         master.close()
         process.close()
+
+
+KEYS = st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(1, 65535))
+MESSAGES = st.one_of(
+    st.builds(control.Serve, KEYS, st.sampled_from([1, 2])),
+    *[st.builds(cls, KEYS) for cls in (control.Stop, control.Busy, control.Idle, control.Expire,
+                                       control.Released)],
+    st.builds(control.Retire), st.builds(control.Shutdown), st.builds(control.Relink),
+    st.builds(control.Load, st.integers(0, 10**12 - 1)),
+    st.builds(control.Stats, st.dictionaries(st.text(max_size=20), st.integers(-2**63, 2**63))),
+)
+
+
+@given(MESSAGES)
+def test_every_message_round_trips(message: control.Message) -> None:
+    assert control.decode(control.encode(message)) == message
+
+
+@given(st.binary(max_size=200))
+def test_any_bytes_are_a_message_or_a_control_error(data: bytes) -> None:
+    try:
+        message = control.decode(data)
+    except ControlError:
+        return
+    assert control.decode(control.encode(message)) == message
+
+
+def test_a_full_channel_queues_and_delivers_every_message_whole_and_in_order() -> None:
+    """The other side does not read: the socket fills, further messages (with descriptors)
+    wait in the queue instead of being dropped or torn; once it reads, every one arrives, in
+    order, each with its own descriptor."""
+    master_end, process_end = channel_pair()
+    backlog: list[bool] = []
+    master = Channel(master_end, backlog.append)
+    process = Channel(process_end)
+    r, w = os.pipe()
+    try:
+        sent = 0
+        while master.backlog < 100:
+            assert master.send_message(control.Serve(("tcp", 1 + sent % 65535), 1), [r])
+            sent += 1
+        assert backlog == [True] and sent > 100
+        got: list[control.Message] = []
+        while len(got) < sent:
+            master.flush()
+            for data in process.receive_raw():
+                message = control.decode(data)
+                assert isinstance(message, control.Serve)
+                (fd,) = process.take_fds(1)
+                assert os.fstat(fd).st_ino == os.fstat(r).st_ino
+                os.close(fd)
+                got.append(message)
+        assert got == [control.Serve(("tcp", 1 + i % 65535), 1) for i in range(sent)]
+        assert backlog == [True, False] and master.backlog == 0
+    finally:
+        os.close(r)
+        os.close(w)
+        master.close()
+        process.close()
+
+
+def test_a_peer_that_never_reads_gets_its_channel_closed_not_unbounded_memory() -> None:
+    master_end, process_end = channel_pair()
+    master = Channel(master_end)
+    try:
+        while master.send_message(control.Busy(("tcp", 80))):
+            pass
+        assert master.closed and master.backlog == 0
+    finally:
+        process_end.close()

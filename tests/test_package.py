@@ -81,6 +81,32 @@ def test_sdist_holds_the_tree_its_tests_and_installer_need(dist: Path) -> None:
     assert wanted - names == set()
 
 
+# Tests that need nothing but the tree and the shared tools: run from the unpacked sdist, they
+# show it holds what its tests need (conftest.py, the helpers, the docs and data they read).
+SDIST_TESTS = ("tests/test_confparse.py", "tests/test_manpage.py",
+               "tests/test_docs_references.py", "tests/test_plugin_contract.py")
+
+
+@pytest.mark.slow
+def test_tests_run_from_the_unpacked_sdist(dist: Path, tmp_path: Path) -> None:
+    (sdist,) = dist.glob("honeytrap-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        tar.extractall(tmp_path, filter="data")
+    (tree,) = tmp_path.iterdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SDIST_TESTS],
+        capture_output=True, text=True, timeout=600, cwd=tree,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    imported = subprocess.run(
+        [sys.executable, "-c", "import honeytrap; print(honeytrap.__file__)"],
+        capture_output=True, text=True, timeout=60, cwd=tree,
+        env=dict(os.environ, PYTHONPATH=str(tree)),
+    )
+    assert imported.stdout.startswith(str(tree))  # the sdist's code was under test
+
+
 @pytest.fixture(scope="module")
 def installed(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A fresh virtualenv of the system's Python with the wheel (and its dependencies) only."""

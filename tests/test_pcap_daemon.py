@@ -66,21 +66,21 @@ def test_udp_retry_is_answered_once(lab: Lab, sensor: Honeytrap, family: int) ->
     address = lab.sensor.ip4 if family == socket.AF_INET else lab.sensor.ip6
     with inside(lab.attacker):
         sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.settimeout(RETRY_INTERVAL)
-    reply = None
-    for attempt in range(RETRIES):
-        try:
-            # Half the reply at least: the reflector guard sends at most twice what came in.
-            sock.sendto(b"probe-%d " % attempt + b"p" * 60, (address, 161))
-            reply = sock.recv(65535)
-            break
-        except (ConnectionRefusedError, TimeoutError):
-            continue  # the ICMP port unreachable of the first try, or not bound yet
-    assert reply == (REPO / "templates" / "161_udp").read_bytes()
-    sock.settimeout(2.5)
-    with pytest.raises(TimeoutError):
-        sock.recv(65535)  # one reply per datagram, never a storm
-    sock.close()
+    with sock:  # closed on a failed assertion too (a leak warns in a later test)
+        sock.settimeout(RETRY_INTERVAL)
+        reply = None
+        for attempt in range(RETRIES):
+            try:
+                # Half the reply at least: the reflector guard sends at most twice what came in.
+                sock.sendto(b"probe-%d " % attempt + b"p" * 60, (address, 161))
+                reply = sock.recv(65535)
+                break
+            except (ConnectionRefusedError, TimeoutError):
+                continue  # the ICMP port unreachable of the first try, or not bound yet
+        assert reply == (REPO / "templates" / "161_udp").read_bytes()
+        sock.settimeout(2.5)
+        with pytest.raises(TimeoutError):
+            sock.recv(65535)  # one reply per datagram, never a storm
     records = sensor.wait_records(1)
     assert len(records) == 1
     assert payload_of(records[0]).startswith(b"probe-")

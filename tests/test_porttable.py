@@ -116,7 +116,7 @@ def test_the_least_recently_used_idle_port_is_evicted() -> None:
     t.attempt(tcp(80), "again")  # 80 is used again: 81 is now the oldest
     t.busy(100, tcp(81))  # busy: never evicted
     stop = [a for a in serve(t, 84) if isinstance(a, Stop)]
-    assert stop == [Stop(tcp(82), 101)]
+    assert stop == [Stop(tcp(82), 101, "evicted")]
 
 
 def test_no_idle_port_to_evict_refuses() -> None:
@@ -252,7 +252,7 @@ def test_reload_stops_every_port_and_retires_every_process() -> None:
     serve(t, 80)
     t.forked(7)
     actions = t.reload(LIMITS)
-    assert sorted(map(str, actions)) == sorted(map(str, [Stop(tcp(80), 100), Retire(100),
+    assert sorted(map(str, actions)) == sorted(map(str, [Stop(tcp(80), 100, "reload"), Retire(100),
                                                          Retire(7)]))
     assert t.spares_wanted() == 2
 
@@ -274,6 +274,11 @@ def test_the_descriptor_budget_is_ports_per_process_times_what_a_port_holds() ->
     assert process_fd_budget(Config(), nr_open=5000) == 5000  # the kernel's ceiling
     limits = Limits.from_config(Config(max_servers=1000, ports_per_process=100))
     assert limits.max_processes == 2 * 10 + limits.spare_processes
+    # A limit capped below the budget: a new port needs its even share free, not all of it.
+    capped = Limits.from_config(Config(ports_per_process=1024, max_connections=20000),
+                                nr_open=20000)
+    assert capped.fd_budget == 20000 - FD_RESERVE
+    assert capped.port_fds == (20000 - FD_RESERVE) // 1024
 
 
 # --- the state machine: any sequence keeps the invariants ----------------------------------
