@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -151,6 +152,7 @@ class Bench:
         self.banner = load_template(str(REPO / "templates"), "tcp", 4444) or DEFAULT_TEMPLATE
         self.runs = 0
         self.results: dict[str, Any] = {}  # the figures of the phases run so far
+        self.failed: dict[str, str] = {}  # phases that raised: what they raised
 
     # --- servers ---
 
@@ -187,9 +189,13 @@ class Bench:
         code = ht.stop(timeout=120)
         stop_seconds = time.monotonic() - started
         files = len(os.listdir(ht.attacks_dir)) if ht.attacks_dir.exists() else 0
+        crashes = server_crashes(ht)
+        # Counted: its files go, so that the later phases (and the soak's hundreds of thousands
+        # of files) do not fill the work directory's filesystem.
+        shutil.rmtree(ht.attacks_dir, ignore_errors=True)
         return {"exit": code, "stop_seconds": stop_seconds, "json": lines(ht.attackers_json),
                 "log": lines(ht.attacker_log), "files": files,
-                "server_crashes": server_crashes(ht)}
+                "server_crashes": crashes}
 
     # --- load ---
 

@@ -47,6 +47,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
@@ -61,7 +62,7 @@ from daemon import nfq_rules  # noqa: E402
 from harness import FULL, QUICK, Bench, Sizes  # noqa: E402
 from netns import Lab  # noqa: E402
 from phases import PHASES  # noqa: E402
-from report import Row, markdown, percentile  # noqa: E402
+from report import Row, markdown, percentile, row  # noqa: E402
 from workdir import (  # noqa: E402
     FRESH_FS_BYTES,
     WorkDir,
@@ -159,6 +160,9 @@ def table(bench: Bench, phases: Sequence[str]) -> tuple[str, dict[str, bool]]:
     for name in phases:
         if name in bench.results:
             rows += PHASES[name].rows(bench.results[name], bench, met)
+        elif name in bench.failed:
+            met[f"{name} ran"] = False
+            rows.append(row(f"phase {name}", target=f"FAILED: {bench.failed[name]}"))
     return markdown(rows), met
 
 
@@ -224,7 +228,11 @@ def measure(sizes: Sizes, wd: WorkDir, phases: Sequence[str]) -> tuple[dict[str,
         nfq_rules(lab.sensor)
         bench = Bench(lab, wd.path, sizes)
         for name in phases:
-            bench.results[name] = PHASES[name].run(bench)
+            try:
+                bench.results[name] = PHASES[name].run(bench)
+            except Exception as exc:  # noqa: BLE001 - one phase's failure must not lose the rest
+                traceback.print_exc()
+                bench.failed[name] = f"{type(exc).__name__}: {exc}"
     finally:
         lab.close()
     return calibration, bench
@@ -289,7 +297,8 @@ def main() -> int:
     data: dict[str, object] = {
         "mode": mode, "phases": list(phases), "started": started,
         "sizes": dataclasses.asdict(sizes), "load_average": [load_start, load_end],
-        "calibration": calibration, "results": bench.results, "targets_met": met,
+        "calibration": calibration, "results": bench.results, "failed": bench.failed,
+        "targets_met": met,
     }
     # A partial run gets files of its own, so that it never stands in for a whole one.
     name = mode if phases == PHASE_NAMES else f"{mode}-{'+'.join(phases)}"

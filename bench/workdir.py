@@ -25,13 +25,16 @@ from pathlib import Path
 
 from honeytrap import privileges
 
-# The image's size. Sparse, it costs only the blocks written: the 64 MiB journal, then the
-# run's files (a full run writes ~30,000 attack files of 4 KiB blocks and its logs, ~200 MiB).
-# 2 GiB gives mke2fs's default 131,072 inodes (one per 16 KiB), four times the files needed.
-FRESH_FS_BYTES = 2 * 1024**3
-# Free space the parent must have for the image to grow into: twice what a full run writes.
-# A loop device whose backing file cannot grow turns the daemon's writes into I/O errors.
-FRESH_FS_MIN_FREE = 512 * 1024**2
+# The image's size. Sparse, it costs only the blocks written: the journal, then the run's
+# files: the soak alone writes one 4 KiB attack file per connection (10 minutes at 1,000/s:
+# 600,000 files, 2.4 GiB), and each daemon's directory is deleted once counted. 32 GiB with one
+# inode per FRESH_FS_INODE_BYTES gives 8 million inodes: a soak at over 10,000/s fits.
+FRESH_FS_BYTES = 32 * 1024**3
+FRESH_FS_INODE_BYTES = 4096
+# Free space the parent must have for the image to grow into: about twice what a full run
+# writes at this machine's rates. A loop device whose backing file cannot grow turns the
+# daemon's writes into I/O errors.
+FRESH_FS_MIN_FREE = 6 * 1024**3
 # mkfs.ext4, mount and umount each take well under a second; one that hangs means a broken
 # loop setup, and the run falls back rather than wait.
 FRESH_FS_COMMAND_TIMEOUT = 60.0
@@ -139,8 +142,9 @@ def new_image(parent: Path) -> Path:
 
 
 def format_and_mount(image: Path, mount_point: Path) -> str | None:
-    """mkfs.ext4 with the defaults, then loop-mount on `mount_point`; what failed, if any."""
-    return (run_tool(["mkfs.ext4", "-q", "-F", str(image)])
+    """mkfs.ext4 with the defaults but the inode ratio, then loop-mount on `mount_point`; what
+    failed, if any."""
+    return (run_tool(["mkfs.ext4", "-q", "-F", "-i", str(FRESH_FS_INODE_BYTES), str(image)])
             or run_tool(["mount", "-o", "loop", str(image), str(mount_point)]))
 
 
