@@ -2,7 +2,8 @@
 UDP flood from many sources to several ports with templates: the replies of the whole sensor per
 second stay within udp_replies_per_sensor (the bucket shared by the server processes,
 sensorbudget.py), counted in the attacker namespace over a measured interval, and the refusals
-are counted in the daemon's statistics."""
+are counted in the daemon's statistics; a reload that changes the key gives the processes started
+after it the new budget."""
 
 from __future__ import annotations
 
@@ -30,17 +31,73 @@ STATS_TIMEOUT = 15.0
 SIGNAL_INTERVAL = 0.5
 
 
+# As large as the largest template: the bytes rule (2x) never cuts, only the rates limit.
+DATAGRAM = b"OPTIONS sip:x SIP/2.0\r\n" + b"p" * 400
+RELOADED_PER_SENSOR = 5  # udp_replies_per_sensor after the reload test's SIGHUP
+
+
 @pytest.fixture
 def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
     nfq_rules(lab.sensor)
     daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
-    daemon.extra_config = (f'ports_per_process = "1"\nudp_replies_per_sensor = "{PER_SENSOR}"\n'
-                           f'udp_replies_per_source = "{PER_SOURCE}"\n')
+    daemon.extra_config = config(PER_SENSOR)
     yield daemon
     if daemon.proc is not None and daemon.proc.poll() is None:
         daemon.stop()
     if daemon.notify is not None:
         daemon.notify.close()
+
+
+def config(per_sensor: int) -> str:
+    return (f'ports_per_process = "1"\nudp_replies_per_sensor = "{per_sensor}"\n'
+            f'udp_replies_per_source = "{PER_SOURCE}"\n')
+
+
+def sources(lab: Lab, first: int) -> list[socket.socket]:
+    """SOURCES sockets on addresses of their own (each a forged source), fresh ports."""
+    socks = []
+    for n in range(SOURCES):
+        host = lab.add_address(lab.attacker, first + n)
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sock.bind((host.ip4, 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def start_ports(lab: Lab, ht: Honeytrap, sock: socket.socket) -> None:
+    """Every port started (one reply each) before a measured flood: then one process per port."""
+    warm: Counter[tuple[int, int]] = Counter()
+    for port in PORTS:
+        sock.sendto(DATAGRAM, (lab.sensor.ip4, port))
+    deadline = time.monotonic() + 20
+    while len({port for _, port in warm}) < len(PORTS) and time.monotonic() < deadline:
+        drain([sock], warm, 0.2)
+    assert {port for _, port in warm} == set(PORTS)
+    names = sorted(ht.server_names().values())
+    assert names == sorted(f"ht-{port}/udp" for port in PORTS), names
+
+
+def flood(lab: Lab, socks: list[socket.socket], seconds: float) -> tuple[Counter[int], int, float]:
+    """Every source to every port, paced, for `seconds`: replies per port, datagrams sent, and
+    the interval from the first datagram to the last reply."""
+    replies: Counter[tuple[int, int]] = Counter()
+    sent = 0
+    last = 0.0
+    began = time.monotonic()
+    for _ in range(MAX_ROUNDS):
+        if time.monotonic() - began >= seconds:
+            break
+        for sock in socks:
+            for port in PORTS:
+                sock.sendto(DATAGRAM, (lab.sensor.ip4, port))
+                sent += 1
+        last = drain(socks, replies, 0, last)
+        time.sleep(ROUND_PAUSE)  # pacing the sender, not waiting for an event
+    last = drain(socks, replies, DRAIN_TIMEOUT, last)
+    return Counter(port for _, port in replies.elements()), sent, max(last, began) - began
 
 
 def drain(socks: list[socket.socket], replies: Counter[tuple[int, int]], timeout: float,
@@ -84,46 +141,10 @@ def test_udp_replies_of_the_sensor_stay_within_its_budget_across_processes(
     for port in PORTS:
         assert (REPO / "templates" / f"{port}_udp").exists()
     ht.start()
-    socks = []
-    for n in range(SOURCES):
-        host = lab.add_address(lab.attacker, 10 + n)
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        sock.bind((host.ip4, 0))
-        sock.setblocking(False)
-        socks.append(sock)
-    # As large as the largest template: the bytes rule (2x) never cuts, only the rates limit.
-    datagram = b"OPTIONS sip:x SIP/2.0\r\n" + b"p" * 400
-
-    # Every port started (one reply each) before the measured flood: then one process per port.
-    warm: Counter[tuple[int, int]] = Counter()
-    for port in PORTS:
-        socks[0].sendto(datagram, (lab.sensor.ip4, port))
-    deadline = time.monotonic() + 20
-    while len({port for _, port in warm}) < len(PORTS) and time.monotonic() < deadline:
-        drain(socks[:1], warm, 0.2)
-    assert {port for _, port in warm} == set(PORTS)
-    names = sorted(ht.server_names().values())
-    assert names == sorted(f"ht-{port}/udp" for port in PORTS), names
-
-    replies: Counter[tuple[int, int]] = Counter()
-    sent = 0
-    last = 0.0
-    began = time.monotonic()
-    for _ in range(MAX_ROUNDS):
-        if time.monotonic() - began >= FLOOD_SECONDS:
-            break
-        for sock in socks:
-            for port in PORTS:
-                sock.sendto(datagram, (lab.sensor.ip4, port))
-                sent += 1
-        last = drain(socks, replies, 0, last)
-        time.sleep(ROUND_PAUSE)  # pacing the sender, not waiting for an event
-    last = drain(socks, replies, DRAIN_TIMEOUT, last)
-    interval = max(last, began) - began
-    total = sum(replies.values())
-    per_port = Counter(port for _, port in replies.elements())
+    socks = sources(lab, 10)
+    start_ports(lab, ht, socks[0])
+    per_port, sent, interval = flood(lab, socks, FLOOD_SECONDS)
+    total = sum(per_port.values())
     bound = PER_SENSOR + PER_SENSOR * interval  # the full bucket, then its refill
     print(f"UDP sensor budget {PER_SENSOR}/s, {len(PORTS)} processes, {SOURCES} sources: "
           f"{sent} datagrams, {total} replies over {interval:.2f} s "
@@ -137,5 +158,36 @@ def test_udp_replies_of_the_sensor_stay_within_its_budget_across_processes(
     # Every datagram not answered was refused (a veth and 1 MiB buffers lose few, if any).
     assert refused >= (sent - total) * 9 // 10
     for sock in socks:
+        sock.close()
+    assert ht.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_reload_that_changes_the_sensor_budget_gives_new_processes_the_new_one(
+    lab: Lab, ht: Honeytrap
+) -> None:
+    ht.start()
+    before = sources(lab, 10)
+    start_ports(lab, ht, before[0])
+    ht.extra_config = config(RELOADED_PER_SENSOR)
+    ht.write_config()
+    ht.signal(signal.SIGHUP)
+    ht.wait_for("RELOADING=1")
+    ht.wait_for("READY=1")
+    # The ports were retired with their processes: fresh sources (new flows, queued to the
+    # master again) start them in new processes, forked with the new bucket.
+    after = sources(lab, 10 + SOURCES)
+    deadline = time.monotonic() + 20
+    while ht.server_names() and time.monotonic() < deadline:  # the old ones gone
+        time.sleep(0.05)
+    start_ports(lab, ht, after[0])
+    per_port, sent, interval = flood(lab, after, FLOOD_SECONDS / 2)
+    total = sum(per_port.values())
+    bound = RELOADED_PER_SENSOR + RELOADED_PER_SENSOR * interval
+    old = PER_SENSOR * (1 + interval)
+    print(f"after the reload to {RELOADED_PER_SENSOR}/s: {sent} datagrams, {total} replies over "
+          f"{interval:.2f} s (bound {bound:.0f}, the old budget's {old:.0f})")
+    assert 1 <= total <= bound + 1
+    for sock in before + after:
         sock.close()
     assert ht.stop() == 0
