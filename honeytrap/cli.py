@@ -207,7 +207,8 @@ def run(options: Options, config: Config, identity: privileges.Identity) -> int:
 def serve(
     options: Options, config: Config, identity: privileges.Identity, pidfile: PidFile
 ) -> int:
-    from honeytrap.master import Master, raise_fd_limit
+    from honeytrap.fdlimit import raise_fd_limit
+    from honeytrap.master import Master
 
     raise_fd_limit(config)
     preload()

@@ -62,8 +62,9 @@ DEFAULT_MAX_SERVER_RATE = 20000
 # one address must not take every descriptor of a process that serves many ports.
 DEFAULT_MAX_CONNECTIONS_PER_SOURCE = budget.DEFAULT_PER_SOURCE
 DEFAULT_MAX_CONNECTIONS_PER_NETWORK = budget.DEFAULT_PER_NETWORK
-# UDP replies (reflector.py): per source address and per server process, per second. A forged
-# source must not turn the sensor into a reflector (issue 14: 335x with the shipped templates).
+# UDP replies (reflector.py): per source address (per server process) and per sensor (all server
+# processes: sensorbudget.py), per second. A forged source must not turn the sensor into a
+# reflector (issue 14: 335x with the shipped templates).
 DEFAULT_UDP_REPLIES_PER_SOURCE = reflector.DEFAULT_REPLIES_PER_SOURCE
 DEFAULT_UDP_REPLIES_PER_SENSOR = reflector.DEFAULT_REPLIES_PER_SENSOR
 # Normal mode: how often the template is repeated on an idle connection, as the C original

@@ -36,12 +36,14 @@ from honeytrap.config import Config, PortConf
 from honeytrap.control import Channel
 from honeytrap.dialogue.catalog import load_catalog
 from honeytrap.errors import HoneytrapError
+from honeytrap.fdlimit import nr_open
 from honeytrap.listener import PortInUse, bind_port
 from honeytrap.monitor import Held, Monitor
 from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
+from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
 
 log = logging.getLogger("honeytrap.master")
@@ -58,16 +60,6 @@ REFUSAL_LOG_INTERVAL = 5.0
 STATS_LOG_INTERVAL = 300.0
 # While a spare process is wanted, the loop waits this long for work before forking one.
 SPARE_IDLE_WAIT = 0.005
-NR_OPEN = "/proc/sys/fs/nr_open"
-
-
-def nr_open() -> int:
-    """The kernel's ceiling for RLIMIT_NOFILE (fs.nr_open), or its default if unreadable."""
-    try:
-        with open(NR_OPEN, encoding="ascii") as f:
-            return int(f.read().strip())
-    except (OSError, ValueError):
-        return porttable.NR_OPEN_DEFAULT
 
 
 def template_names(config: Config) -> frozenset[str]:
@@ -79,24 +71,6 @@ def template_names(config: Config) -> frozenset[str]:
         log.warning("response_dir %s unreadable (%s): no templates", config.response_dir,
                     exc.strerror)
         return frozenset()
-
-
-def raise_fd_limit(config: Config) -> int:
-    """RLIMIT_NOFILE for the master and so for every server process it forks: the per-process
-    descriptor budget (porttable.process_fd_budget), or the hard limit where root may not raise
-    it (logged). Returns the limit in force."""
-    wanted = porttable.process_fd_budget(config, nr_open())
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= wanted:
-        return soft
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, max(hard, wanted)))
-        return wanted
-    except (ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        log.warning("descriptor limit %d is below the %d budget of a server process "
-                    "(ports_per_process x what each port may hold)", hard, wanted)
-        return hard
 
 
 @dataclass
@@ -143,6 +117,8 @@ class Master:
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
         self.template_names = template_names(config)
+        # The UDP replies all server processes may send a second (reflector.py): before any fork.
+        self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         self.port_privilege = capabilities.PortPrivilege()
         self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
@@ -359,6 +335,7 @@ class Master:
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
+            sensor_budget=self.sensor_budget,
         )
         pid = forked.fork_child("server process", lambda: child_main(spec))
         for end in (child_end, link):
@@ -538,6 +515,8 @@ class Master:
             if pid == 0:
                 return
             code = os.waitstatus_to_exitcode(status)
+            if self.sensor_budget.forget(pid):
+                log.warning("server process %d died holding the UDP budget's lock", pid)
             recorder = self.recorders.pop(pid, None)
             if recorder is not None:
                 self._recorder_exited(recorder, code)
@@ -573,6 +552,9 @@ class Master:
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
         self.template_names = template_names(config)
+        if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
+            self.sensor_budget.close()
+            self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         old.close()
         # New plugins, new recorder; the old one records what its servers still hand it, then
         # exits once they all have.

@@ -10,9 +10,12 @@ decisions out, the clock injected):
   A forged source thus gets at most twice the bytes the forger spent: no amplification.
 - **Per source**: at most `udp_replies_per_source` replies per second to one address (a token
   bucket of that size, refilled at that rate), so a reflected flood is no faster than its cause.
-- **Per sensor**: at most `udp_replies_per_sensor` replies per second in all (per server
-  process, which hosts up to ports_per_process ports), so many forged sources together stay
-  bounded too.
+- **Per sensor**: at most `udp_replies_per_sensor` replies per second in all, so many forged
+  sources together stay bounded too. The sensor's bucket is a SensorBudget the guard is given:
+  in the daemon one shared by every server process (sensorbudget.py: the master creates it
+  before it forks them), here LocalBucket, one process's own (the unit tests', and a server
+  process made without the master's). The per-source rule and the bytes rule stay per server
+  process: a source flooding ports of k processes may get k times its rate, within the sensor's.
 
 Refusals and cuts are counted (`udp_replies_refused`, `udp_replies_cut`, in the server
 process's statistics). The table of sources is bounded (MAX_SOURCES, least recently seen
@@ -27,19 +30,54 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 # Bytes sent to a source never exceed this many times the bytes it sent (the issue's bound).
 REPLY_RATIO = 2
 # Replies per second to one source address by default (the issue's bound; config key
 # udp_replies_per_source): a client that retries after a lost reply needs one or two.
 DEFAULT_REPLIES_PER_SOURCE = 10
-# Replies per second by one server process in all by default (udp_replies_per_sensor): a busy
+# Replies per second by the whole sensor by default (udp_replies_per_sensor): a busy
 # sensor sees a few hundred UDP probes a second; with REPLY_RATIO this bounds what a forger can
 # make us send to about 1,000 datagrams of at most twice his own size a second.
 DEFAULT_REPLIES_PER_SENSOR = 1000
 # Source addresses remembered (each ~150 bytes: 2.5 MiB per server process at most): past it
 # the least recently seen is forgotten.
 MAX_SOURCES = 16384
+
+
+class SensorBudget(Protocol):
+    """The sensor-wide reply rate: a token bucket of `rate` tokens refilled at `rate` a
+    second, however many processes share it."""
+
+    rate: int
+
+    def take(self, now: float) -> bool:
+        """One token at `now` (time.monotonic's clock): True if there was one (spent)."""
+        ...
+
+
+class LocalBucket:
+    """A SensorBudget of one process (no sharing): the in-process implementation."""
+
+    def __init__(self, rate: int, now: float) -> None:
+        self.rate = rate
+        self._tokens = float(rate)
+        self._refilled = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = refill(self._tokens, self._refilled, now, self.rate)
+        self._refilled = max(now, self._refilled)
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def refill(tokens: float, refilled: float, now: float, rate: int) -> float:
+    """A bucket of `rate` tokens holding `tokens` at `refilled`, at `now` (a clock read a
+    little before another process's may come later: never less than it holds)."""
+    return min(float(rate), tokens + max(0.0, now - refilled) * rate)
 
 
 @dataclass
@@ -65,6 +103,7 @@ class ReflectorGuard:
         ratio: int = REPLY_RATIO,
         max_sources: int = MAX_SOURCES,
         clock: Callable[[], float] = time.monotonic,
+        sensor: SensorBudget | None = None,
     ) -> None:
         self.per_source = per_source
         self.per_sensor = per_sensor
@@ -73,8 +112,8 @@ class ReflectorGuard:
         self.counters = ReflectorCounters()
         self._clock = clock
         self._sources: OrderedDict[str, _Source] = OrderedDict()
-        self._sensor_tokens = float(per_sensor)
-        self._sensor_refilled = clock()
+        # The sensor's bucket: the shared one when given (its own rate), else this process's.
+        self.sensor = LocalBucket(per_sensor, clock()) if sensor is None else sensor
 
     def received(self, source: str, size: int) -> None:
         """A datagram of `size` bytes came from `source` (an address, without port)."""
@@ -97,23 +136,15 @@ class ReflectorGuard:
             self.counters.udp_replies_refused += 1
             return None
         now = self._clock()
-        self._refill(entry, now)
-        if entry.tokens < 1 or self._sensor_tokens < 1:
+        entry.tokens = refill(entry.tokens, entry.refilled, now, self.per_source)
+        entry.refilled = now
+        # The source's token first: a source over its own rate spends none of the sensor's.
+        if entry.tokens < 1 or not self.sensor.take(now):
             self.counters.udp_replies_refused += 1
             return None
         entry.tokens -= 1
-        self._sensor_tokens -= 1
         allowed = min(size, room)
         if allowed < size:
             self.counters.udp_replies_cut += 1
         entry.sent += allowed
         return allowed
-
-    def _refill(self, entry: _Source, now: float) -> None:
-        entry.tokens = min(float(self.per_source),
-                           entry.tokens + (now - entry.refilled) * self.per_source)
-        entry.refilled = now
-        self._sensor_tokens = min(float(self.per_sensor),
-                                  self._sensor_tokens + (now - self._sensor_refilled)
-                                  * self.per_sensor)
-        self._sensor_refilled = now

@@ -43,7 +43,7 @@ from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
 from honeytrap.recorder import RecorderClient
-from honeytrap.reflector import ReflectorGuard
+from honeytrap.reflector import ReflectorGuard, SensorBudget
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
 
@@ -92,6 +92,9 @@ class ServerSpec:
     recorder: socket.socket | None = None  # this process's link to the recorder
     close_in_child: list[int] = field(default_factory=list)
     catalog: Catalog = field(default_factory=Catalog)  # the sensor's dialogues (the master's)
+    # The UDP replies the whole sensor may send (the master's shared bucket, sensorbudget.py);
+    # None: this process's own (a process made without a master).
+    sensor_budget: SensorBudget | None = None
 
 
 def child_main(spec: ServerSpec) -> int:
@@ -138,9 +141,11 @@ class ServerProcess:
         # Connections a source address or network may hold in this process (budget.py).
         self.budget = SourceBudget(per_source=self.config.max_connections_per_source,
                                    per_network=self.config.max_connections_per_network)
-        # What the UDP ports of this process may send to a source (reflector.py).
+        # What the UDP ports of this process may send to a source (reflector.py), within the
+        # sensor's budget shared by every server process.
         self.reflector = ReflectorGuard(per_source=self.config.udp_replies_per_source,
-                                        per_sensor=self.config.udp_replies_per_sensor)
+                                        per_sensor=self.config.udp_replies_per_sensor,
+                                        sensor=spec.sensor_budget)
 
     async def serve(self) -> bool:
         """Serve every port handed over until retired or shut down; True if the recorder
