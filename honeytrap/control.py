@@ -206,7 +206,10 @@ def channel_pair() -> tuple[socket.socket, socket.socket]:
 class Channel:
     """One end of a control channel. `on_backlog(True)` is called when messages start waiting
     for the socket (the owner then calls flush() when it is writable), `on_backlog(False)` when
-    they are all sent."""
+    they are all sent. `on_close()` is called once, just before the socket is closed (by close(),
+    or by a send that found the other end gone): the owner takes it out of its selector while
+    the descriptor is still its own (a descriptor closed while registered stays in a selector's
+    map, and the next socket given that number cannot be registered)."""
 
     def __init__(self, sock: socket.socket,
                  on_backlog: Callable[[bool], None] | None = None) -> None:
@@ -215,6 +218,7 @@ class Channel:
         self.closed = False
         self.fds: list[int] = []
         self.on_backlog = on_backlog
+        self.on_close: Callable[[], None] | None = None
         self._queue: deque[tuple[bytes, list[int]]] = deque()
         self._stream = sock.type == socket.SOCK_STREAM
         self._buffer = bytearray()
@@ -225,6 +229,12 @@ class Channel:
     @property
     def backlog(self) -> int:
         return len(self._queue)
+
+    def queued_fds(self) -> list[int]:
+        """Our copies of the descriptors waiting in the queue: a process forked meanwhile must
+        close them (a listening socket inherited by a child that never serves it stays bound,
+        its connections unanswered, after the port's own server has let it go)."""
+        return [fd for _data, fds in self._queue for fd in fds]
 
     def send(self, message: str) -> None:
         self._send(message.encode(), [])
@@ -351,6 +361,11 @@ class Channel:
         return self.fds.pop(0) if self.fds else None
 
     def close(self) -> None:
+        """Close the socket and every descriptor held (idempotent; after the other end closed
+        too, when receive_raw() only marked the channel closed)."""
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback()
         self.closed = True
         for fd in self.fds:
             os.close(fd)

@@ -347,6 +347,7 @@ class Master:
         channel = Channel(parent_end)
         process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
         channel.on_backlog = functools.partial(self._backlog, process)
+        channel.on_close = functools.partial(self._unwatch, channel)
         self.children[pid] = process
         self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
         return pid
@@ -361,6 +362,7 @@ class Master:
             return
         self.recorder = handle
         self.recorders[handle.pid] = handle
+        handle.channel.on_close = functools.partial(self._unwatch, handle.channel)
         if not handle.wait_ready():
             log.error("the recorder (pid %d) did not get ready", handle.pid)
         if not handle.channel.closed:
@@ -382,11 +384,7 @@ class Master:
     def _recorder_exited(self, handle: RecorderHandle, code: int) -> None:
         if not handle.channel.closed:
             self._on_recorder(handle)  # its final stats
-            try:
-                self.selector.unregister(handle.channel.fileno())
-            except (KeyError, ValueError):
-                pass
-            handle.channel.close()
+        handle.channel.close()  # out of the selector too (on_close)
         self._keep_stats(handle.stats)
         linked = [h for h in self.children.values() if h.recorder is handle]
         if code == 0 and handle.stopped and not linked:
@@ -416,8 +414,13 @@ class Master:
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
-        fds += [h.channel.fileno() for h in self.children.values() if not h.channel.closed]
-        fds += [r.channel.fileno() for r in self.recorders.values() if not r.channel.closed]
+        channels = [h.channel for h in self.children.values()]
+        channels += [r.channel for r in self.recorders.values()]
+        for channel in channels:
+            if not channel.closed:
+                # With the descriptors queued for it (bound ports, recorder links): a child
+                # that inherited one would keep a port bound that nobody serves.
+                fds += [channel.fileno(), *channel.queued_fds()]
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -440,6 +443,15 @@ class Master:
             self._refusals_unlogged = 0
 
     # --- dynamic servers --------------------------------------------------------------------
+
+    def _unwatch(self, channel: Channel) -> None:
+        """A child's channel closes (Channel.on_close): out of the selector first. A send to a
+        child that died (EPIPE) closes it in the middle of the loop; left registered, its number
+        went to the next channel's socketpair and register() raised: the master exited."""
+        try:
+            self.selector.unregister(channel.fileno())
+        except (KeyError, ValueError):
+            pass
 
     def _backlog(self, process: ProcessHandle, waiting: bool) -> None:
         """Messages wait for the process's control socket: watch it for writing meanwhile."""
@@ -483,8 +495,7 @@ class Master:
             pass
         process.lost = self.table.ports_of(process.pid)
         self._carry_out(self.table.gone(process.pid))
-        if not process.channel.closed:
-            process.channel.close()
+        process.channel.close()  # also after its EOF, which only marked it closed
         self._keep_stats(process.stats)
         process.stats = {}
 
@@ -567,6 +578,9 @@ class Master:
         totals["servers_running"] = len(self.table.serving)
         totals["servers_total"] = sum(len(p.ports) for p in self.table.processes.values())
         totals["server_processes"] = len(self.children)
+        # Messages waiting for a server process to read its channel (control.Channel's queue):
+        # a level that stays up means a process stopped reading (hung, or SIGSTOPped).
+        totals["control_queued"] = sum(p.channel.backlog for p in self.children.values())
         return totals
 
     def log_stats(self) -> None:

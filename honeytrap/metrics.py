@@ -103,6 +103,9 @@ METRICS: dict[str, MetricDef] = {
         "servers_alive", "Dynamic servers alive now (serving a port or letting go of it)"),
     "server_processes": _gauge(
         "server_processes", "Server processes alive now (each hosts up to ports_per_process)"),
+    "control_queued": _gauge(
+        "control_queued",
+        "Control messages queued by the master for server processes that have not read them yet"),
     # the server processes
     "connections": _counter("connections", "Connections and UDP exchanges accepted"),
     "attacks": _counter("attacks", "Attacks recorded by the dynamic servers"),

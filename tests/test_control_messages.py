@@ -137,3 +137,44 @@ def test_a_peer_that_never_reads_gets_its_channel_closed_not_unbounded_memory() 
         assert master.closed and master.backlog == 0
     finally:
         process_end.close()
+
+
+def test_the_queued_descriptors_are_listed_for_children_to_close() -> None:
+    """What waits in the queue holds our own copies of its descriptors (bound ports): the master
+    closes them in every child it forks meanwhile (tests/test_daemon_control_fill.py)."""
+    ours, theirs = channel_pair()
+    channel = Channel(ours)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        while not channel.backlog:  # fill the socket's buffer: the next ones are queued
+            assert channel.send_message(control.Serve(("tcp", 8080), 1), [fd])
+        assert channel.send_message(control.Serve(("tcp", 8081), 1), [fd])
+        queued = channel.queued_fds()
+        assert len(queued) == channel.backlog == 2
+        assert fd not in queued
+        for copy in queued:
+            assert os.path.samestat(os.fstat(copy), os.fstat(fd))
+    finally:
+        os.close(fd)
+        channel.close()
+        theirs.close()
+    for copy in queued:  # closed with the channel
+        try:
+            os.fstat(copy)
+        except OSError:
+            continue
+        raise AssertionError(f"descriptor {copy} still open")
+
+
+def test_a_send_to_a_gone_peer_calls_on_close_before_the_socket_closes() -> None:
+    """The owner must take the descriptor out of its selector while it is still the channel's."""
+    ours, theirs = channel_pair()
+    channel = Channel(ours)
+    seen: list[int] = []
+    channel.on_close = lambda: seen.append(channel.fileno())
+    number = channel.fileno()
+    theirs.close()
+    assert not channel.send_message(control.Retire())  # EPIPE: the channel closes
+    assert channel.closed and seen == [number]
+    channel.close()  # idempotent: on_close ran once
+    assert seen == [number]

@@ -1,0 +1,280 @@
+"""The master's control channel filled on the real daemon (issue 14, item 8): the server process
+that takes a sweep's ports is stopped (SIGSTOP) so it reads nothing, while SYNs to hundreds of
+fresh ports make the master hand it every port (serve, with the bound socket) and evict the
+oldest (stop) past max_servers: far more than the socketpair's buffer holds (about 280 such
+messages), so the rest waits in the channel's queue (the master's control_queued gauge). Then
+SIGCONT, and every port and process must end in the right state: each connection made meanwhile
+is answered and recorded once, the ports not evicted are listening exactly once in a live server
+process, the evicted ones nowhere, the master's figures match what ps and ss show, the process
+retires after the listen timeout, no crash, and SIGTERM exits 0."""
+
+from __future__ import annotations
+
+import os
+import resource
+import selectors
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from daemon import Honeytrap, nfq_rules
+from netns import Lab, inside
+from prometheus_client.parser import text_string_to_metric_families
+
+from honeytrap.porttable import SPARE_PROCESSES
+
+METRICS_PORT = 9117  # on the sensor namespace's loopback: no other test's daemon sees it
+FIRST_PORT = 31000  # fresh ports: no template, no real service
+PORTS = 800  # serve messages alone: about three times what the socketpair's buffer takes
+MAX_SERVERS = 600  # the first PORTS - MAX_SERVERS ports are evicted (a stop each) meanwhile
+# The stopped process fills up half-way: the next port goes to another process, and a spare is
+# forked while the master holds the stopped one's queued descriptors (which it must not inherit).
+PORTS_PER_PROCESS = 500
+LISTEN_TIMEOUT = 3  # -l: the ports expire this long after their last connection
+WAIT = 30.0  # every bounded wait on the daemon's own state
+REQUEST = b"GET /control-fill HTTP/1.0\r\n\r\n"
+
+
+@pytest.fixture
+def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(
+        lab, tmp_path / "ht",
+        args=["-u", "nobody", "-g", "nogroup", "-l", str(LISTEN_TIMEOUT)],
+        extra_config=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\nmax_servers = "{MAX_SERVERS}"\n'
+                     f'ports_per_process = "{PORTS_PER_PROCESS}"',
+    )
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        for pid in ht.spares() + ht.children():  # never leave one stopped behind a failure
+            _signal(pid, signal.SIGCONT)
+        ht.stop()
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def figures(lab: Lab) -> dict[str, float]:
+    """The master's statistics, from its /metrics (by statistic name, _total left off)."""
+    with inside(lab.sensor):
+        sock = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5)
+    try:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = b""
+        while chunk := sock.recv(65536):
+            body += chunk
+    finally:
+        sock.close()
+    text = body.split(b"\r\n\r\n", 1)[1].decode()
+    got: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            got[sample.name.removeprefix("honeytrap_").removesuffix("_total")] = sample.value
+    return got
+
+
+def wait_figures(lab: Lab, done: object, what: str) -> dict[str, float]:
+    """Scrape (bounded) until `done(figures)` holds."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        got = figures(lab)
+        if done(got):  # type: ignore[operator]
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {WAIT} s: {got}")
+        time.sleep(0.1)
+
+
+def listeners(lab: Lab) -> dict[int, list[int]]:
+    """Our port range's listening TCP sockets in the sensor namespace: port -> pids holding one
+    (ss -p lists each process holding the socket)."""
+    out = lab.sensor.cmd("ss", "-Htlnp")
+    found: dict[int, list[int]] = {}
+    for line in out.splitlines():
+        fields = line.split()
+        port = int(fields[3].rsplit(":", 1)[1])
+        if not FIRST_PORT <= port < FIRST_PORT + PORTS:
+            continue
+        pids = [int(part.split("=", 1)[1]) for part in line.replace(")", ",").split(",")
+                if part.startswith("pid=")]
+        found.setdefault(port, []).extend(pids)
+    return found
+
+
+def wait_spares(ht: Honeytrap) -> list[int]:
+    deadline = time.monotonic() + WAIT
+    while len(spares := ht.spares()) < SPARE_PROCESSES and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return spares
+
+
+def alive(pid: int) -> bool:
+    state = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                           text=True).stdout.strip()
+    return bool(state) and not state.startswith("Z")
+
+
+@pytest.mark.slow
+def test_a_filled_control_channel_leaves_every_port_and_process_right(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < PORTS + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, PORTS + 1024), hard))
+    sensor.start()
+    spares = wait_spares(sensor)
+    assert len(spares) == SPARE_PROCESSES
+    for pid in spares:  # whichever takes the first port takes PORTS_PER_PROCESS of them
+        _signal(pid, signal.SIGSTOP)
+
+    ports = list(range(FIRST_PORT, FIRST_PORT + PORTS))
+    clients: dict[int, socket.socket] = {}
+    try:
+        for port in ports:
+            with inside(lab.attacker):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            clients[port] = sock
+            sock.settimeout(10)
+            # Completes once the master bound the port (the kernel's backlog holds it).
+            sock.connect((lab.sensor.ip4, port))
+        stopped = figures(lab)
+        # The master kept what the stopped process's socket did not take, in order.
+        assert stopped["control_queued"] > 0, stopped
+        assert stopped["servers_started"] == PORTS
+        assert stopped["servers_evicted"] == PORTS - MAX_SERVERS
+        assert stopped["servers_running"] == MAX_SERVERS
+        for name in ("refused_no_room", "refused_rate", "refused_draining", "handover_failures",
+                     "refused_pending", "server_crashes"):
+            assert stopped.get(name, 0) == 0, (name, stopped)
+
+        for pid in spares:
+            _signal(pid, signal.SIGCONT)
+
+        # Every connection made meanwhile is served: its port's socket reached the process
+        # (an evicted port's too: its stop comes after its serve, and the stop drains it).
+        for sock in clients.values():
+            sock.sendall(REQUEST)
+        answered: set[int] = set()
+        answers: dict[int, bytes] = {}
+        selector = selectors.DefaultSelector()
+        for port, sock in clients.items():
+            sock.setblocking(False)
+            selector.register(sock, selectors.EVENT_READ, port)
+        deadline = time.monotonic() + WAIT
+        while len(answered) < PORTS and time.monotonic() < deadline:
+            for key, _mask in selector.select(timeout=1.0):
+                try:
+                    answers[key.data] = key.fileobj.recv(4096)  # type: ignore[union-attr]
+                except OSError as exc:  # a reset: not served
+                    answers[key.data] = repr(exc).encode()
+                answered.add(key.data)
+                selector.unregister(key.fileobj)
+        selector.close()
+        assert sorted(set(ports) - answered) == []
+        # Each one by the HTTP dialogue (a reset or an EOF would be a port nobody served).
+        wrong = {port: answer[:40] for port, answer in answers.items()
+                 if not answer.startswith(b"HTTP/1.0 ")}
+        assert wrong == {}
+    finally:
+        for sock in clients.values():
+            sock.close()
+
+    # The queue drained, the evicted ports let go: each port still served listens exactly once,
+    # in a live server process, and the master's figures say the same.
+    served = ports[PORTS - MAX_SERVERS:]  # least recently used first: the oldest were evicted
+    settled = wait_figures(
+        lab, lambda got: got["control_queued"] == 0 and got["servers_alive"] == MAX_SERVERS,
+        "drained")
+    held = listeners(lab)
+    assert sorted(held) == served
+    assert all(len(pids) == 1 for pids in held.values()), {p: v for p, v in held.items()
+                                                           if len(v) != 1}
+    owners = {pid for pids in held.values() for pid in pids}
+    processes = sensor.children() + sensor.spares()
+    assert owners <= set(sensor.children()), (owners, processes, sensor.master_pid())
+    assert len(owners) == 2  # the stopped one, and the one that took the ports past its room
+    assert settled["servers_running"] == MAX_SERVERS
+    assert settled["server_processes"] == len(processes)
+
+    # Each connection recorded once, on its own port.
+    records = sensor.wait_records(PORTS, timeout=WAIT)
+    recorded = sorted(r["attack_connection"]["local_port"] for r in records)  # type: ignore[index]
+    assert recorded == ports
+
+    # After the listen timeout every port expires (stop, released) and the emptied process
+    # retires and exits; the spares stay.
+    done = wait_figures(
+        lab, lambda got: got["servers_alive"] == 0 and got["server_processes"] == SPARE_PROCESSES,
+        "expired and retired")
+    assert done["servers_expired"] == MAX_SERVERS
+    assert done["server_crashes"] == 0
+    assert listeners(lab) == {}
+    assert not any(alive(pid) for pid in owners)
+    assert sensor.children() == []
+    assert len(sensor.spares()) == SPARE_PROCESSES
+    assert sensor.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_goes_on(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """A hung process (stopped, its channel full) killed: the master's queued messages for it
+    go (their descriptors closed), its ports are free, one crash is counted, and new ports are
+    served by the other processes."""
+    sensor.start()
+    spares = wait_spares(sensor)
+    assert len(spares) == SPARE_PROCESSES
+    for pid in spares:
+        _signal(pid, signal.SIGSTOP)
+    count = 400  # past the socketpair's buffer: the master holds the rest
+    ports = list(range(FIRST_PORT, FIRST_PORT + count))
+    for port in ports:
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect((lab.sensor.ip4, port))
+        finally:
+            sock.close()
+    stopped = figures(lab)
+    assert stopped["control_queued"] > 0, stopped
+    # Nothing served yet: the ports' sockets are in the channel's buffer or the master's queue.
+    owners = {pid for pids in listeners(lab).values() for pid in pids}
+    assert owners == {sensor.master_pid()}, owners
+    # Which spare took the ports: the one whose channel the master is still writing to has
+    # them; kill both stopped ones (the other never had a port: it is just a spare lost).
+    for pid in spares:
+        _signal(pid, signal.SIGKILL)
+    gone = wait_figures(
+        lab, lambda got: got["server_crashes"] == SPARE_PROCESSES and got["servers_alive"] == 0
+        and got["control_queued"] == 0, "crashes counted and ports freed")
+    assert gone["servers_running"] == 0
+    # New ports are served by processes forked since (the master's selector holds no stale
+    # entry for the dead channels' descriptors, which new channels reuse).
+    fresh = list(range(FIRST_PORT + count, FIRST_PORT + count + 20))
+    for port in fresh + ports[:20]:
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect((lab.sensor.ip4, port))
+            sock.sendall(REQUEST)
+            assert sock.recv(4096).startswith(b"HTTP/1.0 "), port
+        finally:
+            sock.close()
+    assert sensor.proc is not None and sensor.proc.poll() is None
+    held = listeners(lab)
+    assert sorted(held) == sorted(fresh + ports[:20])
+    assert all(len(pids) == 1 for pids in held.values())
+    after = figures(lab)
+    assert after["server_processes"] == len(sensor.children() + sensor.spares())
+    assert sensor.stop() == 0
