@@ -9,7 +9,6 @@ import json
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -22,8 +21,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from daemon import Honeytrap  # noqa: E402
-from netns import Lab, inside  # noqa: E402
+from daemon import Honeytrap, metrics  # noqa: E402
+from netns import Lab  # noqa: E402
 from workdir import DAEMON_GROUP, DAEMON_USER  # noqa: E402
 
 from honeytrap.templates import DEFAULT_TEMPLATE, load_template  # noqa: E402
@@ -335,16 +334,4 @@ def server_crashes(ht: Honeytrap) -> int:
 
 def scrape(lab: Lab, port: int = METRICS_PORT) -> dict[str, float]:
     """honeytrap's Prometheus metrics (metrics_listen), from inside the sensor namespace."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with inside(lab.sensor):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = b""
-        while chunk := sock.recv(65536):
-            body += chunk
-    finally:
-        sock.close()
-    text = body.split(b"\r\n\r\n", 1)[1].decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    return metrics(lab, port)

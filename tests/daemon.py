@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from netns import Host, Lab
+from netns import Host, Lab, inside
 
 REPO = Path(__file__).resolve().parent.parent
 HONEYTRAP = [sys.executable, "-m", "honeytrap"]
@@ -247,3 +247,24 @@ read_limit = "1048576"
         assert self.proc is not None
         # `ip netns exec` execs the command: the Popen pid is the daemon itself.
         return self.proc.pid
+
+
+def metrics_text(lab: Lab, port: int) -> str:
+    """The daemon's Prometheus exposition (metrics_listen on 127.0.0.1:port), read from inside
+    the sensor namespace."""
+    with inside(lab.sensor):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+    with sock:
+        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        body = b""
+        while chunk := sock.recv(65536):
+            body += chunk
+    return body.split(b"\r\n\r\n", 1)[1].decode()
+
+
+def metrics(lab: Lab, port: int) -> dict[str, float]:
+    """The daemon's metrics by sample name (honeytrap_..._total as exported)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = metrics_text(lab, port)
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}

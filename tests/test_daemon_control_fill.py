@@ -21,9 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
-from prometheus_client.parser import text_string_to_metric_families
 
 from honeytrap.porttable import SPARE_PROCESSES
 
@@ -64,21 +63,10 @@ def _signal(pid: int, signum: int) -> None:
 
 def figures(lab: Lab) -> dict[str, float]:
     """The master's statistics, from its /metrics (by statistic name, _total left off)."""
-    with inside(lab.sensor):
-        sock = socket.create_connection(("127.0.0.1", METRICS_PORT), timeout=5)
-    try:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = b""
-        while chunk := sock.recv(65536):
-            body += chunk
-    finally:
-        sock.close()
-    text = body.split(b"\r\n\r\n", 1)[1].decode()
-    got: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            got[sample.name.removeprefix("honeytrap_").removesuffix("_total")] = sample.value
-    return got
+    return {
+        name.removeprefix("honeytrap_").removesuffix("_total"): value
+        for name, value in metrics(lab, METRICS_PORT).items()
+    }
 
 
 def wait_figures(lab: Lab, done: object, what: str) -> dict[str, float]:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap, metrics_text, nfq_rules
 from hypothesis import given
 from hypothesis import strategies as st
 from netns import Lab, inside
@@ -179,17 +179,6 @@ def test_exporter_descriptors_are_listed_for_children(exporter: metrics.Exporter
         held.close()
 
 
-def scrape(lab: Lab) -> str:
-    with inside(lab.sensor):
-        sock = socket.create_connection(("127.0.0.1", 9108), timeout=5)
-    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-    body = b""
-    while chunk := sock.recv(65536):
-        body += chunk
-    sock.close()
-    return body.split(b"\r\n\r\n", 1)[1].decode()
-
-
 @pytest.fixture
 def daemon_metrics(lab: Lab, tmp_path: Path) -> Iterator[str]:
     """The real daemon in a sensor namespace (its usual plugins, downloads and a decoder
@@ -218,7 +207,7 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         # (bounded) until its attack is counted.
         deadline = time.monotonic() + 20
         while True:
-            text = scrape(lab)
+            text = metrics_text(lab, 9108)
             if "honeytrap_attacks_total 1.0" in text or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

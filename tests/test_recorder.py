@@ -19,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import REPO, Honeytrap, nfq_rules
+from daemon import REPO, Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
-from prometheus_client.parser import text_string_to_metric_families
 
 from honeytrap import recorder as recorder_module
 from honeytrap import server as server_module
@@ -272,19 +271,6 @@ def test_a_server_hands_over_an_attack_as_large_as_its_read_limit_allows() -> No
     assert [len(a.payload) for a in received] == [read_limit]
 
 
-def scrape(lab: Lab, port: int) -> dict[str, float]:
-    """The daemon's Prometheus metrics (metrics_listen), from inside the sensor namespace."""
-    with inside(lab.sensor):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    try:
-        sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-        body = b""
-        while chunk := sock.recv(65536):
-            body += chunk
-    finally:
-        sock.close()
-    text = body.split(b"\r\n\r\n", 1)[1].decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
 @pytest.mark.slow
@@ -311,7 +297,7 @@ def test_sustained_load_is_acknowledged_to_the_last_attack(lab: Lab, tmp_path: P
     previous = -1.0
     deadline = time.monotonic() + WAIT
     while time.monotonic() < deadline:
-        figures = scrape(lab, METRICS_PORT)
+        figures = metrics(lab, METRICS_PORT)
         attacks = figures.get("honeytrap_attacks_total", -1.0)
         if attacks == previous and figures.get("honeytrap_unacknowledged") == 0:
             break
