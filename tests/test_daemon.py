@@ -416,7 +416,19 @@ def test_port_sweep_is_survived_with_bounded_processes(lab: Lab, sensor: Honeytr
     # running + draining (DRAINING_FACTOR = 2) processes of per_process ports each
     assert 0 < peak <= 3 * (max_servers // per_process)
     assert sensor.proc is not None and sensor.proc.poll() is None
-    sock = connect(lab.attacker, lab.sensor.ip4, 80)
+    # The sweep keeps max_server_rate's bucket near empty: the first SYN after it may find no
+    # token yet and be refused (RST, as documented), or find every server still busy until its
+    # idle message arrives. A scanner's next try gets in once a token is back (1/rate s): retry,
+    # bounded, on a refusal only.
+    deadline = time.monotonic() + 5.0
+    while True:
+        try:
+            sock = connect(lab.attacker, lab.sensor.ip4, 80)
+            break
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(2 / 100)  # two tokens' worth at max_server_rate
     sock.sendall(b"after the sweep")
     sock.close()
     assert sensor.stop() == 0
