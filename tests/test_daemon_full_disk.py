@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap
 from netns import Lab
 from test_daemon import connect, payload_of
 from tmpfs import Disk
@@ -34,19 +34,6 @@ def disk(tmp_path: Path) -> Iterator[Disk]:
         yield disk
     finally:
         disk.unmount()
-
-
-@pytest.fixture
-def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
-    closed, whatever the test did."""
-    nfq_rules(lab.sensor)
-    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
-    if daemon.notify is not None:
-        daemon.notify.close()
 
 
 def attack(lab: Lab, address: str, n: int) -> bytes:

@@ -10,12 +10,9 @@ import os
 import selectors
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap
 from netns import Lab, inside
 from test_daemon import connect
 
@@ -30,19 +27,6 @@ FLOOD_TIMEOUT = 60.0
 BANNER_TIMEOUT = 30.0
 # Descriptors a server process holds besides its connections (listeners, links, loop, logs).
 OWN_FDS = 64
-
-
-@pytest.fixture
-def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
-    closed, whatever the test did."""
-    nfq_rules(lab.sensor)
-    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
-    if daemon.notify is not None:
-        daemon.notify.close()
 
 
 def open_flood(lab: Lab, source: str, address: str) -> list[socket.socket]:

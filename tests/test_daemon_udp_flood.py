@@ -9,11 +9,9 @@ from __future__ import annotations
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from daemon import REPO, Honeytrap, nfq_rules
+from daemon import REPO, Honeytrap
 from netns import Lab, inside
 from test_daemon import payload_of
 
@@ -25,19 +23,6 @@ PORT_WITHOUT_TEMPLATE = 4444
 PER_SOURCE = 10  # udp_replies_per_source's default
 # How long the attacker sockets are read after the last record (replies precede records).
 DRAIN_TIMEOUT = 0.5
-
-
-@pytest.fixture
-def ht(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    """The daemon (servers as nobody) behind the NFQUEUE rules; stopped, or its notify socket
-    closed, whatever the test did."""
-    nfq_rules(lab.sensor)
-    daemon = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"])
-    yield daemon
-    if daemon.proc is not None and daemon.proc.poll() is None:
-        daemon.stop()
-    if daemon.notify is not None:
-        daemon.notify.close()
 
 
 @pytest.mark.slow
