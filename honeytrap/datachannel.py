@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Callable
 
 from honeytrap.addresses import split
@@ -35,6 +36,7 @@ class FtpData:
         self.room = room  # bytes of upload still kept (the read_limit's share left)
         self.sink = sink  # uploaded bytes, for the record
         self.done = done  # bytes for the control connection once a transfer is over
+        self.listener: socket.socket | None = None  # until its server is started
         self.server: asyncio.Server | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.reader: asyncio.StreamReader | None = None
@@ -45,7 +47,7 @@ class FtpData:
     def handle(self, channel: DataChannel) -> None:
         if channel.listen:
             self.close()
-            self._spawn(self._listen(channel.listen))
+            self._listen(channel.listen)
         if channel.send is not None or channel.receive:
             self.pending = channel
             self._go()
@@ -55,13 +57,33 @@ class FtpData:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _listen(self, port: int) -> None:
+    def _listen(self, port: int) -> None:
+        """Listening before the reply naming the port leaves (handle() runs before it is sent):
+        the client's connect must meet this socket, never a port nobody serves, which the
+        master would trap as a connection attempt of its own."""
         try:
-            self.server = await asyncio.start_server(self._accepted, self.local, port, backlog=1)
+            sock = listening_socket(self.local, port)
         except OSError as exc:  # the port is taken: the client's connection fails, as it may
             log.debug("FTP data port %d: %s", port, exc.strerror)
             return
+        self.listener = sock
+        self._spawn(self._serve(sock))
         self.expiry = asyncio.get_running_loop().call_later(DATA_SECONDS, self.close)
+
+    async def _serve(self, sock: socket.socket) -> None:
+        if self.listener is not sock:  # closed before it started
+            return
+        try:
+            server = await asyncio.start_server(self._accepted, sock=sock)
+        except OSError as exc:
+            sock.close()
+            log.debug("FTP data port: %s", exc.strerror)
+            return
+        if self.listener is not sock:  # closed while starting
+            server.close()
+            return
+        self.listener = None
+        self.server = server
 
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = split(writer.get_extra_info("peername"))[0]
@@ -112,6 +134,9 @@ class FtpData:
         if self.server is not None:
             self.server.close()
             self.server = None
+        if self.listener is not None:
+            self.listener.close()
+            self.listener = None
         if self.writer is not None:
             self.writer.close()
             self.writer = None
@@ -120,3 +145,19 @@ class FtpData:
         self.close()
         for task in list(self.tasks):
             task.cancel()
+
+
+def listening_socket(local: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket listening on local:port, backlog 1 (one data connection)."""
+    family, kind, proto, _, address = socket.getaddrinfo(
+        local, port, type=socket.SOCK_STREAM, flags=socket.AI_NUMERICHOST)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock

