@@ -28,14 +28,19 @@ def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
 
 
 def test_mysql_client_sends_credentials_on_3306(lab: Lab, sensor: Honeytrap) -> None:
+    """mysql sends its credentials; Access denied names the client's address."""
     sensor.start()
-    out = subprocess.run(lab.attacker.argv(
-        "mysql", "--no-defaults", "-h", lab.sensor.ip4, "-u", "root", "-ptoor",
-        "--connect-timeout=10", "mysql", "-e", "select 1"),
-        capture_output=True, text=True, timeout=60)
-    assert "ERROR 1045 (28000): Access denied for user 'root'@'" in out.stderr
-    rec = fields_by_port(sensor.wait_records(1))[3306]["mysql"]
-    assert isinstance(rec, dict) and (rec["user"], rec["database"]) == ("root", "mysql")
+    for server, client in ((lab.sensor.ip4, lab.attacker.ip4), (lab.sensor.ip6, lab.attacker.ip6)):
+        out = subprocess.run(lab.attacker.argv(
+            "mysql", "--no-defaults", "-h", server, "-u", "root", "-ptoor",
+            "--connect-timeout=10", "mysql", "-e", "select 1"),
+            capture_output=True, text=True, timeout=60)
+        # Named by the client's address, as a real server names it (not 'localhost').
+        denied = f"Access denied for user 'root'@'{client}' (using password: YES)"
+        assert f"ERROR 1045 (28000): {denied}" in out.stderr, out.stderr
+    for record in sensor.wait_records(2):
+        rec = fields_by_port([record])[3306]["mysql"]
+        assert isinstance(rec, dict) and (rec["user"], rec["database"]) == ("root", "mysql")
 
 
 def test_nmap_vnc_and_rdp_scripts(lab: Lab, sensor: Honeytrap) -> None:

@@ -138,10 +138,11 @@ class Catalog:
 
     # --- per connection ---------------------------------------------------------------------
 
-    def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "") -> Context:
+    def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
+                remote_addr: str = "") -> Context:
         return Context(protocol, port, read_limit, rng=random.SystemRandom(),
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
-                       local_addr=local_addr)
+                       local_addr=local_addr, remote_addr=remote_addr)
 
     def factory(self, port: int, template: bytes | None) -> DialogueFactory:
         """What answers a TCP connection to port (see the module's docstring); template is the
