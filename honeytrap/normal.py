@@ -47,8 +47,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
     the session's clock and EOF. Replies wait their jitter (in order); FTP's data connection is
     datachannel.py's."""
 
-    def __init__(self, server: Host, notes: Sequence[str] = ()) -> None:
+    def __init__(self, server: Host, notes: Sequence[str] = (),
+                 remote: tuple[str, int] | None = None) -> None:
         self.server = server
+        self.remote = remote  # the peer's address as accept gave it (None: ask the transport)
         self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
@@ -71,7 +73,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
         local = split(transport.get_extra_info("sockname"))
-        remote = split(transport.get_extra_info("peername"))
+        remote = self.remote or split(transport.get_extra_info("peername"))
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
         config = self.server.config
         ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],

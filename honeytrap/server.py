@@ -22,6 +22,7 @@ last connection is recorded.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import functools
@@ -342,6 +343,11 @@ class DynamicServer:
     def start(self) -> None:
         self.sock.setblocking(False)
         if self.port.protocol == "tcp":
+            # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
+            # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3). Set on the
+            # listening socket, which every accepted one inherits it from (Linux copies the
+            # socket's flags at accept): one setsockopt per port, not one per connection.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             self._resume_accepting()
         else:
             self.udp = UdpServer(self)
@@ -471,7 +477,7 @@ class DynamicServer:
                 # socket.accept() without its per-call AddressFamily enum conversion (~4% of a
                 # server process's CPU under load, py-spy): the listening socket's family, kept.
                 fd, addr = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
-                sock = socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+                sock = AcceptedSocket(self._family, socket.SOCK_STREAM, 0, fd)
             except (BlockingIOError, InterruptedError):
                 self._backoff = ACCEPT_BACKOFF_MIN
                 return
@@ -482,13 +488,14 @@ class DynamicServer:
                 if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
                     continue  # the peer gave up before we took it
                 raise
-            source = split(addr)[0]
+            remote = split(addr)
+            source = remote[0]
             why = self.process.budget.admit(source)
             if why is not None:
                 sock.close()  # at once: a descriptor held for it is what the budget prevents
                 self._refused_over_budget(source, why)
                 continue
-            self._start_connection(sock, source)
+            self._start_connection(sock, remote)
 
     def _refused_over_budget(self, source: str, why: str) -> None:
         refused = self.process.budget.log_due()
@@ -510,15 +517,14 @@ class DynamicServer:
         self.loop.call_later(self._backoff, self._resume_accepting)
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
-    def _start_connection(self, sock: socket.socket, source: str) -> None:
-        sock.setblocking(False)
-        # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
-        # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
-        handler = self.handler_factory()
+    def _start_connection(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+        """Hand an accepted socket to the loop. Both loops make it non-blocking themselves
+        (uvloop's uv_tcp_open, asyncio's transport set-up), and SO_OOBINLINE came with it from
+        the listening socket (start): no system call here."""
+        handler = self.handler_factory(remote)
         self.starting += 1
         task = self.loop.create_task(self.loop.connect_accepted_socket(lambda: handler, sock))
-        task.add_done_callback(functools.partial(self._setup_done, source))
+        task.add_done_callback(functools.partial(self._setup_done, remote[0]))
 
     def _setup_done(self, source: str, task: asyncio.Task[object]) -> None:
         """An accepted connection's transport is set up (it counts in `connections` now), or
@@ -531,10 +537,12 @@ class DynamicServer:
             self.process.budget.release(source)
         self._maybe_done()
 
-    def handler_factory(self) -> asyncio.Protocol:
+    def handler_factory(self, remote: tuple[str, int] | None = None) -> asyncio.Protocol:
+        """The connection's protocol object; `remote`, the peer's address from accept (normal
+        mode then asks the transport for it no more)."""
         if self.port.mode in RELAY_MODES:
             return RelayConnection(self)
-        return NormalConnection(self)
+        return NormalConnection(self, remote=remote)
 
     def fall_back_to_normal(
         self, old: Finisher, transport: asyncio.Transport, note: str, start: float
@@ -548,6 +556,17 @@ class DynamicServer:
         transport.set_protocol(handler)
         handler.attach(transport)
         transport.resume_reading()
+
+
+class AcceptedSocket(socket.socket):
+    """An accepted connection's socket as the loops take it (connect_accepted_socket): its
+    `family` and `type` are the plain integers of the C socket, not socket.socket's properties,
+    which build an AddressFamily and a SocketKind enum on every read (uvloop reads both once per
+    connection: ~1 us)."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
 
 
 def _log_task_failure(task: asyncio.Task[object]) -> None:

@@ -65,6 +65,9 @@ UDP_PORTS = {53: "dns", 161: "snmp", 5060: "sip", 123: "ntp", 111: "rpc"}
 # A response directory with more dialogue files than this is a mistake (each is parsed at load).
 MAX_SCRIPTS = 1024
 _NAME = re.compile(r"([0-9]{1,5})_(tcp|udp)\.dialogue")
+# Every connection's Context.rng: SystemRandom keeps no state (each draw reads the kernel's
+# generator), so one instance serves them all as well as one each, without the allocation.
+_RNG = random.SystemRandom()
 
 
 def load_catalog(config: Config) -> Catalog:
@@ -140,7 +143,7 @@ class Catalog:
 
     def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
                 remote_addr: str = "") -> Context:
-        return Context(protocol, port, read_limit, rng=random.SystemRandom(),
+        return Context(protocol, port, read_limit, rng=_RNG,
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
                        local_addr=local_addr, remote_addr=remote_addr)
 
