@@ -53,7 +53,8 @@ class SourceBudget:
         self.per_network = per_network
         self.counters = BudgetCounters()
         self._clock = clock
-        self._sources: dict[str, int] = {}
+        # Per source held: how many, and its network (computed once while it holds any).
+        self._sources: dict[str, tuple[int, bytes]] = {}
         self._networks: dict[bytes, int] = {}
         self._logged = -LOG_INTERVAL
         self._logged_total = 0
@@ -61,8 +62,8 @@ class SourceBudget:
     def admit(self, address: str) -> str | None:
         """Count a new connection from `address`; None if it may be served, else why not (it is
         then not counted as held, and must be closed)."""
-        network = network_of(address)
-        held = self._sources.get(address, 0)
+        known = self._sources.get(address)
+        held, network = known if known is not None else (0, network_of(address))
         if held >= self.per_source:
             self.counters.refused_source += 1
             return f"{held} connections from this address (max_connections_per_source)"
@@ -70,18 +71,20 @@ class SourceBudget:
         if in_network >= self.per_network:
             self.counters.refused_network += 1
             return f"{in_network} connections from its network (max_connections_per_network)"
-        self._sources[address] = held + 1
+        self._sources[address] = (held + 1, network)
         self._networks[network] = in_network + 1
         return None
 
     def release(self, address: str) -> None:
         """A connection `admit` let in has ended."""
-        held = self._sources.get(address, 0)
+        known = self._sources.get(address)
+        if known is None:
+            return  # not held (admit refused it, or a release too many): nothing to give back
+        held, network = known
         if held <= 1:
-            self._sources.pop(address, None)
+            del self._sources[address]
         else:
-            self._sources[address] = held - 1
-        network = network_of(address)
+            self._sources[address] = (held - 1, network)
         in_network = self._networks.get(network, 0)
         if in_network <= 1:
             self._networks.pop(network, None)
@@ -89,7 +92,8 @@ class SourceBudget:
             self._networks[network] = in_network - 1
 
     def held(self, address: str) -> int:
-        return self._sources.get(address, 0)
+        known = self._sources.get(address)
+        return known[0] if known is not None else 0
 
     def log_due(self) -> int:
         """Refusals since the last log line if one is due now (then counted as logged), else

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from honeytrap.attack import Attack, Connection
     from honeytrap.config import Config, PortConf
+    from honeytrap.deadlines import Deadlines
     from honeytrap.dialogue.base import DialogueFactory
     from honeytrap.dialogue.catalog import Catalog
     from honeytrap.mirror import MirrorPolicy
@@ -50,6 +51,7 @@ class Host(Protocol):
     mirror: MirrorPolicy
     reflector: ReflectorGuard  # what a UDP port may send to a source (reflector.py)
     loop: asyncio.AbstractEventLoop
+    deadlines: Deadlines  # the process's one timer for its connections' deadlines
     sock: Any  # the listening (TCP) or bound (UDP) socket
 
     @property

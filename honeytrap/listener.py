@@ -26,6 +26,12 @@ def _new(family: int, protocol: str) -> socket.socket:
         # TIME_WAIT leftovers of an earlier server on this port must not block the next one.
         # (Never for UDP: there SO_REUSEADDR would let us share a real service's port.)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
+        # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3). Every connection
+        # accepted on this socket inherits it (Linux copies the flags to the new socket when
+        # the handshake completes, so also those queued before the server process takes the
+        # port): one setsockopt per port, none per connection.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
     return sock
 
 

@@ -20,6 +20,7 @@ from typing import Any, cast
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload, jsonable
 from honeytrap.datachannel import FtpData
+from honeytrap.deadlines import Entry
 from honeytrap.dialogue.base import DataChannel
 from honeytrap.host import RESOURCE_ERRNOS, Finisher, Host
 from honeytrap.relay import RELAY_MODES, UdpRelayPeer
@@ -58,7 +59,11 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.start = time.time()
         self.loop = server.loop
         self.opened = self.loop.time()
-        self.timer: asyncio.TimerHandle | None = None
+        # The session's next deadline: an entry in the process's one heap (deadlines.py), and
+        # its time.
+        self.deadlines = server.deadlines
+        self.deadline: Entry | None = None
+        self.due = 0.0
         self.send_at = 0.0  # when the last reply scheduled goes out (replies keep their order)
         self.data: FtpData | None = None
         self.uploaded = bytearray()
@@ -97,18 +102,19 @@ class NormalConnection(asyncio.Protocol, Finisher):
         return False
 
     def _arm(self) -> None:
-        """One timer per connection, at the session's next deadline (or the lifetime's)."""
+        """One deadline per connection, the session's next (or the lifetime's)."""
         if self.done or self.session is None:
             return
         due = min(self.session.deadline(), self.opened + MAX_CONNECTION_SECONDS)
-        if self.timer is not None:
-            if self.timer.when() <= due:
-                return  # it fires first and re-arms
-            self.timer.cancel()
-        self.timer = self.loop.call_at(due, self._tick)
+        if self.deadline is not None:
+            if self.due <= due:
+                return  # it comes first and re-arms
+            self.deadlines.cancel(self.deadline)
+        self.due = due
+        self.deadline = self.deadlines.at(due, self._tick)
 
     def _tick(self) -> None:
-        self.timer = None
+        self.deadline = None
         if self.done or self.session is None:
             return
         now = self.loop.time()
@@ -121,6 +127,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def _apply(self, out: Output) -> None:
         if self.transport is None:
             return
+        if not (out.send or out.close or out.delay) and out.data is None:
+            return  # nothing to do, now or later (most events of most connections)
         if out.data is not None:
             self._data_channel(out.data)
         if not out.delay and self.send_at <= self.loop.time():
@@ -177,8 +185,9 @@ class NormalConnection(asyncio.Protocol, Finisher):
         if self.done:
             return
         self.done = True
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.deadline is not None:
+            self.deadlines.cancel(self.deadline)
+            self.deadline = None
         if self.data is not None:
             self.data.shutdown()
         session = self.session

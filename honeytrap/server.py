@@ -38,6 +38,7 @@ from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection
 from honeytrap.budget import SourceBudget
 from honeytrap.config import Config, PortConf
+from honeytrap.deadlines import Deadlines
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
 from honeytrap.mirror import MirrorPolicy
@@ -130,6 +131,7 @@ class ServerProcess:
         self.held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.deadlines: Deadlines | None = None  # the connections' deadlines, on self.loop
         self.finished: asyncio.Event | None = None
         self.channel = control.Channel(spec.control, self._control_backlog)
         self.connection_fds = 0  # descriptors of this process's connections (Load)
@@ -152,6 +154,7 @@ class ServerProcess:
         """Serve every port handed over until retired or shut down; True if the recorder
         acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
+        self.deadlines = Deadlines(self.loop)
         self.finished = asyncio.Event()
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
@@ -323,8 +326,9 @@ class DynamicServer:
         self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
         self.stats = process.stats
         self.mirror = process.mirror
-        assert process.loop is not None
+        assert process.loop is not None and process.deadlines is not None
         self.loop: asyncio.AbstractEventLoop = process.loop
+        self.deadlines = process.deadlines
         self.active = 0
         self.last_activity = time.monotonic()
         self.stopping = False
@@ -343,10 +347,9 @@ class DynamicServer:
     def start(self) -> None:
         self.sock.setblocking(False)
         if self.port.protocol == "tcp":
-            # TCP urgent data stays in the stream (the record is byte-exact: telnet's and FTP's
-            # ABOR send their IAC/DM byte urgent, RFC 854 and RFC 959 4.1.3). Set on the
-            # listening socket, which every accepted one inherits it from (Linux copies the
-            # socket's flags at accept): one setsockopt per port, not one per connection.
+            # Urgent data inline (listener.py sets it where the master binds, before listen, so
+            # that connections queued before the hand-over have it too; accepted sockets
+            # inherit it): again here for a socket bound elsewhere.
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             self._resume_accepting()
         else:

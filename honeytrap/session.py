@@ -48,7 +48,7 @@ class Closed(enum.Enum):
     ERROR = "error"  # the dialogue failed on the client's bytes (DialogueError)
 
 
-@dataclass
+@dataclass(slots=True)
 class Output:
     send: bytes = b""
     close: bool = False
@@ -56,7 +56,7 @@ class Output:
     data: DataChannel | None = None  # FTP's data connection (normal.py's DataChannels)
 
 
-@dataclass
+@dataclass(slots=True)
 class Transcript:
     """The dialogue in order: +n bytes from the client, -n bytes from us, and our bytes (at most
     `limit`, the read_limit: what we send is bounded like what we keep of the client)."""
@@ -131,7 +131,7 @@ class NormalSession:
         self.last = now
         self.next_idle = self.read_timeout
         self.quiet_done = False
-        out = self._out(self._reply(lambda: self.dialogue.receive(data)))
+        out = self._out(self._reply(self.dialogue.receive, data))
         if full:
             out.close = True
             self._close(Closed.READ_LIMIT)
@@ -156,11 +156,13 @@ class NormalSession:
 
     def deadline(self) -> float:
         """When on_tick should run next (monotonic)."""
-        due = [self.last + self.next_idle, self.last + self.idle_limit * self.read_timeout]
-        quiet = self._quiet()
-        if quiet is not None and not self.quiet_done:
-            due.append(self.last + quiet)
-        return min(due)
+        last = self.last
+        due = min(last + self.next_idle, last + self.idle_limit * self.read_timeout)
+        if not self.quiet_done:
+            quiet = self._quiet()
+            if quiet is not None and last + quiet < due:
+                return last + quiet
+        return due
 
     def _quiet(self) -> float | None:
         quiet = getattr(self.dialogue, "quiet", None)
@@ -185,14 +187,14 @@ class NormalSession:
         if self.closed is Closed.OPEN:
             self.closed = why
 
-    def _reply(self, call: Callable[[], Reply]) -> Reply:
-        result = self._call(call)
+    def _reply(self, call: Callable[..., Reply], *args: Any) -> Reply:
+        result = self._call(call, *args)
         return result if isinstance(result, Reply) else Reply()
 
-    def _call(self, call: Callable[[], Any]) -> Any:
+    def _call(self, call: Callable[..., Any], *args: Any) -> Any:
         """The dialogue's answer; a failure closes the connection (the record is kept)."""
         try:
-            return call()
+            return call(*args)
         except DialogueError as exc:
             self.error = f"dialogue {self.dialogue.name}: {exc}"
         except Exception as exc:  # a bug in a dialogue must not lose the attack record

@@ -80,6 +80,9 @@ _ATTACK_FRAME = struct.Struct("<IB" + _ATTACK_FORMAT)
 _LENGTH = struct.Struct("<I")
 _DIALOGUE = struct.Struct("<IIII")
 _TURN = struct.Struct("<q")
+# The dialogue's fields as compact JSON (json.dumps with these arguments makes an encoder per
+# call: one, kept, is a third cheaper).
+_FIELDS_JSON = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 # A dialogue's fields nest a few levels (TLS: {"tls": {...}}); deeper is a compromised server.
 MAX_FIELD_DEPTH = 8
 
@@ -171,8 +174,8 @@ def _dialogue_parts(record: DialogueRecord) -> tuple[bytes, ...]:
     protocol = record.protocol.encode("ascii")
     sent = record.sent.data
     try:
-        fields = json.dumps(record.fields, separators=(",", ":"), allow_nan=False).encode()
-        turns = b"".join(_TURN.pack(turn) for turn in record.turns)
+        fields = _FIELDS_JSON(record.fields).encode()
+        turns = struct.pack(f"<{len(record.turns)}q", *record.turns)
     except (TypeError, ValueError, struct.error) as exc:
         raise WireError(f"dialogue record not encodable: {exc}") from exc
     fixed = _DIALOGUE.pack(len(protocol), len(sent), len(fields), len(record.turns))

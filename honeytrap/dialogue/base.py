@@ -42,7 +42,7 @@ class DataChannel:
     then: bytes = b""  # for the control connection once that transfer is over (FTP's 226)
 
 
-@dataclass
+@dataclass(slots=True)
 class Reply:
     send: bytes = b""  # bytes for the client (already framed or encrypted)
     close: bool = False  # close after sending
