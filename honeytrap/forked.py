@@ -9,7 +9,7 @@ import os
 import signal
 from collections.abc import Callable, Iterable
 
-from honeytrap import proctitle
+from honeytrap import priority, proctitle
 
 log = logging.getLogger("honeytrap.forked")
 
@@ -29,6 +29,7 @@ def fork_child(what: str, main: Callable[[], int]) -> int | None:
     if pid == 0:
         status = 1
         try:
+            priority.for_child()  # the master's higher priority is its own
             status = main()
         except BaseException:
             log.exception("%s failed", what)

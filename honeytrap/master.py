@@ -29,7 +29,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import capabilities, control, daemon, forked, metrics, porttable, templates
+from honeytrap import (
+    capabilities,
+    control,
+    daemon,
+    forked,
+    metrics,
+    porttable,
+    priority,
+    templates,
+)
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -141,6 +150,7 @@ class Master:
 
     def run(self) -> int:
         self._install_signals()
+        priority.set_master(self.config.master_nice)  # before the first fork (priority.py)
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
@@ -552,6 +562,7 @@ class Master:
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
         self.template_names = template_names(config)
+        priority.set_master(config.master_nice)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
