@@ -29,16 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import (
-    capabilities,
-    control,
-    daemon,
-    forked,
-    metrics,
-    porttable,
-    priority,
-    templates,
-)
+from honeytrap import capabilities, control, daemon, forked, metrics, porttable, priority, templates
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -136,6 +127,7 @@ class Master:
         self._refusals_logged = 0.0
         self._refusals_unlogged = 0
         self._wake_r, self._wake_w = socket.socketpair()
+        self._corked: list[Channel] = []  # channels gathering this round's handovers
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
         self.metrics = metrics.start(config, self.totals, self.selector)
 
@@ -224,12 +216,19 @@ class Master:
         except OSError as exc:
             log.error("monitor read failed: %s", exc)
             return
-        for held in attempts:
-            try:
-                self.on_attempt(held)
-            except Exception:
-                held.release()  # never left without a verdict, even by a bug here
-                raise
+        try:
+            for held in attempts:
+                try:
+                    self.on_attempt(held)
+                except Exception:
+                    held.release()  # never left without a verdict, even by a bug here
+                    raise
+        finally:
+            # The round's handovers, a sendmsg per process (control.HANDOVER_BATCH): after the
+            # verdicts, which need only the ports listening, bound here.
+            for channel in self._corked:
+                channel.uncork()
+            self._corked.clear()
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -293,11 +292,9 @@ class Master:
             log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
             self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
             return
-        try:
-            handed = process is not None and self._hand_over(process, conf, sock)
-        finally:
+        if process is None:
             sock.close()
-        if not handed:
+        if process is None or not self._hand_over(process, conf, sock.detach()):
             log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol, pid)
             self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
             return
@@ -306,18 +303,18 @@ class Master:
         log.info("dynamic server for %d/%s started (pid %d, %s mode)",
                  conf.port, conf.protocol, pid, conf.mode.label)
 
-    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
-        """Give a running process the port's bound socket and its template file."""
-        template = None
+    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
+        """Give a running process the port's bound socket (the channel's from now on) and its
+        template file; gathered with the round's others (cork) and sent after its verdicts."""
+        fds = [sock]
         if f"{conf.port}_{conf.protocol}" in self.template_names:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
-        fds = [sock.fileno()] if template is None else [sock.fileno(), template]
-        try:
-            return process.channel.send_message(control.Serve((conf.protocol, conf.port), len(fds)),
-                                                fds)
-        finally:
-            if template is not None:
-                os.close(template)
+            fds += [] if template is None else [template]
+        channel = process.channel
+        if not channel.corked:
+            channel.cork()
+            self._corked.append(channel)
+        return channel.hand(control.Serve((conf.protocol, conf.port), len(fds)), fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
