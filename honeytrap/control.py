@@ -48,7 +48,8 @@ HANDOVER_BATCH = 64
 # and its template file (more is a bug on the other side). Below the kernel's SCM_MAX_FD (253).
 MAX_FDS = 2 * HANDOVER_BATCH
 # Messages waiting for the socket to drain, at most: past this the other side has stopped
-# reading for good (a hung child); the channel is closed, which the owner sees as the child gone.
+# reading for good (a hung child); the channel is closed (`overflowed`): the master kills the
+# child and frees its ports at once (master.py, _drop_unreachable).
 MAX_QUEUED = 1 << 16
 # A server process reports its connections' descriptors when they moved by this many since the
 # last report (the master's port table gives new ports to processes with descriptors to spare).
@@ -222,10 +223,14 @@ class Channel:
         self.sock = sock
         self.sock.setblocking(False)
         self.closed = False
+        self.overflowed = False  # closed by a send past MAX_QUEUED: the other side reads nothing
         self.fds: list[int] = []
         self.on_backlog = on_backlog
         self.on_close: Callable[[], None] | None = None
-        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        # What waits for the socket: (bytes, their descriptors, the messages in them: a corked
+        # batch is one entry of several).
+        self._queue: deque[tuple[bytes, list[int], int]] = deque()
+        self._queued_messages = 0
         self._stream = sock.type == socket.SOCK_STREAM
         self._buffer = bytearray()
         # While corked (cork(), until uncork()): messages gathered here, in order, with the
@@ -239,13 +244,14 @@ class Channel:
 
     @property
     def backlog(self) -> int:
-        return len(self._queue)
+        """Messages waiting for the socket."""
+        return self._queued_messages
 
     def queued_fds(self) -> list[int]:
         """Our copies of the descriptors waiting in the queue (or corked): a process forked
         meanwhile must close them (a listening socket inherited by a child that never serves it
         stays bound, its connections unanswered, after the port's own server has let it go)."""
-        return [fd for _data, fds in self._queue for fd in fds] + self._corked_fds
+        return [fd for _data, fds, _count in self._queue for fd in fds] + self._corked_fds
 
     @property
     def corked(self) -> bool:
@@ -282,9 +288,11 @@ class Channel:
     def _send_corked(self) -> None:
         if not self._corked:
             return
-        data, fds = b"".join(self._corked), self._corked_fds
+        data, fds, count = b"".join(self._corked), self._corked_fds, self._corked_messages
         self._corked, self._corked_fds, self._corked_messages = [], [], 0
-        self._send_now(data[:-1], fds, owned=True)  # which ends it with the last newline
+        # If the channel closes on it (the other side gone, or not reading: MAX_QUEUED), its
+        # ports go with the process (the master frees a killed or dead process's ports).
+        self._send_now(data[:-1], fds, owned=True, messages=count)  # it adds the last newline
 
     def send(self, message: str) -> None:
         self._send(message.encode(), [])
@@ -315,7 +323,9 @@ class Channel:
             self._send_corked()
         return self._send_now(data, fds)
 
-    def _send_now(self, data: bytes, fds: list[int], *, owned: bool = False) -> bool:
+    def _send_now(
+        self, data: bytes, fds: list[int], *, owned: bool = False, messages: int = 1
+    ) -> bool:
         """Send or queue `data` (its newline added) with `fds`: copies of them, or, `owned`,
         the descriptors themselves, which are the channel's then (closed once sent, or now if
         this returns False)."""
@@ -333,10 +343,11 @@ class Channel:
                 if sent == len(data):
                     return True
                 data, fds, owned = data[sent:], [], True  # a stream took part: the rest first
-        if len(self._queue) >= MAX_QUEUED:
+        if self._queued_messages >= MAX_QUEUED:
             log.error("control channel: %d messages unread by the other side: closing it",
-                      len(self._queue))
+                      self._queued_messages)
             self._close_owned(fds, owned)
+            self.overflowed = True
             self.close()
             return False
         if not owned:  # our own copies: the caller closes its own when we return
@@ -351,7 +362,8 @@ class Channel:
                           exc.strerror)
                 return False
             fds = copies
-        self._queue.append((data, fds))
+        self._queue.append((data, fds, messages))
+        self._queued_messages += messages
         if len(self._queue) == 1 and self.on_backlog is not None:
             self.on_backlog(True)
         return True
@@ -377,16 +389,17 @@ class Channel:
     def flush(self) -> None:
         """Send what waits, in order, until the socket would block again."""
         while self._queue and not self.closed:
-            data, fds = self._queue[0]
+            data, fds, count = self._queue[0]
             sent = self._try(data, fds)
             if not sent:
                 return
             for fd in fds:  # sent with the first byte
                 os.close(fd)
             if sent < len(data):
-                self._queue[0] = (data[sent:], [])
+                self._queue[0] = (data[sent:], [], count)
                 return
             self._queue.popleft()
+            self._queued_messages -= count
         if not self._queue and self.on_backlog is not None:
             self.on_backlog(False)
 
@@ -451,4 +464,5 @@ class Channel:
         while self._queue:
             for fd in self._queue.popleft()[1]:
                 os.close(fd)
+        self._queued_messages = 0
         self.sock.close()
