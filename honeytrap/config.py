@@ -182,6 +182,7 @@ class Config:
     max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
     max_connections_per_network: int = DEFAULT_MAX_CONNECTIONS_PER_NETWORK
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
+    master_realtime: bool = True  # the master under SCHED_RR (priority.py)
     master_nice: int = priority.DEFAULT_MASTER_NICE
     udp_replies_per_source: int = DEFAULT_UDP_REPLIES_PER_SOURCE
     udp_replies_per_sensor: int = DEFAULT_UDP_REPLIES_PER_SENSOR
@@ -387,6 +388,7 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "max_connections_per_source": _number,
     "max_connections_per_network": _number,
     "max_server_rate": _number,
+    "master_realtime": _boolean,
     "master_nice": _number,
     "udp_replies_per_source": _number,
     "udp_replies_per_sensor": _number,

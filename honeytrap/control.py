@@ -266,7 +266,10 @@ class Channel:
     def hand(self, message: Message, fds: list[int]) -> bool:
         """Send a typed message with descriptors that become the channel's (closed once sent,
         or when the channel closes; also when this returns False)."""
-        if self._corked is None:
+        if self._corked is None or self._queued_messages + self._corked_messages >= MAX_QUEUED:
+            # Not corked; or the queue is full: what is corked goes first, and this one fails
+            # now (False: the master refuses its attempt), the channel closing on it.
+            self._send_corked()
             return self._send_now(encode(message), fds, owned=True)
         self._corked_fds += fds
         self._add_corked(encode(message))

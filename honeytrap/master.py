@@ -133,7 +133,7 @@ class Master:
 
     def run(self) -> int:
         self._install_signals()
-        priority.set_master(self.config.master_nice)  # before the first fork (priority.py)
+        priority.set_master(self.config.master_nice, self.config.master_realtime)  # before forks
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
@@ -569,7 +569,7 @@ class Master:
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
         self.template_names = templates.template_names(config.response_dir)
-        priority.set_master(config.master_nice)
+        priority.set_master(config.master_nice, config.master_realtime)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
