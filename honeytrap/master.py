@@ -28,7 +28,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import capabilities, control, daemon, forked, metrics, porttable, templates
+from honeytrap import (
+    capabilities,
+    control,
+    daemon,
+    eventloop,
+    forked,
+    metrics,
+    porttable,
+    templates,
+)
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -96,6 +105,7 @@ class Master:
         self.config = config
         self.registry = registry
         self.catalog = load_catalog(config)  # dialogues, inherited by every server process
+        eventloop.preload(config)
         self.monitor = monitor
         self.identity = identity
         self.reload_config = reload_config
@@ -561,6 +571,7 @@ class Master:
             return
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
+        eventloop.preload(config)
         self.template_names = templates.template_names(config.response_dir)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
