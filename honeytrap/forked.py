@@ -7,11 +7,15 @@ import gc
 import logging
 import os
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from honeytrap import proctitle
 
 log = logging.getLogger("honeytrap.forked")
+
+# A crash or kill line names this many of the process's ports, then "and N more": a process
+# may host ports_per_process (1,024) of them, a line of 10 KiB that syslog would cut anyway.
+LOG_PORTS = 16
 
 
 def fork_child(what: str, main: Callable[[], int]) -> int | None:
@@ -52,3 +56,11 @@ def leave_master(close_fds: Iterable[int], name: str) -> None:
     for sig in (signal.SIGCHLD, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)
     proctitle.set_name(name)
+
+
+def port_list(ports: Sequence[tuple[str, int]]) -> str:
+    """A process's ports for its crash or kill line: LOG_PORTS at most, then "and N more"."""
+    names = [f"{port}/{proto}" for proto, port in ports[:LOG_PORTS]]
+    if len(ports) > LOG_PORTS:
+        names.append(f"and {len(ports) - LOG_PORTS} more")
+    return " ".join(names) or "none"

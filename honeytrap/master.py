@@ -528,11 +528,10 @@ class Master:
                 self._on_channel(process)  # read its last words (final stats)
             if pid in self.table.processes:
                 self._gone(process)
-            lost = process.lost
             if code != 0:
                 self.stats.server_crashes += 1
-                ports = " ".join(f"{port}/{proto}" for proto, port in lost) or "none"
-                log.error("server process %d (ports %s) exited with status %d", pid, ports, code)
+                log.error("server process %d (ports %s) exited with status %d", pid,
+                          forked.port_list(process.lost), code)
 
     # --- reload, stats, shutdown ------------------------------------------------------------
 

@@ -74,7 +74,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
         remote = split(transport.get_extra_info("peername"))
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
         config = self.server.config
-        ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0])
+        ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
+                                          remote[0])
         self.session = NormalSession(
             self.server.dialogue(ctx), read_limit=config.read_limit,
             read_timeout=config.read_timeout, now=self.loop.time(),
@@ -305,7 +306,7 @@ class UdpPeer(Finisher):
         server = udp.server
         factory = server.catalog.udp_factory(server.port.port)
         ctx = server.catalog.context("udp", server.port.port, server.config.read_limit,
-                                     conn.local_addr)
+                                     conn.local_addr, conn.remote_addr)
         self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit,
                                     dialogue=factory(ctx) if factory is not None else None,
                                     fallback=server.has_template)

@@ -11,6 +11,7 @@ retires after the listen timeout, no crash, and SIGTERM exits 0."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import selectors
 import signal
@@ -24,6 +25,7 @@ import pytest
 from daemon import Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
 
+from honeytrap import forked
 from honeytrap.porttable import SPARE_PROCESSES
 
 METRICS_PORT = 9117  # on the sensor namespace's loopback: no other test's daemon sees it
@@ -36,6 +38,7 @@ PORTS_PER_PROCESS = 500
 LISTEN_TIMEOUT = 3  # -l: the ports expire this long after their last connection
 WAIT = 30.0  # every bounded wait on the daemon's own state
 REQUEST = b"GET /control-fill HTTP/1.0\r\n\r\n"
+CRASH_LINE = re.compile(r"server process (\d+) \(ports ([^)]*)\) exited with status -9")
 
 
 @pytest.fixture
@@ -246,6 +249,12 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
         lab, lambda got: got["server_crashes"] == SPARE_PROCESSES and got["servers_alive"] == 0
         and got["control_queued"] == 0, "crashes counted and ports freed")
     assert gone["servers_running"] == 0
+    # The crash lines name LOG_PORTS ports at most, then how many more (not all 400).
+    crashes = dict(CRASH_LINE.findall(sensor.logfile.read_text()))
+    assert sorted(crashes) == sorted(str(pid) for pid in spares), crashes
+    named = [f"{port}/tcp" for port in ports[:forked.LOG_PORTS]]
+    assert sorted(crashes.values()) == [" ".join(named) + f" and {count - forked.LOG_PORTS} more",
+                                        "none"]
     # New ports are served by processes forked since (the master's selector holds no stale
     # entry for the dead channels' descriptors, which new channels reuse).
     fresh = list(range(FIRST_PORT + count, FIRST_PORT + count + 20))
@@ -266,3 +275,4 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     after = figures(lab)
     assert after["server_processes"] == len(sensor.children() + sensor.spares())
     assert sensor.stop() == 0
+

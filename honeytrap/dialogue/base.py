@@ -62,6 +62,7 @@ class Context:
     state_dir: str = ""  # per-sensor state (certificate, keys); "" in unit tests
     extra: dict[str, Any] = field(default_factory=dict)  # per-sensor material (e.g. an SSLContext)
     local_addr: str = ""  # the address the client connected to ("" in unit tests)
+    remote_addr: str = ""  # the client's address (MySQL's "Access denied" names it; "" in units)
 
 
 class Dialogue(Protocol):

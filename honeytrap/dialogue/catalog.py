@@ -53,9 +53,10 @@ CLASSES = {"ssh": "SshDialogue", "mysql": "MysqlDialogue", "postgres": "Postgres
            "smb": "SmbDialogue", "rdp": "RdpDialogue", "vnc": "VncDialogue"}
 # TCP ports whose well-known protocol a code dialogue answers (taking precedence over a raw
 # template beside it, as a .dialogue file does): their clients wait for a banner (SSH, MySQL,
-# VNC) or open with a binary request no static reply can follow (SMB, RDP, PostgreSQL).
+# VNC) or open with a binary request no static reply can follow (SMB, RDP, PostgreSQL), or
+# send requests on one stream that each want their own response (SIP, RFC 3261 18.3).
 TCP_PORTS = {22: "ssh", 2222: "ssh", 3306: "mysql", 5432: "postgres", 139: "smb", 445: "smb",
-             3389: "rdp", 5900: "vnc"}
+             3389: "rdp", 5900: "vnc", 5060: "sip"}
 # TLS ports whose clients wait for the server after the handshake (RFC 8314 implicit TLS):
 # their inner dialogue, chosen when the decrypted stream stays silent.
 TLS_SILENT_PORTS = {465: "smtp", 993: "imap", 995: "pop3", 990: "ftp", 992: "telnet"}
@@ -138,10 +139,11 @@ class Catalog:
 
     # --- per connection ---------------------------------------------------------------------
 
-    def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "") -> Context:
+    def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
+                remote_addr: str = "") -> Context:
         return Context(protocol, port, read_limit, rng=random.SystemRandom(),
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
-                       local_addr=local_addr)
+                       local_addr=local_addr, remote_addr=remote_addr)
 
     def factory(self, port: int, template: bytes | None) -> DialogueFactory:
         """What answers a TCP connection to port (see the module's docstring); template is the

@@ -19,8 +19,9 @@ from honeytrap.dialogue.binary import Cursor, Truncated, text
 from honeytrap.errors import ConfigError
 
 SERVERS = "mysql.servers"
-# Context.extra key: the client's address as the server names it in "Access denied" messages.
-PEER_KEY = "peer_host"
+# Who "Access denied" names when the adapter gave no client address (unit tests): what a server
+# names a client on its own Unix socket.
+NO_PEER = "localhost"
 # A HandshakeResponse41 with connection attributes is well under 2 KiB; a client that sends
 # more than this before authenticating is not one we follow.
 MAX_PACKET = 16 * 1024
@@ -170,7 +171,9 @@ class MysqlDialogue:
         if self._fields.get("ssl_request"):
             return Reply(close=True)  # TLS was not offered: a real server drops it too
         user = self._fields.get("user", "")[:64].replace("'", "''")
-        peer = str(self.ctx.extra.get(PEER_KEY, "localhost"))
+        # The client's address, as a server started with skip-name-resolve (the usual set-up of
+        # an exposed one) names it: 'root'@'198.18.0.2'.
+        peer = self.ctx.remote_addr or NO_PEER
         using = "YES" if self._fields.get("auth_response") else "NO"
         message = f"Access denied for user '{user}'@'{peer}' (using password: {using})"
         return Reply(error(ER_ACCESS_DENIED_ERROR, "28000", message, seq + 1), close=True)
