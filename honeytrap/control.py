@@ -42,7 +42,8 @@ MAX_MESSAGE = 64 * 1024
 # the other side).
 MAX_FDS = 4
 # Messages waiting for the socket to drain, at most: past this the other side has stopped
-# reading for good (a hung child); the channel is closed, which the owner sees as the child gone.
+# reading for good (a hung child); the channel is closed (`overflowed`): the master kills the
+# child and frees its ports at once (master.py, _drop_unreachable).
 MAX_QUEUED = 1 << 16
 # A server process reports its connections' descriptors when they moved by this many since the
 # last report (the master's port table gives new ports to processes with descriptors to spare).
@@ -216,6 +217,7 @@ class Channel:
         self.sock = sock
         self.sock.setblocking(False)
         self.closed = False
+        self.overflowed = False  # closed by a send past MAX_QUEUED: the other side reads nothing
         self.fds: list[int] = []
         self.on_backlog = on_backlog
         self.on_close: Callable[[], None] | None = None
@@ -270,6 +272,7 @@ class Channel:
         if len(self._queue) >= MAX_QUEUED:
             log.error("control channel: %d messages unread by the other side: closing it",
                       len(self._queue))
+            self.overflowed = True
             self.close()
             return False
         # Our own copies of the descriptors: the caller closes its own when we return.

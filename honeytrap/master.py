@@ -16,7 +16,6 @@ are counted by the table and logged here, rate-limited.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -25,7 +24,7 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -62,17 +61,6 @@ STATS_LOG_INTERVAL = 300.0
 SPARE_IDLE_WAIT = 0.005
 
 
-def template_names(config: Config) -> frozenset[str]:
-    """The names in response_dir, read at start and on SIGHUP: a port without a template costs
-    no open() per start then (a sweep starts thousands a second)."""
-    try:
-        return frozenset(os.listdir(config.response_dir))
-    except OSError as exc:
-        log.warning("response_dir %s unreadable (%s): no templates", config.response_dir,
-                    exc.strerror)
-        return frozenset()
-
-
 @dataclass
 class ProcessHandle:
     """A server process: its control channel (its ports are the port table's)."""
@@ -82,6 +70,7 @@ class ProcessHandle:
     stats: dict[str, int] = field(default_factory=dict)
     recorder: RecorderHandle | None = None  # the recorder its link goes to
     lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
+    killed: bool = False  # by the master (its channel overflowed): not a crash
 
 
 @dataclass
@@ -89,6 +78,7 @@ class MasterStats:
     """What the master counts itself, beside the port table's counters."""
 
     server_crashes: int = 0
+    server_kills: int = 0  # processes that stopped reading their control channel
     recorder_crashes: int = 0
 
 
@@ -116,7 +106,8 @@ class Master:
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
-        self.template_names = template_names(config)
+        self.template_names = templates.template_names(config.response_dir)
+        self._unreachable: list[ProcessHandle] = []  # channels overflowed: to kill
         # The UDP replies all server processes may send a second (reflector.py): before any fork.
         self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         self.port_privilege = capabilities.PortPrivilege()
@@ -169,6 +160,7 @@ class Master:
                     self._on_recorder(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
+            self._drop_unreachable()
             self._carry_out(self.table.tick())
             self._refill_spares(idle=not events)
             if self.metrics is not None:
@@ -347,7 +339,7 @@ class Master:
         channel = Channel(parent_end)
         process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
         channel.on_backlog = functools.partial(self._backlog, process)
-        channel.on_close = functools.partial(self._unwatch, channel)
+        channel.on_close = functools.partial(self._channel_closed, process)
         self.children[pid] = process
         self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
         return pid
@@ -453,6 +445,25 @@ class Master:
         except (KeyError, ValueError):
             pass
 
+    def _channel_closed(self, process: ProcessHandle) -> None:
+        """Out of the selector (_unwatch); an overflowed channel's process is dropped after the
+        round (the close comes in the middle of carrying out the table's actions)."""
+        self._unwatch(process.channel)
+        if process.channel.overflowed and process.pid in self.table.processes:
+            self._unreachable.append(process)
+
+    def _drop_unreachable(self) -> None:
+        """A live process that left control.MAX_QUEUED messages unread (hung, or stopped) can be
+        told nothing, not even to exit: it is killed (its listening sockets go with it) and its
+        ports are the table's at once, not when it is reaped (a hung one never is)."""
+        while self._unreachable:
+            process = self._unreachable.pop()
+            if process.pid in self.table.processes:
+                process.killed = True
+                self.stats.server_kills += 1
+                forked.kill_unreachable(process.pid, self.table.ports_of(process.pid))
+                self._gone(process)
+
     def _backlog(self, process: ProcessHandle, waiting: bool) -> None:
         """Messages wait for the process's control socket: watch it for writing meanwhile."""
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if waiting else 0)
@@ -528,7 +539,7 @@ class Master:
                 self._on_channel(process)  # read its last words (final stats)
             if pid in self.table.processes:
                 self._gone(process)
-            if code != 0:
+            if code != 0 and not process.killed:
                 self.stats.server_crashes += 1
                 log.error("server process %d (ports %s) exited with status %d", pid,
                           forked.port_list(process.lost), code)
@@ -550,7 +561,7 @@ class Master:
             return
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
-        self.template_names = template_names(config)
+        self.template_names = templates.template_names(config.response_dir)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
@@ -593,13 +604,13 @@ class Master:
         for process in list(self.children.values()):
             process.channel.send_message(control.Shutdown())
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
-        self._kill(self.children, "server process")
+        forked.kill_all(self.children, "server process")
         self.children.clear()
         # The servers are gone: the recorders finish what they were handed, then exit.
         for recorder in self.recorders.values():
             recorder.stop()
         self._wait_for(lambda: bool(self.recorders), RECORDER_STOP_TIMEOUT)
-        self._kill(self.recorders, "recorder")
+        forked.kill_all(self.recorders, "recorder")
         self.recorders.clear()
         self.log_stats()
         if self.metrics is not None:
@@ -624,15 +635,3 @@ class Master:
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()
-
-    def _kill(self, processes: Mapping[int, object], what: str) -> None:
-        for pid in list(processes):
-            log.error("%s pid %d did not stop in time: killing it", what, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            except OSError as exc:
-                if exc.errno != errno.ECHILD:
-                    raise

@@ -95,6 +95,8 @@ METRICS: dict[str, MetricDef] = {
         "handover_failures", "Ports bound but not handed to a server process"),
     "bind_failures": _counter("bind_failures", "Ports that could not be bound (other than in use)"),
     "server_crashes": _counter("server_crashes", "Server processes that exited with an error"),
+    "server_kills": _counter(
+        "server_kills", "Server processes killed by the master: they stopped reading its messages"),
     "recorder_crashes": _counter(
         "recorder_crashes", "Recorder processes that exited with an error"),
     "servers_running": _gauge("servers_running", "Dynamic servers serving a port now"),

@@ -17,6 +17,7 @@ import selectors
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +277,77 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     assert after["server_processes"] == len(sensor.children() + sensor.spares())
     assert sensor.stop() == 0
 
+
+# The daemon of the overflow test, with control.MAX_QUEUED lowered: 65,536 messages unread by
+# one process take 32,768 ports' serve and stop (and their descriptors) in the master's queue.
+SMALL_QUEUE = 64
+OVERFLOW_PORTS = 450  # past the socketpair's ~280 messages and SMALL_QUEUE; under twice that
+SMALL_QUEUE_DAEMON = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+    f"from honeytrap import control; control.MAX_QUEUED = {SMALL_QUEUE}; "
+    "from honeytrap.cli import main; sys.exit(main())"
+)
+
+
+def answered(lab: Lab, port: int) -> bytes:
+    with inside(lab.attacker):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((lab.sensor.ip4, port))
+        sock.sendall(REQUEST)
+        return sock.recv(4096)
+
+
+@pytest.mark.slow
+def test_a_live_process_whose_channel_overflows_is_killed_and_its_ports_freed_at_once(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """A stopped process (it reads nothing) handed ports until the master's queue for it is
+    full: the master closes the channel, kills the process (counted: server_kills, not a
+    crash) and frees its ports; every port then answers, listening once in a live process."""
+    sensor.program = [sys.executable, "-c", SMALL_QUEUE_DAEMON]
+    sensor.start()
+    spares = wait_spares(sensor)
+    assert len(spares) == SPARE_PROCESSES
+    for pid in spares:
+        _signal(pid, signal.SIGSTOP)
+    ports = list(range(FIRST_PORT, FIRST_PORT + OVERFLOW_PORTS))
+    refused = []
+    for port in ports:
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect((lab.sensor.ip4, port))
+        except ConnectionRefusedError:
+            refused.append(port)
+        finally:
+            sock.close()
+    killed = wait_figures(lab, lambda got: got.get("server_kills", 0) == 1, "the process killed")
+    # The one attempt whose serve found the queue full is refused (a reset, counted); the
+    # channel closes on it.
+    assert len(refused) == 1 and killed["handover_failures"] == 1, (refused, killed)
+    assert killed["server_crashes"] == 0
+    [line] = [line for line in sensor.logfile.read_text().splitlines()
+              if "left its control channel unread: killed;" in line]
+    dead = int(line.split("server process ", 1)[1].split()[0])
+    assert dead in spares and not alive(dead)
+    # It had the first ports, all of them until it overflowed; they are the table's again and
+    # go to the other processes (the other stopped spare among them: let it go on).
+    assert f"its ports freed ({FIRST_PORT}/tcp {FIRST_PORT + 1}/tcp" in line
+    for pid in spares:
+        _signal(pid, signal.SIGCONT)
+    wrong = {port: answer[:40] for port in ports
+             if not (answer := answered(lab, port)).startswith(b"HTTP/1.0 ")}
+    assert wrong == {}
+    # Listening once each (those not expired yet: the listen timeout is short), never in the
+    # killed process.
+    held = listeners(lab)
+    assert held and all(len(pids) == 1 for pids in held.values())
+    owners = {pid for pids in held.values() for pid in pids}
+    assert dead not in owners and owners <= set(sensor.children())
+    after = figures(lab)
+    assert (after["server_kills"], after["server_crashes"]) == (1, 0)
+    assert sensor.proc is not None and sensor.proc.poll() is None
+    assert sensor.stop() == 0

@@ -26,7 +26,6 @@ import errno
 import importlib
 import logging
 import os
-import random
 import re
 import socket
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from honeytrap.config import Config
-from honeytrap.dialogue.base import Context, Dialogue, DialogueFactory
+from honeytrap.dialogue.base import SENSOR_RNG, Context, Dialogue, DialogueFactory
 from honeytrap.dialogue.detect import Detector, classify
 from honeytrap.dialogue.raw import RawDialogue
 from honeytrap.dialogue.script import Script, load_script
@@ -141,7 +140,7 @@ class Catalog:
 
     def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
                 remote_addr: str = "") -> Context:
-        return Context(protocol, port, read_limit, rng=random.SystemRandom(),
+        return Context(protocol, port, read_limit, rng=SENSOR_RNG,
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
                        local_addr=local_addr, remote_addr=remote_addr)
 
