@@ -8,6 +8,7 @@ import configparser
 import os
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -269,6 +270,9 @@ def test_logrotate_signals_the_daemon_to_reopen(tmp_path: Path) -> None:
         ["sh", "-c", "trap 'kill $!; echo hup; exit 0' HUP; sleep 60 & echo ready; wait $!"],
         stdout=subprocess.PIPE,
         text=True,
+        # A shell cannot trap a signal ignored when it started (POSIX 2.11): under nohup the
+        # stand-in would ignore the HUP, so it starts with the default disposition.
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL),  # noqa: PLW1509
     ) as child:
         try:
             assert child.stdout is not None
