@@ -28,7 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import capabilities, control, daemon, forked, metrics, porttable, priority, templates
+from honeytrap import (
+    capabilities,
+    control,
+    daemon,
+    eventloop,
+    forked,
+    metrics,
+    porttable,
+    priority,
+    templates,
+)
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -42,6 +52,7 @@ from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
+from honeytrap.refusals import RefusalLog
 from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
 
@@ -53,8 +64,6 @@ SHUTDOWN_TIMEOUT = 45.0
 # Then the recorders get this long to finish the attacks handed to them (their own pipeline
 # drain is 30 s, recorder.DRAIN_SECONDS).
 RECORDER_STOP_TIMEOUT = 40.0
-# A refusal is logged at most once per this many seconds (with the count since the last line).
-REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
 # While a spare process is wanted, the loop waits this long for work before forking one.
@@ -96,6 +105,7 @@ class Master:
         self.config = config
         self.registry = registry
         self.catalog = load_catalog(config)  # dialogues, inherited by every server process
+        eventloop.preload(config)
         self.monitor = monitor
         self.identity = identity
         self.reload_config = reload_config
@@ -115,8 +125,7 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
-        self._refusals_logged = 0.0
-        self._refusals_unlogged = 0
+        self.refusals = RefusalLog(log)  # refusals and failed starts, rate-limited
         self._wake_r, self._wake_w = socket.socketpair()
         self._corked: list[Channel] = []  # channels gathering this round's handovers
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
@@ -242,7 +251,9 @@ class Master:
             if isinstance(action, Verdict):
                 # A privileged port's refusal is logged by bind_refusals, naming the capability.
                 if action.refused and action.refused != "refused_privileged":
-                    self._log_refusal(action.refused, action.key)
+                    self.refusals.note(logging.WARNING, action.refused,
+                                       "no room for a server on %d/%s (%s)", action.key[1],
+                                       action.key[0], action.refused.replace("_", " "))
                 cast(Held, action.token).release()
             elif isinstance(action, Start):
                 self._start(action)
@@ -281,13 +292,15 @@ class Master:
             self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
             return
         except OSError as exc:
-            log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
+            self.refusals.note(logging.ERROR, "bind", "cannot bind %d/%s: %s", conf.port,
+                               conf.protocol, exc)
             self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
             return
         if process is None:
             sock.close()
         if process is None or not self._hand_over(process, conf, sock.detach()):
-            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol, pid)
+            self.refusals.note(logging.ERROR, "handover", "cannot hand %d/%s to process %d",
+                               conf.port, conf.protocol, pid)
             self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
             return
         self.table.started(key, pid)
@@ -428,19 +441,6 @@ class Master:
             fds += self.metrics.fds()
         return fds
 
-    def _log_refusal(self, counter: str, key: tuple[str, int]) -> None:
-        """Refusals are counted by the table; logged here at most once per
-        REFUSAL_LOG_INTERVAL, with the count since the last line."""
-        now = time.monotonic()
-        self._refusals_unlogged += 1
-        if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "no room for a server on %d/%s (%s); %d attempts refused since the last report",
-                key[1], key[0], counter.replace("_", " "), self._refusals_unlogged,
-            )
-            self._refusals_logged = now
-            self._refusals_unlogged = 0
-
     # --- dynamic servers --------------------------------------------------------------------
 
     def _unwatch(self, channel: Channel) -> None:
@@ -568,6 +568,7 @@ class Master:
             return
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
+        eventloop.preload(config)
         self.template_names = templates.template_names(config.response_dir)
         priority.set_master(config.master_nice, config.master_realtime)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come

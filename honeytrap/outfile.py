@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from honeytrap import privileges
+from honeytrap import privileges, writebatch
 from honeytrap.attack import Attack
 from honeytrap.backlog import Backlog
 from honeytrap.config import Config
@@ -219,9 +219,19 @@ class LineLog:
         self.write_line(self.line(attack))
 
     def write_line(self, line: bytes) -> None:
-        """Append one whole line, or keep it in the backlog until the disk takes it."""
+        """Append one whole line, or keep it in the backlog until the disk takes it. In a
+        pipeline's batch (writebatch.py) the line waits for the batch's end, then goes out
+        with the batch's other lines in one append (whole or not at all, like one line)."""
         assert self.fd is not None, "write after close"
-        self.backlog.submit(len(line), functools.partial(append_record, self.fd, line))
+        batch = writebatch.current()
+        if batch is None:
+            self._append(line)
+        else:
+            batch.add(self._append, line)
+
+    def _append(self, lines: bytes) -> None:
+        assert self.fd is not None, "write after close"
+        self.backlog.submit(len(lines), functools.partial(append_record, self.fd, lines))
 
     def stats(self) -> dict[str, int]:
         return self.backlog.stats()
