@@ -66,6 +66,9 @@ SHUTDOWN_TIMEOUT = 45.0
 RECORDER_STOP_TIMEOUT = 40.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# Verdicts are sent (monitor.flush) at least every this many attempts of a round: a batch, but the
+# first SYN of a burst not kept waiting for the last one's bind (~50 us each).
+VERDICT_ROUND = 32
 # While a spare process is wanted, the loop waits this long for work before forking one.
 SPARE_IDLE_WAIT = 0.005
 
@@ -173,6 +176,7 @@ class Master:
                     key.data.callback()
             self._drop_unreachable()
             self._carry_out(self.table.tick())
+            self.monitor.flush()  # the verdicts of attempts held and decided since
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
@@ -218,18 +222,19 @@ class Master:
             log.error("monitor read failed: %s", exc)
             return
         try:
-            for held in attempts:
+            for n, held in enumerate(attempts, 1):
                 try:
                     self.on_attempt(held)
                 except Exception:
                     held.release()  # never left without a verdict, even by a bug here
                     raise
+                if n % VERDICT_ROUND == 0:
+                    self.monitor.flush()
         finally:
-            # The round's handovers, a sendmsg per process (control.HANDOVER_BATCH): after the
-            # verdicts, which need only the ports listening, bound here.
-            for channel in self._corked:
-                channel.uncork()
-            self._corked.clear()
+            # The round's verdicts (a batch: monitor.flush), then its handovers, a sendmsg per
+            # process (control.HANDOVER_BATCH): the verdicts need only the ports listening.
+            self.monitor.flush()
+            control.uncork(self._corked)
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -316,8 +321,7 @@ class Master:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
             fds += [] if template is None else [template]
         channel = process.channel
-        if not channel.corked:
-            channel.cork()
+        if channel.cork():
             self._corked.append(channel)
         return channel.hand(control.Serve((conf.protocol, conf.port), len(fds)), fds)
 
@@ -426,13 +430,8 @@ class Master:
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
-        channels = [h.channel for h in self.children.values()]
-        channels += [r.channel for r in self.recorders.values()]
-        for channel in channels:
-            if not channel.closed:
-                # With the descriptors queued for it (bound ports, recorder links): a child
-                # that inherited one would keep a port bound that nobody serves.
-                fds += [channel.fileno(), *channel.queued_fds()]
+        fds += control.descriptors([h.channel for h in self.children.values()]
+                                   + [r.channel for r in self.recorders.values()])
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -610,6 +609,7 @@ class Master:
     def _shutdown(self) -> int:
         daemon.notify("STOPPING=1")
         self._carry_out(self.table.shutdown())
+        self.monitor.flush()
         for process in list(self.children.values()):
             process.channel.send_message(control.Shutdown())
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
@@ -636,6 +636,7 @@ class Master:
                 if key.data == "monitor":
                     for held in self.monitor.poll():
                         held.release()
+                    self.monitor.flush()
                 elif isinstance(key.data, ProcessHandle):
                     key.data.channel.flush()
                     self._on_channel(key.data)
