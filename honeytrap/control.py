@@ -211,6 +211,13 @@ def descriptors(channels: list[Channel]) -> list[int]:
     return [fd for c in channels if not c.closed for fd in (c.fileno(), *c.queued_fds())]
 
 
+def later(channel: Channel, corked: list[Channel]) -> Channel:
+    """`channel`, corked (and added to `corked`, for uncork) if it was not already."""
+    if channel.cork():
+        corked.append(channel)
+    return channel
+
+
 def uncork(channels: list[Channel]) -> None:
     """Send what the corked channels gathered (Channel.cork), and forget them."""
     for channel in channels:

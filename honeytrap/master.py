@@ -177,6 +177,7 @@ class Master:
             self._drop_unreachable()
             self._carry_out(self.table.tick())
             self.monitor.flush()  # the verdicts of attempts held and decided since
+            control.uncork(self._corked)  # then what the pass gave the processes
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
@@ -267,8 +268,9 @@ class Master:
                 if action.why == "evicted":
                     log.info("evicting idle server for %d/%s to make room", action.key[1],
                              action.key[0])
-                if process is not None:
-                    process.channel.send_message(control.Stop(action.key))
+                if process is not None:  # with the round's others (one send: control.later)
+                    control.later(process.channel, self._corked).send_message(
+                        control.Stop(action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)
                 if process is not None:
@@ -314,16 +316,13 @@ class Master:
                  conf.port, conf.protocol, pid, conf.mode.label)
 
     def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
-        """Give a running process the port's bound socket (the channel's from now on) and its
-        template file; gathered with the round's others (cork) and sent after its verdicts."""
+        """The port's bound socket (the channel's now) and template to the process, corked."""
         fds = [sock]
         if f"{conf.port}_{conf.protocol}" in self.template_names:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
             fds += [] if template is None else [template]
-        channel = process.channel
-        if channel.cork():
-            self._corked.append(channel)
-        return channel.hand(control.Serve((conf.protocol, conf.port), len(fds)), fds)
+        serve = control.Serve((conf.protocol, conf.port), len(fds))
+        return control.later(process.channel, self._corked).hand(serve, fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
@@ -343,11 +342,15 @@ class Master:
         if self.recorder is None:
             self._start_recorder()
         recorder = self.recorder
+        try:
+            parent_end, child_end = control.channel_pair()
+        except OSError as exc:  # out of descriptors (a sweep's handovers queued, say)
+            log.error("cannot fork a server process: %s", exc.strerror)
+            return None
         link = recorder.link() if recorder is not None else None
         if link is None:
             # Attacks wait in the server until the recorder is back (relinked then).
             log.error("no recorder link for a new server process")
-        parent_end, child_end = control.channel_pair()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
@@ -490,19 +493,10 @@ class Master:
             except control.ControlError as exc:
                 log.warning("server process %d: %s", process.pid, exc)
                 continue
-            pid = process.pid
             if isinstance(message, control.Stats):
                 process.stats = message.values
-            elif isinstance(message, control.Busy):
-                self.table.busy(pid, message.key)
-            elif isinstance(message, control.Idle):
-                self.table.idle_again(pid, message.key)
-            elif isinstance(message, control.Expire):
-                self._carry_out(self.table.expire(pid, message.key))
-            elif isinstance(message, control.Released):
-                self._carry_out(self.table.released(pid, message.key))
-            elif isinstance(message, control.Load):
-                self.table.load(pid, message.descriptors)
+            else:
+                self._carry_out(self.table.message(process.pid, message))
 
     def _gone(self, process: ProcessHandle) -> None:
         """The channel closed: the process exited (or crashed); its ports are free."""
@@ -636,7 +630,6 @@ class Master:
                 if key.data == "monitor":
                     for held in self.monitor.poll():
                         held.release()
-                    self.monitor.flush()
                 elif isinstance(key.data, ProcessHandle):
                     key.data.channel.flush()
                     self._on_channel(key.data)
@@ -645,3 +638,5 @@ class Master:
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()
+            self.monitor.flush()  # the verdicts, then what the processes were given
+            control.uncork(self._corked)
