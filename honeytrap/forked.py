@@ -10,7 +10,7 @@ import select
 import signal
 from collections.abc import Callable, Iterable, Sequence
 
-from honeytrap import proctitle
+from honeytrap import priority, proctitle
 
 log = logging.getLogger("honeytrap.forked")
 
@@ -37,6 +37,7 @@ def fork_child(what: str, main: Callable[[], int]) -> int | None:
     if pid == 0:
         status = 1
         try:
+            priority.for_child()  # the master's higher priority is its own
             status = main()
         except BaseException:
             log.exception("%s failed", what)

@@ -36,6 +36,7 @@ from honeytrap import (
     forked,
     metrics,
     porttable,
+    priority,
     templates,
 )
 from honeytrap import log as logs
@@ -51,6 +52,7 @@ from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
+from honeytrap.refusals import RefusalLog
 from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
 
@@ -62,8 +64,6 @@ SHUTDOWN_TIMEOUT = 45.0
 # Then the recorders get this long to finish the attacks handed to them (their own pipeline
 # drain is 30 s, recorder.DRAIN_SECONDS).
 RECORDER_STOP_TIMEOUT = 40.0
-# A refusal is logged at most once per this many seconds (with the count since the last line).
-REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
 # While a spare process is wanted, the loop waits this long for work before forking one.
@@ -125,9 +125,9 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
-        self._refusals_logged = 0.0
-        self._refusals_unlogged = 0
+        self.refusals = RefusalLog(log)  # refusals and failed starts, rate-limited
         self._wake_r, self._wake_w = socket.socketpair()
+        self._corked: list[Channel] = []  # channels gathering this round's handovers
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
         self.metrics = metrics.start(config, self.totals, self.selector)
 
@@ -142,6 +142,7 @@ class Master:
 
     def run(self) -> int:
         self._install_signals()
+        priority.set_master(self.config.master_nice, self.config.master_realtime)  # before forks
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
@@ -216,12 +217,19 @@ class Master:
         except OSError as exc:
             log.error("monitor read failed: %s", exc)
             return
-        for held in attempts:
-            try:
-                self.on_attempt(held)
-            except Exception:
-                held.release()  # never left without a verdict, even by a bug here
-                raise
+        try:
+            for held in attempts:
+                try:
+                    self.on_attempt(held)
+                except Exception:
+                    held.release()  # never left without a verdict, even by a bug here
+                    raise
+        finally:
+            # The round's handovers, a sendmsg per process (control.HANDOVER_BATCH): after the
+            # verdicts, which need only the ports listening, bound here.
+            for channel in self._corked:
+                channel.uncork()
+            self._corked.clear()
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -243,7 +251,9 @@ class Master:
             if isinstance(action, Verdict):
                 # A privileged port's refusal is logged by bind_refusals, naming the capability.
                 if action.refused and action.refused != "refused_privileged":
-                    self._log_refusal(action.refused, action.key)
+                    self.refusals.note(logging.WARNING, action.refused,
+                                       "no room for a server on %d/%s (%s)", action.key[1],
+                                       action.key[0], action.refused.replace("_", " "))
                 cast(Held, action.token).release()
             elif isinstance(action, Start):
                 self._start(action)
@@ -282,15 +292,15 @@ class Master:
             self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
             return
         except OSError as exc:
-            log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
+            self.refusals.note(logging.ERROR, "bind", "cannot bind %d/%s: %s", conf.port,
+                               conf.protocol, exc)
             self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
             return
-        try:
-            handed = process is not None and self._hand_over(process, conf, sock)
-        finally:
+        if process is None:
             sock.close()
-        if not handed:
-            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol, pid)
+        if process is None or not self._hand_over(process, conf, sock.detach()):
+            self.refusals.note(logging.ERROR, "handover", "cannot hand %d/%s to process %d",
+                               conf.port, conf.protocol, pid)
             self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
             return
         self.table.started(key, pid)
@@ -298,18 +308,18 @@ class Master:
         log.info("dynamic server for %d/%s started (pid %d, %s mode)",
                  conf.port, conf.protocol, pid, conf.mode.label)
 
-    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
-        """Give a running process the port's bound socket and its template file."""
-        template = None
+    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
+        """Give a running process the port's bound socket (the channel's from now on) and its
+        template file; gathered with the round's others (cork) and sent after its verdicts."""
+        fds = [sock]
         if f"{conf.port}_{conf.protocol}" in self.template_names:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
-        fds = [sock.fileno()] if template is None else [sock.fileno(), template]
-        try:
-            return process.channel.send_message(control.Serve((conf.protocol, conf.port), len(fds)),
-                                                fds)
-        finally:
-            if template is not None:
-                os.close(template)
+            fds += [] if template is None else [template]
+        channel = process.channel
+        if not channel.corked:
+            channel.cork()
+            self._corked.append(channel)
+        return channel.hand(control.Serve((conf.protocol, conf.port), len(fds)), fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
@@ -430,19 +440,6 @@ class Master:
         if self.metrics is not None:
             fds += self.metrics.fds()
         return fds
-
-    def _log_refusal(self, counter: str, key: tuple[str, int]) -> None:
-        """Refusals are counted by the table; logged here at most once per
-        REFUSAL_LOG_INTERVAL, with the count since the last line."""
-        now = time.monotonic()
-        self._refusals_unlogged += 1
-        if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "no room for a server on %d/%s (%s); %d attempts refused since the last report",
-                key[1], key[0], counter.replace("_", " "), self._refusals_unlogged,
-            )
-            self._refusals_logged = now
-            self._refusals_unlogged = 0
 
     # --- dynamic servers --------------------------------------------------------------------
 
@@ -573,6 +570,7 @@ class Master:
         self.config, self.registry, self.catalog = config, registry, catalog
         eventloop.preload(config)
         self.template_names = templates.template_names(config.response_dir)
+        priority.set_master(config.master_nice, config.master_realtime)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())

@@ -114,6 +114,45 @@ def alive(pid: int) -> bool:
     return bool(state) and not state.startswith("Z")
 
 
+def start_with_spares_stopped(ht: Honeytrap) -> list[int]:
+    """Start the daemon and SIGSTOP its spares (whichever takes the first port takes the next
+    ones while it has room); their pids."""
+    ht.start()
+    spares = wait_spares(ht)
+    assert len(spares) == SPARE_PROCESSES
+    for pid in spares:
+        _signal(pid, signal.SIGSTOP)
+    return spares
+
+
+def connect_each(lab: Lab, ports: list[int]) -> list[int]:
+    """Connect to each port and close (a connect completes once the master bound the port:
+    the kernel's backlog holds it); the ports that refused."""
+    refused = []
+    for port in ports:
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect((lab.sensor.ip4, port))
+        except ConnectionRefusedError:
+            refused.append(port)
+        finally:
+            sock.close()
+    return refused
+
+
+def answered(lab: Lab, port: int) -> bytes:
+    """The sensor's answer to REQUEST on port."""
+    with inside(lab.attacker):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((lab.sensor.ip4, port))
+        sock.sendall(REQUEST)
+        return sock.recv(4096)
+
+
 @pytest.mark.slow
 def test_a_filled_control_channel_leaves_every_port_and_process_right(
     lab: Lab, sensor: Honeytrap
@@ -121,11 +160,7 @@ def test_a_filled_control_channel_leaves_every_port_and_process_right(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < PORTS + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, PORTS + 1024), hard))
-    sensor.start()
-    spares = wait_spares(sensor)
-    assert len(spares) == SPARE_PROCESSES
-    for pid in spares:  # whichever takes the first port takes PORTS_PER_PROCESS of them
-        _signal(pid, signal.SIGSTOP)
+    spares = start_with_spares_stopped(sensor)  # one takes PORTS_PER_PROCESS ports
 
     ports = list(range(FIRST_PORT, FIRST_PORT + PORTS))
     clients: dict[int, socket.socket] = {}
@@ -222,21 +257,10 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     """A hung process (stopped, its channel full) killed: the master's queued messages for it
     go (their descriptors closed), its ports are free, one crash is counted, and new ports are
     served by the other processes."""
-    sensor.start()
-    spares = wait_spares(sensor)
-    assert len(spares) == SPARE_PROCESSES
-    for pid in spares:
-        _signal(pid, signal.SIGSTOP)
+    spares = start_with_spares_stopped(sensor)
     count = 400  # past the socketpair's buffer: the master holds the rest
     ports = list(range(FIRST_PORT, FIRST_PORT + count))
-    for port in ports:
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        try:
-            sock.connect((lab.sensor.ip4, port))
-        finally:
-            sock.close()
+    assert connect_each(lab, ports) == []
     stopped = figures(lab)
     assert stopped["control_queued"] > 0, stopped
     # Nothing served yet: the ports' sockets are in the channel's buffer or the master's queue.
@@ -260,15 +284,7 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     # entry for the dead channels' descriptors, which new channels reuse).
     fresh = list(range(FIRST_PORT + count, FIRST_PORT + count + 20))
     for port in fresh + ports[:20]:
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        try:
-            sock.connect((lab.sensor.ip4, port))
-            sock.sendall(REQUEST)
-            assert sock.recv(4096).startswith(b"HTTP/1.0 "), port
-        finally:
-            sock.close()
+        assert answered(lab, port).startswith(b"HTTP/1.0 "), port
     assert sensor.proc is not None and sensor.proc.poll() is None
     held = listeners(lab)
     assert sorted(held) == sorted(fresh + ports[:20])
@@ -289,16 +305,6 @@ SMALL_QUEUE_DAEMON = (
 )
 
 
-def answered(lab: Lab, port: int) -> bytes:
-    with inside(lab.attacker):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    with sock:
-        sock.settimeout(10)
-        sock.connect((lab.sensor.ip4, port))
-        sock.sendall(REQUEST)
-        return sock.recv(4096)
-
-
 @pytest.mark.slow
 def test_a_live_process_whose_channel_overflows_is_killed_and_its_ports_freed_at_once(
     lab: Lab, sensor: Honeytrap
@@ -307,23 +313,9 @@ def test_a_live_process_whose_channel_overflows_is_killed_and_its_ports_freed_at
     full: the master closes the channel, kills the process (counted: server_kills, not a
     crash) and frees its ports; every port then answers, listening once in a live process."""
     sensor.program = [sys.executable, "-c", SMALL_QUEUE_DAEMON]
-    sensor.start()
-    spares = wait_spares(sensor)
-    assert len(spares) == SPARE_PROCESSES
-    for pid in spares:
-        _signal(pid, signal.SIGSTOP)
+    spares = start_with_spares_stopped(sensor)
     ports = list(range(FIRST_PORT, FIRST_PORT + OVERFLOW_PORTS))
-    refused = []
-    for port in ports:
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        try:
-            sock.connect((lab.sensor.ip4, port))
-        except ConnectionRefusedError:
-            refused.append(port)
-        finally:
-            sock.close()
+    refused = connect_each(lab, ports)
     killed = wait_figures(lab, lambda got: got.get("server_kills", 0) == 1, "the process killed")
     # The one attempt whose serve found the queue full is refused (a reset, counted); the
     # channel closes on it.

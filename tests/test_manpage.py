@@ -165,6 +165,12 @@ def test_documented_extension_defaults_match_the_code(key: str, value: int) -> N
     assert match and int(match.group(1)) == value
 
 
+def test_master_nice_default_is_documented() -> None:
+    text = " ".join(section(rendered(), "CONFIGURATION").split())
+    match = re.search(r"\bmaster_nice .*? Default: (-?\d+)\.", text.replace("\u2212", "-"))
+    assert match and int(match.group(1)) == config.Config().master_nice
+
+
 def test_every_plugin_hook_is_named() -> None:
     text = section(rendered(), "PLUGINS")
     for hook in ("PERREAD", "PREPROC", "ANALYZE", "SAVEDATA", "POSTPROC"):
