@@ -352,15 +352,14 @@ class Attack:
             tries = _json_list([t.to_json() for t in self.download_tries])
             download_count, tries_count = len(self.downloads), len(self.download_tries)
             notes = _json_list(list(self.notes))
-            analysis = _json(dict(self.analysis)) if self.analysis else "{}"
+            analysis = _json_dict(dict(self.analysis))
         parts = [
             f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
             f'"end_time":"{_iso(self.end_time or self.start_time)}",'
             f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode.value)},'
             f'"operation_mode_name":{_json_str(self.mode.label)},'
             f'"attack_connection":{_connection_text(self.attack_connection)},'
-            f'"proxy_connection":'
-            f'{_connection_text(self.proxy_connection or _NO_CONNECTION)},'
+            f'"proxy_connection":{_proxy_text(self.proxy_connection)},'
             f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},'
             f'"download_count":{download_count},"download_tries":{tries_count},'
             f'"downloads":{downloads},"download_attempts":{tries},"notes":{notes},'
@@ -415,8 +414,13 @@ except ImportError:
 
 
 def _json(value: Any) -> str:
-    if type(value) is str:
+    kind = type(value)
+    if kind is str:
         return encode_basestring_ascii(value)
+    if kind is int:
+        return int.__repr__(value)  # what json writes for an int
+    if kind is bool:
+        return "true" if value else "false"
     if _C_ENCODER is None:
         return _ENCODER.encode(value)
     return "".join(_C_ENCODER(value, 0))
@@ -424,6 +428,10 @@ def _json(value: Any) -> str:
 
 def _json_str(value: Any) -> str:
     return encode_basestring_ascii(value) if type(value) is str else _json(value)
+
+
+def _json_dict(value: Any) -> str:
+    return "{}" if type(value) is dict and not value else _json(value)
 
 
 def _json_list(values: list[Any]) -> str:
@@ -442,12 +450,22 @@ def _connection_text(conn: Connection) -> str:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _no_connection_text() -> str:
+    return _connection_text(_NO_CONNECTION)
+
+
+def _proxy_text(conn: Connection | None) -> str:
+    """The proxy connection's text; the unused one's (most attacks) is always the same."""
+    return _no_connection_text() if conn is None else _connection_text(conn)
+
+
 def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
     return (
         f'{{"protocol":{_json_str(record.protocol)},"turns":{_json(list(record.turns))},'
         f'"sent":{{"length":{record.sent.size},"data_hex":"{record.sent.data.hex()}"}},'
-        f'"fields":{_json(record.fields)}}}'
+        f'"fields":{_json_dict(record.fields)}}}'
     )
 
 

@@ -321,6 +321,8 @@ class Pipeline:
                 if worker.abandoned:
                     # The watchdog gave this job to another worker; this thread retires.
                     return False
+            if not result:
+                continue  # most hooks return nothing
             virtuals = [item for item in result if isinstance(item, Attack)]
             if virtuals:
                 self._splice(job, step, virtuals)
@@ -341,7 +343,9 @@ class Pipeline:
     def _call(self, step: Step) -> list[Attack | Task]:
         try:
             produced = step.call(step.attack)
-            return [a for a in produced or () if isinstance(a, Attack | Task)]
+            if produced is None:
+                return []
+            return [a for a in produced if isinstance(a, Attack | Task)]
         except BaseException:
             # BaseException too: a plugin's sys.exit() would otherwise end this worker thread
             # quietly, and its job (the attack) would never finish.

@@ -247,7 +247,8 @@ VALUES = st.recursive(
 PORTS = st.integers(0, 65535)
 CONNECTIONS = st.builds(Connection, TEXT, TEXT, PORTS, TEXT, PORTS, st.builds(Payload, st.binary()))
 DIALOGUES = st.builds(DialogueRecord, TEXT, st.lists(st.integers(-(2**63), 2**63 - 1)).map(tuple),
-                      st.builds(Payload, st.binary()), st.dictionaries(TEXT, VALUES, max_size=3))
+                      st.builds(Payload, st.binary()),
+                      st.dictionaries(TEXT, VALUES, max_size=3) | VALUES)
 DOWNLOADS = st.builds(Download, TEXT, TEXT, PORTS, TEXT, TEXT, st.builds(Payload, st.binary()),
                       TEXT, TEXT, TEXT, TEXT, PORTS)
 TRIES = st.builds(DownloadTry, TEXT, TEXT, TEXT, PORTS, TEXT, TEXT)

@@ -56,7 +56,7 @@ class Reply:
     data: DataChannel | None = None  # FTP only: what to do with the data connection
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection: no instance dict
 class Context:
     """What a dialogue may know about where it runs. Never the attacker's bytes."""
 
