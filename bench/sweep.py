@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from daemon import Honeytrap
-from harness import LOGLEVEL, QUICK, Bench, descendants, pss_kib, role
+from harness import CLOCK_TICKS, LOGLEVEL, QUICK, Bench, descendants, pss_kib, role
 from netns import inside
 from phases import Phase, register
 from report import Row, row
@@ -146,6 +146,29 @@ def probe(bench: Bench) -> bool:
         sock.close()
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """User + system CPU of the process itself (proc(5) stat 14-15; not its reaped children's,
+    which for the master are its server processes')."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def nfqueue_drops(bench: Bench) -> dict[str, int]:
+    """The sensor's NFQUEUE counters (/proc/net/netfilter/nfnetlink_queue, per namespace): SYNs
+    the kernel dropped because the queue was full (queue_dropped) or our socket's buffer was
+    (user_dropped): they never reach the master, and nmap sees nothing."""
+    text = bench.lab.sensor.cmd("cat", "/proc/net/netfilter/nfnetlink_queue", check=False)
+    fields = text.split()
+    if len(fields) < 8:
+        return {}
+    return {"queue_total": int(fields[2]), "queue_dropped": int(fields[5]),
+            "user_dropped": int(fields[6])}
+
+
 def totals(ht: Honeytrap) -> dict[str, int]:
     """The last statistics line the daemon logged (SIGUSR1 asks for one)."""
     text = ht.logfile.read_text() if ht.logfile.exists() else ""
@@ -159,7 +182,10 @@ def syn_sweep(bench: Bench) -> dict[str, Any]:
     first, count = ports(bench)
     ht = default_honeytrap(bench)
     try:
-        with Sampler(bench, ht.master_pid()) as sampler:
+        master = ht.master_pid()
+        with Sampler(bench, master) as sampler:
+            drops_before = nfqueue_drops(bench)
+            cpu_before = own_cpu_seconds(master)
             started = time.monotonic()
             out = subprocess.run(
                 bench.lab.attacker.argv(
@@ -170,6 +196,8 @@ def syn_sweep(bench: Bench) -> dict[str, Any]:
                 capture_output=True, text=True, timeout=SWEEP_DEADLINE + 60,
             ).stdout
             seconds = time.monotonic() - started
+            master_cpu = own_cpu_seconds(master) - cpu_before
+            drops = {k: v - drops_before.get(k, 0) for k, v in nfqueue_drops(bench).items()}
         after = probe(bench)
     finally:
         stopped = bench.stop_honeytrap(ht)
@@ -178,7 +206,8 @@ def syn_sweep(bench: Bench) -> dict[str, Any]:
     return {"ports": count, "open": opened, "seconds": seconds, "rate": count / seconds,
             "answered": opened / count, "peak": sampler.peak, "pss_roles": sampler.pss_roles,
             "probes": sampler.probes,
-            "probe_after": after, "stats": _refusals(stats), "stop": stopped}
+            "probe_after": after, "stats": _refusals(stats), "stop": stopped,
+            "master_cpu": master_cpu, "nfqueue": drops}
 
 
 def connect_sweep(bench: Bench) -> dict[str, Any]:
@@ -244,7 +273,24 @@ def syn_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row]
         row(f"SYN sweep, {r['ports']:,} ports at {r['rate']:,.0f} SYN/s: answered with a SYN-ACK",
             honeytrap=f"{r['open']:,} ({100 * r['answered']:.2f}%)",
             target=f">= {100 * ANSWERED_TARGET:.0f}%"),
+        *_master_rows(r),
         *_common_rows("SYN sweep", r, met),
+    ]
+
+
+def _master_rows(r: dict[str, Any]) -> list[Row]:
+    """The master's CPU per SYN it saw (its own, during the sweep), and the SYNs the kernel
+    dropped before it saw them (a full queue or socket buffer: the master fell behind)."""
+    attempts = r["stats"].get("attempts", 0)
+    per_syn = f"{1e6 * r['master_cpu'] / attempts:.0f}" if attempts else "-"
+    queue = r.get("nfqueue", {})
+    dropped = queue.get("queue_dropped", 0) + queue.get("user_dropped", 0)
+    return [
+        row("SYN sweep: master CPU per SYN seen (us; SYNs seen)",
+            honeytrap=f"{per_syn} ({attempts:,})"),
+        row("SYN sweep: SYNs dropped by the kernel's queue (full queue; full socket buffer)",
+            honeytrap=f"{dropped:,} ({queue.get('queue_dropped', 0):,}; "
+                      f"{queue.get('user_dropped', 0):,})"),
     ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import functools
 import hashlib
+import json
 import math
 import os
 import threading
@@ -21,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from honeytrap.filetype import file_type
@@ -350,6 +352,37 @@ class Attack:
             "analysis": analysis,
         }
 
+    def to_json_text(self, *, inline_samples: bool = False, extra: tuple[tuple[str, Any], ...]
+                     = ()) -> str:
+        """`json.dumps({**self.to_json(...), **dict(extra)}, separators=(",", ":"))`: the same
+        text (the one line logJSON writes per attack), built directly. The dict and json's
+        generic walk over it cost more than half of logJSON's time per attack; only the values
+        of free shape (notes, analysis, dialogue fields, downloads) go through json here.
+        `extra` keys come after to_json's (they must not be among them). Guarded by
+        tests/test_output_formats.py against json.dumps for any attack."""
+        start = _iso(self.start_time)
+        with self._lock:
+            downloads = _json_list([d.to_json(inline_samples) for d in self.downloads])
+            tries = _json_list([t.to_json() for t in self.download_tries])
+            download_count, tries_count = len(self.downloads), len(self.download_tries)
+            notes = _json_list(list(self.notes))
+            analysis = _json_dict(dict(self.analysis))
+        parts = [
+            f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
+            f'"end_time":"{_iso(self.end_time or self.start_time)}",'
+            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode.value)},'
+            f'"operation_mode_name":{_json_str(self.mode.label)},'
+            f'"attack_connection":{_connection_text(self.attack_connection)},'
+            f'"proxy_connection":{_proxy_text(self.proxy_connection)},'
+            f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},'
+            f'"download_count":{download_count},"download_tries":{tries_count},'
+            f'"downloads":{downloads},"download_attempts":{tries},"notes":{notes},'
+            f'"analysis":{analysis}'
+        ]
+        for key, value in extra:
+            parts.append(f",{_json_str(key)}:{_json(value)}")
+        parts.append("}")
+        return "".join(parts)
 
     def followup_json(
         self, when: float | None = None, *, inline_samples: bool = False
@@ -377,6 +410,77 @@ class Attack:
             "download_attempts": tries,
             "analysis": analysis,
         }
+
+
+# json.dumps(value, separators=(",", ":")) without json.dumps' set-up per call (it builds a new
+# C encoder each time: most of the cost for a small value). Without the circular-reference
+# markers, which a shared encoder could not reset after an error: a value that contains itself
+# raises RecursionError instead of ValueError (either fails the plugin that made it).
+# (CPython has the C encoder; another interpreter may not: then json.dumps' own way.)
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+try:
+    from _json import make_encoder as _make_encoder
+
+    _C_ENCODER: Callable[[Any, int], tuple[str, ...]] | None = _make_encoder(
+        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, True)
+except ImportError:
+    _C_ENCODER = None
+
+
+def _json(value: Any) -> str:
+    kind = type(value)
+    if kind is str:
+        return encode_basestring_ascii(value)
+    if kind is int:
+        return int.__repr__(value)  # what json writes for an int
+    if kind is bool:
+        return "true" if value else "false"
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
+
+
+def _json_str(value: Any) -> str:
+    return encode_basestring_ascii(value) if type(value) is str else _json(value)
+
+
+def _json_dict(value: Any) -> str:
+    return "{}" if type(value) is dict and not value else _json(value)
+
+
+def _json_list(values: list[Any]) -> str:
+    return _json(values) if values else "[]"
+
+
+def _connection_text(conn: Connection) -> str:
+    """Connection.to_json() as json.dumps writes it."""
+    payload = conn.payload
+    return (
+        f'{{"protocol":{_json_str(conn.protocol)},"local_ip":{_json_str(conn.local_addr)},'
+        f'"local_port":{_json(conn.local_port)},"remote_ip":{_json_str(conn.remote_addr)},'
+        f'"remote_port":{_json(conn.remote_port)},"payload":{{"md5_hash":"{payload.md5}",'
+        f'"sha512_hash":"{payload.sha512}","length":{payload.size},'
+        f'"data_hex":"{payload.data.hex()}"}}}}'
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _no_connection_text() -> str:
+    return _connection_text(_NO_CONNECTION)
+
+
+def _proxy_text(conn: Connection | None) -> str:
+    """The proxy connection's text; the unused one's (most attacks) is always the same."""
+    return _no_connection_text() if conn is None else _connection_text(conn)
+
+
+def _dialogue_text(record: DialogueRecord) -> str:
+    """DialogueRecord.to_json() as json.dumps writes it."""
+    return (
+        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json(list(record.turns))},'
+        f'"sent":{{"length":{record.sent.size},"data_hex":"{record.sent.data.hex()}"}},'
+        f'"fields":{_json_dict(record.fields)}}}'
+    )
 
 
 # Seconds _iso remembers the text of: an attack's start and end, and those of the attacks logged

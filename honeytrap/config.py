@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import background, budget, confparse, eventloop, reflector, resources
+from honeytrap import background, budget, confparse, eventloop, priority, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
 from honeytrap.errors import ConfigError
@@ -182,6 +182,8 @@ class Config:
     max_connections_per_source: int = DEFAULT_MAX_CONNECTIONS_PER_SOURCE
     max_connections_per_network: int = DEFAULT_MAX_CONNECTIONS_PER_NETWORK
     max_server_rate: int = DEFAULT_MAX_SERVER_RATE
+    master_realtime: bool = True  # the master under SCHED_RR (priority.py)
+    master_nice: int = priority.DEFAULT_MASTER_NICE
     udp_replies_per_source: int = DEFAULT_UDP_REPLIES_PER_SOURCE
     udp_replies_per_sensor: int = DEFAULT_UDP_REPLIES_PER_SENSOR
     template_repeat: int = DEFAULT_TEMPLATE_REPEAT
@@ -223,6 +225,7 @@ _RANGES: dict[str, tuple[float, float]] = {
     "max_connections_per_source": (1, MAX_CONNECTIONS_LIMIT),
     "max_connections_per_network": (1, MAX_CONNECTIONS_LIMIT),
     "max_server_rate": (1, MAX_SERVER_RATE_LIMIT),
+    "master_nice": (priority.LOWEST_NICE, priority.HIGHEST_NICE),
     "udp_replies_per_source": (1, MAX_UDP_REPLY_RATE),
     "udp_replies_per_sensor": (1, MAX_UDP_REPLY_RATE),
     "template_repeat": (0, MAX_TEMPLATE_REPEAT),
@@ -385,6 +388,8 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "max_connections_per_source": _number,
     "max_connections_per_network": _number,
     "max_server_rate": _number,
+    "master_realtime": _boolean,
+    "master_nice": _number,
     "udp_replies_per_source": _number,
     "udp_replies_per_sensor": _number,
     "template_repeat": _number,

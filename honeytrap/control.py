@@ -38,11 +38,18 @@ log = logging.getLogger("honeytrap.control")
 
 # A message is a word or a small JSON object; anything longer is a bug on the other side.
 MAX_MESSAGE = 64 * 1024
-# Descriptors accepted with one message (the most one carries is 2, serve's; more is a bug on
-# the other side).
-MAX_FDS = 4
+# Serve messages the master sends in one sendmsg (Channel.cork): a sweep's handovers then cost
+# one syscall and one wake-up of the process per batch, not per port, and the socket's buffer
+# (which counts sendmsg calls, not descriptors) holds this many times more bound ports in flight
+# instead of the master's own descriptor table (bench/sweep.py: a 5,000 SYN/s sweep filled a
+# 20,000 descriptor limit with queued handovers, and ports could no longer be bound).
+HANDOVER_BATCH = 64
+# Descriptors accepted with one receive: a batch of serve messages, each with its bound socket
+# and its template file (more is a bug on the other side). Below the kernel's SCM_MAX_FD (253).
+MAX_FDS = 2 * HANDOVER_BATCH
 # Messages waiting for the socket to drain, at most: past this the other side has stopped
-# reading for good (a hung child); the channel is closed, which the owner sees as the child gone.
+# reading for good (a hung child); the channel is closed (`overflowed`): the master kills the
+# child and frees its ports at once (master.py, _drop_unreachable).
 MAX_QUEUED = 1 << 16
 # A server process reports its connections' descriptors when they moved by this many since the
 # last report (the master's port table gives new ports to processes with descriptors to spare).
@@ -198,6 +205,26 @@ def parse_stats(message: str) -> dict[str, int] | None:
 # --- the channel --------------------------------------------------------------------------------
 
 
+def descriptors(channels: list[Channel]) -> list[int]:
+    """The open channels' descriptors with those queued in them (bound ports, recorder links),
+    which a forked child must close: one that inherited a port would keep it bound, unserved."""
+    return [fd for c in channels if not c.closed for fd in (c.fileno(), *c.queued_fds())]
+
+
+def later(channel: Channel, corked: list[Channel]) -> Channel:
+    """`channel`, corked (and added to `corked`, for uncork) if it was not already."""
+    if channel.cork():
+        corked.append(channel)
+    return channel
+
+
+def uncork(channels: list[Channel]) -> None:
+    """Send what the corked channels gathered (Channel.cork), and forget them."""
+    for channel in channels:
+        channel.uncork()
+    channels.clear()
+
+
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A socketpair for a server process's control channel (see the module's docstring)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -216,25 +243,82 @@ class Channel:
         self.sock = sock
         self.sock.setblocking(False)
         self.closed = False
+        self.overflowed = False  # closed by a send past MAX_QUEUED: the other side reads nothing
         self.fds: list[int] = []
         self.on_backlog = on_backlog
         self.on_close: Callable[[], None] | None = None
-        self._queue: deque[tuple[bytes, list[int]]] = deque()
+        # What waits for the socket: (bytes, their descriptors, the messages in them: a corked
+        # batch is one entry of several).
+        self._queue: deque[tuple[bytes, list[int], int]] = deque()
+        self._queued_messages = 0
         self._stream = sock.type == socket.SOCK_STREAM
         self._buffer = bytearray()
+        # While corked (cork(), until uncork()): messages gathered here, in order, with the
+        # descriptors they own (closed once sent).
+        self._corked: list[bytes] | None = None
+        self._corked_fds: list[int] = []
+        self._corked_messages = 0
 
     def fileno(self) -> int:
         return self.sock.fileno()
 
     @property
     def backlog(self) -> int:
-        return len(self._queue)
+        """Messages waiting for the socket."""
+        return self._queued_messages
 
     def queued_fds(self) -> list[int]:
-        """Our copies of the descriptors waiting in the queue: a process forked meanwhile must
-        close them (a listening socket inherited by a child that never serves it stays bound,
-        its connections unanswered, after the port's own server has let it go)."""
-        return [fd for _data, fds in self._queue for fd in fds]
+        """Our copies of the descriptors waiting in the queue (or corked): a process forked
+        meanwhile must close them (a listening socket inherited by a child that never serves it
+        stays bound, its connections unanswered, after the port's own server has let it go)."""
+        return [fd for _data, fds, _count in self._queue for fd in fds] + self._corked_fds
+
+    @property
+    def corked(self) -> bool:
+        return self._corked is not None
+
+    def cork(self) -> bool:
+        """Gather what is sent from now on (in order) until uncork(), which sends it in
+        batches of at most HANDOVER_BATCH messages, one sendmsg each. True if it was not
+        corked already."""
+        if self._corked is None and not self.closed:
+            self._corked = []
+            return True
+        return False
+
+    def hand(self, message: Message, fds: list[int]) -> bool:
+        """Send a typed message with descriptors that become the channel's (closed once sent,
+        or when the channel closes; also when this returns False)."""
+        if self._corked is None or self._queued_messages + self._corked_messages >= MAX_QUEUED:
+            # Not corked; or the queue is full: what is corked goes first, and this one fails
+            # now (False: the master refuses its attempt), the channel closing on it.
+            self._send_corked()
+            return self._send_now(encode(message), fds, owned=True)
+        self._corked_fds += fds
+        self._add_corked(encode(message))
+        return True
+
+    def _add_corked(self, data: bytes) -> None:
+        assert self._corked is not None
+        self._corked.append(data + b"\n")
+        self._corked_messages += 1
+        if self._corked_messages >= HANDOVER_BATCH:
+            self._send_corked()
+
+    def uncork(self) -> None:
+        """Send what was gathered since cork(), and send directly again."""
+        if self._corked is not None:
+            self._send_corked()
+            self._corked = None
+
+    def _send_corked(self) -> None:
+        if not self._corked:
+            return
+        data, fds, count = b"".join(self._corked), self._corked_fds, self._corked_messages
+        self._corked, self._corked_fds, self._corked_messages = [], [], 0
+        # If the channel closes on it (the other side gone, or not reading: MAX_QUEUED), its
+        # ports go with the process (the master frees a killed or dead process's ports).
+        self._send_now(data[:-1], fds, owned=True, messages=count)  # it adds the last newline
 
     def send(self, message: str) -> None:
         self._send(message.encode(), [])
@@ -258,34 +342,63 @@ class Channel:
     def _send(self, data: bytes, fds: list[int]) -> bool:
         if self.closed:
             return False
+        if self._corked is not None:  # after what waits in the cork, in order
+            if not fds:
+                self._add_corked(data)
+                return True
+            self._send_corked()
+        return self._send_now(data, fds)
+
+    def _send_now(
+        self, data: bytes, fds: list[int], *, owned: bool = False, messages: int = 1
+    ) -> bool:
+        """Send or queue `data` (its newline added) with `fds`: copies of them, or, `owned`,
+        the descriptors themselves, which are the channel's then (closed once sent, or now if
+        this returns False)."""
+        if self.closed:
+            self._close_owned(fds, owned)
+            return False
         data += b"\n"
         if not self._queue:
             sent = self._try(data, fds)
             if sent is None:
+                self._close_owned(fds, owned)
                 return False
-            if sent == len(data):
-                return True
-            if sent:  # a stream took part of it, descriptors and all: the rest goes first
-                data, fds = data[sent:], []
-        if len(self._queue) >= MAX_QUEUED:
+            if sent:  # sent, descriptors and all with the first byte
+                self._close_owned(fds, owned)
+                if sent == len(data):
+                    return True
+                data, fds, owned = data[sent:], [], True  # a stream took part: the rest first
+        if self._queued_messages >= MAX_QUEUED:
             log.error("control channel: %d messages unread by the other side: closing it",
-                      len(self._queue))
+                      self._queued_messages)
+            self._close_owned(fds, owned)
+            self.overflowed = True
             self.close()
             return False
-        # Our own copies of the descriptors: the caller closes its own when we return.
-        copies: list[int] = []
-        try:
-            for fd in fds:
-                copies.append(os.dup(fd))
-        except OSError as exc:  # out of descriptors: this message fails, the channel lives
-            for fd in copies:
-                os.close(fd)
-            log.error("control channel: cannot keep a message's descriptors (%s)", exc.strerror)
-            return False
-        self._queue.append((data, copies))
+        if not owned:  # our own copies: the caller closes its own when we return
+            copies: list[int] = []
+            try:
+                for fd in fds:
+                    copies.append(os.dup(fd))
+            except OSError as exc:  # out of descriptors: this message fails, the channel lives
+                for fd in copies:
+                    os.close(fd)
+                log.error("control channel: cannot keep a message's descriptors (%s)",
+                          exc.strerror)
+                return False
+            fds = copies
+        self._queue.append((data, fds, messages))
+        self._queued_messages += messages
         if len(self._queue) == 1 and self.on_backlog is not None:
             self.on_backlog(True)
         return True
+
+    @staticmethod
+    def _close_owned(fds: list[int], owned: bool) -> None:
+        if owned:
+            for fd in fds:
+                os.close(fd)
 
     def _try(self, data: bytes, fds: list[int]) -> int | None:
         """Bytes sent (0: it would block), None if the channel is closed now."""
@@ -302,16 +415,17 @@ class Channel:
     def flush(self) -> None:
         """Send what waits, in order, until the socket would block again."""
         while self._queue and not self.closed:
-            data, fds = self._queue[0]
+            data, fds, count = self._queue[0]
             sent = self._try(data, fds)
             if not sent:
                 return
             for fd in fds:  # sent with the first byte
                 os.close(fd)
             if sent < len(data):
-                self._queue[0] = (data[sent:], [])
+                self._queue[0] = (data[sent:], [], count)
                 return
             self._queue.popleft()
+            self._queued_messages -= count
         if not self._queue and self.on_backlog is not None:
             self.on_backlog(False)
 
@@ -370,7 +484,11 @@ class Channel:
         for fd in self.fds:
             os.close(fd)
         self.fds.clear()
+        for fd in self._corked_fds:
+            os.close(fd)
+        self._corked, self._corked_fds = None, []
         while self._queue:
             for fd in self._queue.popleft()[1]:
                 os.close(fd)
+        self._queued_messages = 0
         self.sock.close()

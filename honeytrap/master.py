@@ -16,7 +16,6 @@ are counted by the table and logged here, rate-limited.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -25,11 +24,21 @@ import selectors
 import signal
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
-from honeytrap import capabilities, control, daemon, forked, metrics, porttable, templates
+from honeytrap import (
+    capabilities,
+    control,
+    daemon,
+    eventloop,
+    forked,
+    metrics,
+    porttable,
+    priority,
+    templates,
+)
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
@@ -43,6 +52,7 @@ from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
+from honeytrap.refusals import RefusalLog
 from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
 
@@ -54,23 +64,13 @@ SHUTDOWN_TIMEOUT = 45.0
 # Then the recorders get this long to finish the attacks handed to them (their own pipeline
 # drain is 30 s, recorder.DRAIN_SECONDS).
 RECORDER_STOP_TIMEOUT = 40.0
-# A refusal is logged at most once per this many seconds (with the count since the last line).
-REFUSAL_LOG_INTERVAL = 5.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# Verdicts are sent (monitor.flush) at least every this many attempts of a round: a batch, but the
+# first SYN of a burst not kept waiting for the last one's bind (~50 us each).
+VERDICT_ROUND = 32
 # While a spare process is wanted, the loop waits this long for work before forking one.
 SPARE_IDLE_WAIT = 0.005
-
-
-def template_names(config: Config) -> frozenset[str]:
-    """The names in response_dir, read at start and on SIGHUP: a port without a template costs
-    no open() per start then (a sweep starts thousands a second)."""
-    try:
-        return frozenset(os.listdir(config.response_dir))
-    except OSError as exc:
-        log.warning("response_dir %s unreadable (%s): no templates", config.response_dir,
-                    exc.strerror)
-        return frozenset()
 
 
 @dataclass
@@ -82,6 +82,7 @@ class ProcessHandle:
     stats: dict[str, int] = field(default_factory=dict)
     recorder: RecorderHandle | None = None  # the recorder its link goes to
     lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
+    killed: bool = False  # by the master (its channel overflowed): not a crash
 
 
 @dataclass
@@ -89,6 +90,7 @@ class MasterStats:
     """What the master counts itself, beside the port table's counters."""
 
     server_crashes: int = 0
+    server_kills: int = 0  # processes that stopped reading their control channel
     recorder_crashes: int = 0
 
 
@@ -106,6 +108,7 @@ class Master:
         self.config = config
         self.registry = registry
         self.catalog = load_catalog(config)  # dialogues, inherited by every server process
+        eventloop.preload(config)
         self.monitor = monitor
         self.identity = identity
         self.reload_config = reload_config
@@ -116,7 +119,8 @@ class Master:
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
         self.recorder: RecorderHandle | None = None  # the one new servers link to
         self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
-        self.template_names = template_names(config)
+        self.template_names = templates.template_names(config.response_dir)
+        self._unreachable: list[ProcessHandle] = []  # channels overflowed: to kill
         # The UDP replies all server processes may send a second (reflector.py): before any fork.
         self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         self.port_privilege = capabilities.PortPrivilege()
@@ -124,9 +128,9 @@ class Master:
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
-        self._refusals_logged = 0.0
-        self._refusals_unlogged = 0
+        self.refusals = RefusalLog(log)  # refusals and failed starts, rate-limited
         self._wake_r, self._wake_w = socket.socketpair()
+        self._corked: list[Channel] = []  # channels gathering this round's handovers
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
         self.metrics = metrics.start(config, self.totals, self.selector)
 
@@ -141,6 +145,7 @@ class Master:
 
     def run(self) -> int:
         self._install_signals()
+        priority.set_master(self.config.master_nice, self.config.master_realtime)  # before forks
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
@@ -169,7 +174,10 @@ class Master:
                     self._on_recorder(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
+            self._drop_unreachable()
             self._carry_out(self.table.tick())
+            self.monitor.flush()  # the verdicts of attempts held and decided since
+            control.uncork(self._corked)  # then what the pass gave the processes
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
@@ -214,12 +222,20 @@ class Master:
         except OSError as exc:
             log.error("monitor read failed: %s", exc)
             return
-        for held in attempts:
-            try:
-                self.on_attempt(held)
-            except Exception:
-                held.release()  # never left without a verdict, even by a bug here
-                raise
+        try:
+            for n, held in enumerate(attempts, 1):
+                try:
+                    self.on_attempt(held)
+                except Exception:
+                    held.release()  # never left without a verdict, even by a bug here
+                    raise
+                if n % VERDICT_ROUND == 0:
+                    self.monitor.flush()
+        finally:
+            # The round's verdicts (a batch: monitor.flush), then its handovers, a sendmsg per
+            # process (control.HANDOVER_BATCH): the verdicts need only the ports listening.
+            self.monitor.flush()
+            control.uncork(self._corked)
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -241,7 +257,9 @@ class Master:
             if isinstance(action, Verdict):
                 # A privileged port's refusal is logged by bind_refusals, naming the capability.
                 if action.refused and action.refused != "refused_privileged":
-                    self._log_refusal(action.refused, action.key)
+                    self.refusals.note(logging.WARNING, action.refused,
+                                       "no room for a server on %d/%s (%s)", action.key[1],
+                                       action.key[0], action.refused.replace("_", " "))
                 cast(Held, action.token).release()
             elif isinstance(action, Start):
                 self._start(action)
@@ -250,8 +268,9 @@ class Master:
                 if action.why == "evicted":
                     log.info("evicting idle server for %d/%s to make room", action.key[1],
                              action.key[0])
-                if process is not None:
-                    process.channel.send_message(control.Stop(action.key))
+                if process is not None:  # with the round's others (one send: control.later)
+                    control.later(process.channel, self._corked).send_message(
+                        control.Stop(action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)
                 if process is not None:
@@ -280,15 +299,15 @@ class Master:
             self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
             return
         except OSError as exc:
-            log.error("cannot bind %d/%s: %s", conf.port, conf.protocol, exc)
+            self.refusals.note(logging.ERROR, "bind", "cannot bind %d/%s: %s", conf.port,
+                               conf.protocol, exc)
             self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
             return
-        try:
-            handed = process is not None and self._hand_over(process, conf, sock)
-        finally:
+        if process is None:
             sock.close()
-        if not handed:
-            log.error("cannot hand %d/%s to server process %d", conf.port, conf.protocol, pid)
+        if process is None or not self._hand_over(process, conf, sock.detach()):
+            self.refusals.note(logging.ERROR, "handover", "cannot hand %d/%s to process %d",
+                               conf.port, conf.protocol, pid)
             self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
             return
         self.table.started(key, pid)
@@ -296,18 +315,14 @@ class Master:
         log.info("dynamic server for %d/%s started (pid %d, %s mode)",
                  conf.port, conf.protocol, pid, conf.mode.label)
 
-    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: socket.socket) -> bool:
-        """Give a running process the port's bound socket and its template file."""
-        template = None
+    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
+        """The port's bound socket (the channel's now) and template to the process, corked."""
+        fds = [sock]
         if f"{conf.port}_{conf.protocol}" in self.template_names:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
-        fds = [sock.fileno()] if template is None else [sock.fileno(), template]
-        try:
-            return process.channel.send_message(control.Serve((conf.protocol, conf.port), len(fds)),
-                                                fds)
-        finally:
-            if template is not None:
-                os.close(template)
+            fds += [] if template is None else [template]
+        serve = control.Serve((conf.protocol, conf.port), len(fds))
+        return control.later(process.channel, self._corked).hand(serve, fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
@@ -327,11 +342,15 @@ class Master:
         if self.recorder is None:
             self._start_recorder()
         recorder = self.recorder
+        try:
+            parent_end, child_end = control.channel_pair()
+        except OSError as exc:  # out of descriptors (a sweep's handovers queued, say)
+            log.error("cannot fork a server process: %s", exc.strerror)
+            return None
         link = recorder.link() if recorder is not None else None
         if link is None:
             # Attacks wait in the server until the recorder is back (relinked then).
             log.error("no recorder link for a new server process")
-        parent_end, child_end = control.channel_pair()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
@@ -347,7 +366,7 @@ class Master:
         channel = Channel(parent_end)
         process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
         channel.on_backlog = functools.partial(self._backlog, process)
-        channel.on_close = functools.partial(self._unwatch, channel)
+        channel.on_close = functools.partial(self._channel_closed, process)
         self.children[pid] = process
         self.selector.register(process.channel.fileno(), selectors.EVENT_READ, process)
         return pid
@@ -414,13 +433,8 @@ class Master:
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
-        channels = [h.channel for h in self.children.values()]
-        channels += [r.channel for r in self.recorders.values()]
-        for channel in channels:
-            if not channel.closed:
-                # With the descriptors queued for it (bound ports, recorder links): a child
-                # that inherited one would keep a port bound that nobody serves.
-                fds += [channel.fileno(), *channel.queued_fds()]
+        fds += control.descriptors([h.channel for h in self.children.values()]
+                                   + [r.channel for r in self.recorders.values()])
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -428,19 +442,6 @@ class Master:
         if self.metrics is not None:
             fds += self.metrics.fds()
         return fds
-
-    def _log_refusal(self, counter: str, key: tuple[str, int]) -> None:
-        """Refusals are counted by the table; logged here at most once per
-        REFUSAL_LOG_INTERVAL, with the count since the last line."""
-        now = time.monotonic()
-        self._refusals_unlogged += 1
-        if now - self._refusals_logged >= REFUSAL_LOG_INTERVAL:
-            log.warning(
-                "no room for a server on %d/%s (%s); %d attempts refused since the last report",
-                key[1], key[0], counter.replace("_", " "), self._refusals_unlogged,
-            )
-            self._refusals_logged = now
-            self._refusals_unlogged = 0
 
     # --- dynamic servers --------------------------------------------------------------------
 
@@ -452,6 +453,25 @@ class Master:
             self.selector.unregister(channel.fileno())
         except (KeyError, ValueError):
             pass
+
+    def _channel_closed(self, process: ProcessHandle) -> None:
+        """Out of the selector (_unwatch); an overflowed channel's process is dropped after the
+        round (the close comes in the middle of carrying out the table's actions)."""
+        self._unwatch(process.channel)
+        if process.channel.overflowed and process.pid in self.table.processes:
+            self._unreachable.append(process)
+
+    def _drop_unreachable(self) -> None:
+        """A live process that left control.MAX_QUEUED messages unread (hung, or stopped) can be
+        told nothing, not even to exit: it is killed (its listening sockets go with it) and its
+        ports are the table's at once, not when it is reaped (a hung one never is)."""
+        while self._unreachable:
+            process = self._unreachable.pop()
+            if process.pid in self.table.processes:
+                process.killed = True
+                self.stats.server_kills += 1
+                forked.kill_unreachable(process.pid, self.table.ports_of(process.pid))
+                self._gone(process)
 
     def _backlog(self, process: ProcessHandle, waiting: bool) -> None:
         """Messages wait for the process's control socket: watch it for writing meanwhile."""
@@ -473,19 +493,10 @@ class Master:
             except control.ControlError as exc:
                 log.warning("server process %d: %s", process.pid, exc)
                 continue
-            pid = process.pid
             if isinstance(message, control.Stats):
                 process.stats = message.values
-            elif isinstance(message, control.Busy):
-                self.table.busy(pid, message.key)
-            elif isinstance(message, control.Idle):
-                self.table.idle_again(pid, message.key)
-            elif isinstance(message, control.Expire):
-                self._carry_out(self.table.expire(pid, message.key))
-            elif isinstance(message, control.Released):
-                self._carry_out(self.table.released(pid, message.key))
-            elif isinstance(message, control.Load):
-                self.table.load(pid, message.descriptors)
+            else:
+                self._carry_out(self.table.message(process.pid, message))
 
     def _gone(self, process: ProcessHandle) -> None:
         """The channel closed: the process exited (or crashed); its ports are free."""
@@ -528,11 +539,10 @@ class Master:
                 self._on_channel(process)  # read its last words (final stats)
             if pid in self.table.processes:
                 self._gone(process)
-            lost = process.lost
-            if code != 0:
+            if code != 0 and not process.killed:
                 self.stats.server_crashes += 1
-                ports = " ".join(f"{port}/{proto}" for proto, port in lost) or "none"
-                log.error("server process %d (ports %s) exited with status %d", pid, ports, code)
+                log.error("server process %d (ports %s) exited with status %d", pid,
+                          forked.port_list(process.lost), code)
 
     # --- reload, stats, shutdown ------------------------------------------------------------
 
@@ -551,7 +561,9 @@ class Master:
             return
         old = self.registry
         self.config, self.registry, self.catalog = config, registry, catalog
-        self.template_names = template_names(config)
+        eventloop.preload(config)
+        self.template_names = templates.template_names(config.response_dir)
+        priority.set_master(config.master_nice, config.master_realtime)
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
@@ -591,16 +603,17 @@ class Master:
     def _shutdown(self) -> int:
         daemon.notify("STOPPING=1")
         self._carry_out(self.table.shutdown())
+        self.monitor.flush()
         for process in list(self.children.values()):
             process.channel.send_message(control.Shutdown())
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
-        self._kill(self.children, "server process")
+        forked.kill_all(self.children, "server process")
         self.children.clear()
         # The servers are gone: the recorders finish what they were handed, then exit.
         for recorder in self.recorders.values():
             recorder.stop()
         self._wait_for(lambda: bool(self.recorders), RECORDER_STOP_TIMEOUT)
-        self._kill(self.recorders, "recorder")
+        forked.kill_all(self.recorders, "recorder")
         self.recorders.clear()
         self.log_stats()
         if self.metrics is not None:
@@ -625,15 +638,5 @@ class Master:
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()
-
-    def _kill(self, processes: Mapping[int, object], what: str) -> None:
-        for pid in list(processes):
-            log.error("%s pid %d did not stop in time: killing it", what, pid)
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
-            except OSError as exc:
-                if exc.errno != errno.ECHILD:
-                    raise
+            self.monitor.flush()  # the verdicts, then what the processes were given
+            control.uncork(self._corked)

@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING
 
 from honeytrap.config import Config
 from honeytrap.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("honeytrap.metrics")
 
@@ -95,6 +95,8 @@ METRICS: dict[str, MetricDef] = {
         "handover_failures", "Ports bound but not handed to a server process"),
     "bind_failures": _counter("bind_failures", "Ports that could not be bound (other than in use)"),
     "server_crashes": _counter("server_crashes", "Server processes that exited with an error"),
+    "server_kills": _counter(
+        "server_kills", "Server processes killed by the master: they stopped reading its messages"),
     "recorder_crashes": _counter(
         "recorder_crashes", "Recorder processes that exited with an error"),
     "servers_running": _gauge("servers_running", "Dynamic servers serving a port now"),
@@ -194,13 +196,15 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-class TotalsCollector(Collector):
+class TotalsCollector:
     """Turns a totals() dict into metric families, at scrape time."""
 
     def __init__(self, totals: Callable[[], dict[str, int]]) -> None:
         self.totals = totals
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         for name, value in sorted(self.totals().items()):
             if not NAME.fullmatch(name):
                 continue
@@ -211,6 +215,11 @@ class TotalsCollector(Collector):
 
 def render(totals: Callable[[], dict[str, int]]) -> bytes:
     """The text exposition format of the totals (protocol logic: no sockets)."""
+    # prometheus_client only when scraped: every process imports this module (plugin.py, for
+    # NAME), and it pulls ~1.4 MiB of modules into the master's heap, which all its processes
+    # share; a sensor without metrics_listen never needs them.
+    from prometheus_client import CollectorRegistry, generate_latest
+
     registry = CollectorRegistry(auto_describe=False)
     registry.register(TotalsCollector(totals))
     return generate_latest(registry)

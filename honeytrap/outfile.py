@@ -21,6 +21,7 @@ What could not be written is held by the output (backlog.py), not lost.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import functools
 import logging
@@ -31,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from honeytrap import privileges
+from honeytrap import privileges, writebatch
 from honeytrap.attack import Attack
 from honeytrap.backlog import Backlog
 from honeytrap.config import Config
@@ -60,6 +61,26 @@ _UNNAMED_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
 _NO_TMPFILE = frozenset({errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL})
 # Temporary names (without O_TMPFILE): hidden, and never a name SaveFile gives a file.
 TEMP_PREFIX = ".tmp-"
+# linkat(fd, "", dir, name, AT_EMPTY_PATH) names an unnamed file without walking the path
+# /proc/self/fd/N (2-3 us of a SaveFile file's 30-40 less, measured on ext4). Since Linux 6.10
+# the process that opened the file may do so without CAP_DAC_READ_SEARCH; before, it is
+# refused (ENOENT), and the /proc path does it.
+_AT_EMPTY_PATH = 0x1000
+_EMPTY_PATH_REFUSED = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
+
+
+def _find_linkat() -> Callable[..., int] | None:
+    try:
+        function = ctypes.CDLL(None, use_errno=True).linkat
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                         ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+_linkat: Callable[..., int] | None = _find_linkat()
 
 
 @dataclass(frozen=True)
@@ -141,19 +162,32 @@ def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
         return _write_new_by_temp(dir_fd, names, data)
     try:
         _write_all(fd, data)
-        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: the unprivileged recorder's way of
-        # naming an unnamed file (AT_EMPTY_PATH would need CAP_DAC_READ_SEARCH). link(2) never
-        # replaces an existing name, as O_EXCL did not.
-        source = f"/proc/self/fd/{fd}"
         for name in names:
             try:
-                os.link(source, name, dst_dir_fd=dir_fd)
+                _link_unnamed(fd, dir_fd, name)
             except FileExistsError:
                 continue
             return name
         raise FileExistsError(errno.EEXIST, "every candidate name is taken")
     finally:
         os.close(fd)
+
+
+def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
+    """Give the unnamed file `fd` the name `name` in the directory; link(2) never replaces an
+    existing name (FileExistsError), as O_EXCL did not. AT_EMPTY_PATH where the kernel lets
+    us (see _AT_EMPTY_PATH), else linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N."""
+    global _linkat
+    if _linkat is not None:
+        if _linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in _EMPTY_PATH_REFUSED:
+            raise OSError(code, os.strerror(code), name)
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
+        _linkat = None  # this kernel refuses it, the /proc path works: use that from now on
+        return
+    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
 
 
 def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
@@ -219,9 +253,19 @@ class LineLog:
         self.write_line(self.line(attack))
 
     def write_line(self, line: bytes) -> None:
-        """Append one whole line, or keep it in the backlog until the disk takes it."""
+        """Append one whole line, or keep it in the backlog until the disk takes it. In a
+        pipeline's batch (writebatch.py) the line waits for the batch's end, then goes out
+        with the batch's other lines in one append (whole or not at all, like one line)."""
         assert self.fd is not None, "write after close"
-        self.backlog.submit(len(line), functools.partial(append_record, self.fd, line))
+        batch = writebatch.current()
+        if batch is None:
+            self._append(line)
+        else:
+            batch.add(self._append, line)
+
+    def _append(self, lines: bytes) -> None:
+        assert self.fd is not None, "write after close"
+        self.backlog.submit(len(lines), functools.partial(append_record, self.fd, lines))
 
     def stats(self) -> dict[str, int]:
         return self.backlog.stats()

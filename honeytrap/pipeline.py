@@ -17,6 +17,12 @@ job on these workers): the outputs record what was found later (logJSON a follow
 SaveFile the samples, the databases and hpfeeds the downloads; docs/plugins.md). FOLLOWUP
 hooks run in the order of their plugins' first attack hook (analyzers, then savers, then
 loggers), then in configuration order.
+
+A worker takes the jobs queued at once together (a batch, at most MAX_BATCH) and runs them one
+after another in a write batch (writebatch.py): the line logs append the batch's lines in one
+write at its end, and only then are its attacks finished (acknowledged). A hook of the batch
+that turns slow does not hold the others: the watchdog writes and finishes the jobs done before
+it and queues the ones not started again (`_split`).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from honeytrap import background
+from honeytrap import background, writebatch
 from honeytrap.attack import Attack
 from honeytrap.background import DownloadPool, Task
 from honeytrap.config import Config
@@ -43,6 +49,10 @@ log = logging.getLogger("honeytrap.pipeline")
 # lets one more worker go on, so slow hooks do not hold up the others.
 DEFAULT_WORKERS = 16
 BOOST_AFTER = 0.05
+# Jobs a worker takes from the queue at once (those already queued, it never waits for more):
+# their lines are appended in one write per log and they are finished together. Bounded so
+# the first of a long queue is not held back long (a few ms of hooks).
+MAX_BATCH = 128
 # A hook call running longer than this is abandoned (downloaders cap their own time well below).
 DEFAULT_PLUGIN_TIMEOUT = 300.0
 # Virtual attacks nest (a decoded payload decoded again) at most this deep, and one attack
@@ -115,6 +125,11 @@ class _Worker:
     abandoned: bool = False
     boosted: bool = False  # its job is slow: the watchdog let one more worker run meanwhile
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The batch it runs: the jobs not started yet, the ones done (not finished before the
+    # batch is written), the writes held. Changed under `lock` (the watchdog splits it).
+    todo: deque[Job] = field(default_factory=deque)
+    done: list[Job] = field(default_factory=list)
+    batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
 
 
 class Pipeline:
@@ -242,20 +257,61 @@ class Pipeline:
         quick path); after a slow job, for which one more slot was let in, this worker gives its
         slot up and waits for one again, so the number running falls back."""
         self._slots.acquire()
-        while True:
+        stop = False
+        while not stop:
             job = self._queue.get()
             if job is None:
-                self._slots.release()
-                return
-            self._run(worker, job)
+                break
+            jobs = [job]
+            while len(jobs) < MAX_BATCH:
+                try:
+                    job = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True  # after this batch
+                    break
+                jobs.append(job)
+            if not self._run_batch(worker, jobs):
+                return  # abandoned: its slot went to the worker that took the job over
             with worker.lock:
-                if worker.abandoned:
-                    return  # its slot went to the worker that took the job over
                 boosted, worker.boosted = worker.boosted, False
             if boosted:
                 self._slots.acquire()
+        self._slots.release()
 
-    def _run(self, worker: _Worker, job: Job) -> None:
+    def _run_batch(self, worker: _Worker, jobs: list[Job]) -> bool:
+        """Run the jobs, write what they held, finish them. False if abandoned meanwhile."""
+        with worker.lock:
+            worker.todo.extend(jobs)
+        batch = worker.batch
+        with writebatch.running(batch):
+            while True:
+                with worker.lock:
+                    if not worker.todo:
+                        break
+                    job = worker.todo.popleft()
+                if not self._run(worker, job):
+                    return False
+                with worker.lock:
+                    worker.done.append(job)
+        # No hook runs now, so the watchdog leaves the batch alone: no lock needed.
+        self._write(batch.take())
+        done, worker.done = worker.done, []
+        for job in done:
+            self._finished(job)
+        return True
+
+    def _write(self, held: writebatch.Held) -> None:
+        held.write(self._write_failed)
+
+    def _write_failed(self, write: writebatch.Write, exc: BaseException) -> None:
+        with self._idle:
+            self.counters.plugin_failures += 1
+        log.error("writing a batch of records (%s) failed", write, exc_info=exc)
+
+    def _run(self, worker: _Worker, job: Job) -> bool:
+        """Run the job's steps. False if the watchdog abandoned this worker meanwhile."""
         while job.steps:
             step = job.steps.popleft()
             worker.current = (step, job, self._clock())
@@ -264,14 +320,16 @@ class Pipeline:
                 worker.current = None
                 if worker.abandoned:
                     # The watchdog gave this job to another worker; this thread retires.
-                    return
+                    return False
+            if not result:
+                continue  # most hooks return nothing
             virtuals = [item for item in result if isinstance(item, Attack)]
             if virtuals:
                 self._splice(job, step, virtuals)
             for task in result:
                 if isinstance(task, Task):
                     self._admit(job, step, task)
-        self._finished(job)
+        return True
 
     def _admit(self, job: Job, step: Step, task: Task) -> None:
         if step.hook == FOLLOWUP_HOOK:
@@ -285,7 +343,9 @@ class Pipeline:
     def _call(self, step: Step) -> list[Attack | Task]:
         try:
             produced = step.call(step.attack)
-            return [a for a in produced or () if isinstance(a, Attack | Task)]
+            if produced is None:
+                return []
+            return [a for a in produced if isinstance(a, Attack | Task)]
         except BaseException:
             # BaseException too: a plugin's sys.exit() would otherwise end this worker thread
             # quietly, and its job (the attack) would never finish.
@@ -327,6 +387,22 @@ class Pipeline:
             self.counters.finished += 1
             self._idle.notify_all()
 
+    def _split(self, worker: _Worker) -> tuple[list[Job], list[Job], writebatch.Held]:
+        """Under worker.lock, while one of its hooks runs long: take from its batch the jobs
+        not started (queued again), the ones done and what they held (written and finished
+        now, not when the slow hook ends)."""
+        todo, done = list(worker.todo), worker.done
+        worker.todo.clear()
+        worker.done = []
+        return todo, done, worker.batch.take()
+
+    def _finish_split(self, todo: list[Job], done: list[Job], held: writebatch.Held) -> None:
+        for job in todo:
+            self._queue.put(job)
+        self._write(held)
+        for job in done:
+            self._finished(job)
+
     def _watch(self) -> None:
         interval = min(BOOST_AFTER, self.plugin_timeout / 4)
         while not self._stopping:
@@ -343,12 +419,19 @@ class Pipeline:
                 if current is None or worker.abandoned:
                     continue
                 step, job, started = current
-                if not worker.boosted and now - started >= min(BOOST_AFTER, self.plugin_timeout):
+                boost = not worker.boosted and now - started >= min(BOOST_AFTER,
+                                                                    self.plugin_timeout)
+                if boost:
                     worker.boosted = True
                     self._slots.release()
-                if now - started < self.plugin_timeout:
-                    continue
-                worker.abandoned = True
+                hung = now - started >= self.plugin_timeout
+                if hung:
+                    worker.abandoned = True
+                split = self._split(worker) if boost or hung else None
+            if split is not None:
+                self._finish_split(*split)
+            if not hung:
+                continue
             with self._idle:
                 self.counters.plugin_timeouts += 1
             self._workers.remove(worker)

@@ -118,6 +118,7 @@ def child_main(spec: ServerSpec) -> int:
         with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
             done = runner.run(process.serve())
     finally:
+        process.channel.uncork()  # what the last loop pass gathered
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
 
@@ -150,6 +151,7 @@ class ServerProcess:
         self.draining: set[DynamicServer] = set()  # port let go, connections still open
         self.retiring = False  # the master hands no more ports: exit once all are done
         self._stats_timer: asyncio.TimerHandle | None = None
+        self._retitle_due = False
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
         # Connections a source address or network may hold in this process (budget.py).
         self.budget = SourceBudget(per_source=self.config.max_connections_per_source,
@@ -188,10 +190,21 @@ class ServerProcess:
         server = DynamicServer(self, conf, sock, template)
         self.servers[key] = server
         server.start()
-        self._retitle()
+        self._retitle_soon()
+
+    def _retitle_soon(self) -> None:
+        """Retitle once the loop is through the batch of ports it was handed or let go (a
+        sweep hands over thousands a second, in batches: control.HANDOVER_BATCH; setting the
+        title per port was 15% of a server process's time)."""
+        if self.loop is None:
+            self._retitle()
+        elif not self._retitle_due:
+            self._retitle_due = True
+            self.loop.call_soon(self._retitle)
 
     def _retitle(self) -> None:
         """`ht-<port>/<proto>` for the oldest port served, `+N` for the others."""
+        self._retitle_due = False
         if self.servers:
             first = next(iter(self.servers.values())).port
             name = proctitle.server_name(first.port, first.protocol, len(self.servers) - 1)
@@ -268,8 +281,10 @@ class ServerProcess:
         if self.servers.get(key) is server:
             del self.servers[key]
         self.draining.add(server)
+        if self.loop is not None and self.channel.cork():  # the loop pass's releases: one send
+            self.loop.call_soon(self.channel.uncork)
         self.channel.send_message(control.Released(key))
-        self._retitle()
+        self._retitle_soon()
 
     def server_done(self, server: DynamicServer) -> None:
         """A released server's last connection ended."""

@@ -34,9 +34,10 @@ class LogJSON(outfile.LineLog):
         self.inline_samples = ctx.option_yes("inline_samples", False)
 
     def line(self, attack: Attack) -> bytes:
-        doc = attack.to_json(inline_samples=self.inline_samples)
-        doc["sensor_id"] = self.sensor_id
-        return (_ENCODER.encode(doc) + "\n").encode("utf-8")
+        # The text of _ENCODER.encode({**attack.to_json(), "sensor_id": ...}), built directly.
+        text = attack.to_json_text(inline_samples=self.inline_samples,
+                                   extra=(("sensor_id", self.sensor_id),))
+        return (text + "\n").encode("utf-8")
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""

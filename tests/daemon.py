@@ -268,3 +268,21 @@ def metrics(lab: Lab, port: int) -> dict[str, float]:
 
     text = metrics_text(lab, port)
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+# -r of the dialogue tests' daemon (conftest.py's dialogue_sensor): a short read timeout, so the
+# tests' clients finish soon; their banners come well before it.
+DIALOGUE_READ_TIMEOUT = 3
+
+
+def fields_by_port(records: list[dict[str, object]]) -> dict[int, dict[str, object]]:
+    """Each record's dialogue fields (and its protocol), by the port it came to."""
+    out: dict[int, dict[str, object]] = {}
+    for record in records:
+        conn = record["attack_connection"]
+        dialogue = record.get("dialogue")
+        assert isinstance(conn, dict) and isinstance(dialogue, dict)
+        fields = dialogue.get("fields")
+        assert isinstance(fields, dict)
+        out[int(conn["local_port"])] = {"protocol": dialogue.get("protocol"), **fields}
+    return out

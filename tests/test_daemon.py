@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,10 @@ PAYLOAD = b"GET /cgi-bin/x HTTP/1.0\r\n\x00\xff\xfe binary \x1b[31m %s %n\r\n\r\
 
 
 @pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "5"])
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
+def sensor(ht: Honeytrap) -> Honeytrap:
+    """conftest.py's daemon, with a 5 s listen timeout."""
+    ht.args += ["-l", "5"]
+    return ht
 
 
 def connect(host_ns: object, address: str, port: int, timeout: float = 5.0) -> socket.socket:

@@ -11,11 +11,13 @@ retires after the listen timeout, no crash, and SIGTERM exits 0."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import selectors
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ import pytest
 from daemon import Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
 
+from honeytrap import forked
 from honeytrap.porttable import SPARE_PROCESSES
 
 METRICS_PORT = 9117  # on the sensor namespace's loopback: no other test's daemon sees it
@@ -36,6 +39,7 @@ PORTS_PER_PROCESS = 500
 LISTEN_TIMEOUT = 3  # -l: the ports expire this long after their last connection
 WAIT = 30.0  # every bounded wait on the daemon's own state
 REQUEST = b"GET /control-fill HTTP/1.0\r\n\r\n"
+CRASH_LINE = re.compile(r"server process (\d+) \(ports ([^)]*)\) exited with status -9")
 
 
 @pytest.fixture
@@ -110,6 +114,45 @@ def alive(pid: int) -> bool:
     return bool(state) and not state.startswith("Z")
 
 
+def start_with_spares_stopped(ht: Honeytrap) -> list[int]:
+    """Start the daemon and SIGSTOP its spares (whichever takes the first port takes the next
+    ones while it has room); their pids."""
+    ht.start()
+    spares = wait_spares(ht)
+    assert len(spares) == SPARE_PROCESSES
+    for pid in spares:
+        _signal(pid, signal.SIGSTOP)
+    return spares
+
+
+def connect_each(lab: Lab, ports: list[int]) -> list[int]:
+    """Connect to each port and close (a connect completes once the master bound the port:
+    the kernel's backlog holds it); the ports that refused."""
+    refused = []
+    for port in ports:
+        with inside(lab.attacker):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.settimeout(10)
+        try:
+            sock.connect((lab.sensor.ip4, port))
+        except ConnectionRefusedError:
+            refused.append(port)
+        finally:
+            sock.close()
+    return refused
+
+
+def answered(lab: Lab, port: int) -> bytes:
+    """The sensor's answer to REQUEST on port."""
+    with inside(lab.attacker):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(10)
+        sock.connect((lab.sensor.ip4, port))
+        sock.sendall(REQUEST)
+        return sock.recv(4096)
+
+
 @pytest.mark.slow
 def test_a_filled_control_channel_leaves_every_port_and_process_right(
     lab: Lab, sensor: Honeytrap
@@ -117,11 +160,7 @@ def test_a_filled_control_channel_leaves_every_port_and_process_right(
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < PORTS + 256:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, PORTS + 1024), hard))
-    sensor.start()
-    spares = wait_spares(sensor)
-    assert len(spares) == SPARE_PROCESSES
-    for pid in spares:  # whichever takes the first port takes PORTS_PER_PROCESS of them
-        _signal(pid, signal.SIGSTOP)
+    spares = start_with_spares_stopped(sensor)  # one takes PORTS_PER_PROCESS ports
 
     ports = list(range(FIRST_PORT, FIRST_PORT + PORTS))
     clients: dict[int, socket.socket] = {}
@@ -218,21 +257,10 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     """A hung process (stopped, its channel full) killed: the master's queued messages for it
     go (their descriptors closed), its ports are free, one crash is counted, and new ports are
     served by the other processes."""
-    sensor.start()
-    spares = wait_spares(sensor)
-    assert len(spares) == SPARE_PROCESSES
-    for pid in spares:
-        _signal(pid, signal.SIGSTOP)
+    spares = start_with_spares_stopped(sensor)
     count = 400  # past the socketpair's buffer: the master holds the rest
     ports = list(range(FIRST_PORT, FIRST_PORT + count))
-    for port in ports:
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        try:
-            sock.connect((lab.sensor.ip4, port))
-        finally:
-            sock.close()
+    assert connect_each(lab, ports) == []
     stopped = figures(lab)
     assert stopped["control_queued"] > 0, stopped
     # Nothing served yet: the ports' sockets are in the channel's buffer or the master's queue.
@@ -246,23 +274,72 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
         lab, lambda got: got["server_crashes"] == SPARE_PROCESSES and got["servers_alive"] == 0
         and got["control_queued"] == 0, "crashes counted and ports freed")
     assert gone["servers_running"] == 0
+    # The crash lines name LOG_PORTS ports at most, then how many more (not all 400).
+    crashes = dict(CRASH_LINE.findall(sensor.logfile.read_text()))
+    assert sorted(crashes) == sorted(str(pid) for pid in spares), crashes
+    named = [f"{port}/tcp" for port in ports[:forked.LOG_PORTS]]
+    assert sorted(crashes.values()) == [" ".join(named) + f" and {count - forked.LOG_PORTS} more",
+                                        "none"]
     # New ports are served by processes forked since (the master's selector holds no stale
     # entry for the dead channels' descriptors, which new channels reuse).
     fresh = list(range(FIRST_PORT + count, FIRST_PORT + count + 20))
     for port in fresh + ports[:20]:
-        with inside(lab.attacker):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.settimeout(10)
-        try:
-            sock.connect((lab.sensor.ip4, port))
-            sock.sendall(REQUEST)
-            assert sock.recv(4096).startswith(b"HTTP/1.0 "), port
-        finally:
-            sock.close()
+        assert answered(lab, port).startswith(b"HTTP/1.0 "), port
     assert sensor.proc is not None and sensor.proc.poll() is None
     held = listeners(lab)
     assert sorted(held) == sorted(fresh + ports[:20])
     assert all(len(pids) == 1 for pids in held.values())
     after = figures(lab)
     assert after["server_processes"] == len(sensor.children() + sensor.spares())
+    assert sensor.stop() == 0
+
+
+# The daemon of the overflow test, with control.MAX_QUEUED lowered: 65,536 messages unread by
+# one process take 32,768 ports' serve and stop (and their descriptors) in the master's queue.
+SMALL_QUEUE = 64
+OVERFLOW_PORTS = 450  # past the socketpair's ~280 messages and SMALL_QUEUE; under twice that
+SMALL_QUEUE_DAEMON = (
+    f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r}); "
+    f"from honeytrap import control; control.MAX_QUEUED = {SMALL_QUEUE}; "
+    "from honeytrap.cli import main; sys.exit(main())"
+)
+
+
+@pytest.mark.slow
+def test_a_live_process_whose_channel_overflows_is_killed_and_its_ports_freed_at_once(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """A stopped process (it reads nothing) handed ports until the master's queue for it is
+    full: the master closes the channel, kills the process (counted: server_kills, not a
+    crash) and frees its ports; every port then answers, listening once in a live process."""
+    sensor.program = [sys.executable, "-c", SMALL_QUEUE_DAEMON]
+    spares = start_with_spares_stopped(sensor)
+    ports = list(range(FIRST_PORT, FIRST_PORT + OVERFLOW_PORTS))
+    refused = connect_each(lab, ports)
+    killed = wait_figures(lab, lambda got: got.get("server_kills", 0) == 1, "the process killed")
+    # The one attempt whose serve found the queue full is refused (a reset, counted); the
+    # channel closes on it.
+    assert len(refused) == 1 and killed["handover_failures"] == 1, (refused, killed)
+    assert killed["server_crashes"] == 0
+    [line] = [line for line in sensor.logfile.read_text().splitlines()
+              if "left its control channel unread: killed;" in line]
+    dead = int(line.split("server process ", 1)[1].split()[0])
+    assert dead in spares and not alive(dead)
+    # It had the first ports, all of them until it overflowed; they are the table's again and
+    # go to the other processes (the other stopped spare among them: let it go on).
+    assert f"its ports freed ({FIRST_PORT}/tcp {FIRST_PORT + 1}/tcp" in line
+    for pid in spares:
+        _signal(pid, signal.SIGCONT)
+    wrong = {port: answer[:40] for port in ports
+             if not (answer := answered(lab, port)).startswith(b"HTTP/1.0 ")}
+    assert wrong == {}
+    # Listening once each (those not expired yet: the listen timeout is short), never in the
+    # killed process.
+    held = listeners(lab)
+    assert held and all(len(pids) == 1 for pids in held.values())
+    owners = {pid for pids in held.values() for pid in pids}
+    assert dead not in owners and owners <= set(sensor.children())
+    after = figures(lab)
+    assert (after["server_kills"], after["server_crashes"]) == (1, 0)
+    assert sensor.proc is not None and sensor.proc.poll() is None
     assert sensor.stop() == 0

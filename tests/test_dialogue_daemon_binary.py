@@ -7,38 +7,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap, fields_by_port
 from netns import Lab
 
 from honeytrap.dialogue import certificate
-
-READ_TIMEOUT = 3
-
-
-@pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", extra_config=f'state_dir = "{tmp_path / "state"}"',
-                   args=["-u", "nobody", "-g", "nogroup", "-l", "10", "-r", str(READ_TIMEOUT)])
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
-
-
-def fields_by_port(records: list[dict[str, object]]) -> dict[int, dict[str, object]]:
-    out: dict[int, dict[str, object]] = {}
-    for record in records:
-        conn = record["attack_connection"]
-        dialogue = record.get("dialogue")
-        assert isinstance(conn, dict) and isinstance(dialogue, dict)
-        fields = dialogue.get("fields")
-        assert isinstance(fields, dict)
-        out[int(conn["local_port"])] = {"protocol": dialogue.get("protocol"), **fields}
-    return out
 
 
 def as_bytes(value: object) -> bytes:
@@ -46,9 +20,9 @@ def as_bytes(value: object) -> bytes:
     return bytes.fromhex(value) if isinstance(value, str) else bytes(value)  # type: ignore
 
 
-def test_tls_on_443_and_on_a_port_without_template(lab: Lab, sensor: Honeytrap,
+def test_tls_on_443_and_on_a_port_without_template(lab: Lab, dialogue_sensor: Honeytrap,
                                                    tmp_path: Path) -> None:
-    sensor.start()
+    dialogue_sensor.start()
     key, _cert = certificate.paths(str(tmp_path / "state"))
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600  # made at start, as root
     ip = lab.sensor.ip4
@@ -61,7 +35,7 @@ def test_tls_on_443_and_on_a_port_without_template(lab: Lab, sensor: Honeytrap,
                                 "-servername", "api.example.test", "-ign_eof",
                                 input=b"GET /v1 HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
     assert "TLSv1.3" in s_client and "HTTP/1.1 404" in s_client
-    records = fields_by_port(sensor.wait_records(3))
+    records = fields_by_port(dialogue_sensor.wait_records(3))
     for port, sni, path in ((443, "shop.example.test", b"/wp-login.php"),
                             (7443, "shop.example.test", b"/wp-login.php"),
                             (8443, "api.example.test", b"/v1")):
@@ -72,8 +46,8 @@ def test_tls_on_443_and_on_a_port_without_template(lab: Lab, sensor: Honeytrap,
         assert as_bytes(rec["decrypted"]).startswith(b"GET " + path)
 
 
-def test_udp_replies_echo_ids(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_udp_replies_echo_ids(lab: Lab, dialogue_sensor: Honeytrap) -> None:
+    dialogue_sensor.start()
     ip = lab.sensor.ip4
     dig = lab.attacker.cmd("dig", f"@{ip}", "+tries=1", "+time=5", "example.test", "A",
                            check=False)

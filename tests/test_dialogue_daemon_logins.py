@@ -6,31 +6,15 @@ them."""
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap, fields_by_port
 from netns import Lab
-from test_dialogue_daemon_binary import fields_by_port
-
-READ_TIMEOUT = 3
 
 
-@pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", extra_config=f'state_dir = "{tmp_path / "state"}"',
-                   args=["-u", "nobody", "-g", "nogroup", "-l", "10", "-r", str(READ_TIMEOUT)])
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
-
-
-def test_openssh_reaches_key_exchange(lab: Lab, sensor: Honeytrap) -> None:
+def test_openssh_reaches_key_exchange(lab: Lab, dialogue_sensor: Honeytrap) -> None:
     """ssh -vvv gets our KEXINIT and waits for the key exchange reply (killed then); its
     version, KEXINIT and HASSH are in the record."""
-    sensor.start()
+    dialogue_sensor.start()
     proc = subprocess.Popen(
         lab.attacker.argv("ssh", "-vvv", "-F", "/dev/null", "-o", "BatchMode=yes",
                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -49,14 +33,14 @@ def test_openssh_reaches_key_exchange(lab: Lab, sensor: Honeytrap) -> None:
         proc.stderr.close()
     text = "".join(seen)
     assert "SSH2_MSG_KEXINIT received" in text and "expecting SSH2_MSG_KEX_ECDH_REPLY" in text
-    ssh = fields_by_port(sensor.wait_records(1))[2022]["ssh"]
+    ssh = fields_by_port(dialogue_sensor.wait_records(1))[2022]["ssh"]
     assert isinstance(ssh, dict)
     assert str(ssh["client_version"]).startswith("SSH-2.0-OpenSSH_9.2p1")
     assert len(str(ssh["hassh"])) == 32
 
 
-def test_psql_sends_credentials(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_psql_sends_credentials(lab: Lab, dialogue_sensor: Honeytrap) -> None:
+    dialogue_sensor.start()
     ip = lab.sensor.ip4
     psql = subprocess.run(["env", "PGPASSWORD=postgres", "PGCONNECT_TIMEOUT=10",
                            *lab.attacker.argv("psql", "-h", ip, "-p", "5433", "-U", "postgres",
@@ -64,15 +48,15 @@ def test_psql_sends_credentials(lab: Lab, sensor: Honeytrap) -> None:
                                               "-c", "select 1")],
                           capture_output=True, text=True, timeout=60)
     assert 'password authentication failed for user "postgres"' in psql.stderr
-    pg = fields_by_port(sensor.wait_records(1))[5433]["postgres"]
+    pg = fields_by_port(dialogue_sensor.wait_records(1))[5433]["postgres"]
     assert isinstance(pg, dict) and (pg["user"], pg["database"]) == ("postgres", "app")
 
 
-def test_smbclient_sends_credentials(lab: Lab, sensor: Honeytrap) -> None:
-    sensor.start()
+def test_smbclient_sends_credentials(lab: Lab, dialogue_sensor: Honeytrap) -> None:
+    dialogue_sensor.start()
     out = subprocess.run(lab.attacker.argv("smbclient", "-L", f"//{lab.sensor.ip4}", "-p",
                                            "4450", "-U", "admin%Passw0rd"),
                          capture_output=True, text=True, timeout=60)
     assert "NT_STATUS_LOGON_FAILURE" in out.stdout + out.stderr
-    smb = fields_by_port(sensor.wait_records(1))[4450]["smb"]
+    smb = fields_by_port(dialogue_sensor.wait_records(1))[4450]["smb"]
     assert isinstance(smb, dict) and smb["user"] == "admin"

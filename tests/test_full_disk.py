@@ -67,7 +67,28 @@ def test_a_new_file_that_does_not_fit_leaves_nothing(disk: Disk) -> None:
     assert (disk.path / "final").read_bytes() == b"x" * (3 * PAGE)
 
 
-def test_a_new_file_never_replaces_an_existing_one(tmp_path: Path) -> None:
+@pytest.fixture(params=["AT_EMPTY_PATH", "/proc/self/fd"])
+def link_way(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways of naming the unnamed file: linkat(AT_EMPTY_PATH) where the kernel lets the
+    process do it (Linux >= 6.10), and the /proc path older kernels need."""
+    if request.param == "/proc/self/fd":
+        monkeypatch.setattr(outfile, "_linkat", None)
+    else:
+        assert outfile._linkat is not None
+    return str(request.param)
+
+
+def test_a_new_file_is_complete_under_its_name_either_way(tmp_path: Path, link_way: str) -> None:
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert outfile.write_new(dir_fd, ["name"], b"data") == "name"
+    finally:
+        os.close(dir_fd)
+    assert sorted(os.listdir(tmp_path)) == ["name"]
+    assert (tmp_path / "name").read_bytes() == b"data"
+
+
+def test_a_new_file_never_replaces_an_existing_one(tmp_path: Path, link_way: str) -> None:
     (tmp_path / "taken").write_bytes(b"old")
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
     try:

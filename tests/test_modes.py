@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import REPO, Honeytrap, nfq_rules
+from daemon import REPO, Honeytrap
 from netns import Host, Lab, inside
 
 from honeytrap.mirror import MIRRORS_PER_PEER, is_own_address
@@ -23,12 +23,10 @@ TIMEOUT = 10.0
 
 
 @pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "10"])
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
+def sensor(ht: Honeytrap) -> Honeytrap:
+    """conftest.py's daemon, with a 10 s listen timeout."""
+    ht.args += ["-l", "10"]
+    return ht
 
 
 def tcp_listener(host: Host, address: str, port: int) -> socket.socket:

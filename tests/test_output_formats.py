@@ -17,7 +17,16 @@ from hypothesis import strategies as st
 from test_output_plugins import PLUGIN_DIR, START, load, make_attack, run_hook
 
 from honeytrap import outfile
-from honeytrap.attack import Attack, Connection, Download, DownloadTry, Mode, Payload, _iso
+from honeytrap.attack import (
+    Attack,
+    Connection,
+    DialogueRecord,
+    Download,
+    DownloadTry,
+    Mode,
+    Payload,
+    _iso,
+)
 from honeytrap.plugin import load_module
 
 LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
@@ -220,3 +229,47 @@ def test_logjson_line_is_json_dumps_of_to_json_byte_for_byte(tmp_path: Path) -> 
     doc = {**attack.to_json(), "sensor_id": ""}  # the sensor's id: none in this Config
     expected = json.dumps(doc, separators=(",", ":")) + "\n"
     assert (tmp_path / "attackers.json").read_bytes() == expected.encode("ascii")
+
+
+# --- Attack.to_json_text (logJSON's line) is json.dumps of to_json ---------------------------
+
+TEXT = st.text()  # any code point, lone surrogates included: json escapes them all
+LEAVES = (st.none() | st.booleans() | st.integers(-(2**80), 2**80) | st.floats() | TEXT)
+# What plugins put in analysis and dialogues in fields: any JSON-able value, keys json turns
+# into text (numbers, booleans, None) included.
+VALUES = st.recursive(
+    LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.tuples(inner, inner)
+    | st.dictionaries(TEXT | st.integers() | st.floats() | st.booleans() | st.none(), inner,
+                      max_size=3),
+    max_leaves=8,
+)
+PORTS = st.integers(0, 65535)
+CONNECTIONS = st.builds(Connection, TEXT, TEXT, PORTS, TEXT, PORTS, st.builds(Payload, st.binary()))
+DIALOGUES = st.builds(DialogueRecord, TEXT, st.lists(st.integers(-(2**63), 2**63 - 1)).map(tuple),
+                      st.builds(Payload, st.binary()),
+                      st.dictionaries(TEXT, VALUES, max_size=3) | VALUES)
+DOWNLOADS = st.builds(Download, TEXT, TEXT, PORTS, TEXT, TEXT, st.builds(Payload, st.binary()),
+                      TEXT, TEXT, TEXT, TEXT, PORTS)
+TRIES = st.builds(DownloadTry, TEXT, TEXT, TEXT, PORTS, TEXT, TEXT)
+TIMES = st.floats(0, 253402300799.0)
+
+
+@settings(max_examples=500, deadline=None)
+@given(CONNECTIONS, st.sampled_from(list(Mode)), TIMES, TIMES | st.just(0.0),
+       st.none() | CONNECTIONS, st.none() | DIALOGUES, st.booleans(), TEXT,
+       st.lists(DOWNLOADS, max_size=2), st.lists(TRIES, max_size=2), st.lists(TEXT, max_size=3),
+       st.dictionaries(TEXT, VALUES, max_size=3), st.booleans(), VALUES)
+def test_to_json_text_is_json_dumps_of_to_json(
+    conn: Connection, mode: Mode, start: float, end: float, proxy: Connection | None,
+    dialogue: DialogueRecord | None, virtual: bool, ident: str, downloads: list[Download],
+    tries: list[DownloadTry], notes: list[str], analysis: dict[str, object], inline: bool,
+    sensor: object,
+) -> None:
+    attack = Attack(conn, mode=mode, start_time=start, end_time=end, proxy_connection=proxy,
+                    dialogue=dialogue, is_virtual=virtual, id=ident, downloads=downloads,
+                    download_tries=tries, notes=notes, analysis=analysis)
+    doc = {**attack.to_json(inline_samples=inline), "sensor_id": sensor}
+    expected = json.dumps(doc, separators=(",", ":"))
+    text = attack.to_json_text(inline_samples=inline, extra=(("sensor_id", sensor),))
+    assert text == expected

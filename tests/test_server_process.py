@@ -11,11 +11,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap
 from netns import Lab
 from test_daemon import connect, payload_of, udp_socket
 
@@ -23,15 +23,11 @@ WAIT = 20.0
 
 
 @pytest.fixture
-def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
-    nfq_rules(lab.sensor)
-    ht = Honeytrap(
-        lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup", "-l", "30", "-r", "0.2"],
-        extra_config='ports_per_process = "3"',
-    )
-    yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        ht.stop()
+def sensor(ht: Honeytrap) -> Honeytrap:
+    """conftest.py's daemon, 3 ports a process, -l 30, -r 0.2."""
+    ht.args += ["-l", "30", "-r", "0.2"]
+    ht.extra_config = 'ports_per_process = "3"'
+    return ht
 
 
 def wait_until(condition: Callable[[], object], what: str) -> None:

@@ -25,6 +25,12 @@ from typing import Any, Protocol
 
 from honeytrap.errors import RemoteError
 
+# The dialogues' randomness (salts, ids, jitter): one SystemRandom for every connection of the
+# process. It draws from os.urandom and keeps no state of its own that matters, but each
+# instance still carries a Mersenne Twister state of ~2.5 KiB: one per connection was ~40% of
+# an idle connection's memory in a server process (bench/idle.py). Fork-safe (no state).
+SENSOR_RNG = random.SystemRandom()
+
 
 class DialogueError(RemoteError):
     """The client's bytes broke a dialogue (the attacker's doing): logged, counted, closed."""
@@ -50,14 +56,14 @@ class Reply:
     data: DataChannel | None = None  # FTP only: what to do with the data connection
 
 
-@dataclass
+@dataclass(slots=True)  # one per connection: no instance dict
 class Context:
     """What a dialogue may know about where it runs. Never the attacker's bytes."""
 
     protocol: str  # "tcp" | "udp"
     port: int  # the local port answered
     read_limit: int  # bytes of the client kept at most (the adapter enforces it too)
-    rng: random.Random = field(default_factory=random.SystemRandom)  # salts, ids, jitter
+    rng: random.Random = SENSOR_RNG  # salts, ids, jitter (a seeded Random in unit tests)
     hostname: str = "localhost"  # the sensor's plausible host name, per sensor
     state_dir: str = ""  # per-sensor state (certificate, keys); "" in unit tests
     extra: dict[str, Any] = field(default_factory=dict)  # per-sensor material (e.g. an SSLContext)

@@ -26,7 +26,6 @@ import errno
 import importlib
 import logging
 import os
-import random
 import re
 import socket
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from types import ModuleType
 from typing import Any
 
 from honeytrap.config import Config
-from honeytrap.dialogue.base import Context, Dialogue, DialogueFactory
+from honeytrap.dialogue.base import SENSOR_RNG, Context, Dialogue, DialogueFactory
 from honeytrap.dialogue.detect import Detector, classify
 from honeytrap.dialogue.raw import RawDialogue
 from honeytrap.dialogue.script import Script, load_script
@@ -53,9 +52,10 @@ CLASSES = {"ssh": "SshDialogue", "mysql": "MysqlDialogue", "postgres": "Postgres
            "smb": "SmbDialogue", "rdp": "RdpDialogue", "vnc": "VncDialogue"}
 # TCP ports whose well-known protocol a code dialogue answers (taking precedence over a raw
 # template beside it, as a .dialogue file does): their clients wait for a banner (SSH, MySQL,
-# VNC) or open with a binary request no static reply can follow (SMB, RDP, PostgreSQL).
+# VNC) or open with a binary request no static reply can follow (SMB, RDP, PostgreSQL), or
+# send requests on one stream that each want their own response (SIP, RFC 3261 18.3).
 TCP_PORTS = {22: "ssh", 2222: "ssh", 3306: "mysql", 5432: "postgres", 139: "smb", 445: "smb",
-             3389: "rdp", 5900: "vnc"}
+             3389: "rdp", 5900: "vnc", 5060: "sip"}
 # TLS ports whose clients wait for the server after the handshake (RFC 8314 implicit TLS):
 # their inner dialogue, chosen when the decrypted stream stays silent.
 TLS_SILENT_PORTS = {465: "smtp", 993: "imap", 995: "pop3", 990: "ftp", 992: "telnet"}
@@ -65,9 +65,6 @@ UDP_PORTS = {53: "dns", 161: "snmp", 5060: "sip", 123: "ntp", 111: "rpc"}
 # A response directory with more dialogue files than this is a mistake (each is parsed at load).
 MAX_SCRIPTS = 1024
 _NAME = re.compile(r"([0-9]{1,5})_(tcp|udp)\.dialogue")
-# Every connection's Context.rng: SystemRandom keeps no state (each draw reads the kernel's
-# generator), so one instance serves them all as well as one each, without the allocation.
-_RNG = random.SystemRandom()
 
 
 def load_catalog(config: Config) -> Catalog:
@@ -143,7 +140,7 @@ class Catalog:
 
     def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
                 remote_addr: str = "") -> Context:
-        return Context(protocol, port, read_limit, rng=_RNG,
+        return Context(protocol, port, read_limit, rng=SENSOR_RNG,
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
                        local_addr=local_addr, remote_addr=remote_addr)
 

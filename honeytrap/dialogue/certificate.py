@@ -13,14 +13,16 @@ from __future__ import annotations
 import datetime
 import os
 import random
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from honeytrap.dialogue import sensor
 from honeytrap.errors import ConfigError
+
+# `cryptography` is imported only to make a certificate (the first start; a throw-away one where
+# state_dir cannot be written): every later start reads the kept files with ssl alone. The
+# master's imports are shared by all its processes, and this one is ~2.7 MiB of them.
+if TYPE_CHECKING:
+    from cryptography import x509
 
 SUBJECTS = "tls.subjects"
 KEY_FILE, CERT_FILE = "tls.key", "tls.crt"
@@ -32,21 +34,24 @@ LIFETIMES_DAYS = (365, 730, 1095, 1825, 3650)
 # and has at least two months left (an expired one would make the sensor look abandoned).
 AGE_DAYS = (7, 400)
 MIN_LEFT_DAYS = 60
-FIELDS = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME,
-          "L": NameOID.LOCALITY_NAME, "O": NameOID.ORGANIZATION_NAME,
-          "OU": NameOID.ORGANIZATIONAL_UNIT_NAME}
+# Subject fields: the NameOID attribute of each.
+FIELDS = {"C": "COUNTRY_NAME", "ST": "STATE_OR_PROVINCE_NAME", "L": "LOCALITY_NAME",
+          "O": "ORGANIZATION_NAME", "OU": "ORGANIZATIONAL_UNIT_NAME"}
 MAX_HOSTNAME = 64  # RFC 5280 ub-common-name
 
 
 def subject(line: str, hostname: str) -> x509.Name:
     """An openssl-style "/C=../O=.." line from the subjects list, plus CN = the host name."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     attrs = []
     for part in line.strip("/").split("/"):
         key, sep, value = part.partition("=")
         if not sep or key not in FIELDS or not value:
             raise ConfigError(f"bad subject field {part!r} (want one of {sorted(FIELDS)})",
                               file=SUBJECTS)
-        attrs.append(x509.NameAttribute(FIELDS[key], value))
+        attrs.append(x509.NameAttribute(getattr(NameOID, FIELDS[key]), value))
     attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, hostname[:MAX_HOSTNAME]))
     return x509.Name(attrs)
 
@@ -62,6 +67,10 @@ def validity(rng: random.Random) -> tuple[datetime.datetime, datetime.datetime]:
 
 def generate(hostname: str, rng: random.Random | None = None) -> tuple[bytes, bytes]:
     """A fresh (key PEM, certificate PEM) for `hostname`."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     rng = rng or random.SystemRandom()
     key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
     name = subject(sensor.pick(SUBJECTS, hostname), hostname)

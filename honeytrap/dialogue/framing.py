@@ -54,24 +54,30 @@ def words(request: Request, line: bytes, tagged: bool = False) -> Request:
 class LineFramer:
     """Lines ending in LF (a CR before it dropped): FTP, SMTP, POP3; `tagged` for IMAP."""
 
+    # One per open connection, most of them idle: no instance dict, no buffer until data.
+    __slots__ = ("buffer", "tagged")
+
     def __init__(self, tagged: bool = False) -> None:
-        self.buffer = bytearray()
+        self.buffer: bytearray | None = None
         self.tagged = tagged
 
     def feed(self, data: bytes) -> tuple[list[Request], bytes]:
-        self.buffer += data
+        buffer = self.buffer
+        if buffer is None:
+            buffer = self.buffer = bytearray()
+        buffer += data
         out: list[Request] = []
         while True:
-            end = self.buffer.find(b"\n")
+            end = buffer.find(b"\n")
             if end < 0:
-                if len(self.buffer) <= MAX_LINE:
+                if len(buffer) <= MAX_LINE:
                     return out, b""
                 end = MAX_LINE
-                line = bytes(self.buffer[:end])
-                del self.buffer[:end]
+                line = bytes(buffer[:end])
+                del buffer[:end]
             else:
-                line = bytes(self.buffer[:end])
-                del self.buffer[: end + 1]
+                line = bytes(buffer[:end])
+                del buffer[: end + 1]
             out.append(words(Request(), line.rstrip(b"\r"), self.tagged))
 
 

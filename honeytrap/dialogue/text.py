@@ -35,6 +35,10 @@ def clean(data: bytes) -> bytes:
 class ScriptDialogue:
     """One connection's dialogue played from a Script."""
 
+    # One per open connection, most of them idle: no instance dict (bench/idle.py).
+    __slots__ = ("script", "ctx", "name", "state", "banner", "framer", "requests", "commands",
+                 "closed", "channel", "data_port", "start_delay", "_id")
+
     def __init__(self, script: Script, ctx: Context) -> None:
         self.script = script
         self.ctx = ctx
@@ -44,7 +48,7 @@ class ScriptDialogue:
         self.banner = banner
         self.framer = framer_for(script.parser, banner)
         self.requests = 0
-        self.commands: list[str] = []
+        self.commands: list[str] | None = None  # made on the first request
         self.closed = False
         self.channel: DataChannel | None = None  # asked of the adapter in this receive()
         self.data_port = 0
@@ -65,6 +69,8 @@ class ScriptDialogue:
         self.channel = None
         for request in requests:
             self.requests += 1
+            if self.commands is None:
+                self.commands = []
             if len(self.commands) < MAX_RECORDED_COMMANDS:
                 self.commands.append(request.cmd.decode("ascii", "replace")[:32])
             out += self.answer(request)
@@ -132,6 +138,8 @@ class ScriptDialogue:
         return head if request.cmd == b"HEAD" else head + body
 
     def expand(self, template: Template, request: Request, groups: tuple[bytes, ...]) -> bytes:
+        if len(template) == 1 and not template[0].name:
+            return template[0].text  # a literal (most banners): the script's bytes, not a copy
         out = bytearray()
         for segment in template:
             out += segment.text if not segment.name else self._value(segment.name, request, groups)
@@ -181,7 +189,8 @@ class ScriptDialogue:
         return self.ctx.rng.uniform(low, high) if high else 0.0
 
     def record(self) -> dict[str, Any]:
-        return {"state": self.state, "requests": self.requests, "commands": self.commands}
+        return {"state": self.state, "requests": self.requests,
+                "commands": self.commands if self.commands is not None else []}
 
 
 def _matches(rule: Rule, request: Request) -> bool:

@@ -1,0 +1,83 @@
+"""A write batch: the records several attacks gave one output, written with one call.
+
+The pipeline runs the hooks of the attacks queued together one after another on one worker (a
+batch, pipeline.py) and acknowledges them only once the batch is written. A line log
+(outfile.LineLog: logJSON, logAttacker) adds its lines to the worker's current batch instead of
+appending each at once; at the end of the batch they go out joined, one write per log instead
+of one per attack (a write to an O_APPEND file is a system call and an inode lock each; measured
+with bench/recorder.py). Outside a batch (a hook called directly, a test) nothing is held: the
+record is written at once.
+
+A batch is bound to the thread running it (`running`). The pipeline's watchdog may `take` what a
+batch holds from another thread (a slow hook: the attacks before it in the batch are written and
+acknowledged without waiting for it); the batch goes on empty.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+Write = Callable[[bytes], None]
+
+_local = threading.local()
+
+
+class WriteBatch:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # Per output (its writer), its records in order.
+        self._held: dict[Write, list[bytes]] = {}
+
+    def add(self, write: Write, record: bytes) -> None:
+        """Hold `record` for `write` (an output's "append these bytes whole" function)."""
+        with self._lock:
+            records = self._held.get(write)
+            if records is None:
+                self._held[write] = [record]
+            else:
+                records.append(record)
+
+    def take(self) -> Held:
+        """What is held now; the batch goes on empty."""
+        with self._lock:
+            held, self._held = self._held, {}
+        return Held(held)
+
+
+class Held:
+    """Records taken from a batch, to be written."""
+
+    def __init__(self, held: dict[Write, list[bytes]]) -> None:
+        self._held = held
+
+    def __bool__(self) -> bool:
+        return bool(self._held)
+
+    def write(self, on_error: Callable[[Write, BaseException], None]) -> None:
+        """Each output's records joined, in one call per output, in the order they came.
+        A writer that raises is reported to `on_error`; the others are still written."""
+        for write, records in self._held.items():
+            try:
+                write(b"".join(records))
+            except Exception as exc:
+                on_error(write, exc)
+        self._held = {}
+
+
+def current() -> WriteBatch | None:
+    """The batch this thread is running, if any."""
+    batch: WriteBatch | None = getattr(_local, "batch", None)
+    return batch
+
+
+@contextmanager
+def running(batch: WriteBatch) -> Iterator[WriteBatch]:
+    """Make `batch` this thread's current batch for the block."""
+    previous = current()
+    _local.batch = batch
+    try:
+        yield batch
+    finally:
+        _local.batch = previous
