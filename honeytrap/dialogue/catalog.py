@@ -165,14 +165,15 @@ class Catalog:
         return self.named(UDP_PORTS.get(port, ""))
 
     def detector(self, ctx: Context) -> Dialogue:
-        def lookup(name: str) -> Dialogue | None:
-            factory = self.named(name)
-            return factory(ctx) if factory is not None else None
+        # Bound methods taking the context, not two closures made per connection.
+        return Detector(ctx, self._detected, self._unknown)
 
-        def unknown() -> Dialogue:
-            return RawDialogue(DEFAULT_TEMPLATE, ctx, self.template_repeat)
+    def _detected(self, name: str, ctx: Context) -> Dialogue | None:
+        factory = self.named(name)
+        return factory(ctx) if factory is not None else None
 
-        return Detector(ctx, lookup, unknown)
+    def _unknown(self, ctx: Context) -> Dialogue:
+        return RawDialogue(DEFAULT_TEMPLATE, ctx, self.template_repeat)
 
     def named(self, name: str, scripts: bool = True) -> DialogueFactory | None:
         """The dialogue served for a protocol name, None if none is."""

@@ -60,8 +60,8 @@ class Detector:
     """Silence until the client speaks; then the dialogue of what it speaks."""
 
     def __init__(
-        self, ctx: Context, lookup: Callable[[str], Dialogue | None],
-        unknown: Callable[[], Dialogue],
+        self, ctx: Context, lookup: Callable[[str, Context], Dialogue | None],
+        unknown: Callable[[Context], Dialogue],
     ) -> None:
         self.ctx = ctx
         self.lookup = lookup  # a protocol name to a fresh dialogue, None if not served
@@ -95,10 +95,10 @@ class Detector:
         return self._choose(classify(self.buffer))
 
     def _choose(self, name: str | None) -> Reply:
-        inner = self.lookup(name) if name is not None else None
+        inner = self.lookup(name, self.ctx) if name is not None else None
         self.detected = name or ""
         if inner is None:
-            inner = self.unknown()
+            inner = self.unknown(self.ctx)
         self.inner = inner
         self.name = inner.name
         first = inner.start()
