@@ -49,7 +49,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
 
     def __init__(self, server: Host, notes: Sequence[str] = ()) -> None:
         self.server = server
-        self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
+        self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
