@@ -205,6 +205,26 @@ def parse_stats(message: str) -> dict[str, int] | None:
 # --- the channel --------------------------------------------------------------------------------
 
 
+def descriptors(channels: list[Channel]) -> list[int]:
+    """The open channels' descriptors with those queued in them (bound ports, recorder links),
+    which a forked child must close: one that inherited a port would keep it bound, unserved."""
+    return [fd for c in channels if not c.closed for fd in (c.fileno(), *c.queued_fds())]
+
+
+def later(channel: Channel, corked: list[Channel]) -> Channel:
+    """`channel`, corked (and added to `corked`, for uncork) if it was not already."""
+    if channel.cork():
+        corked.append(channel)
+    return channel
+
+
+def uncork(channels: list[Channel]) -> None:
+    """Send what the corked channels gathered (Channel.cork), and forget them."""
+    for channel in channels:
+        channel.uncork()
+    channels.clear()
+
+
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A socketpair for a server process's control channel (see the module's docstring)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -257,11 +277,14 @@ class Channel:
     def corked(self) -> bool:
         return self._corked is not None
 
-    def cork(self) -> None:
+    def cork(self) -> bool:
         """Gather what is sent from now on (in order) until uncork(), which sends it in
-        batches of at most HANDOVER_BATCH messages, one sendmsg each."""
+        batches of at most HANDOVER_BATCH messages, one sendmsg each. True if it was not
+        corked already."""
         if self._corked is None and not self.closed:
             self._corked = []
+            return True
+        return False
 
     def hand(self, message: Message, fds: list[int]) -> bool:
         """Send a typed message with descriptors that become the channel's (closed once sent,

@@ -21,7 +21,9 @@ class PortInUse(Exception):
 
 def _new(family: int, protocol: str) -> socket.socket:
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    sock = socket.socket(family, kind)
+    # Non-blocking from the start: one syscall less per port than setblocking() (a sweep binds
+    # thousands a second).
+    sock = socket.socket(family, kind | socket.SOCK_NONBLOCK)
     if protocol == "tcp":
         # TIME_WAIT leftovers of an earlier server on this port must not block the next one.
         # (Never for UDP: there SO_REUSEADDR would let us share a real service's port.)
@@ -64,7 +66,6 @@ def bind_port(protocol: str, port: int, bind_address: str, family_hint: int) -> 
             if exc.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
                 continue
             raise
-        sock.setblocking(False)
         return sock
     if in_use:
         raise PortInUse(f"{port}/{protocol}")

@@ -66,6 +66,9 @@ SHUTDOWN_TIMEOUT = 45.0
 RECORDER_STOP_TIMEOUT = 40.0
 # Statistics are logged this often (and on SIGUSR1).
 STATS_LOG_INTERVAL = 300.0
+# Verdicts are sent (monitor.flush) at least every this many attempts of a round: a batch, but the
+# first SYN of a burst not kept waiting for the last one's bind (~50 us each).
+VERDICT_ROUND = 32
 # While a spare process is wanted, the loop waits this long for work before forking one.
 SPARE_IDLE_WAIT = 0.005
 
@@ -173,6 +176,8 @@ class Master:
                     key.data.callback()
             self._drop_unreachable()
             self._carry_out(self.table.tick())
+            self.monitor.flush()  # the verdicts of attempts held and decided since
+            control.uncork(self._corked)  # then what the pass gave the processes
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
@@ -218,18 +223,19 @@ class Master:
             log.error("monitor read failed: %s", exc)
             return
         try:
-            for held in attempts:
+            for n, held in enumerate(attempts, 1):
                 try:
                     self.on_attempt(held)
                 except Exception:
                     held.release()  # never left without a verdict, even by a bug here
                     raise
+                if n % VERDICT_ROUND == 0:
+                    self.monitor.flush()
         finally:
-            # The round's handovers, a sendmsg per process (control.HANDOVER_BATCH): after the
-            # verdicts, which need only the ports listening, bound here.
-            for channel in self._corked:
-                channel.uncork()
-            self._corked.clear()
+            # The round's verdicts (a batch: monitor.flush), then its handovers, a sendmsg per
+            # process (control.HANDOVER_BATCH): the verdicts need only the ports listening.
+            self.monitor.flush()
+            control.uncork(self._corked)
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -262,8 +268,9 @@ class Master:
                 if action.why == "evicted":
                     log.info("evicting idle server for %d/%s to make room", action.key[1],
                              action.key[0])
-                if process is not None:
-                    process.channel.send_message(control.Stop(action.key))
+                if process is not None:  # with the round's others (one send: control.later)
+                    control.later(process.channel, self._corked).send_message(
+                        control.Stop(action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)
                 if process is not None:
@@ -309,17 +316,13 @@ class Master:
                  conf.port, conf.protocol, pid, conf.mode.label)
 
     def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
-        """Give a running process the port's bound socket (the channel's from now on) and its
-        template file; gathered with the round's others (cork) and sent after its verdicts."""
+        """The port's bound socket (the channel's now) and template to the process, corked."""
         fds = [sock]
         if f"{conf.port}_{conf.protocol}" in self.template_names:
             template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
             fds += [] if template is None else [template]
-        channel = process.channel
-        if not channel.corked:
-            channel.cork()
-            self._corked.append(channel)
-        return channel.hand(control.Serve((conf.protocol, conf.port), len(fds)), fds)
+        serve = control.Serve((conf.protocol, conf.port), len(fds))
+        return control.later(process.channel, self._corked).hand(serve, fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
@@ -339,11 +342,15 @@ class Master:
         if self.recorder is None:
             self._start_recorder()
         recorder = self.recorder
+        try:
+            parent_end, child_end = control.channel_pair()
+        except OSError as exc:  # out of descriptors (a sweep's handovers queued, say)
+            log.error("cannot fork a server process: %s", exc.strerror)
+            return None
         link = recorder.link() if recorder is not None else None
         if link is None:
             # Attacks wait in the server until the recorder is back (relinked then).
             log.error("no recorder link for a new server process")
-        parent_end, child_end = control.channel_pair()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
@@ -426,13 +433,8 @@ class Master:
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
-        channels = [h.channel for h in self.children.values()]
-        channels += [r.channel for r in self.recorders.values()]
-        for channel in channels:
-            if not channel.closed:
-                # With the descriptors queued for it (bound ports, recorder links): a child
-                # that inherited one would keep a port bound that nobody serves.
-                fds += [channel.fileno(), *channel.queued_fds()]
+        fds += control.descriptors([h.channel for h in self.children.values()]
+                                   + [r.channel for r in self.recorders.values()])
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -491,19 +493,10 @@ class Master:
             except control.ControlError as exc:
                 log.warning("server process %d: %s", process.pid, exc)
                 continue
-            pid = process.pid
             if isinstance(message, control.Stats):
                 process.stats = message.values
-            elif isinstance(message, control.Busy):
-                self.table.busy(pid, message.key)
-            elif isinstance(message, control.Idle):
-                self.table.idle_again(pid, message.key)
-            elif isinstance(message, control.Expire):
-                self._carry_out(self.table.expire(pid, message.key))
-            elif isinstance(message, control.Released):
-                self._carry_out(self.table.released(pid, message.key))
-            elif isinstance(message, control.Load):
-                self.table.load(pid, message.descriptors)
+            else:
+                self._carry_out(self.table.message(process.pid, message))
 
     def _gone(self, process: ProcessHandle) -> None:
         """The channel closed: the process exited (or crashed); its ports are free."""
@@ -610,6 +603,7 @@ class Master:
     def _shutdown(self) -> int:
         daemon.notify("STOPPING=1")
         self._carry_out(self.table.shutdown())
+        self.monitor.flush()
         for process in list(self.children.values()):
             process.channel.send_message(control.Shutdown())
         self._wait_for(lambda: bool(self.children), SHUTDOWN_TIMEOUT)
@@ -644,3 +638,5 @@ class Master:
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()
+            self.monitor.flush()  # the verdicts, then what the processes were given
+            control.uncork(self._corked)

@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from honeytrap import control
 from honeytrap.config import Config
 
 Key = tuple[str, int]  # ("tcp", 8080)
@@ -424,6 +425,21 @@ class PortTable:
         if process is not None:
             process.descriptors = max(0, descriptors)
             self._update_room(process)
+
+    def message(self, pid: int, message: control.Message) -> list[Action]:
+        """A message from process `pid` about its ports (control.py); Stats and the master's own
+        messages are none of the table's."""
+        if isinstance(message, control.Busy):
+            self.busy(pid, message.key)
+        elif isinstance(message, control.Idle):
+            self.idle_again(pid, message.key)
+        elif isinstance(message, control.Expire):
+            return self.expire(pid, message.key)
+        elif isinstance(message, control.Released):
+            return self.released(pid, message.key)
+        elif isinstance(message, control.Load):
+            self.load(pid, message.descriptors)
+        return []
 
     def ports_of(self, pid: int) -> list[Key]:
         process = self.processes.get(pid)

@@ -346,7 +346,11 @@ class RecorderHandle:
 
     def link(self) -> socket.socket | None:
         """A new link: the recorder gets one end now, the caller the other (for a server)."""
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:  # out of descriptors: the master goes on, the process unlinked
+            log.error("no link to the recorder: %s", exc.strerror)
+            return None
         try:
             if not self.channel.send_fd("link", theirs.fileno()):
                 mine.close()

@@ -106,6 +106,7 @@ def child_main(spec: ServerSpec) -> int:
         with asyncio.Runner(loop_factory=eventloop.factory(spec.config)) as runner:
             done = runner.run(process.serve())
     finally:
+        process.channel.uncork()  # what the last loop pass gathered
         process.send_stats()  # the last figures: the master keeps them
     return 0 if done else 1
 
@@ -266,6 +267,8 @@ class ServerProcess:
         if self.servers.get(key) is server:
             del self.servers[key]
         self.draining.add(server)
+        if self.loop is not None and self.channel.cork():  # the loop pass's releases: one send
+            self.loop.call_soon(self.channel.uncork)
         self.channel.send_message(control.Released(key))
         self._retitle_soon()
 

@@ -122,6 +122,15 @@ def wait_spooled(spool: Path, count: int, timeout: float = SPOOL_BOUND) -> list[
     return names
 
 
+def wait_drained(spool: Path, timeout: float = SPOOL_BOUND) -> list[str]:
+    """The spool's files once the replay removed them: each is removed after its transaction
+    committed, so a row can be visible a moment before its file is gone."""
+    deadline = time.monotonic() + timeout
+    while (names := spooled(spool)) and time.monotonic() < deadline:
+        time.sleep(POLL)
+    return names
+
+
 def prepare_schema(db: PgServer) -> None:
     """Our schema, as the plugin would create it, plus a witness: a trigger that notes every
     row a committed transaction inserted (or tried to: it fires before ON CONFLICT decides)
@@ -189,7 +198,7 @@ def assert_replayed_once(db: PgServer, spool: Path, expected: list[bytes], waite
     )
     assert arrived == expected  # every one, in order, once
     assert counts(db) == (len(expected), len(expected))  # nothing else, nothing twice
-    assert spooled(spool) == []  # acknowledged: nothing left to be replayed again
+    assert wait_drained(spool) == []  # acknowledged: nothing left to be replayed again
     assert list((spool / REJECTED_DIR).iterdir()) == []
 
 

@@ -5,6 +5,7 @@ at the nice value the daemon was started with (honeytrap/priority.py)."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pytest
 from daemon import Honeytrap, nfq_rules
 from netns import Lab
 
+from honeytrap.porttable import SPARE_PROCESSES
 from honeytrap.priority import DEFAULT_MASTER_NICE, REALTIME_PRIORITY
 
 STARTED_AT = 3  # the daemon is started under `nice -n 3`: what its children must get back
+NAMED_WAIT = 10.0  # seconds for a forked child to name itself (milliseconds, loaded)
 
 
 def scheduling(pid: int) -> tuple[int, int, int]:
@@ -43,8 +46,11 @@ def test_the_master_runs_as_configured_and_its_children_as_started(
 ) -> None:
     niced.extra_config = config
     niced.start()  # ready: the recorder and every spare are forked
-    children = niced.recorders() + niced.spares()
-    assert len(children) >= 2
+    # Each takes its name after its scheduling is set back (forked.fork_child): named, set.
+    deadline = time.monotonic() + NAMED_WAIT
+    while len(children := niced.recorders() + niced.spares()) < 1 + SPARE_PROCESSES:
+        assert time.monotonic() < deadline, "the recorder and the spares never took their names"
+        time.sleep(0.02)
     assert scheduling(niced.master_pid()) == master
     assert [scheduling(pid) for pid in children] == [(os.SCHED_OTHER, 0, STARTED_AT)] * len(
         children)

@@ -2,7 +2,7 @@
 
 A monitor has a file descriptor for the master's selector and, when it is readable, yields
 `Held` attempts. The master decides by the port's mode, starts a dynamic server if needed, and
-then calls `release()` on each held attempt:
+then calls `release()` on each held attempt, and `flush()` after a round of them:
 - nfq: the packet was held in NFQUEUE; release() gives the accept verdict, so the very first SYN
   or datagram reaches the server just bound (or the kernel's RST, if nothing was bound).
 - pcap: the attempt was already refused by the kernel (we saw its RST or ICMP port
@@ -42,6 +42,11 @@ class Monitor(Protocol):
 
     def poll(self) -> Sequence[Held]:
         """Read what is pending without blocking; return the attempts seen."""
+        ...
+
+    def flush(self) -> None:
+        """Carry out the verdicts of the attempts released since the last flush (nfq sends
+        them in one batch; the master flushes after each round of attempts)."""
         ...
 
     def close(self) -> None: ...

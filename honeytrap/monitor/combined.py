@@ -74,6 +74,10 @@ class CombinedMonitor:
                     held.append(item)
         return held
 
+    def flush(self) -> None:
+        self.queue.flush()
+        self.sniffer.flush()
+
     def _remember(self, key: EchoKey, now: float) -> None:
         self._queued.pop(key, None)
         self._queued[key] = now

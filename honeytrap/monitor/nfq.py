@@ -12,6 +12,7 @@ import logging
 import socket
 import struct
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,14 @@ PROTO_UDP = 17
 IPV6_EXTENSIONS = {0, 43, 60}
 IPV6_FRAGMENT = 44
 IPV6_MAX_EXTENSIONS = 8
+# The batch verdict (nfnetlink_queue's NFQNL_MSG_VERDICT_BATCH: every packet up to an id, in one
+# message) sent on the queue's own socket: a sweep's verdicts cost a sendto per round, not per
+# packet. Netlink and nfnetlink_queue constants (linux/netlink.h, linux/netfilter/*.h).
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_VERDICT_BATCH = 3
+NLM_F_REQUEST = 1
+NFQA_VERDICT_HDR = 2
+NF_ACCEPT = 1
 
 
 def classify(packet: bytes) -> Attempt | None:
@@ -85,21 +94,33 @@ def classify(packet: bytes) -> Attempt | None:
                    socket.inet_ntop(family, src), sport)
 
 
-@dataclass
-class QueuedPacket:
-    """A packet held in NFQUEUE; release() gives the accept verdict, once."""
+# What a queued packet that is no attempt (unparsable, a SYN-ACK) is held as until its verdict.
+UNCLASSIFIED = Attempt("", 0, "", 0, "", 0)
 
-    attempt: Attempt
+
+@dataclass(eq=False)
+class QueuedPacket:
+    """A packet held in NFQUEUE; release() gives the accept verdict, once: at the monitor's
+    next flush() (the master flushes after each round of attempts, and every VERDICT_ROUND)."""
+
+    attempt: Attempt  # UNCLASSIFIED: not an attempt (accepted untouched)
     packet: Any
     released: bool = False
+    monitor: NfqMonitor | None = None
 
     def release(self) -> None:
         if not self.released:
             self.released = True
-            try:
-                self.packet.accept()
-            except (OSError, RuntimeError) as exc:
-                log.warning("verdict failed: %s", exc)
+            if self.monitor is not None:
+                self.monitor.due.append(self)
+            else:
+                self.accept()
+
+    def accept(self) -> None:
+        try:
+            self.packet.accept()
+        except (OSError, RuntimeError) as exc:
+            log.warning("verdict failed: %s", exc)
 
 
 class NfqMonitor:
@@ -108,6 +129,11 @@ class NfqMonitor:
 
         self._seen: list[QueuedPacket] = []
         self.unclassified = 0
+        self.queue_num = queue_num
+        # Read and not yet given their verdict, in the kernel's order (its ids ascending):
+        # flush() accepts the released ones at the front with one batch verdict.
+        self._held: OrderedDict[int, QueuedPacket] = OrderedDict()
+        self.due: list[QueuedPacket] = []  # released since the last flush()
         self.nfq = NetfilterQueue()
         try:
             with warnings.catch_warnings():
@@ -137,21 +163,56 @@ class NfqMonitor:
             attempt = classify(packet.get_payload())
         except Exception:  # noqa: BLE001 - a packet must never be left without a verdict
             log.exception("classifying a queued packet failed")
+        held = QueuedPacket(attempt or UNCLASSIFIED, packet, monitor=self)
+        self._held[packet.id] = held
         if attempt is None:
             self.unclassified += 1
-            packet.accept()
+            held.release()
             return
-        self._seen.append(QueuedPacket(attempt, packet))
+        self._seen.append(held)
 
     def poll(self) -> list[QueuedPacket]:
         self.nfq.run_socket(self._sock)
         seen, self._seen = self._seen, []
         return seen
 
+    def flush(self) -> None:
+        """Give the released packets their verdict: those at the front (every packet read
+        before them released too) with one batch verdict, the others (behind one still held:
+        a port being released) one by one."""
+        if not self.due:
+            return
+        due, self.due = self.due, []
+        held, last = self._held, None
+        while held:
+            packet_id, packet = next(iter(held.items()))
+            if not packet.released:
+                break
+            held.popitem(last=False)
+            last = packet_id
+        if last is not None:
+            self._batch_verdict(last)
+        for packet in due:
+            if held.pop(packet.packet.id, None) is not None:
+                packet.accept()
+
+    def _batch_verdict(self, last: int) -> None:
+        """Accept every packet the kernel holds for us up to id `last`."""
+        attribute = struct.pack("=HH", 12, NFQA_VERDICT_HDR) + struct.pack("!II", NF_ACCEPT, last)
+        body = bytes((socket.AF_UNSPEC, 0)) + struct.pack("!H", self.queue_num) + attribute
+        header = struct.pack("=IHHII", 16 + len(body),
+                             (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT_BATCH, NLM_F_REQUEST,
+                             0, 0)
+        try:
+            self._sock.sendto(header + body, (0, 0))
+        except OSError as exc:
+            log.warning("batch verdict failed: %s", exc)
+
     def close(self) -> None:
         for held in self._seen:
             held.release()
         self._seen = []
+        self.flush()
         try:
             self.nfq.unbind()
         finally:
