@@ -3,7 +3,7 @@
 The recorder (honeytrap/recorder.py) is forked as the master forks it (fork_recorder), with
 SaveFile, logAttacker and logJSON on (bench/run.py's configuration) writing to a fresh
 filesystem (bench/workdir.py). This process plays a dynamic server: it sends --attacks attack
-frames (200-byte payloads, a dialogue record, as a server in normal mode hands them over) in
+frames (200-byte payloads, a raw dialogue record, as a server in normal mode hands them over) in
 bursts of --window in flight, reads the acknowledgements until every attack is acknowledged,
 then stops the recorder and takes its CPU time (user + system, from wait4). That is what the
 recorder spends per attack, decoding, hooks, outputs and acknowledgements included, and none of
@@ -54,7 +54,7 @@ def frames(count: int, frame_limit: int) -> list[bytes]:
     for n in range(count):
         payload = Payload(bytes((n + i) % 251 for i in range(PAYLOAD_BYTES)))
         conn = Connection("tcp", "192.0.2.1", 4444, "198.51.100.7", 40000 + n % 20000, payload)
-        dialogue = DialogueRecord("raw", (PAYLOAD_BYTES, -1), Payload(b"\n"), {})
+        dialogue = DialogueRecord("raw", (PAYLOAD_BYTES, -1), Payload(b"\n"), {"sends": 1})
         attack = Attack(conn, mode=Mode.NORMAL, start_time=start + n * 1e-4,
                         end_time=start + n * 1e-4 + 0.01, dialogue=dialogue)
         made.append(wire.encode_attack(n + 1, attack, max_frame=frame_limit))
@@ -75,7 +75,7 @@ def config(directory: Path, plugin_dir: str, outputs: bool = True) -> Config:
 
 
 def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
-            outputs: bool = True) -> float:
+            outputs: bool = True, rate: float = 0.0) -> float:
     """CPU seconds (user + system) the recorder spent on `count` attacks."""
     cfg = config(directory, plugin_dir, outputs)
     registry = load_plugins(cfg)
@@ -90,7 +90,7 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
         link = handle.link()
         if link is None:
             raise RuntimeError("no link to the recorder")
-        acked = _feed(link, batch, window)
+        acked = _feed(link, batch, window, rate)
         link.close()
         if acked != count:
             raise RuntimeError(f"{acked} of {count} attacks acknowledged")
@@ -107,8 +107,9 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
     return usage.ru_utime + usage.ru_stime
 
 
-def _feed(link: object, batch: list[bytes], window: int) -> int:
-    """Send the frames, at most `window` unacknowledged; return how many were acknowledged."""
+def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0) -> int:
+    """Send the frames, at most `window` unacknowledged (and with `rate`, no more than `rate`
+    per second, as connections end on a server); return how many were acknowledged."""
     import socket
     assert isinstance(link, socket.socket)
     link.setblocking(False)
@@ -117,11 +118,14 @@ def _feed(link: object, batch: list[bytes], window: int) -> int:
     selector.register(link, selectors.EVENT_READ)
     out = bytearray()
     sent = acked = 0
-    deadline = time.monotonic() + REP_TIMEOUT
+    began = time.monotonic()
+    deadline = began + REP_TIMEOUT
     while acked < len(batch):
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        if now > deadline:
             raise RuntimeError(f"stalled: {acked} of {len(batch)} acknowledged")
-        while sent < len(batch) and sent - acked < window:
+        due = len(batch) if rate <= 0 else min(len(batch), int((now - began) * rate) + 1)
+        while sent < due and sent - acked < window:
             out += batch[sent]
             sent += 1
         try:
@@ -130,7 +134,8 @@ def _feed(link: object, batch: list[bytes], window: int) -> int:
         except BlockingIOError:
             pass
         selector.modify(link, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-        for _key, events in selector.select(timeout=1.0):
+        for _key, events in selector.select(timeout=1.0 if rate <= 0 or sent == due
+                                            else 1 / rate):
             if events & selectors.EVENT_READ:
                 data = link.recv(1 << 20)
                 if not data:
@@ -148,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--no-fresh-fs", action="store_true")
     parser.add_argument("--plugin-dir", default=str(REPO / "plugins"))
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="attacks sent per second at most (0: as fast as acknowledged)")
     parser.add_argument("--no-outputs", action="store_true",
                         help="no plugins: the recorder's own cost per attack")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -159,11 +166,13 @@ def main(argv: list[str] | None = None) -> int:
             directory = wd.path / f"rep-{rep}"
             directory.mkdir()
             cpu = run_rep(directory, args.attacks, args.window, args.plugin_dir,
-                          not args.no_outputs)
+                          not args.no_outputs, args.rate)
             micros.append(cpu / args.attacks * 1e6)
         fresh = "fresh filesystem" if wd.fresh_fs else f"not fresh: {wd.why}"
     what = "no plugins" if args.no_outputs else "SaveFile, logAttacker, logJSON"
-    print(f"# recorder ({what}), {args.attacks} attacks x {args.reps} reps, window {args.window} "
+    pace = f", at most {args.rate:.0f}/s" if args.rate > 0 else ""
+    print(f"# recorder ({what}), {args.attacks} attacks x {args.reps} reps, window {args.window}"
+          f"{pace} "
           f"({fresh}; load {load:.2f} -> {os.getloadavg()[0]:.2f})")
     print(f"recorder CPU per attack: median {statistics.median(micros):.1f} us  "
           f"min {min(micros):.1f} max {max(micros):.1f}")

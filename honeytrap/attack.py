@@ -94,7 +94,7 @@ class Payload:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per open connection: no instance dict
 class Connection:
     """One side of an attack: the attacker's connection, or our mirror/proxy connection."""
 

@@ -52,7 +52,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
                  remote: tuple[str, int] | None = None) -> None:
         self.server = server
         self.remote = remote  # the peer's address as accept gave it (None: ask the transport)
-        self.notes = list(notes)  # e.g. why a mirror connection fell back to normal mode
+        self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None

@@ -42,6 +42,11 @@ PENDING_TIMEOUT = 2.0
 # fork (~15 ms of CPU with the child's copy-on-write faults) on the first SYN's path. Two: a
 # sweep fills one while the master forks the next when it has nothing else to do.
 SPARE_PROCESSES = 2
+# While a process already serving ports has room for another, a new port goes to it (the fullest
+# with room), not to a spare: one spare is then enough, and the second is ~3 MiB of private
+# memory for nothing (a spare's Private_Dirty; bench/idle.py). A sweep that fills the serving
+# processes wants SPARE_PROCESSES again, forked while the last spare takes the next ports.
+SPARES_WHILE_SERVING_HAS_ROOM = 1
 # Server processes that were retired (or lost their ports) but still finish their connections
 # may be alive beside the ones serving: this many times what max_servers ports need.
 DRAINING_FACTOR = 1
@@ -379,12 +384,24 @@ class PortTable:
         return self._refuse("refused_draining", fork.key, fork.tokens)
 
     def spares_wanted(self) -> int:
-        """Spare processes to fork now (off the packet's path) to keep SPARE_PROCESSES ready."""
+        """Spare processes to fork now (off the packet's path) to keep SPARE_PROCESSES ready
+        (SPARES_WHILE_SERVING_HAS_ROOM while a serving process has room for another port)."""
         if not self.running:
             return 0
-        spares = sum(1 for p in self.processes.values() if not p.retired and not p.had_ports)
+        spares = 0
+        serving_room = False
+        for pid, process in self.processes.items():
+            if process.retired:
+                continue
+            if not process.had_ports:
+                spares += 1
+            elif pid in self._room:
+                serving_room = True
+        wanted = self.limits.spare_processes
+        if serving_room:
+            wanted = min(wanted, SPARES_WHILE_SERVING_HAS_ROOM)
         room = self.limits.max_processes - self._alive()
-        return max(0, min(self.limits.spare_processes - spares, room))
+        return max(0, min(wanted - spares, room))
 
     # --- messages from a server process ------------------------------------------------------
 

@@ -19,8 +19,11 @@ policy (SCHED_RESET_ON_FORK) and the nice value the daemon was started with.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+
+from honeytrap import log as logs
 
 log = logging.getLogger("honeytrap.priority")
 
@@ -53,14 +56,27 @@ def set_master(nice: int, realtime: bool) -> None:
         try:
             os.setpriority(os.PRIO_PROCESS, 0, nice)
         except OSError as exc:
-            log.warning("cannot run the master at nice %d (%s): it stays at %d", nice,
-                        exc.strerror, _current())
+            _refused(exc, f"at nice {nice}")
     policy, level = (os.SCHED_RR, REALTIME_PRIORITY) if realtime else (os.SCHED_OTHER, 0)
     try:
         os.sched_setscheduler(0, policy | os.SCHED_RESET_ON_FORK, os.sched_param(level))
     except OSError as exc:
-        log.warning("cannot run the master under the %s scheduling policy (%s)",
-                    "real-time" if realtime else "normal", exc.strerror)
+        _refused(exc, f"under the {'real-time' if realtime else 'normal'} scheduling policy")
+
+
+def _refused(exc: OSError, what: str) -> None:
+    """Without CAP_SYS_NICE (a container such as T-Pot's, a non-root user) the master runs as it
+    was started: said once at level 3 without the system's error text, which T-Pot's health
+    check treats as a failure ("Operation not permitted", "Permission denied")."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        log.log(logs.NOTICE, "the master runs %s only with CAP_SYS_NICE: it stays at nice %d, "
+                "%s policy", what, _current(), "real-time" if _realtime() else "normal")
+    else:
+        log.warning("cannot run the master %s (%s)", what, exc.strerror)
+
+
+def _realtime() -> bool:
+    return os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK in (os.SCHED_RR, os.SCHED_FIFO)
 
 
 def for_child() -> None:

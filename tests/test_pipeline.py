@@ -7,12 +7,15 @@ import threading
 import time
 import types
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 
+from honeytrap import outfile
 from honeytrap.attack import Attack, Connection, Download, Payload
+from honeytrap.config import Config
 from honeytrap.pipeline import MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
-from honeytrap.plugin import ATTACK_HOOKS, LoadedPlugin, Registry
+from honeytrap.plugin import ATTACK_HOOKS, LoadedPlugin, PluginContext, Registry
 
 # Bound on every wait in these tests: far above what any step needs, so only a bug reaches it.
 WAIT = 30.0
@@ -406,3 +409,101 @@ def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
         slow.release.set()
         assert pipeline.close(WAIT)
     assert done == [b"slow", b"quick"]
+
+
+# --- batches: the line logs' lines of the attacks queued together, one append each ----------
+
+
+class BatchGate:
+    """ANALYZE blocks for the attack whose payload is b"gate" until opened: the attacks
+    submitted meanwhile are queued together, and the worker takes them as one batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def analyze(self, attack: Attack) -> None:
+        if attack.payload == b"gate":
+            self.entered.set()
+            self.opened.wait(WAIT)
+
+
+class CountingLog(outfile.LineLog):
+    """logAttacker's kind of output: one line per attack (its payload), appends counted."""
+
+    def __init__(self, ctx: PluginContext) -> None:
+        super().__init__(ctx)
+        self.appends = 0
+
+    def line(self, attack: Attack) -> bytes:
+        return attack.payload + b"\n"
+
+    def _append(self, lines: bytes) -> None:
+        self.appends += 1
+        super()._append(lines)
+
+
+def counting_log(path: Path) -> CountingLog:
+    ctx = PluginContext("Lines", {"logfile": str(path)}, Config(), logging.getLogger("test"))
+    return CountingLog(ctx)
+
+
+def test_a_batch_is_appended_in_one_write_and_acknowledged_only_once_written(
+    tmp_path: Path,
+) -> None:
+    gate, log_path = BatchGate(), tmp_path / "lines.log"
+    lines = counting_log(log_path)
+    pipeline = Pipeline(registry_of(("Gate", gate), ("Lines", lines)), workers=1)
+    in_file_when_done: list[bool] = []
+
+    def done(data: bytes) -> None:  # runs when the attack is finished (acknowledged)
+        in_file_when_done.append(data + b"\n" in log_path.read_bytes().splitlines(True))
+
+    try:
+        pipeline.submit(attack(b"gate"), on_done=lambda: done(b"gate"))
+        assert gate.entered.wait(WAIT)
+        for n in range(20):
+            pipeline.submit(attack(b"a%d" % n), on_done=lambda n=n: done(b"a%d" % n))
+        gate.opened.set()
+        assert pipeline.drain(WAIT)
+    finally:
+        gate.opened.set()
+        assert pipeline.close(WAIT)
+        lines.close()
+    assert in_file_when_done == [True] * 21
+    assert log_path.read_bytes() == b"gate\n" + b"".join(b"a%d\n" % n for n in range(20))
+    assert lines.appends == 2  # the gate's batch of one, then the twenty queued behind it
+
+
+def test_a_slow_hook_in_a_batch_holds_up_only_its_own_attack(tmp_path: Path) -> None:
+    """The attacks of the batch before the slow one are written and acknowledged, the ones
+    after it go to another worker, while the slow hook still runs."""
+    gate, slow, log_path = BatchGate(), SlowFirst(), tmp_path / "lines.log"
+    lines = counting_log(log_path)
+    registry = registry_of(("Gate", gate), ("Slow", slow), ("Lines", lines))
+    pipeline = Pipeline(registry, workers=2, plugin_timeout=60.0)
+    done: list[bytes] = []
+    all_quick_done = threading.Event()
+
+    def finished(data: bytes) -> None:
+        done.append(data)
+        if len(done) == 5:
+            all_quick_done.set()
+
+    try:
+        pipeline.submit(attack(b"gate"), on_done=lambda: finished(b"gate"))
+        assert gate.entered.wait(WAIT)
+        for data in (b"q1", b"q2", b"slow", b"q3", b"q4"):
+            pipeline.submit(attack(data), on_done=lambda data=data: finished(data))
+        gate.opened.set()
+        assert slow.entered.wait(WAIT)
+        assert all_quick_done.wait(WAIT)  # the watchdog split the batch (BOOST_AFTER)
+        assert sorted(done) == [b"gate", b"q1", b"q2", b"q3", b"q4"]
+        assert sorted(log_path.read_bytes().splitlines()) == sorted(done)
+    finally:
+        slow.release.set()
+        gate.opened.set()
+        assert pipeline.close(WAIT)
+        lines.close()
+    assert done[-1] == b"slow"
+    assert sorted(log_path.read_bytes().splitlines()) == sorted(done)

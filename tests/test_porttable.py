@@ -86,6 +86,12 @@ def test_a_spare_takes_the_first_port_without_a_fork() -> None:
     t.forked(8)
     assert t.spares_wanted() == 0
     assert kinds(serve(t, 80)) == ["Start", "Verdict"]
+    # The process serving 80 has room for another port: the one spare left is enough.
+    assert t.stats.forks_on_path == 0 and t.spares_wanted() == 0
+    first = t.serving[tcp(80)].pid
+    assert kinds(serve(t, 81)) == ["Start", "Verdict"]
+    assert t.serving[tcp(81)].pid == first  # the fullest with room, not the spare
+    # It is full: the next new port takes the last spare, so both are wanted again.
     assert t.stats.forks_on_path == 0 and t.spares_wanted() == 1
 
 

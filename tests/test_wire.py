@@ -20,7 +20,15 @@ from honeytrap.attack import (
     Mode,
     Payload,
 )
-from honeytrap.wire import MAX_FRAME, MAX_TIME, FrameReader, WireError, encode_ack, encode_attack
+from honeytrap.wire import (
+    MAX_FIELD_DEPTH,
+    MAX_FRAME,
+    MAX_TIME,
+    FrameReader,
+    WireError,
+    encode_ack,
+    encode_attack,
+)
 
 # Offsets in an attack frame, from the layout in wire.py's docstring: header (u32 length, u8
 # type), then u64 seq, u8 mode, u8 flags, f64 start_time, f64 end_time, u32 id length, u32 note
@@ -320,6 +328,33 @@ def test_dialogue_fields_that_are_not_a_shallow_json_object_are_refused() -> Non
     reject(frame.replace(b'{"k":"v"}', b'{"k":"v",'), "not JSON")
     deep = DialogueRecord("ftp", (), Payload(b""), {"k": [[[[[[[[["x"]]]]]]]]]})
     reject(encode_attack(1, Attack(conn(), dialogue=deep)), "deep")
+
+
+def test_dialogue_fields_nest_up_to_max_field_depth_levels_leaves_included() -> None:
+    def nested(levels: int) -> dict[str, object]:
+        value: object = "leaf"  # the leaf is a level: {"k": "leaf"} is 2 deep
+        for _ in range(levels - 2):
+            value = [value]
+        return {"k": value}
+
+    ok = DialogueRecord("ftp", (), Payload(b""), nested(MAX_FIELD_DEPTH))
+    assert round_trip(Attack(conn(), dialogue=ok)).dialogue == ok
+    too_deep = DialogueRecord("ftp", (), Payload(b""), nested(MAX_FIELD_DEPTH + 1))
+    reject(encode_attack(1, Attack(conn(), dialogue=too_deep)), "deep")
+
+
+def test_remembered_flat_fields_give_each_attack_a_dict_of_its_own() -> None:
+    record = DialogueRecord("raw", (1, -1), Payload(b"\n"), {"sends": 1, "x": None})
+    first, second = (round_trip(Attack(conn(), dialogue=record)) for _ in range(2))
+    assert first.dialogue is not None and second.dialogue is not None
+    assert first.dialogue.fields == second.dialogue.fields == {"sends": 1, "x": None}
+    first.dialogue.fields["sends"] = 2
+    assert second.dialogue.fields == {"sends": 1, "x": None}
+    nested = DialogueRecord("tls", (), Payload(b""), {"tls": {"version": "1.2"}})
+    third, fourth = (round_trip(Attack(conn(), dialogue=nested)) for _ in range(2))
+    assert third.dialogue is not None and fourth.dialogue is not None
+    assert third.dialogue.fields["tls"] is not fourth.dialogue.fields["tls"]
+    assert third.dialogue.fields == fourth.dialogue.fields == {"tls": {"version": "1.2"}}
 
 
 def test_note_count_beyond_the_body_is_refused() -> None:
