@@ -560,7 +560,7 @@ class DynamicServer:
         own Python (~2 us of a connection's CPU, measured)."""
         try:
             waiter = setup.send(None)
-        except StopIteration:
+        except (StopIteration, asyncio.CancelledError):  # done (or cancelled, as its Task was)
             self._setup_done(source, None)
             return
         except Exception as exc:  # noqa: BLE001 - a failed set-up is logged, its budget back
