@@ -29,6 +29,8 @@ RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 class Finisher(Protocol):
     """A connection or exchange the server can abort on shutdown."""
 
+    __slots__ = ()  # so that a slotted connection (normal.py) has no instance dict through it
+
     def abort(self, why: Closed) -> None: ...
 
 

@@ -48,6 +48,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
     the session's clock and EOF. Replies wait their jitter (in order); FTP's data connection is
     datachannel.py's."""
 
+    # One per open connection, most of them idle: no instance dict (bench/idle.py).
+    __slots__ = ("server", "remote", "notes", "session", "transport", "conn", "start", "loop",
+                 "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded", "done")
+
     def __init__(self, server: Host, notes: Sequence[str] = (),
                  remote: tuple[str, int] | None = None) -> None:
         self.server = server
@@ -66,7 +70,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.due = 0.0
         self.send_at = 0.0  # when the last reply scheduled goes out (replies keep their order)
         self.data: FtpData | None = None
-        self.uploaded = bytearray()
+        self.uploaded: bytearray | None = None  # FTP uploads (STOR), made with the data channel
         self.done = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,9 +152,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
         if self.data is None:
             assert self.conn is not None and self.session is not None
             session = self.session
+            uploaded = self.uploaded = bytearray()
             self.data = FtpData(
                 self.conn.local_addr, self.conn.remote_addr,
-                room=lambda: session.read_limit - len(self.uploaded), sink=self.uploaded.extend,
+                room=lambda: session.read_limit - len(uploaded), sink=uploaded.extend,
                 done=lambda then: self._apply(session.later(then)),
             )
         self.data.handle(channel)

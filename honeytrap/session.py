@@ -86,6 +86,10 @@ class Transcript:
 
 
 class NormalSession:
+    # One per open connection, most of them idle: no instance dict (bench/idle.py).
+    __slots__ = ("dialogue", "read_limit", "read_timeout", "idle_limit", "received",
+                 "transcript", "closed", "truncated", "error", "last", "next_idle", "quiet_done")
+
     def __init__(
         self,
         dialogue: Dialogue,
@@ -99,7 +103,7 @@ class NormalSession:
         self.read_limit = read_limit
         self.read_timeout = read_timeout
         self.idle_limit = idle_limit
-        self.received = bytearray()
+        self.received: bytearray | None = None  # the client's bytes, made on the first
         self.transcript = Transcript(read_limit)
         self.closed = Closed.OPEN
         self.truncated = False
@@ -110,7 +114,7 @@ class NormalSession:
 
     @property
     def payload(self) -> bytes:
-        return bytes(self.received)
+        return bytes(self.received) if self.received is not None else b""
 
     def start(self) -> Output:
         first = self._call(self.dialogue.start)
@@ -121,12 +125,15 @@ class NormalSession:
     def on_data(self, data: bytes, now: float) -> Output:
         if self.closed is not Closed.OPEN:
             return Output()
-        room = self.read_limit - len(self.received)
+        received = self.received
+        if received is None:
+            received = self.received = bytearray()
+        room = self.read_limit - len(received)
         full = len(data) >= room
         if len(data) > room:
             data = data[: max(room, 0)]
             self.truncated = True
-        self.received += data
+        received += data
         self.transcript.add(len(data))
         self.last = now
         self.next_idle = self.read_timeout
