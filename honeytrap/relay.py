@@ -603,8 +603,16 @@ class UdpRelayPeer(RelayBase):
                 self.dropped += 1
         super().apply(step)
 
+    def leg_made(self, leg: Leg) -> None:
+        """What waited for the leg goes first, the moment it exists: a datagram read between the
+        leg's connection_made and open_leg's return is sent at once (apply: the leg is set) and
+        would overtake the ones still pending until connected()."""
+        super().leg_made(leg)
+        self.connected()
+
     def connected(self) -> None:
-        assert self.leg is not None
+        if self.leg is None:
+            return  # closed or fallen back meanwhile: fall_back answered what waited
         pending, self.pending = self.pending, []
         for data in pending:
             self.leg.send(data)

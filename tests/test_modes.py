@@ -20,6 +20,7 @@ MIRROR = 4  # attack.Mode values, as attackers.json carries them
 PROXY = 8
 NORMAL = 1
 TIMEOUT = 10.0
+UDP_BURST = 16  # datagrams sent back to back to a UDP proxy port (fewer than UDP_PENDING_DATAGRAMS)
 
 
 @pytest.fixture
@@ -266,19 +267,22 @@ def test_udp_exchange_is_proxied_and_recorded_both_ways(lab: Lab, sensor: Honeyt
     sensor.extra_config = proxy_config("udp", 5353, lab.sensor.ip4, 7001)
     sensor.start()
     client = udp_socket(lab.attacker, lab.attacker.ip4, 0)
-    client.sendto(b"query-1", (lab.sensor.ip4, 5353))
-    client.sendto(b"query-2", (lab.sensor.ip4, 5353))
-    first, outbound = backend.recvfrom(65535)
-    second, again = backend.recvfrom(65535)
-    assert (first, second) == (b"query-1", b"query-2")
-    assert again == outbound  # one connected socket per peer exchange
+    # A burst: datagrams read while the leg to the backend is being made wait for it, and those
+    # read once it exists must not overtake them (they did, once in a full run).
+    queries = [b"query-%d" % n for n in range(1, UDP_BURST + 1)]
+    for query in queries:
+        client.sendto(query, (lab.sensor.ip4, 5353))
+    received = [backend.recvfrom(65535) for _ in queries]
+    assert [data for data, _ in received] == queries
+    outbound = received[0][1]
+    assert {source for _, source in received} == {outbound}  # one socket per peer exchange
     backend.sendto(b"answer-1", outbound)
     assert client.recvfrom(65535)[0] == b"answer-1"
     client.close()
     backend.close()
     [record] = sensor.wait_records(1)
     assert record["operation_mode"] == PROXY
-    assert payload(record, "attack_connection") == b"query-1query-2"
+    assert payload(record, "attack_connection") == b"".join(queries)
     assert payload(record, "proxy_connection") == b"answer-1"
     proxy = connection(record, "proxy_connection")
     assert (proxy["protocol"], proxy["local_ip"], proxy["local_port"]) == ("udp", *outbound[:2])
