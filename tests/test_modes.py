@@ -263,23 +263,23 @@ def test_tcp_connection_is_proxied_and_recorded_both_ways(lab: Lab, sensor: Hone
 
 
 def test_udp_exchange_is_proxied_and_recorded_both_ways(lab: Lab, sensor: Honeytrap) -> None:
-    backend = udp_socket(lab.sensor, lab.sensor.ip4, 7001)
-    sensor.extra_config = proxy_config("udp", 5353, lab.sensor.ip4, 7001)
-    sensor.start()
-    client = udp_socket(lab.attacker, lab.attacker.ip4, 0)
-    # A burst: datagrams read while the leg to the backend is being made wait for it, and those
-    # read once it exists must not overtake them (they did, once in a full run).
-    queries = [b"query-%d" % n for n in range(1, UDP_BURST + 1)]
-    for query in queries:
-        client.sendto(query, (lab.sensor.ip4, 5353))
-    received = [backend.recvfrom(65535) for _ in queries]
-    assert [data for data, _ in received] == queries
-    outbound = received[0][1]
-    assert {source for _, source in received} == {outbound}  # one socket per peer exchange
-    backend.sendto(b"answer-1", outbound)
-    assert client.recvfrom(65535)[0] == b"answer-1"
-    client.close()
-    backend.close()
+    # Closed on any failure too: a socket left to the collector fails a later test (its
+    # ResourceWarning is raised wherever it is collected).
+    with udp_socket(lab.sensor, lab.sensor.ip4, 7001) as backend:
+        sensor.extra_config = proxy_config("udp", 5353, lab.sensor.ip4, 7001)
+        sensor.start()
+        with udp_socket(lab.attacker, lab.attacker.ip4, 0) as client:
+            # A burst: datagrams read while the leg to the backend is being made wait for it,
+            # and those read once it exists must not overtake them (they did, once in a run).
+            queries = [b"query-%d" % n for n in range(1, UDP_BURST + 1)]
+            for query in queries:
+                client.sendto(query, (lab.sensor.ip4, 5353))
+            received = [backend.recvfrom(65535) for _ in queries]
+            assert [data for data, _ in received] == queries
+            outbound = received[0][1]
+            assert {source for _, source in received} == {outbound}  # one socket per exchange
+            backend.sendto(b"answer-1", outbound)
+            assert client.recvfrom(65535)[0] == b"answer-1"
     [record] = sensor.wait_records(1)
     assert record["operation_mode"] == PROXY
     assert payload(record, "attack_connection") == b"".join(queries)
