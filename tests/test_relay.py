@@ -1,5 +1,5 @@
-"""The relay state machine (relay.Relay) and the mirror policy (mirror.py), without sockets: bytes
-and a fake clock in, steps out."""
+"""The relay state machine (relaystate.Relay) and the mirror policy (mirror.py), without sockets:
+bytes and a fake clock in, steps out."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from honeytrap.attack import Connection, Mode
 from honeytrap.config import PortConf, ProxyTarget
 from honeytrap.mirror import MirrorPolicy, PeerRateLimit, address_refusal
-from honeytrap.relay import Relay, Side, Step, Target, chunks, target_of
+from honeytrap.relaystate import Relay, Side, Step, Target, chunks, target_of
 from honeytrap.session import Closed
 
 
