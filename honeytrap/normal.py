@@ -203,27 +203,26 @@ class NormalConnection(asyncio.Protocol, Finisher):
         fields = session.record()
         if self.uploaded:
             fields["data_received"] = bytes(self.uploaded)
+        notes = self.notes
+        if session.truncated or session.transcript.sent_cut or session.error:
+            notes = (*notes, *self._limit_notes(session))
         transcript = session.transcript
-        attack = Attack(
-            attack_connection=Connection(
-                conn.protocol, conn.local_addr, conn.local_port, conn.remote_addr,
-                conn.remote_port, Payload(session.payload),
-            ),
-            mode=Mode.NORMAL,
-            start_time=self.start,
-            end_time=time.time(),
-            dialogue=DialogueRecord(session.dialogue.name, tuple(transcript.turns),
-                                    Payload(bytes(transcript.sent)), jsonable(fields)),
-        )
-        for note in self.notes:
-            attack.add_note(note)
+        # Encoded for the recorder straight from these figures (the frame an Attack of them
+        # would make: wire.encode_normal), not through an Attack.
+        self.server.normal_closed(self, conn, session.payload, self.start, time.time(),
+                                  session.dialogue.name, transcript.turns,
+                                  bytes(transcript.sent), jsonable(fields), notes)
+
+    @staticmethod
+    def _limit_notes(session: NormalSession) -> list[str]:
+        notes = []
         if session.truncated:
-            attack.add_note(f"read_limit of {session.read_limit} bytes reached")
-        if transcript.sent_cut:
-            attack.add_note(f"replies over read_limit of {session.read_limit} bytes not kept")
+            notes.append(f"read_limit of {session.read_limit} bytes reached")
+        if session.transcript.sent_cut:
+            notes.append(f"replies over read_limit of {session.read_limit} bytes not kept")
         if session.error:
-            attack.add_note(session.error)
-        self.server.connection_closed(self, attack)
+            notes.append(session.error)
+        return notes
 
 
 class UdpServer:

@@ -32,13 +32,13 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from honeytrap import control, eventloop, forked, privileges, proctitle, templates
+from honeytrap import control, eventloop, forked, privileges, proctitle, templates, wire
 from honeytrap.addresses import split
-from honeytrap.attack import Attack, Connection
+from honeytrap.attack import Attack, Connection, new_id
 from honeytrap.budget import SourceBudget
 from honeytrap.config import Config, PortConf
 from honeytrap.deadlines import Deadlines
@@ -312,6 +312,24 @@ class ServerProcess:
             log.exception("attack %s cannot be handed to the recorder", attack.id)
         self.stats_changed()
 
+    def normal_finished(self, conn: Connection, payload: bytes, start: float, end: float,
+                        dialogue: str, turns: Sequence[int], sent: bytes,
+                        fields: dict[str, Any], notes: Sequence[str]) -> None:
+        """A normal-mode TCP attack, as attack_finished takes the Attack of one, encoded
+        straight from the connection's figures (wire.encode_normal)."""
+        self.stats.attacks += 1
+        self.stats.bytes_in += len(payload)
+        recorder = self.recorder
+        ident = new_id()
+        seq = recorder.seq + 1
+        try:
+            recorder.send(seq, wire.encode_normal(seq, ident, conn, payload, start, end,
+                                                  dialogue, turns, sent, fields, notes,
+                                                  max_frame=recorder.frame_limit))
+        except ValueError:
+            log.exception("attack %s cannot be handed to the recorder", ident)
+        self.stats_changed()
+
     def stats_changed(self) -> None:
         """Send the statistics STATS_DELAY from now, with whatever else changes meanwhile."""
         if self._stats_timer is None and self.loop is not None:
@@ -441,13 +459,26 @@ class DynamicServer:
             self._pause_accepting()
 
     def connection_closed(self, conn: Finisher, attack: Attack) -> None:
+        self.process.attack_finished(attack)
+        self._closed(conn, attack.attack_connection.remote_addr)
+
+    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+                      end: float, dialogue: str, turns: Sequence[int], sent: bytes,
+                      fields: dict[str, Any], notes: Sequence[str]) -> None:
+        """A normal-mode TCP connection ended: connection_closed with its attack's figures,
+        not an Attack (ServerProcess.normal_finished)."""
+        self.process.normal_finished(conn, payload, start, end, dialogue, turns, sent, fields,
+                                     notes)
+        self._closed(handler, conn.remote_addr)
+
+    def _closed(self, conn: Finisher, remote_addr: str) -> None:
+        """A connection's attack is handed over: the port's accounting."""
         self.connections.discard(conn)
         self.active -= 1
         self.process.connections_changed(-self.connection_fds)
         self.last_activity = time.monotonic()
-        self.process.attack_finished(attack)
         if self.port.protocol == "tcp":
-            self.process.budget.release(attack.attack_connection.remote_addr)
+            self.process.budget.release(remote_addr)
         if self.active == 0 and not self._listener_closed:
             self.process.channel.send_message(control.Idle(self.port_key))
         if (
