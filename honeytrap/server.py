@@ -379,6 +379,9 @@ class DynamicServer:
         self.starting = 0  # accepted, transport not yet set up
         self._accepting = False
         self._family = int(sock.family)
+        # What an accepted descriptor is handed to the loop as (see UvAccepted).
+        self._accepted: type[AcceptedSocket | UvAccepted] = (
+            UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._expire_sent = False
         self._listener_closed = False
@@ -536,7 +539,6 @@ class DynamicServer:
                 # socket.accept() without its per-call AddressFamily enum conversion (~4% of a
                 # server process's CPU under load, py-spy): the listening socket's family, kept.
                 fd, addr = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
-                sock = AcceptedSocket(self._family, socket.SOCK_STREAM, 0, fd)
             except (BlockingIOError, InterruptedError):
                 self._backoff = ACCEPT_BACKOFF_MIN
                 return
@@ -551,10 +553,10 @@ class DynamicServer:
             source = remote[0]
             why = self.process.budget.admit(source)
             if why is not None:
-                sock.close()  # at once: a descriptor held for it is what the budget prevents
+                os.close(fd)  # at once: a descriptor held for it is what the budget prevents
                 self._refused_over_budget(source, why)
                 continue
-            self._start_connection(sock, remote)
+            self._start_connection(self._accepted(self._family, fd), remote)
 
     def _refused_over_budget(self, source: str, why: str) -> None:
         refused = self.process.budget.log_due()
@@ -576,13 +578,15 @@ class DynamicServer:
         self.loop.call_later(self._backoff, self._resume_accepting)
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
-    def _start_connection(self, sock: socket.socket, remote: tuple[str, int]) -> None:
+    def _start_connection(self, sock: AcceptedSocket | UvAccepted,
+                          remote: tuple[str, int]) -> None:
         """Hand an accepted socket to the loop. Both loops make it non-blocking themselves
         (uvloop's uv_tcp_open, asyncio's transport set-up), and SO_OOBINLINE came with it from
         the listening socket (start): no system call here."""
         handler = self.handler_factory(remote)
         self.starting += 1
-        self._set_up(self.loop.connect_accepted_socket(lambda: handler, sock), remote[0])
+        self._set_up(self.loop.connect_accepted_socket(
+            lambda: handler, sock), remote[0])  # type: ignore[arg-type]  # UvAccepted: see it
 
     def _set_up(self, setup: Coroutine[Any, Any, object], source: str, _: object = None) -> None:
         """Run the loop's set-up of a connection (connect_accepted_socket: a coroutine that
@@ -636,11 +640,36 @@ class DynamicServer:
 
 
 class AcceptedSocket(socket.socket):
-    """An accepted connection's socket as the loops take it (connect_accepted_socket): its
-    `family` and `type` are the plain integers of the C socket, not socket.socket's properties,
-    which build an AddressFamily and a SocketKind enum on every read (uvloop reads both once per
-    connection: ~1 us)."""
+    """An accepted connection's socket as asyncio's loop takes it (connect_accepted_socket):
+    its `family` and `type` are the plain integers of the C socket, not socket.socket's
+    properties, which build an AddressFamily and a SocketKind enum on every read."""
 
     __slots__ = ()
     family = _socket.socket.family  # type: ignore[assignment]
     type = _socket.socket.type  # type: ignore[assignment]
+
+    def __init__(self, family: int, fd: int) -> None:
+        super().__init__(family, socket.SOCK_STREAM, 0, fd)
+
+
+class UvAccepted:
+    """An accepted connection's descriptor as uvloop's connect_accepted_socket takes it: it
+    reads `type` and `family`, opens its own handle on `fileno()`, keeps the object and, once
+    libuv closed the descriptor, calls `close()` on it (a socket.socket it would `detach()`).
+    A socket.socket's Python __init__ and detach() were ~2% of a server process's CPU under
+    load (py-spy); nothing else of a socket is used. close() does nothing: the descriptor is
+    libuv's from the handle's opening, and closing it again here could close a descriptor
+    reused meanwhile."""
+
+    __slots__ = ("family", "_fd")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, family: int, fd: int) -> None:
+        self.family = family
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass
