@@ -49,13 +49,16 @@ class NormalConnection(asyncio.Protocol, Finisher):
     datachannel.py's."""
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
-    __slots__ = ("server", "remote", "notes", "session", "transport", "conn", "start", "loop",
-                 "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded", "done")
+    __slots__ = ("server", "remote", "local", "notes", "session", "transport", "conn", "start",
+                 "loop", "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded",
+                 "done")
 
     def __init__(self, server: Host, notes: Sequence[str] = (),
-                 remote: tuple[str, int] | None = None) -> None:
+                 remote: tuple[str, int] | None = None,
+                 local: tuple[str, int] | None = None) -> None:
         self.server = server
         self.remote = remote  # the peer's address as accept gave it (None: ask the transport)
+        self.local = local  # the address it reached, if the server knows it (None: ask)
         self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
@@ -81,8 +84,9 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def attach(self, transport: asyncio.Transport) -> None:
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
-        local = split(transport.get_extra_info("sockname"))
+        local = self.local or split(transport.get_extra_info("sockname"))
         remote = self.remote or split(transport.get_extra_info("peername"))
+        self.remote = self.local = None  # in self.conn from here on
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
         config = self.server.config
         ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
