@@ -8,6 +8,7 @@ the master can let the held SYN through at once, and a port already bound by a r
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 
@@ -76,3 +77,14 @@ def bind_port(protocol: str, port: int, bind_address: str, family_hint: int) -> 
     if in_use:
         raise PortInUse(f"{port}/{protocol}")
     raise OSError(errno.EADDRNOTAVAIL, f"cannot bind {port}/{protocol}")
+
+
+class AcceptedSocket(socket.socket):
+    """An accepted connection's socket as the loops take it (connect_accepted_socket): its
+    `family` and `type` are the plain integers of the C socket, not socket.socket's properties,
+    which build an AddressFamily and a SocketKind enum on every read (uvloop reads both once per
+    connection: ~1 us)."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
