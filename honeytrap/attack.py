@@ -40,7 +40,12 @@ class Mode(enum.Enum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # Not self.name.lower(): Enum's name is a slow descriptor, and every output line
+        # names its attack's mode (logAttacker, logJSON).
+        return _MODE_LABELS[self._value_]
+
+
+_MODE_LABELS = {mode.value: mode.name.lower() for mode in Mode}
 
 
 class Payload:
@@ -57,24 +62,29 @@ class Payload:
 
     # Hashes computed once, on first use, kept in the instance dict (functools.cached_property
     # takes a lock shared by every instance on 3.11: threads hashing big payloads waited).
+    # Each written out, not through a shared helper taking a constructor: two outputs read
+    # both hashes of every attack, and the helper's calls cost as much as hashing 200 bytes.
     @property
     def md5(self) -> str:
-        return self._hash("md5", lambda data: hashlib.md5(data, usedforsecurity=False))
+        value: str | None = self.__dict__.get("md5")
+        if value is None:
+            value = self.__dict__["md5"] = hashlib.md5(self.data,
+                                                       usedforsecurity=False).hexdigest()
+        return value
 
     @property
     def sha256(self) -> str:
-        return self._hash("sha256", hashlib.sha256)
+        value: str | None = self.__dict__.get("sha256")
+        if value is None:
+            value = self.__dict__["sha256"] = hashlib.sha256(self.data).hexdigest()
+        return value
 
     @property
     def sha512(self) -> str:
-        return self._hash("sha512", hashlib.sha512)
-
-    def _hash(self, name: str, new: Callable[[bytes], Any]) -> str:
-        cache = self.__dict__
-        value = cache.get(name)
+        value: str | None = self.__dict__.get("sha512")
         if value is None:
-            value = cache[name] = new(self.data).hexdigest()
-        return str(value)
+            value = self.__dict__["sha512"] = hashlib.sha512(self.data).hexdigest()
+        return value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Payload) and other.data == self.data
@@ -370,7 +380,7 @@ class Attack:
         parts = [
             f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
             f'"end_time":"{_iso(self.end_time or self.start_time)}",'
-            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode.value)},'
+            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode._value_)},'
             f'"operation_mode_name":{_json_str(self.mode.label)},'
             f'"attack_connection":{_connection_text(self.attack_connection)},'
             f'"proxy_connection":{_proxy_text(self.proxy_connection)},'

@@ -8,6 +8,7 @@ the master can let the held SYN through at once, and a port already bound by a r
 
 from __future__ import annotations
 
+import _socket
 import errno
 import socket
 
@@ -76,3 +77,38 @@ def bind_port(protocol: str, port: int, bind_address: str, family_hint: int) -> 
     if in_use:
         raise PortInUse(f"{port}/{protocol}")
     raise OSError(errno.EADDRNOTAVAIL, f"cannot bind {port}/{protocol}")
+
+
+class AcceptedSocket(socket.socket):
+    """An accepted connection's socket as the loops take it (connect_accepted_socket): its
+    `family` and `type` are the plain integers of the C socket, not socket.socket's properties,
+    which build an AddressFamily and a SocketKind enum on every read (uvloop reads both once per
+    connection: ~1 us)."""
+
+    __slots__ = ()
+    family = _socket.socket.family  # type: ignore[assignment]
+    type = _socket.socket.type  # type: ignore[assignment]
+
+
+class UvAccepted:
+    """An accepted connection's descriptor as uvloop's connect_accepted_socket takes it (built
+    like a socket.socket: family, type, proto, fileno): it reads `type` and `family`, opens its
+    own handle on `fileno()`, keeps the object and, once libuv closed the descriptor, calls
+    `close()` on it (a socket.socket it would `detach()`). A socket.socket's Python __init__ and
+    detach() were ~2% of a server process's CPU under load (py-spy); nothing else of a socket is
+    used. close() does nothing: the descriptor is libuv's from the handle's opening, and closing
+    it again here could close a descriptor reused meanwhile. (asyncio's loop uses the socket
+    itself: AcceptedSocket.)"""
+
+    __slots__ = ("family", "_fd")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, family: int, type: int, proto: int, fileno: int) -> None:  # noqa: A002
+        self.family = family
+        self._fd = fileno
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def close(self) -> None:
+        pass

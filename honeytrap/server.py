@@ -37,16 +37,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from honeytrap import control, eventloop, forked, privileges, proctitle, templates, wire
-from honeytrap.addresses import split
+from honeytrap.addresses import split, split_local
 from honeytrap.attack import Attack, Connection, new_id
 from honeytrap.budget import SourceBudget
 from honeytrap.config import Config, PortConf
 from honeytrap.deadlines import Deadlines
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
+from honeytrap.listener import AcceptedSocket, UvAccepted
 from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
+from honeytrap.portstate import PortReporter
 from honeytrap.recorder import RecorderClient
 from honeytrap.reflector import ReflectorGuard, SensorBudget
 from honeytrap.relay import RELAY_MODES, RelayConnection
@@ -123,11 +125,6 @@ def child_main(spec: ServerSpec) -> int:
     return 0 if done else 1
 
 
-# How ports are named in control messages (control.py), here for the tests' and old callers'.
-port_key = control.port_key
-parse_key = control.parse_key
-
-
 class ServerProcess:
     """The loop, the control channel and the recorder link shared by the dynamic servers of one
     process; it adds a server for each port the master hands it."""
@@ -151,6 +148,7 @@ class ServerProcess:
         self.draining: set[DynamicServer] = set()  # port let go, connections still open
         self.retiring = False  # the master hands no more ports: exit once all are done
         self._stats_timer: asyncio.TimerHandle | None = None
+        self.port_reports = PortReporter(self.channel)  # busy/idle, to the master in batches
         self._retitle_due = False
         self.mirror = MirrorPolicy()  # mirror mode's target policy and loop guard (mirror.py)
         # Connections a source address or network may hold in this process (budget.py).
@@ -171,6 +169,7 @@ class ServerProcess:
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
         self.loop.add_reader(self.spec.control.fileno(), self._on_control)
+        self.port_reports.start(self.loop)
         self.channel.flush()  # what was queued before the loop ran
         await self.finished.wait()
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
@@ -281,6 +280,7 @@ class ServerProcess:
         if self.servers.get(key) is server:
             del self.servers[key]
         self.draining.add(server)
+        self.port_reports.forget(key)
         if self.loop is not None and self.channel.cork():  # the loop pass's releases: one send
             self.loop.call_soon(self.channel.uncork)
         self.channel.send_message(control.Released(key))
@@ -363,7 +363,7 @@ class DynamicServer:
         self.reflector = process.reflector
         self.catalog = process.spec.catalog
         self.dialogue = self.catalog.factory(conf.port, template)
-        self.key = port_key(conf.protocol, conf.port)
+        self.key = control.port_key(conf.protocol, conf.port)
         self.port_key = (conf.protocol, conf.port)
         # Descriptors one connection holds: ours, and in mirror/proxy mode the relayed one.
         self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
@@ -417,6 +417,7 @@ class DynamicServer:
         if self.active == 0 and idle_for >= timeout:
             if not self._expire_sent:
                 self._expire_sent = True
+                self.process.port_reports.report()  # its idle first, or the master says no
                 self.process.channel.send_message(control.Expire(self.port_key))
             # The master answers with "stop"; if it does not, we ask again next period.
             self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
@@ -462,7 +463,7 @@ class DynamicServer:
         self.stats.connections += 1
         self.last_activity = time.monotonic()
         if self.active == 1 and not self._listener_closed:
-            self.process.channel.send_message(control.Busy(self.port_key))
+            self.process.port_reports.used(self.port_key, True)
         if self.port.protocol == "tcp" and self.active >= self.config.max_connections:
             self._pause_accepting()
 
@@ -488,7 +489,7 @@ class DynamicServer:
         if self.port.protocol == "tcp":
             self.process.budget.release(remote_addr)
         if self.active == 0 and not self._listener_closed:
-            self.process.channel.send_message(control.Idle(self.port_key))
+            self.process.port_reports.used(self.port_key, False)
         if (
             self.port.protocol == "tcp"
             and not self.stopping
@@ -561,7 +562,7 @@ class DynamicServer:
                 os.close(fd)  # at once: a descriptor held for it is what the budget prevents
                 self._refused_over_budget(source, why)
                 continue
-            self._start_connection(self._accepted(self._family, fd), remote,
+            self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
                                    self._local or self._local_address(fd))
 
     def _local_address(self, fd: int) -> tuple[str, int] | None:
@@ -574,7 +575,7 @@ class DynamicServer:
             return None
         probe = _socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         try:
-            return split(probe.getsockname())
+            return split_local(probe.getsockname())
         except OSError:
             return None
         finally:
@@ -661,39 +662,3 @@ class DynamicServer:
         transport.set_protocol(handler)
         handler.attach(transport)
         transport.resume_reading()
-
-
-class AcceptedSocket(socket.socket):
-    """An accepted connection's socket as asyncio's loop takes it (connect_accepted_socket):
-    its `family` and `type` are the plain integers of the C socket, not socket.socket's
-    properties, which build an AddressFamily and a SocketKind enum on every read."""
-
-    __slots__ = ()
-    family = _socket.socket.family  # type: ignore[assignment]
-    type = _socket.socket.type  # type: ignore[assignment]
-
-    def __init__(self, family: int, fd: int) -> None:
-        super().__init__(family, socket.SOCK_STREAM, 0, fd)
-
-
-class UvAccepted:
-    """An accepted connection's descriptor as uvloop's connect_accepted_socket takes it: it
-    reads `type` and `family`, opens its own handle on `fileno()`, keeps the object and, once
-    libuv closed the descriptor, calls `close()` on it (a socket.socket it would `detach()`).
-    A socket.socket's Python __init__ and detach() were ~2% of a server process's CPU under
-    load (py-spy); nothing else of a socket is used. close() does nothing: the descriptor is
-    libuv's from the handle's opening, and closing it again here could close a descriptor
-    reused meanwhile."""
-
-    __slots__ = ("family", "_fd")
-    type = socket.SOCK_STREAM
-
-    def __init__(self, family: int, fd: int) -> None:
-        self.family = family
-        self._fd = fd
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def close(self) -> None:
-        pass

@@ -1,4 +1,4 @@
-"""Control messages between the master and a server process (control.py, server.parse_key).
+"""Control messages between the master and a server process (control.py, control.parse_key).
 
 A server process reads attacker bytes: what it sends the master is untrusted, so a port name
 that does not parse is ignored, never an exception in the master."""
@@ -13,28 +13,27 @@ from hypothesis import strategies as st
 
 from honeytrap import control
 from honeytrap.control import Channel, ControlError, channel_pair
-from honeytrap.server import parse_key, port_key
 
 
 @given(st.text(max_size=40))
 def test_any_text_is_a_port_or_nothing(text: str) -> None:
-    protocol, port = parse_key(text)
+    protocol, port = control.parse_key(text)
     if protocol:
         assert protocol in ("tcp", "udp") and 0 < port < 65536
-        assert parse_key(port_key(protocol, port)) == (protocol, port)
+        assert control.parse_key(control.port_key(protocol, port)) == (protocol, port)
     else:
         assert port == 0
 
 
 @given(st.sampled_from(["tcp", "udp"]), st.integers(1, 65535))
 def test_port_names_round_trip(protocol: str, port: int) -> None:
-    assert parse_key(port_key(protocol, port)) == (protocol, port)
+    assert control.parse_key(control.port_key(protocol, port)) == (protocol, port)
 
 
 def test_out_of_range_and_signed_ports_are_refused() -> None:
     for text in ("tcp 0", "tcp 65536", "tcp -1", "tcp +80", "udp 8o", "sctp 80", "tcp", "",
                  "tcp \u0668\u0660"):  # Arabic-Indic 80: int() takes it, we do not
-        assert parse_key(text) == ("", 0)
+        assert control.parse_key(text) == ("", 0)
 
 
 def test_serve_carries_the_socket_and_the_template_in_order(tmp_path: object) -> None:

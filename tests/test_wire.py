@@ -449,10 +449,10 @@ def test_normal_attack_encoded_from_its_figures_is_the_frame_of_its_attack(
 
 
 def test_normal_attack_encoder_refuses_what_encode_attack_refuses() -> None:
-    def normal(connection: Connection = conn(), start: float = 1.0, note: str = "",
+    def normal(connection: Connection | None = None, start: float = 1.0, note: str = "",
                max_frame: int = MAX_FRAME) -> bytes:
-        return encode_normal(1, "id", connection, b"x" * 500, start, start, "raw", [500], b"",
-                             {}, [note], max_frame=max_frame)
+        return encode_normal(1, "id", connection or conn(), b"x" * 500, start, start, "raw",
+                             [500], b"", {}, [note], max_frame=max_frame)
 
     with pytest.raises(WireError, match="times"):
         normal(start=math.inf)
