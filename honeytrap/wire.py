@@ -83,6 +83,11 @@ _ATTACK_FRAME = struct.Struct("<IB" + _ATTACK_FORMAT)
 _LENGTH = struct.Struct("<I")
 _DIALOGUE = struct.Struct("<IIII")
 _TURN = struct.Struct("<q")
+# The turns of a dialogue record packed by one of these for counts up to SMALL_TURNS (most
+# connections have a few): formatting "<{n}q" and struct's cache lookup per attack cost more
+# than the packing (~0.4 us, timeit).
+SMALL_TURNS = 16
+_TURNS = tuple(struct.Struct(f"<{count}q") for count in range(SMALL_TURNS + 1))
 
 
 def _not_json(value: object) -> Any:
@@ -243,7 +248,9 @@ def _dialogue_parts(name: str, turns: Sequence[int], sent: bytes,
     protocol = name.encode("ascii")
     try:
         text = _FIELDS_JSON(fields).encode()
-        packed = struct.pack(f"<{len(turns)}q", *turns)
+        count = len(turns)
+        packed = (_TURNS[count].pack(*turns) if count <= SMALL_TURNS
+                  else struct.pack(f"<{count}q", *turns))
     except (TypeError, ValueError, struct.error) as exc:
         raise WireError(f"dialogue record not encodable: {exc}") from exc
     fixed = _DIALOGUE.pack(len(protocol), len(sent), len(text), len(turns))

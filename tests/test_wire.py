@@ -24,6 +24,7 @@ from honeytrap.wire import (
     MAX_FIELD_DEPTH,
     MAX_FRAME,
     MAX_TIME,
+    SMALL_TURNS,
     FrameReader,
     WireError,
     ack_seqs,
@@ -405,6 +406,14 @@ def test_any_attack_round_trips(attack: Attack, seq: int) -> None:
     decoded = round_trip(attack, seq)
     assert state(decoded) == state(attack)
     assert math.copysign(1, decoded.start_time) == math.copysign(1, attack.start_time)
+
+
+@pytest.mark.parametrize("count", [0, 1, SMALL_TURNS, SMALL_TURNS + 1, 1024])
+def test_dialogue_turns_round_trip_whatever_their_count(count: int) -> None:
+    turns = tuple((-1) ** i * (i + 1) * 2**40 for i in range(count))
+    attack = Attack(conn(), start_time=1.0, dialogue=DialogueRecord("raw", turns))
+    decoded = round_trip(attack)
+    assert decoded.dialogue is not None and decoded.dialogue.turns == turns
 
 
 def test_acks_only_are_taken_whole_anything_else_goes_to_the_reader() -> None:
