@@ -160,6 +160,11 @@ class Pipeline:
         recorder sends its acknowledgements once per batch, or when the pipeline is idle."""
         self.registry = registry
         self.on_finished = on_finished
+        # The attack hooks in the order they run, listed once (the registry is complete before
+        # a pipeline is made): every attack's steps are made from it.
+        self._attack_hooks = tuple(
+            (hook, name, call) for hook in ATTACK_HOOKS for name, call in registry.hooks[hook]
+        )
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
@@ -255,12 +260,7 @@ class Pipeline:
         return done
 
     def _steps(self, attack: Attack, depth: int) -> list[Step]:
-        hooks = self.registry.hooks
-        return [
-            Step(attack, hook, name, call, depth)
-            for hook in ATTACK_HOOKS
-            for name, call in hooks[hook]
-        ]
+        return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
 
     def _spawn(self) -> None:
         worker = _Worker()
