@@ -5,6 +5,12 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+# Our own addresses seen on accepted connections, normalized once: every connection's record
+# then shares one string per local address instead of holding a copy (~60 bytes per open
+# connection). Bounded: a sensor answering for whole networks (ip_nonlocal) has many.
+LOCAL_CACHE_MAX = 256
+_local: dict[str, str] = {}
+
 
 def normalize(address: str) -> str:
     """An address as the kernel gives it (inet_ntop text): an IPv4 peer of a dual-stack socket
@@ -26,6 +32,17 @@ def normalize(address: str) -> str:
 def split(sockaddr: Any) -> tuple[str, int]:
     """(address, port) of a socket address tuple, normalized."""
     return normalize(str(sockaddr[0])), int(sockaddr[1])
+
+
+def split_local(sockaddr: Any) -> tuple[str, int]:
+    """split() for our side of a connection: the address string shared (see LOCAL_CACHE_MAX)."""
+    raw = str(sockaddr[0])
+    address = _local.get(raw)
+    if address is None:
+        address = normalize(raw)
+        if len(_local) < LOCAL_CACHE_MAX:
+            _local[raw] = address
+    return address, int(sockaddr[1])
 
 
 def bracket(address: str) -> str:

@@ -40,7 +40,12 @@ class Mode(enum.Enum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        # Not self.name.lower(): Enum's name is a slow descriptor, and every output line
+        # names its attack's mode (logAttacker, logJSON).
+        return _MODE_LABELS[self._value_]
+
+
+_MODE_LABELS = {mode.value: mode.name.lower() for mode in Mode}
 
 
 class Payload:
@@ -57,24 +62,29 @@ class Payload:
 
     # Hashes computed once, on first use, kept in the instance dict (functools.cached_property
     # takes a lock shared by every instance on 3.11: threads hashing big payloads waited).
+    # Each written out, not through a shared helper taking a constructor: two outputs read
+    # both hashes of every attack, and the helper's calls cost as much as hashing 200 bytes.
     @property
     def md5(self) -> str:
-        return self._hash("md5", lambda data: hashlib.md5(data, usedforsecurity=False))
+        value: str | None = self.__dict__.get("md5")
+        if value is None:
+            value = self.__dict__["md5"] = hashlib.md5(self.data,
+                                                       usedforsecurity=False).hexdigest()
+        return value
 
     @property
     def sha256(self) -> str:
-        return self._hash("sha256", hashlib.sha256)
+        value: str | None = self.__dict__.get("sha256")
+        if value is None:
+            value = self.__dict__["sha256"] = hashlib.sha256(self.data).hexdigest()
+        return value
 
     @property
     def sha512(self) -> str:
-        return self._hash("sha512", hashlib.sha512)
-
-    def _hash(self, name: str, new: Callable[[bytes], Any]) -> str:
-        cache = self.__dict__
-        value = cache.get(name)
+        value: str | None = self.__dict__.get("sha512")
         if value is None:
-            value = cache[name] = new(self.data).hexdigest()
-        return str(value)
+            value = self.__dict__["sha512"] = hashlib.sha512(self.data).hexdigest()
+        return value
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Payload) and other.data == self.data
@@ -361,16 +371,20 @@ class Attack:
         `extra` keys come after to_json's (they must not be among them). Guarded by
         tests/test_output_formats.py against json.dumps for any attack."""
         start = _iso(self.start_time)
+        # Encoded under the lock, not copied first; most attacks have no downloads, tries or
+        # notes: no list is made for those.
         with self._lock:
-            downloads = _json_list([d.to_json(inline_samples) for d in self.downloads])
-            tries = _json_list([t.to_json() for t in self.download_tries])
+            downloads = (_json_list([d.to_json(inline_samples) for d in self.downloads])
+                         if self.downloads else "[]")
+            tries = (_json_list([t.to_json() for t in self.download_tries])
+                     if self.download_tries else "[]")
             download_count, tries_count = len(self.downloads), len(self.download_tries)
-            notes = _json_list(list(self.notes))
-            analysis = _json_dict(dict(self.analysis))
+            notes = _json_list(self.notes)
+            analysis = _json_dict(self.analysis)
         parts = [
             f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
             f'"end_time":"{_iso(self.end_time or self.start_time)}",'
-            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode.value)},'
+            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode._value_)},'
             f'"operation_mode_name":{_json_str(self.mode.label)},'
             f'"attack_connection":{_connection_text(self.attack_connection)},'
             f'"proxy_connection":{_proxy_text(self.proxy_connection)},'
@@ -445,11 +459,23 @@ def _json_str(value: Any) -> str:
 
 
 def _json_dict(value: Any) -> str:
-    return "{}" if type(value) is dict and not value else _json(value)
+    if type(value) is not dict:
+        return _json(value)
+    if not value:
+        return "{}"
+    return _json_container(value)
 
 
-def _json_list(values: list[Any]) -> str:
-    return _json(values) if values else "[]"
+def _json_list(values: list[Any] | tuple[Any, ...]) -> str:
+    """A list's (or a tuple's: json writes both as an array) text."""
+    return _json_container(values) if values else "[]"
+
+
+def _json_container(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> str:
+    """_json of a dict, list or tuple, without its tests for the scalars."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def _connection_text(conn: Connection) -> str:
@@ -477,7 +503,7 @@ def _proxy_text(conn: Connection | None) -> str:
 def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
     return (
-        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json(list(record.turns))},'
+        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json_list(record.turns)},'
         f'"sent":{{"length":{record.sent.size},"data_hex":"{record.sent.data.hex()}"}},'
         f'"fields":{_json_dict(record.fields)}}}'
     )

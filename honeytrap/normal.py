@@ -17,7 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from honeytrap.addresses import split
+from honeytrap.addresses import split, split_local
 from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload, jsonable
 from honeytrap.datachannel import FtpData
 from honeytrap.deadlines import Entry
@@ -41,6 +41,9 @@ UDP_BUFFER = 65535
 # in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 CMSG_SPACE = socket.CMSG_SPACE(32)
+# The payload of an open connection's Connection (the record's own is made when it ends): one
+# for all of them, not an empty Payload each (~70 bytes per open connection).
+NO_PAYLOAD = Payload()
 
 
 class NormalConnection(asyncio.Protocol, Finisher):
@@ -81,15 +84,18 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def attach(self, transport: asyncio.Transport) -> None:
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
-        local = split(transport.get_extra_info("sockname"))
+        local = split_local(transport.get_extra_info("sockname"))
         remote = self.remote or split(transport.get_extra_info("peername"))
-        self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1])
+        self.remote = None  # in self.conn from here on (the tuple is ~70 bytes per connection)
+        self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
         ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
                                           remote[0])
+        # The session's clock starts when the connection was opened (a moment ago: its float
+        # shared, not one more per connection).
         self.session = NormalSession(
             self.server.dialogue(ctx), read_limit=config.read_limit,
-            read_timeout=config.read_timeout, now=self.loop.time(),
+            read_timeout=config.read_timeout, now=self.opened,
         )
         self._apply(self.session.start())
         self._arm()
@@ -115,9 +121,11 @@ class NormalConnection(asyncio.Protocol, Finisher):
                 return  # it comes first and re-arms
             self.deadlines.cancel(self.deadline)
         self.due = due
-        self.deadline = self.deadlines.at(due, self._tick)
+        self.deadline = self.deadlines.at(due, self)
 
-    def _tick(self) -> None:
+    def __call__(self) -> None:
+        """The deadline came (the connection is its own callback in the deadlines' heap: no
+        bound method held per connection, ~64 bytes each)."""
         self.deadline = None
         if self.done or self.session is None:
             return

@@ -32,7 +32,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from honeytrap import background, writebatch
@@ -78,28 +78,40 @@ def download_limits(config: Config) -> background.Limits:
     )
 
 
-@dataclass
 class Step:
-    attack: Attack
-    hook: str
-    plugin: str
-    call: Callable[[Attack], Iterable[Attack | Task] | None]
-    depth: int
+    """One hook to call for one attack. A plain class with slots, not a dataclass: one is made
+    per hook per attack, and a dataclass's __init__ cost twice as much (the recorder's CPU per
+    attack, bench/recorder.py)."""
+
+    __slots__ = ("attack", "hook", "plugin", "call", "depth")
+
+    def __init__(self, attack: Attack, hook: str, plugin: str,
+                 call: Callable[[Attack], Iterable[Attack | Task] | None], depth: int) -> None:
+        self.attack = attack
+        self.hook = hook
+        self.plugin = plugin
+        self.call = call
+        self.depth = depth
 
 
-@dataclass
 class Job:
-    steps: deque[Step]
-    attack: Attack
-    virtuals: int = 0
-    # Called once, from the worker thread, when every step ran (the recorder acknowledges the
-    # attack to its server then: recorder.py).
-    on_done: Callable[[], None] | None = None
-    # The attack's admitted download tasks; started once every step ran.
-    downloads: background.Group | None = None
-    # Downloads and download tries on the attack when it was recorded: a follow-up records
-    # only when its tasks added to them.
-    recorded: tuple[int, int] = (0, 0)
+    """An attack's steps still to run, and what its end needs (slots: one per attack)."""
+
+    __slots__ = ("steps", "attack", "virtuals", "on_done", "downloads", "recorded")
+
+    def __init__(self, steps: deque[Step], attack: Attack,
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.steps = steps
+        self.attack = attack
+        self.virtuals = 0
+        # Called once, from the worker thread, when every step ran (the recorder acknowledges
+        # the attack to its server then: recorder.py).
+        self.on_done = on_done
+        # The attack's admitted download tasks; started once every step ran.
+        self.downloads: background.Group | None = None
+        # Downloads and download tries on the attack when it was recorded: a follow-up records
+        # only when its tasks added to them.
+        self.recorded: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -141,8 +153,18 @@ class Pipeline:
         plugin_timeout: float = DEFAULT_PLUGIN_TIMEOUT,
         downloads: background.Limits = DEFAULT_DOWNLOAD_LIMITS,
         clock: Callable[[], float] = time.monotonic,
+        on_finished: Callable[[int], None] | None = None,
     ) -> None:
+        """`on_finished(pending)` is called (from a worker thread) after each batch of jobs
+        finished (their `on_done` called first), with the number of jobs pending then: the
+        recorder sends its acknowledgements once per batch, or when the pipeline is idle."""
         self.registry = registry
+        self.on_finished = on_finished
+        # The attack hooks in the order they run, listed once (the registry is complete before
+        # a pipeline is made): every attack's steps are made from it.
+        self._attack_hooks = tuple(
+            (hook, name, call) for hook in ATTACK_HOOKS for name, call in registry.hooks[hook]
+        )
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
@@ -238,12 +260,7 @@ class Pipeline:
         return done
 
     def _steps(self, attack: Attack, depth: int) -> list[Step]:
-        hooks = self.registry.hooks
-        return [
-            Step(attack, hook, name, call, depth)
-            for hook in ATTACK_HOOKS
-            for name, call in hooks[hook]
-        ]
+        return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
 
     def _spawn(self) -> None:
         worker = _Worker()
@@ -298,8 +315,7 @@ class Pipeline:
         # No hook runs now, so the watchdog leaves the batch alone: no lock needed.
         self._write(batch.take())
         done, worker.done = worker.done, []
-        for job in done:
-            self._finished(job)
+        self._finished(done)
         return True
 
     def _write(self, held: writebatch.Held) -> None:
@@ -340,11 +356,11 @@ class Pipeline:
                                                                                         root))
         self.downloads.admit(job.downloads, task)
 
-    def _call(self, step: Step) -> list[Attack | Task]:
+    def _call(self, step: Step) -> Sequence[Attack | Task]:
         try:
             produced = step.call(step.attack)
             if produced is None:
-                return []
+                return ()  # most hooks: no list made for nothing
             return [a for a in produced if isinstance(a, Attack | Task)]
         except BaseException:
             # BaseException too: a plugin's sys.exit() would otherwise end this worker thread
@@ -371,21 +387,32 @@ class Pipeline:
             extra.extend(self._steps(virtual, step.depth + 1))
         job.steps.extendleft(reversed(extra))
 
-    def _finished(self, job: Job) -> None:
-        if job.on_done is not None:
-            try:
-                job.on_done()
-            except Exception:
-                log.exception("attack completion callback failed")
-        if job.downloads is not None:
-            root = job.attack
-            with root._lock:
-                job.recorded = (len(root.downloads), len(root.download_tries))
-            self.downloads.start(job.downloads)
+    def _finished(self, jobs: list[Job]) -> None:
+        """Finish a batch's jobs: each one's on_done and downloads, then the counters once
+        for all (one lock and one notify per batch, not per attack), then on_finished."""
+        if not jobs:
+            return
+        for job in jobs:
+            if job.on_done is not None:
+                try:
+                    job.on_done()
+                except Exception:
+                    log.exception("attack completion callback failed")
+            if job.downloads is not None:
+                root = job.attack
+                with root._lock:
+                    job.recorded = (len(root.downloads), len(root.download_tries))
+                self.downloads.start(job.downloads)
         with self._idle:
-            self._pending -= 1
-            self.counters.finished += 1
+            self._pending -= len(jobs)
+            self.counters.finished += len(jobs)
+            pending = self._pending
             self._idle.notify_all()
+        if self.on_finished is not None:
+            try:
+                self.on_finished(pending)
+            except Exception:
+                log.exception("batch completion callback failed")
 
     def _split(self, worker: _Worker) -> tuple[list[Job], list[Job], writebatch.Held]:
         """Under worker.lock, while one of its hooks runs long: take from its batch the jobs
@@ -400,8 +427,7 @@ class Pipeline:
         for job in todo:
             self._queue.put(job)
         self._write(held)
-        for job in done:
-            self._finished(job)
+        self._finished(done)
 
     def _watch(self) -> None:
         interval = min(BOOST_AFTER, self.plugin_timeout / 4)

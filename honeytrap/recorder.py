@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import os
 import queue
@@ -58,13 +59,19 @@ MAX_QUEUED_ATTACKS = 20000
 QUEUED_LOW_MARK = 10000
 # On stop, attacks in the pipeline get this long to finish.
 DRAIN_SECONDS = 30.0
-# A worker wakes the loop for its acknowledgements once this many are queued, or when it has
-# no attack left to do; the loop also takes any queued at least every LOOP_TIMEOUT. One wake-up
-# per attack cost a thread switch and a contended interpreter lock each: measured (one port,
-# SaveFile + logAttacker + logJSON on tmpfs), the recorder's CPU per attack fell from 114-120
-# to 101-110 us with batches.
+# A worker wakes the loop for its acknowledgements at the end of a batch (pipeline.py) once
+# this many are queued, or when it has no attack left to do; the loop also takes any queued at
+# least every LOOP_TIMEOUT. One wake-up per attack cost a thread switch and a contended
+# interpreter lock each: measured (one port, SaveFile + logAttacker + logJSON on tmpfs), the
+# recorder's CPU per attack fell from 114-120 to 101-110 us with batches.
 ACK_BATCH = 64
 LOOP_TIMEOUT = 1.0
+# The collector's youngest generation is collected after this many new container objects, not
+# the default 700: an attack makes a few dozen (its record, the pipeline's job and steps, the
+# outputs' dicts), none in a cycle, and the default ran a collection every ~20 attacks (and
+# one of the older generations, which hold the queued attacks, every ten of those). Garbage
+# that does hold a cycle waits that much longer (the servers do the same, for the same reason).
+GC_YOUNG_THRESHOLD = 10000
 # Statistics go to the master this often.
 STATS_INTERVAL = 10.0
 # The master waits this long for a new recorder's "ready" (plugins' after_fork included).
@@ -106,6 +113,7 @@ def recorder_main(spec: RecorderSpec) -> int:
     """Runs in the forked recorder; returns the exit status."""
     forked.leave_master(spec.close_in_child, proctitle.RECORDER)
     privileges.drop(spec.identity)
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     spec.registry.after_fork()
     pipeline = Pipeline(spec.registry, plugin_timeout=spec.config.plugin_timeout,
                         downloads=download_limits(spec.config))
@@ -148,6 +156,7 @@ class Recorder:
         self._woken = False  # a wake-up byte is pending: later acks ride on it
         self._unsignalled = 0  # acks queued since the last wake-up (workers' tally, rough)
         self._last_stats = time.monotonic()
+        pipeline.on_finished = self._finished
 
     def stop(self) -> None:
         self.stopping = True
@@ -254,12 +263,14 @@ class Recorder:
                 self.pipeline.submit(attack, on_done=functools.partial(self._done, link, seq))
 
     def _done(self, link: _Link, seq: int) -> None:
-        """A worker thread finished the attack: hand its ack to the loop, and wake the loop
-        for a batch of them or when the pipeline has nothing else (the attack being finished
-        still counts as pending here)."""
+        """A worker thread finished the attack: hand its ack to the loop (_finished wakes it)."""
         self._acks.put((link, seq))
         self._unsignalled += 1
-        if self._unsignalled >= ACK_BATCH or self.pipeline.pending() <= 1:
+
+    def _finished(self, pending: int) -> None:
+        """A worker finished a batch of attacks (their acks queued by _done): wake the loop
+        for a batch of acks, or when the pipeline has nothing else to do."""
+        if self._unsignalled >= ACK_BATCH or pending == 0:
             self._unsignalled = 0
             self._wake()
 

@@ -63,7 +63,9 @@ class Transcript:
 
     limit: int
     turns: list[int] = field(default_factory=list)
-    sent: bytearray = field(default_factory=bytearray)
+    # Our bytes: the first reply as it is (most connections' only one, a banner: the dialogue's
+    # own bytes object, not a copy per connection), a bytearray from the second on.
+    sent: bytes | bytearray = b""
     sent_cut: bool = False
 
     def add(self, count: int) -> None:
@@ -79,10 +81,17 @@ class Transcript:
 
     def ours(self, data: bytes) -> None:
         self.add(-len(data))
-        room = self.limit - len(self.sent)
+        sent = self.sent
+        room = self.limit - len(sent)
         if len(data) > room:
             self.sent_cut = True
-        self.sent += data[: max(room, 0)]
+            data = data[: max(room, 0)]
+        if not sent and type(data) is bytes:
+            self.sent = data
+        elif data:
+            if type(sent) is bytes:
+                sent = self.sent = bytearray(sent)
+            sent += data
 
 
 class NormalSession:

@@ -82,6 +82,9 @@ _ATTACK_FRAME = struct.Struct("<IB" + _ATTACK_FORMAT)
 _LENGTH = struct.Struct("<I")
 _DIALOGUE = struct.Struct("<IIII")
 _TURN = struct.Struct("<q")
+# The turns' layouts for the usual counts, compiled once: struct.unpack_from with a format made
+# per attack looked it up in struct's cache by its text each time.
+_TURNS = tuple(struct.Struct(f"<{count}q") for count in range(17))
 
 
 def _not_json(value: object) -> Any:
@@ -372,7 +375,8 @@ def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueReco
         raise WireError("dialogue record overruns the body")
     protocol = data[pos:turns_at].decode("ascii")
     # One unpack for all the turns (struct keeps the compiled formats of recent counts).
-    turns = struct.unpack_from(f"<{turn_count}q", data, turns_at) if turn_count else ()
+    turns = (_TURNS[turn_count].unpack_from(data, turns_at) if turn_count < len(_TURNS)
+             else struct.unpack_from(f"<{turn_count}q", data, turns_at))
     raw = data[fields_at:stop]
     fields: dict[str, Any]
     if raw == b"{}":  # many dialogues record no fields

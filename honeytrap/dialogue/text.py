@@ -53,7 +53,8 @@ class ScriptDialogue:
         self.channel: DataChannel | None = None  # asked of the adapter in this receive()
         self.data_port = 0
         self.start_delay = self._delay() if banner else 0.0
-        self._id = f"{ctx.rng.getrandbits(40):010X}"
+        # Drawn now (the sensor's random sequence as before), written out only for an {id}.
+        self._id = ctx.rng.getrandbits(40)
 
     def start(self) -> bytes:
         return self.banner
@@ -156,7 +157,7 @@ class ScriptDialogue:
         if name == "maildate":
             return email.utils.formatdate(localtime=False).encode()
         if name == "id":
-            return self._id.encode()
+            return b"%010X" % self._id
         if name == "num":
             return b"%d" % self.ctx.rng.randrange(1000, 65000)
         if name == "port":
