@@ -43,7 +43,7 @@ from honeytrap.config import Config, PortConf
 from honeytrap.deadlines import Deadlines
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
-from honeytrap.listener import AcceptedSocket
+from honeytrap.listener import AcceptedSocket, ready_to_accept
 from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
@@ -496,7 +496,13 @@ class DynamicServer:
             self._accepting = False
 
     def _accept_batch(self, drain: bool = False) -> None:
-        for _ in range(ACCEPT_BATCH if not drain else self.config.max_connections):
+        """Accept what the kernel queued: as many as it says are waiting (ready_to_accept; at
+        least one, at most ACCEPT_BATCH), or, draining, until accept() would block."""
+        if drain:
+            count = self.config.max_connections
+        else:
+            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH)
+        for _ in range(count):
             if self.active >= self.config.max_connections:
                 if drain:
                     self.stats.refused_full += 1
@@ -524,6 +530,7 @@ class DynamicServer:
                 self._refused_over_budget(source, why)
                 continue
             self._start_connection(sock, remote)
+        self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again
 
     def _refused_over_budget(self, source: str, why: str) -> None:
         refused = self.process.budget.log_due()
