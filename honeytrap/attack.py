@@ -371,12 +371,16 @@ class Attack:
         `extra` keys come after to_json's (they must not be among them). Guarded by
         tests/test_output_formats.py against json.dumps for any attack."""
         start = _iso(self.start_time)
+        # Encoded under the lock, not copied first; most attacks have no downloads, tries or
+        # notes: no list is made for those.
         with self._lock:
-            downloads = _json_list([d.to_json(inline_samples) for d in self.downloads])
-            tries = _json_list([t.to_json() for t in self.download_tries])
+            downloads = (_json_list([d.to_json(inline_samples) for d in self.downloads])
+                         if self.downloads else "[]")
+            tries = (_json_list([t.to_json() for t in self.download_tries])
+                     if self.download_tries else "[]")
             download_count, tries_count = len(self.downloads), len(self.download_tries)
-            notes = _json_list(list(self.notes))
-            analysis = _json_dict(dict(self.analysis))
+            notes = _json_list(self.notes)
+            analysis = _json_dict(self.analysis)
         parts = [
             f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
             f'"end_time":"{_iso(self.end_time or self.start_time)}",'
@@ -455,11 +459,23 @@ def _json_str(value: Any) -> str:
 
 
 def _json_dict(value: Any) -> str:
-    return "{}" if type(value) is dict and not value else _json(value)
+    if type(value) is not dict:
+        return _json(value)
+    if not value:
+        return "{}"
+    return _json_container(value)
 
 
-def _json_list(values: list[Any]) -> str:
-    return _json(values) if values else "[]"
+def _json_list(values: list[Any] | tuple[Any, ...]) -> str:
+    """A list's (or a tuple's: json writes both as an array) text."""
+    return _json_container(values) if values else "[]"
+
+
+def _json_container(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> str:
+    """_json of a dict, list or tuple, without its tests for the scalars."""
+    if _C_ENCODER is None:
+        return _ENCODER.encode(value)
+    return "".join(_C_ENCODER(value, 0))
 
 
 def _connection_text(conn: Connection) -> str:
@@ -487,7 +503,7 @@ def _proxy_text(conn: Connection | None) -> str:
 def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
     return (
-        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json(list(record.turns))},'
+        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json_list(record.turns)},'
         f'"sent":{{"length":{record.sent.size},"data_hex":"{record.sent.data.hex()}"}},'
         f'"fields":{_json_dict(record.fields)}}}'
     )

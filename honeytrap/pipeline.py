@@ -160,6 +160,11 @@ class Pipeline:
         recorder sends its acknowledgements once per batch, or when the pipeline is idle."""
         self.registry = registry
         self.on_finished = on_finished
+        # The attack hooks in the order they run, listed once (the registry is complete before
+        # a pipeline is made): every attack's steps are made from it.
+        self._attack_hooks = tuple(
+            (hook, name, call) for hook in ATTACK_HOOKS for name, call in registry.hooks[hook]
+        )
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
@@ -189,6 +194,22 @@ class Pipeline:
             self._pending += 1
             self.counters.attacks += 1
         self._queue.put(job)
+
+    def submit_many(self, attacks: Sequence[tuple[Attack, Callable[[], None] | None]]) -> None:
+        """submit() for several (attack, on_done) at once, in order, with one lock for all (the
+        recorder submits the attacks of each read from a link together)."""
+        if self._stopping:
+            for attack, _on_done in attacks:
+                log.error("pipeline closed: attack %s not processed", attack.id)
+            return
+        jobs = [Job(deque(self._steps(attack, 0)), attack, on_done)
+                for attack, on_done in attacks]
+        with self._idle:
+            self._pending += len(jobs)
+            self.counters.attacks += len(jobs)
+        put = self._queue.put
+        for job in jobs:
+            put(job)
 
     def _followup(self, job: Job, root: Attack) -> None:
         """The attack's download tasks all ended (called from a pool thread): if they found
@@ -255,12 +276,7 @@ class Pipeline:
         return done
 
     def _steps(self, attack: Attack, depth: int) -> list[Step]:
-        hooks = self.registry.hooks
-        return [
-            Step(attack, hook, name, call, depth)
-            for hook in ATTACK_HOOKS
-            for name, call in hooks[hook]
-        ]
+        return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
 
     def _spawn(self) -> None:
         worker = _Worker()

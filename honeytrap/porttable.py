@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from honeytrap import control
 from honeytrap.config import Config
+from honeytrap.tokenbucket import TokenBucket
 
 Key = tuple[str, int]  # ("tcp", 8080)
 Clock = Callable[[], float]
@@ -47,6 +48,18 @@ SPARE_PROCESSES = 2
 # memory for nothing (a spare's Private_Dirty; bench/idle.py). A sweep that fills the serving
 # processes wants SPARE_PROCESSES again, forked while the last spare takes the next ports.
 SPARES_WHILE_SERVING_HAS_ROOM = 1
+# ... and none at all while one has room for this many more ports (and their descriptors): the
+# next ports go to it, and once it is down to this much room a spare is forked, off the
+# packet's path, well before it is full (a sweep at 5,000 new ports a second takes 100 ms to
+# use it; a fork takes ~15 ms). So with ports_per_process at or above it (the default 1,024), one
+# spare waits for the first port, and a sensor serving a few ports holds one server process:
+# a spare at rest is ~3.7 MiB of PSS (its Private_Dirty; bench/idle.py). Below it, as before.
+SPARE_HEADROOM = 512
+
+
+def spares_at_rest(ports_per_process: int) -> int:
+    """The spares a started sensor keeps before its first port."""
+    return 1 if ports_per_process >= SPARE_HEADROOM else SPARE_PROCESSES
 # Server processes that were retired (or lost their ports) but still finish their connections
 # may be alive beside the ones serving: this many times what max_servers ports need.
 DRAINING_FACTOR = 1
@@ -105,28 +118,6 @@ class Limits:
             port_fds=max(1, min(port_fds(config),
                                 _for_ports(process_fd_budget(config, nr_open)) // per)),
         )
-
-
-class TokenBucket:
-    """At most `rate` events a second, with bursts up to `rate`."""
-
-    def __init__(self, rate: float, clock: Clock = time.monotonic) -> None:
-        self.rate = float(rate)
-        self.tokens = float(rate)
-        self.clock = clock
-        self.last = clock()
-
-    def ready(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-        self.last = now
-        return self.tokens >= 1.0
-
-    def take(self) -> bool:
-        if self.ready():
-            self.tokens -= 1.0
-            return True
-        return False
 
 
 # --- actions: what the master carries out, in the order given ---------------------------------
@@ -385,11 +376,12 @@ class PortTable:
 
     def spares_wanted(self) -> int:
         """Spare processes to fork now (off the packet's path) to keep SPARE_PROCESSES ready
-        (SPARES_WHILE_SERVING_HAS_ROOM while a serving process has room for another port)."""
+        (SPARES_WHILE_SERVING_HAS_ROOM while a serving process has room for another port, none
+        while it has SPARE_HEADROOM)."""
         if not self.running:
             return 0
         spares = 0
-        serving_room = False
+        serving_room = serving_headroom = False
         for pid, process in self.processes.items():
             if process.retired:
                 continue
@@ -397,8 +389,12 @@ class PortTable:
                 spares += 1
             elif pid in self._room:
                 serving_room = True
+                serving_headroom = serving_headroom or self._room_for(process) >= SPARE_HEADROOM
         wanted = self.limits.spare_processes
-        if serving_room:
+        if serving_headroom:
+            wanted = 0
+        elif serving_room or (spares and self.limits.ports_per_process >= SPARE_HEADROOM):
+            # (a spare there is will have the headroom once it serves: it is enough)
             wanted = min(wanted, SPARES_WHILE_SERVING_HAS_ROOM)
         room = self.limits.max_processes - self._alive()
         return max(0, min(wanted - spares, room))
@@ -575,12 +571,13 @@ class PortTable:
         return [Retire(process.pid)]
 
     def _has_room(self, process: Process) -> bool:
+        return not process.retired and self._room_for(process) >= 1
+
+    def _room_for(self, process: Process) -> int:
+        """How many more ports `process` may take (ports_per_process, descriptors)."""
         used = process.descriptors + len(process.ports)
-        return (
-            not process.retired
-            and process.serving < self.limits.ports_per_process
-            and used + self.limits.port_fds <= self.limits.fd_budget
-        )
+        by_fds = (self.limits.fd_budget - used) // max(1, self.limits.port_fds)
+        return min(self.limits.ports_per_process - process.serving, by_fds)
 
     def _update_room(self, process: Process) -> None:
         if self._has_room(process) and process.pid in self.processes:

@@ -44,7 +44,7 @@ from honeytrap.config import Config, PortConf
 from honeytrap.deadlines import Deadlines
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
-from honeytrap.listener import AcceptedSocket, UvAccepted
+from honeytrap.listener import AcceptedSocket, UvAccepted, ready_to_accept
 from honeytrap.mirror import MirrorPolicy
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent, Registry
@@ -536,7 +536,13 @@ class DynamicServer:
             self._accepting = False
 
     def _accept_batch(self, drain: bool = False) -> None:
-        for _ in range(ACCEPT_BATCH if not drain else self.config.max_connections):
+        """Accept what the kernel queued: as many as it says are waiting (ready_to_accept; at
+        least one, at most ACCEPT_BATCH), or, draining, until accept() would block."""
+        if drain:
+            count = self.config.max_connections
+        else:
+            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH)
+        for _ in range(count):
             if self.active >= self.config.max_connections:
                 if drain:
                     self.stats.refused_full += 1
@@ -564,6 +570,7 @@ class DynamicServer:
                 continue
             self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
                                    self._local or self._local_address(fd))
+        self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again
 
     def _local_address(self, fd: int) -> tuple[str, int] | None:
         """The address an accepted connection reached (the listening socket is a wildcard's),

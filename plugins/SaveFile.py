@@ -90,6 +90,8 @@ class SaveFile:
     def _save_downloads(self, attack: Attack) -> list[str]:
         assert self.downloads_fd is not None, "savedata after close"
         paths: list[str] = []
+        if not attack.downloads:
+            return paths  # most attacks: no copy of an empty list
         for download in list(attack.downloads):  # a copy: other hooks may add to it
             payload = download.payload
             if payload.size == 0:

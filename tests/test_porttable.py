@@ -13,6 +13,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from honeytrap.config import Config
 from honeytrap.porttable import (
     FD_RESERVE,
+    SPARE_HEADROOM,
     Action,
     Fork,
     Limits,
@@ -93,6 +94,23 @@ def test_a_spare_takes_the_first_port_without_a_fork() -> None:
     assert t.serving[tcp(81)].pid == first  # the fullest with room, not the spare
     # It is full: the next new port takes the last spare, so both are wanted again.
     assert t.stats.forks_on_path == 0 and t.spares_wanted() == 1
+
+
+def test_no_spare_waits_beside_a_process_with_spare_headroom() -> None:
+    """With ports_per_process at SPARE_HEADROOM or more, one spare waits for the first port; the
+    process serving it has the headroom, so none is forked beside it until it is down to less."""
+    t, _ = table(ports_per_process=SPARE_HEADROOM + 2, max_servers=SPARE_HEADROOM + 4,
+                 fd_budget=10 * SPARE_HEADROOM, port_fds=1)
+    assert t.spares_wanted() == 2  # none yet: as many as may be wanted
+    t.forked(7)
+    assert t.spares_wanted() == 0  # the one spare will have the headroom once it serves
+    assert kinds(serve(t, 80)) == ["Start", "Verdict"]
+    assert t.serving[tcp(80)].pid == 7 and t.spares_wanted() == 0
+    serve(t, 81)
+    assert t.spares_wanted() == 0  # room for SPARE_HEADROOM more ports
+    serve(t, 82)
+    assert t.spares_wanted() == 1  # down to less: one is forked ahead of need
+    assert t.stats.forks_on_path == 0 and t.serving[tcp(82)].pid == 7
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,8 @@ import pytest
 from daemon import Honeytrap, nfq_rules
 from netns import Lab
 
-from honeytrap.porttable import SPARE_PROCESSES
+from honeytrap.config import DEFAULT_PORTS_PER_PROCESS
+from honeytrap.porttable import spares_at_rest
 from honeytrap.priority import DEFAULT_MASTER_NICE, REALTIME_PRIORITY
 
 STARTED_AT = 3  # the daemon is started under `nice -n 3`: what its children must get back
@@ -48,7 +49,8 @@ def test_the_master_runs_as_configured_and_its_children_as_started(
     niced.start()  # ready: the recorder and every spare are forked
     # Each takes its name after its scheduling is set back (forked.fork_child): named, set.
     deadline = time.monotonic() + NAMED_WAIT
-    while len(children := niced.recorders() + niced.spares()) < 1 + SPARE_PROCESSES:
+    while (len(children := niced.recorders() + niced.spares())
+           < 1 + spares_at_rest(DEFAULT_PORTS_PER_PROCESS)):
         assert time.monotonic() < deadline, "the recorder and the spares never took their names"
         time.sleep(0.02)
     assert scheduling(niced.master_pid()) == master
