@@ -195,6 +195,22 @@ class Pipeline:
             self.counters.attacks += 1
         self._queue.put(job)
 
+    def submit_many(self, attacks: Sequence[tuple[Attack, Callable[[], None] | None]]) -> None:
+        """submit() for several (attack, on_done) at once, in order, with one lock for all (the
+        recorder submits the attacks of each read from a link together)."""
+        if self._stopping:
+            for attack, _on_done in attacks:
+                log.error("pipeline closed: attack %s not processed", attack.id)
+            return
+        jobs = [Job(deque(self._steps(attack, 0)), attack, on_done)
+                for attack, on_done in attacks]
+        with self._idle:
+            self._pending += len(jobs)
+            self.counters.attacks += len(jobs)
+        put = self._queue.put
+        for job in jobs:
+            put(job)
+
     def _followup(self, job: Job, root: Attack) -> None:
         """The attack's download tasks all ended (called from a pool thread): if they found
         anything, queue the attack for the FOLLOWUP hooks."""

@@ -257,10 +257,12 @@ class Recorder:
             log.error("malformed frame from a dynamic server, link closed: %s", exc)
             self._close(link)
             return
-        for kind, seq, attack in messages:
-            if kind == "attack" and attack is not None:
-                self.received += 1
-                self.pipeline.submit(attack, on_done=functools.partial(self._done, link, seq))
+        done = self._done
+        batch = [(attack, functools.partial(done, link, seq))
+                 for kind, seq, attack in messages if kind == "attack" and attack is not None]
+        if batch:
+            self.received += len(batch)
+            self.pipeline.submit_many(batch)
 
     def _done(self, link: _Link, seq: int) -> None:
         """A worker thread finished the attack: hand its ack to the loop (_finished wakes it)."""

@@ -352,6 +352,31 @@ def test_an_attack_submitted_after_close_is_refused_loudly(
     assert pipeline.drain(WAIT) and journal.entries == []
 
 
+def test_attacks_submitted_together_run_in_order_each_done_once_then_on_finished() -> None:
+    journal = Journal()
+    done: list[int] = []
+    pending_seen: list[int] = []
+    pipeline = Pipeline(registry_of(("R", Recorder("R", journal))), workers=1,
+                        on_finished=pending_seen.append)
+    pipeline.submit_many([(attack(b"%d" % i), lambda i=i: done.append(i)) for i in range(5)])
+    assert pipeline.close(WAIT)
+    assert journal.seen_by("R") == [(hook, b"%d" % i) for i in range(5) for hook in ATTACK_HOOKS]
+    assert done == list(range(5))
+    assert pipeline.counters.attacks == pipeline.counters.finished == 5
+    assert pending_seen and pending_seen[-1] == 0  # the last batch left nothing pending
+
+
+def test_attacks_submitted_together_after_close_are_refused_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    pipeline = Pipeline(Registry(), workers=1)
+    assert pipeline.close(WAIT)
+    with caplog.at_level(logging.ERROR, logger="honeytrap.pipeline"):
+        pipeline.submit_many([(attack(), None), (attack(), None)])
+    assert caplog.text.count("not processed") == 2
+    assert pipeline.pending() == 0
+
+
 def test_an_attack_with_no_plugins_finishes() -> None:
     pipeline = run(Registry(), attack())
     assert pipeline.counters.attacks == pipeline.counters.finished == 1
