@@ -22,7 +22,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from honeytrap.dialogue.base import DataChannel, Dialogue, DialogueError, Reply
@@ -62,22 +62,36 @@ class Transcript:
     `limit`, the read_limit: what we send is bounded like what we keep of the client)."""
 
     limit: int
-    turns: list[int] = field(default_factory=list)
+    # The turns: the first here, the others (from the second on) in `more`, made then: most
+    # connections have one turn (the banner), and an empty list each is ~90 bytes.
+    first: int = 0
+    more: list[int] | None = None
     # Our bytes: the first reply as it is (most connections' only one, a banner: the dialogue's
     # own bytes object, not a copy per connection), a bytearray from the second on.
     sent: bytes | bytearray = b""
     sent_cut: bool = False
 
+    @property
+    def turns(self) -> list[int]:
+        if not self.first:
+            return []
+        return [self.first] if self.more is None else [self.first, *self.more]
+
     def add(self, count: int) -> None:
         if not count:
             return
-        turns = self.turns
-        if turns and (turns[-1] > 0) == (count > 0):
-            turns[-1] += count
-        elif len(turns) < MAX_TURNS:
-            turns.append(count)
-        else:
-            turns[-1] += count if (turns[-1] > 0) == (count > 0) else 0
+        more = self.more
+        if more is None:
+            first = self.first
+            if not first or (first > 0) == (count > 0):
+                self.first = first + count
+            elif MAX_TURNS > 1:
+                self.more = [count]
+            return
+        if (more[-1] > 0) == (count > 0):
+            more[-1] += count
+        elif len(more) + 1 < MAX_TURNS:
+            more.append(count)
 
     def ours(self, data: bytes) -> None:
         self.add(-len(data))

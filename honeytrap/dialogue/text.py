@@ -36,12 +36,18 @@ class ScriptDialogue:
     """One connection's dialogue played from a Script."""
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
-    __slots__ = ("script", "ctx", "name", "state", "banner", "framer", "requests", "commands",
-                 "closed", "channel", "data_port", "start_delay", "_id")
+    # Of its Context, what the placeholders use (each shared by every connection of a port, or
+    # the sensor's): the Context itself is not kept (~100 bytes per open connection).
+    __slots__ = ("script", "rng", "hostname", "port", "local_addr", "name", "state", "banner",
+                 "framer", "requests", "commands", "closed", "channel", "data_port",
+                 "start_delay", "_id")
 
     def __init__(self, script: Script, ctx: Context) -> None:
         self.script = script
-        self.ctx = ctx
+        self.rng = ctx.rng
+        self.hostname = ctx.hostname
+        self.port = ctx.port
+        self.local_addr = ctx.local_addr
         self.name = script.name
         self.state = script.initial
         banner = self.expand(script.banner, Request(), ())
@@ -151,7 +157,7 @@ class ScriptDialogue:
             index = int(name) - 1
             return clean(groups[index]) if index < len(groups) else b""
         if name == "hostname":
-            return self.ctx.hostname.encode("ascii", "replace")
+            return self.hostname.encode("ascii", "replace")
         if name == "date":
             return email.utils.formatdate(time.time(), usegmt=True).encode()  # RFC 9110 5.6.7
         if name == "maildate":
@@ -159,11 +165,11 @@ class ScriptDialogue:
         if name == "id":
             return b"%010X" % self._id
         if name == "num":
-            return b"%d" % self.ctx.rng.randrange(1000, 65000)
+            return b"%d" % self.rng.randrange(1000, 65000)
         if name == "port":
-            return b"%d" % self.ctx.port
+            return b"%d" % self.port
         if name == "local":
-            return self.ctx.local_addr.encode("ascii", "replace")
+            return self.local_addr.encode("ascii", "replace")
         if name in ("pasv", "dataport"):
             return self._passive(name)
         if name == "rest":
@@ -176,18 +182,18 @@ class ScriptDialogue:
     def _passive(self, name: str) -> bytes:
         """A fresh data port to listen on (asked of the adapter), as RFC 959 4.1.2's
         h1,h2,h3,h4,p1,p2 or RFC 2428's bare port number."""
-        self.data_port = self.ctx.rng.randint(*DATA_PORTS)
+        self.data_port = self.rng.randint(*DATA_PORTS)
         self.channel = self.channel or DataChannel()
         self.channel.listen = self.data_port
         if name == "dataport":
             return b"%d" % self.data_port
-        host = self.ctx.local_addr if self.ctx.local_addr.count(".") == 3 else "0.0.0.0"  # noqa: S104
+        host = self.local_addr if self.local_addr.count(".") == 3 else "0.0.0.0"  # noqa: S104
         numbers = [*host.split("."), str(self.data_port >> 8), str(self.data_port & 255)]
         return ",".join(numbers).encode()
 
     def _delay(self) -> float:
         low, high = self.script.delay
-        return self.ctx.rng.uniform(low, high) if high else 0.0
+        return self.rng.uniform(low, high) if high else 0.0
 
     def record(self) -> dict[str, Any]:
         return {"state": self.state, "requests": self.requests,
