@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from honeytrap import entropy
 from honeytrap.filetype import file_type
 
 
@@ -152,7 +152,7 @@ class DialogueRecord:
 def new_id() -> str:
     """An attack's id: uuid.uuid4().hex (a random version 4 UUID, RFC 4122 4.4), made without
     the UUID object (a third of the cost; one per attack)."""
-    raw = bytearray(os.urandom(16))
+    raw = bytearray(entropy.bytes16())
     raw[6] = raw[6] & 0x0F | 0x40  # the version, 4
     raw[8] = raw[8] & 0x3F | 0x80  # the variant, RFC 4122
     return raw.hex()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -62,6 +63,11 @@ class Host(Protocol):
     def connection_opened(self, conn: Finisher) -> None: ...
 
     def connection_closed(self, conn: Finisher, attack: Attack) -> None: ...
+
+    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+                      end: float, dialogue: str, turns: Sequence[int], sent: bytes,
+                      fields: dict[str, Any], notes: Sequence[str]) -> None:
+        """A normal-mode TCP connection's end: its attack's figures (not an Attack)."""
 
     def perread(self, conn: Connection, direction: str, data: bytes) -> None: ...
 

@@ -52,13 +52,16 @@ class NormalConnection(asyncio.Protocol, Finisher):
     datachannel.py's."""
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
-    __slots__ = ("server", "remote", "notes", "session", "transport", "conn", "start", "loop",
-                 "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded", "done")
+    __slots__ = ("server", "remote", "local", "notes", "session", "transport", "conn", "start",
+                 "loop", "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded",
+                 "done")
 
     def __init__(self, server: Host, notes: Sequence[str] = (),
-                 remote: tuple[str, int] | None = None) -> None:
+                 remote: tuple[str, int] | None = None,
+                 local: tuple[str, int] | None = None) -> None:
         self.server = server
         self.remote = remote  # the peer's address as accept gave it (None: ask the transport)
+        self.local = local  # the address it reached, if the server knows it (None: ask)
         self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
@@ -84,9 +87,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def attach(self, transport: asyncio.Transport) -> None:
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
-        local = split_local(transport.get_extra_info("sockname"))
+        local = self.local or split_local(transport.get_extra_info("sockname"))
         remote = self.remote or split(transport.get_extra_info("peername"))
-        self.remote = None  # in self.conn from here on (the tuple is ~70 bytes per connection)
+        # In self.conn from here on (the accept's tuples are ~70 bytes per connection).
+        self.remote = self.local = None
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
         ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
@@ -211,27 +215,26 @@ class NormalConnection(asyncio.Protocol, Finisher):
         fields = session.record()
         if self.uploaded:
             fields["data_received"] = bytes(self.uploaded)
+        notes = self.notes
+        if session.truncated or session.transcript.sent_cut or session.error:
+            notes = (*notes, *self._limit_notes(session))
         transcript = session.transcript
-        attack = Attack(
-            attack_connection=Connection(
-                conn.protocol, conn.local_addr, conn.local_port, conn.remote_addr,
-                conn.remote_port, Payload(session.payload),
-            ),
-            mode=Mode.NORMAL,
-            start_time=self.start,
-            end_time=time.time(),
-            dialogue=DialogueRecord(session.dialogue.name, tuple(transcript.turns),
-                                    Payload(bytes(transcript.sent)), jsonable(fields)),
-        )
-        for note in self.notes:
-            attack.add_note(note)
+        # Encoded for the recorder straight from these figures (the frame an Attack of them
+        # would make: wire.encode_normal), not through an Attack.
+        self.server.normal_closed(self, conn, session.payload, self.start, time.time(),
+                                  session.dialogue.name, transcript.turns,
+                                  bytes(transcript.sent), jsonable(fields), notes)
+
+    @staticmethod
+    def _limit_notes(session: NormalSession) -> list[str]:
+        notes = []
         if session.truncated:
-            attack.add_note(f"read_limit of {session.read_limit} bytes reached")
-        if transcript.sent_cut:
-            attack.add_note(f"replies over read_limit of {session.read_limit} bytes not kept")
+            notes.append(f"read_limit of {session.read_limit} bytes reached")
+        if session.transcript.sent_cut:
+            notes.append(f"replies over read_limit of {session.read_limit} bytes not kept")
         if session.error:
-            attack.add_note(session.error)
-        self.server.connection_closed(self, attack)
+            notes.append(session.error)
+        return notes
 
 
 class UdpServer:

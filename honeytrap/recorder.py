@@ -428,8 +428,8 @@ class RecorderClient:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_full = on_full
         self.on_acked = on_acked
-        self._frame_limit = max_frame(config)
-        self.reader = wire.FrameReader(max_frame=self._frame_limit)
+        self.frame_limit = max_frame(config)  # what a frame handed to send() may be at most
+        self.reader = wire.FrameReader(max_frame=self.frame_limit)
         self.unacked: dict[int, bytes] = {}
         self.unacked_bytes = 0
         self.full = False
@@ -447,9 +447,15 @@ class RecorderClient:
 
     def submit(self, attack: Attack) -> None:
         """Hand a finished attack over. The frames of one loop iteration go out in one send."""
-        self.seq += 1
-        frame = wire.encode_attack(self.seq, attack, max_frame=self._frame_limit)
-        self.unacked[self.seq] = frame
+        seq = self.seq + 1
+        self.send(seq, wire.encode_attack(seq, attack, max_frame=self.frame_limit))
+
+    def send(self, seq: int, frame: bytes) -> None:
+        """Hand over an attack's frame, encoded with sequence number seq: the next one,
+        self.seq + 1 (wire.encode_normal: a server's normal-mode attacks are encoded without an
+        Attack)."""
+        self.seq = seq
+        self.unacked[seq] = frame
         self.unacked_bytes += len(frame)
         self._idle.clear()
         if self.sock is not None:
@@ -487,7 +493,7 @@ class RecorderClient:
         assert self.loop is not None
         sock.setblocking(False)
         self.sock = sock
-        self.reader = wire.FrameReader(max_frame=self._frame_limit)
+        self.reader = wire.FrameReader(max_frame=self.frame_limit)
         self.out.clear()
         self._writing = False
         self.loop.add_reader(sock.fileno(), self._readable)
@@ -532,16 +538,19 @@ class RecorderClient:
         if not data:
             self._lost("closed")
             return
-        try:
-            messages = self.reader.feed(data)
-        except wire.WireError as exc:
-            self._lost(f"malformed ack: {exc}")
-            return
-        for kind, seq, _attack in messages:
-            if kind == "ack":
-                frame = self.unacked.pop(seq, None)
-                if frame is not None:
-                    self.unacked_bytes -= len(frame)
+        seqs = wire.ack_seqs(data) if not self.reader.pending() else None
+        if seqs is None:
+            try:
+                messages = self.reader.feed(data)
+            except wire.WireError as exc:
+                self._lost(f"malformed ack: {exc}")
+                return
+            seqs = [seq for kind, seq, _attack in messages if kind == "ack"]
+        unacked = self.unacked
+        for seq in seqs:
+            frame = unacked.pop(seq, None)
+            if frame is not None:
+                self.unacked_bytes -= len(frame)
         if self.full and self.unacked_bytes <= UNACKED_LOW_MARK:
             self.full = False
             self.on_full(False)

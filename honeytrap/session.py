@@ -143,7 +143,10 @@ class NormalSession:
         first = self._call(self.dialogue.start)
         if isinstance(first, Reply):  # a DialogueError: closing
             return self._out(first)
-        return self._out(Reply(send=first, delay=float(getattr(self.dialogue, "start_delay", 0))))
+        # _out(Reply(send=first, delay=start_delay)) without the Reply (once per connection).
+        if first:
+            self.transcript.ours(first)
+        return Output(first, False, max(float(getattr(self.dialogue, "start_delay", 0)), 0.0))
 
     def on_data(self, data: bytes, now: float) -> Output:
         if self.closed is not Closed.OPEN:

@@ -91,6 +91,27 @@ def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
 
 
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_a_port_bound_to_one_address_records_that_address(
+    lab: Lab, sensor: Honeytrap, event_loop: str
+) -> None:
+    """bind_address: every connection reaches the listening socket's address, which the server
+    then records as local_ip without asking each connection's socket (server.py)."""
+    sensor.extra_config = f'bind_address = "{lab.sensor.ip4}"\nevent_loop = "{event_loop}"'
+    sensor.start()
+    sock = connect(lab.attacker, lab.sensor.ip4, 21)
+    assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
+    sock.sendall(PAYLOAD)
+    sock.shutdown(socket.SHUT_WR)
+    assert sock.recv(4096) == b""
+    sock.close()
+    conn = sensor.wait_records(1)[0]["attack_connection"]
+    assert isinstance(conn, dict)
+    assert (conn["local_ip"], conn["local_port"]) == (lab.sensor.ip4, 21)
+    assert conn["remote_ip"] == lab.attacker.ip4
+    assert payload_of(sensor.wait_records(1)[0]) == PAYLOAD
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 def test_either_event_loop_serves_tcp_and_udp_and_records(
     lab: Lab, sensor: Honeytrap, event_loop: str
 ) -> None:

@@ -24,10 +24,13 @@ from honeytrap.wire import (
     MAX_FIELD_DEPTH,
     MAX_FRAME,
     MAX_TIME,
+    SMALL_TURNS,
     FrameReader,
     WireError,
+    ack_seqs,
     encode_ack,
     encode_attack,
+    encode_normal,
 )
 
 # Offsets in an attack frame, from the layout in wire.py's docstring: header (u32 length, u8
@@ -403,6 +406,73 @@ def test_any_attack_round_trips(attack: Attack, seq: int) -> None:
     decoded = round_trip(attack, seq)
     assert state(decoded) == state(attack)
     assert math.copysign(1, decoded.start_time) == math.copysign(1, attack.start_time)
+
+
+@pytest.mark.parametrize("count", [0, 1, SMALL_TURNS, SMALL_TURNS + 1, 1024])
+def test_dialogue_turns_round_trip_whatever_their_count(count: int) -> None:
+    turns = tuple((-1) ** i * (i + 1) * 2**40 for i in range(count))
+    attack = Attack(conn(), start_time=1.0, dialogue=DialogueRecord("raw", turns))
+    decoded = round_trip(attack)
+    assert decoded.dialogue is not None and decoded.dialogue.turns == turns
+
+
+def test_acks_only_are_taken_whole_anything_else_goes_to_the_reader() -> None:
+    acks = b"".join(encode_ack(seq) for seq in (3, 1, 2**64 - 1))
+    assert ack_seqs(acks) == [3, 1, 2**64 - 1]
+    assert ack_seqs(b"") == []
+    assert ack_seqs(acks[:-1]) is None  # a frame cut
+    assert ack_seqs(encode_attack(1, TYPICAL["ipv4"])) is None
+    wrong_type = bytearray(acks)
+    wrong_type[4] = 1
+    assert ack_seqs(bytes(wrong_type)) is None
+    wrong_length = bytearray(acks)
+    wrong_length[13] = 9
+    assert ack_seqs(bytes(wrong_length)) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80) | st.lists(st.integers(0, 2**64 - 1), max_size=6).map(
+    lambda seqs: b"".join(encode_ack(seq) for seq in seqs)))
+def test_acks_taken_whole_are_what_the_reader_decodes(data: bytes) -> None:
+    seqs = ack_seqs(data)
+    if seqs is not None:
+        assert FrameReader().feed(data) == [("ack", seq, None) for seq in seqs]
+
+
+@settings(max_examples=300, deadline=None)
+@given(CONNECTIONS, TIMES, TIMES, st.text(max_size=64), st.lists(st.text(max_size=200), max_size=5),
+       DIALOGUES, st.integers(0, 2**64 - 1))
+def test_normal_attack_encoded_from_its_figures_is_the_frame_of_its_attack(
+        connection: Connection, start: float, end: float, ident: str, notes: list[str],
+        dialogue: DialogueRecord, seq: int) -> None:
+    """A server encodes its normal-mode attacks without an Attack (encode_normal): the same
+    bytes as encode_attack, so the recorder decodes the same record."""
+    attack = Attack(connection, mode=Mode.NORMAL, start_time=start, end_time=end, id=ident,
+                    notes=list(notes), dialogue=dialogue)
+    bare = Connection(connection.protocol, connection.local_addr, connection.local_port,
+                      connection.remote_addr, connection.remote_port)
+    frame = encode_normal(seq, ident, bare, connection.payload.data, start, end,
+                          dialogue.protocol, list(dialogue.turns), dialogue.sent.data,
+                          dialogue.fields, notes)
+    assert frame == encode_attack(seq, attack)
+
+
+def test_normal_attack_encoder_refuses_what_encode_attack_refuses() -> None:
+    def normal(connection: Connection | None = None, start: float = 1.0, note: str = "",
+               max_frame: int = MAX_FRAME) -> bytes:
+        return encode_normal(1, "id", connection or conn(), b"x" * 500, start, start, "raw",
+                             [500], b"", {}, [note], max_frame=max_frame)
+
+    with pytest.raises(WireError, match="times"):
+        normal(start=math.inf)
+    with pytest.raises(WireError, match="not ascii"):
+        normal(conn(remote="198.18.0.ü"))
+    with pytest.raises(WireError, match="not utf-8"):
+        normal(note="lone \udc80 surrogate")
+    with pytest.raises(WireError, match="70000 is not in 0..65535"):
+        normal(conn(lport=70000))
+    with pytest.raises(WireError, match="over the limit of 500"):
+        normal(max_frame=500)
 
 
 @settings(max_examples=100, deadline=None)

@@ -23,13 +23,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from honeytrap.entropy import BlockRandom
 from honeytrap.errors import RemoteError
 
 # The dialogues' randomness (salts, ids, jitter): one SystemRandom for every connection of the
 # process. It draws from os.urandom and keeps no state of its own that matters, but each
 # instance still carries a Mersenne Twister state of ~2.5 KiB: one per connection was ~40% of
-# an idle connection's memory in a server process (bench/idle.py). Fork-safe (no state).
-SENSOR_RNG = random.SystemRandom()
+# an idle connection's memory in a server process (bench/idle.py). Fork-safe (no state). Its
+# draws come from os.urandom in blocks (entropy.py: not one system call per draw).
+SENSOR_RNG: random.Random = BlockRandom()
 
 
 class DialogueError(RemoteError):

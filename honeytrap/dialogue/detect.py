@@ -22,6 +22,7 @@ _HTTP = re.compile(rb"(GET|POST|HEAD|PUT|DELETE|OPTIONS|PATCH|CONNECT|TRACE|PROP
 _SIP = re.compile(rb"(OPTIONS|REGISTER|INVITE|ACK|BYE|CANCEL|SUBSCRIBE|NOTIFY|MESSAGE|INFO) sips?:")
 _REDIS_INLINE = re.compile(rb"(?i)(PING|INFO|CONFIG|AUTH|SLAVEOF|REPLICAOF|MODULE|FLUSHALL)\b")
 _SMTP = re.compile(rb"(?i)(EHLO|HELO) ")
+_RESP = re.compile(rb"\*[0-9]")  # compiled once: re.match looked it up in re's cache each time
 # PostgreSQL (frontend/backend protocol): SSLRequest, GSSENCRequest, StartupMessage 3.0.
 _POSTGRES_CODES = (b"\x04\xd2\x16\x2f", b"\x04\xd2\x16\x30", b"\x00\x03\x00\x00")
 
@@ -44,7 +45,7 @@ def classify(data: bytes) -> str | None:
         return "rdp"  # RFC 1006 TPKT with an X.224 Connection Request (MS-RDPBCGR 2.2.1.1)
     if len(data) >= 8 and data[4:8] in _POSTGRES_CODES:
         return "postgres"
-    if re.match(rb"\*[0-9]", data) or _REDIS_INLINE.match(data):
+    if _RESP.match(data) or _REDIS_INLINE.match(data):
         return "redis"  # RESP array of bulk strings, or an inline command
     if _SMTP.match(data):
         return "smtp"
