@@ -71,7 +71,9 @@ def _series(reps: list[dict[str, Any]], target: str, key: str) -> list[float]:
     return [float(rep[target][key]) for rep in reps]
 
 
-def rows(label: str) -> Any:
+def rows(label: str, fresh_ports: bool = False) -> Any:
+    """The phase's rows; `fresh_ports`: its connections go over sweep_ports ports first seen in
+    the rep (a fresh daemon each), so the master's CPU is also given per port."""
     def make(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row]:
         reps = r["reps"]
         rate = {t: _series(reps, t, "rate") for t in (*FLOORS, "honeytrap")}
@@ -93,6 +95,13 @@ def rows(label: str) -> Any:
                  for k in ("servers", "recorder", "master")}
         out.append(row(f"honeytrap's CPU per connection by process, {label} (us)",
                        honeytrap=", ".join(f"{k} {spread(v)}" for k, v in roles.items())))
+        if fresh_ports:
+            # The master does nothing for a connection to a port already served (the kernel
+            # answers it): its CPU is the ports' (bind, hand-over, verdict) and their busy/idle
+            # reports (portstate.py).
+            per_port = bench.sizes.sweep_conns / bench.sizes.sweep_ports
+            out.append(row(f"master's CPU per fresh port, {label} (us)",
+                           honeytrap=spread([v * per_port for v in roles["master"]])))
         headroom = ratios(roles["servers"], roles["recorder"])
         ok = median(headroom) >= TARGET_RECORDER_HEADROOM
         met[f"recorder headroom {label}"] = ok
@@ -123,4 +132,4 @@ def rows(label: str) -> Any:
 
 
 register(Phase("one_port", one_port, rows("one port")))
-register(Phase("sweep", sweep, rows("1000-port sweep")))
+register(Phase("sweep", sweep, rows("1000-port sweep", fresh_ports=True)))

@@ -3,12 +3,14 @@ first, and how each ends. One place, so every child leaves the master's state be
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import os
 import select
 import signal
 from collections.abc import Callable, Iterable, Sequence
+from typing import cast
 
 from honeytrap import priority, proctitle
 
@@ -22,6 +24,20 @@ LOG_PORTS = 16
 KILL_WAIT = 1.0
 
 
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim(3), None where the C library has none (musl)."""
+    try:
+        function = ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    return cast(Callable[[int], int], function)
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
 def fork_child(what: str, main: Callable[[], int]) -> int | None:
     """Fork; the child runs `main` and exits with its status (1, logged, if it raised), never
     returning here. The parent gets the child's pid, or None (logged) if fork failed."""
@@ -29,6 +45,12 @@ def fork_child(what: str, main: Callable[[], int]) -> int | None:
     # that a child's collections never write to those objects' pages: each server process would
     # otherwise copy most of the master's heap (bench/sweep.py: 7 MiB of a spare's PSS).
     gc.freeze()
+    # The C heap's free pages go back to the kernel before the fork (malloc_trim(0): ~130 us the
+    # first time, a few after): free pages of the master's heap are then neither shared with the
+    # child nor copied into it when it allocates there (measured, master, recorder and one
+    # server process: 0.35 MiB of anonymous PSS less in all, at rest and at 5,000 idle).
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
     try:
         pid = os.fork()
     except OSError as exc:

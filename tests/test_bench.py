@@ -101,6 +101,7 @@ def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
             "ratio to uvloop | target |") in text
     assert "first SYN to accept" in text and "PSS at 300 idle" in text
     assert "CPU per connection, one port (us)" in text and "soak: unacknowledged" in text
+    assert "master's CPU per fresh port" in text
     assert "Machine load average" in text
 
 
