@@ -45,10 +45,10 @@ DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit
 DEFAULT_MAX_SERVERS = 8192
 # Dynamic servers (ports) one server process hosts: a new port goes to a process with room (a
 # descriptor handed over, ~0.1 ms) and only every this many ports costs a fork (~15 ms of CPU
-# with its copy-on-write faults, bench/), done ahead of need (porttable.SPARE_PROCESSES). Each
+# with its copy-on-write faults, bench/), done ahead of need (limits.SPARE_PROCESSES). Each
 # process costs ~6 MiB of its own (the interpreter's copy-on-write pages) and each port ~3 KiB:
 # 1024 keeps a full sweep's PSS under 250 MiB (max_servers ports in 8 processes, at most
-# 2 x 8 + 2 alive with those finishing, porttable.DRAINING_FACTOR). 1: a process per port, as
+# 2 x 8 + 2 alive with those finishing, limits.DRAINING_FACTOR). 1: a process per port, as
 # in the original.
 DEFAULT_PORTS_PER_PROCESS = 1024
 # Concurrent connections one dynamic server serves; more wait in the kernel's backlog.

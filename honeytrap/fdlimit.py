@@ -1,12 +1,12 @@
 """The descriptor limit (RLIMIT_NOFILE) of the master and so of every server process it forks:
-raised at start to the per-process descriptor budget (porttable.process_fd_budget)."""
+raised at start to the per-process descriptor budget (limits.process_fd_budget)."""
 
 from __future__ import annotations
 
 import logging
 import resource
 
-from honeytrap import porttable
+from honeytrap import limits
 from honeytrap.config import Config
 
 log = logging.getLogger("honeytrap.master")
@@ -20,14 +20,14 @@ def nr_open() -> int:
         with open(NR_OPEN, encoding="ascii") as f:
             return int(f.read().strip())
     except (OSError, ValueError):
-        return porttable.NR_OPEN_DEFAULT
+        return limits.NR_OPEN_DEFAULT
 
 
 def raise_fd_limit(config: Config) -> int:
     """RLIMIT_NOFILE for the master and so for every server process it forks: the per-process
-    descriptor budget (porttable.process_fd_budget), or the hard limit where root may not raise
+    descriptor budget (limits.process_fd_budget), or the hard limit where root may not raise
     it (logged). Returns the limit in force."""
-    wanted = porttable.process_fd_budget(config, nr_open())
+    wanted = limits.process_fd_budget(config, nr_open())
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft >= wanted:
         return soft

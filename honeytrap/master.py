@@ -34,8 +34,8 @@ from honeytrap import (
     daemon,
     eventloop,
     forked,
+    limits,
     metrics,
-    porttable,
     priority,
     templates,
 )
@@ -135,11 +135,11 @@ class Master:
         self.metrics = metrics.start(config, self.totals, self.selector)
 
     @staticmethod
-    def _limits(config: Config) -> porttable.Limits:
+    def _limits(config: Config) -> limits.Limits:
         """The table's bounds; the descriptor budget is what RLIMIT_NOFILE allows now
         (raise_fd_limit raised it at start)."""
         soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return porttable.Limits.from_config(config, min(nr_open(), soft))
+        return limits.Limits.from_config(config, min(nr_open(), soft))
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -327,10 +327,11 @@ class Master:
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
         for milliseconds, which must not fall between a first SYN and its verdict), or now, after
-        the round's verdicts, when none is left. One per round, so a burst of packets waits for
-        one fork at most."""
-        wanted = self.table.spares_wanted()
-        if wanted and (idle or wanted >= self.table.limits.spare_processes):
+        the round's verdicts, when none is ready (a sweep may never leave the loop idle: the
+        serving process would fill and a port wait for a fork). One per round, so a burst of
+        packets waits for one fork at most."""
+        ready, wanted = self.table.spares()
+        if wanted and (idle or not ready):
             pid = self._fork()
             if pid is None:
                 self._carry_out(self.table.fork_failed())

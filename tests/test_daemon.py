@@ -17,7 +17,7 @@ import pytest
 from daemon import HONEYTRAP, REPO, Honeytrap, nfq_rules
 from netns import Lab, inside
 
-from honeytrap.porttable import SPARE_PROCESSES
+from honeytrap.limits import SPARE_PROCESSES
 
 PAYLOAD = b"GET /cgi-bin/x HTTP/1.0\r\n\x00\xff\xfe binary \x1b[31m %s %n\r\n\r\n"
 

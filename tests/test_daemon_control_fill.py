@@ -27,7 +27,7 @@ from daemon import Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
 
 from honeytrap import forked
-from honeytrap.porttable import SPARE_PROCESSES
+from honeytrap.limits import SPARE_PROCESSES
 
 METRICS_PORT = 9117  # on the sensor namespace's loopback: no other test's daemon sees it
 FIRST_PORT = 31000  # fresh ports: no template, no real service

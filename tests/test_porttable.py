@@ -11,19 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from honeytrap.config import Config
-from honeytrap.porttable import (
-    FD_RESERVE,
-    SPARE_HEADROOM,
-    Action,
-    Fork,
-    Limits,
-    PortTable,
-    Retire,
-    Start,
-    Stop,
-    Verdict,
-    process_fd_budget,
-)
+from honeytrap.limits import FD_RESERVE, SPARE_HEADROOM, Limits, process_fd_budget
+from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 
 
 class Clock:
@@ -111,6 +100,11 @@ def test_no_spare_waits_beside_a_process_with_spare_headroom() -> None:
     serve(t, 82)
     assert t.spares_wanted() == 1  # down to less: one is forked ahead of need
     assert t.stats.forks_on_path == 0 and t.serving[tcp(82)].pid == 7
+    # ... and none is ready: the master forks it after this round's verdicts, not only when its
+    # loop is idle (a sweep may never leave it idle, and the process would fill first).
+    assert t.spares() == (0, 1)
+    t.forked(8)
+    assert t.spares() == (1, 0)
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from daemon import Honeytrap, nfq_rules
 from netns import Lab
 
 from honeytrap.config import DEFAULT_PORTS_PER_PROCESS
-from honeytrap.porttable import spares_at_rest
+from honeytrap.limits import spares_at_rest
 from honeytrap.priority import DEFAULT_MASTER_NICE, REALTIME_PRIORITY
 
 STARTED_AT = 3  # the daemon is started under `nice -n 3`: what its children must get back

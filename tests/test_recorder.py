@@ -27,9 +27,9 @@ from honeytrap import server as server_module
 from honeytrap import wire
 from honeytrap.attack import Attack, Connection, Payload
 from honeytrap.config import DEFAULT_PORTS_PER_PROCESS, Config
+from honeytrap.limits import SPARE_HEADROOM
 from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, Registry
-from honeytrap.porttable import SPARE_HEADROOM
 from honeytrap.privileges import Identity
 
 # Bound on every wait here: far above what a step needs, so only a bug reaches it.
