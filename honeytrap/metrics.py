@@ -138,6 +138,10 @@ METRICS: dict[str, MetricDef] = {
     "pipeline_plugin_failures": _counter("pipeline_plugin_failures", "Plugin hooks that raised"),
     "pipeline_plugin_timeouts": _counter(
         "pipeline_plugin_timeouts", "Plugin hooks abandoned after plugin_timeout"),
+    "pipeline_write_timeouts": _counter(
+        "pipeline_write_timeouts", "Outputs whose batch write hung past plugin_timeout"),
+    "pipeline_write_lost": _counter(
+        "pipeline_write_lost", "Records for a hung output not kept (over the bound, or at stop)"),
     "pipeline_virtual_refused": _counter(
         "pipeline_virtual_refused", "Virtual attacks (decoded from others) over the limit"),
     "pipeline_pending": _gauge(

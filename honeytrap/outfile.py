@@ -241,6 +241,7 @@ class LineLog:
 
     def __init__(self, ctx: PluginContext) -> None:
         path = ctx.option("logfile")
+        self.name = ctx.name  # the pipeline's log names a hung output by it (writebatch.py)
         self.fd: int | None = open_append(path, ctx.name)
         self.backlog = Backlog(ctx.name, path, ctx.log)
 

@@ -23,6 +23,17 @@ after another in a write batch (writebatch.py): the line logs append the batch's
 write at its end, and only then are its attacks finished (acknowledged). A hook of the batch
 that turns slow does not hold the others: the watchdog writes and finishes the jobs done before
 it and queues the ones not started again (`_split`).
+
+A batch's write to one output that hangs (a stalled NFS mount, a FIFO nobody reads) is watched
+like a hook: past BOOST_AFTER one more worker may run; past `plugin_timeout` the output is marked
+stalled (logged once with its name, counted in `write_timeouts`), the worker is written off and
+its batch goes on on a fresh worker: the other outputs are written and the attacks finished.
+While an output is stalled its later records wait in memory (MAX_STALLED_BYTES; past it they
+are counted in `write_lost` and logged) and nobody calls its write: when the hung write returns,
+what was handed to it is in the file (it was a blocking write of the whole record) and its
+thread writes the waiting records after it, then retires. Records still waiting when the
+pipeline closes are counted as lost. The watchdog never writes itself (a split's records go to a
+worker as a `_Flush`), so a hung output cannot stall the watchdog.
 """
 
 from __future__ import annotations
@@ -64,6 +75,9 @@ MAX_ABANDONED_WORKERS = 32
 # At close, downloads cancelled (sockets shut) get this long to end and their follow-ups this
 # long to be recorded, even when the drain time is spent.
 CANCEL_GRACE = 2.0
+# Bytes of records held per stalled output (its write hung past plugin_timeout) until the hung
+# write returns: a few minutes of a busy sensor's lines, like backlog.MAX_HELD_BYTES.
+MAX_STALLED_BYTES = 64 * 1024 * 1024
 
 
 DEFAULT_DOWNLOAD_LIMITS = background.Limits()
@@ -121,6 +135,8 @@ class Counters:
     plugin_failures: int = 0
     plugin_timeouts: int = 0
     virtual_refused: int = 0
+    write_timeouts: int = 0  # an output's batch write hung past plugin_timeout (once a stall)
+    write_lost: int = 0  # records for a stalled output past MAX_STALLED_BYTES, or at close
     followups: int = 0  # attacks that went through the FOLLOWUP hooks
     downloads_run: int = 0  # download pool tasks that ran to their end
     downloads_refused: int = 0  # refused: pool full, or an attack's or a source's budget spent
@@ -142,6 +158,35 @@ class _Worker:
     todo: deque[Job] = field(default_factory=deque)
     done: list[Job] = field(default_factory=list)
     batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
+    # The batch's writes not made yet, per output, and (output, started) while one is made:
+    # the watchdog hands them on to another worker when that write hangs.
+    flush: deque[tuple[writebatch.Write, list[bytes]]] = field(default_factory=deque)
+    writing: tuple[writebatch.Write, float] | None = None
+
+
+class _Flush:
+    """Writes and done jobs of a batch, handed from the watchdog to a worker (a split, or a
+    worker written off in a hung write): the worker makes the writes, then finishes the jobs."""
+
+    __slots__ = ("flush", "done")
+
+    def __init__(self, flush: list[tuple[writebatch.Write, list[bytes]]],
+                 done: list[Job]) -> None:
+        self.flush = flush
+        self.done = done
+
+
+class _Stall:
+    """An output whose write hung: the records that wait for it to return."""
+
+    __slots__ = ("name", "since", "waiting", "bytes", "lost_logged")
+
+    def __init__(self, name: str, since: float) -> None:
+        self.name = name
+        self.since = since
+        self.waiting: list[bytes] = []
+        self.bytes = 0
+        self.lost_logged = False
 
 
 class Pipeline:
@@ -168,7 +213,9 @@ class Pipeline:
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | _Flush | None] = queue.SimpleQueue()
+        self._stalled: dict[writebatch.Write, _Stall] = {}
+        self._stall_lock = threading.Lock()
         self._workers: list[_Worker] = []
         self._abandoned = 0
         self._pending = 0
@@ -271,6 +318,7 @@ class Pipeline:
         self._stopping = True
         for _ in self._workers:
             self._queue.put(None)
+        self._drop_stalled()
         if not done:
             log.error("pipeline closed with %d attacks unfinished", self.pending())
         return done
@@ -292,20 +340,26 @@ class Pipeline:
         self._slots.acquire()
         stop = False
         while not stop:
-            job = self._queue.get()
-            if job is None:
+            item = self._queue.get()
+            if item is None:
                 break
-            jobs = [job]
-            while len(jobs) < MAX_BATCH:
+            jobs: list[Job] = []
+            adopted: list[_Flush] = []
+            while True:
+                if isinstance(item, _Flush):
+                    adopted.append(item)
+                else:
+                    jobs.append(item)
+                if len(jobs) >= MAX_BATCH:
+                    break
                 try:
-                    job = self._queue.get_nowait()
+                    item = self._queue.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
+                if item is None:
                     stop = True  # after this batch
                     break
-                jobs.append(job)
-            if not self._run_batch(worker, jobs):
+            if not self._run_batch(worker, jobs, adopted):
                 return  # abandoned: its slot went to the worker that took the job over
             with worker.lock:
                 boosted, worker.boosted = worker.boosted, False
@@ -313,10 +367,14 @@ class Pipeline:
                 self._slots.acquire()
         self._slots.release()
 
-    def _run_batch(self, worker: _Worker, jobs: list[Job]) -> bool:
-        """Run the jobs, write what they held, finish them. False if abandoned meanwhile."""
+    def _run_batch(self, worker: _Worker, jobs: list[Job], adopted: list[_Flush]) -> bool:
+        """Run the jobs, write what they held, finish them (and the adopted writes and jobs
+        first). False if abandoned meanwhile."""
         with worker.lock:
             worker.todo.extend(jobs)
+            for flush in adopted:
+                worker.flush.extend(flush.flush)
+                worker.done.extend(flush.done)
         batch = worker.batch
         with writebatch.running(batch):
             while True:
@@ -328,14 +386,90 @@ class Pipeline:
                     return False
                 with worker.lock:
                     worker.done.append(job)
-        # No hook runs now, so the watchdog leaves the batch alone: no lock needed.
-        self._write(batch.take())
-        done, worker.done = worker.done, []
+        held = batch.take().items()
+        with worker.lock:
+            worker.flush.extend(held)
+        if not self._flush(worker):
+            return False
+        with worker.lock:
+            if worker.abandoned:
+                return False
+            done, worker.done = worker.done, []
         self._finished(done)
         return True
 
-    def _write(self, held: writebatch.Held) -> None:
-        held.write(self._write_failed)
+    def _flush(self, worker: _Worker) -> bool:
+        """Make the batch's writes, one call per output. False if the watchdog wrote this
+        worker off in one of them (the rest went on on another worker)."""
+        while True:
+            with worker.lock:
+                if worker.abandoned:
+                    return False
+                if not worker.flush:
+                    return True
+                write, records = worker.flush.popleft()
+                if self._defer(write, records):
+                    continue
+                worker.writing = (write, self._clock())
+            try:
+                write(b"".join(records))
+            except Exception as exc:
+                self._write_failed(write, exc)
+            with worker.lock:
+                worker.writing = None
+                abandoned = worker.abandoned
+            if abandoned:
+                self._unstall(write)
+                return False
+
+    def _defer(self, write: writebatch.Write, records: list[bytes]) -> bool:
+        """Keep the records of a stalled output for when its hung write returns (or count
+        them lost past MAX_STALLED_BYTES). False if the output is not stalled."""
+        if not self._stalled:
+            return False  # nearly always: no lock taken (a dict's truth is one atomic read)
+        with self._stall_lock:
+            stall = self._stalled.get(write)
+            if stall is None:
+                return False
+            size = sum(map(len, records))
+            if stall.bytes + size <= MAX_STALLED_BYTES:
+                stall.waiting.extend(records)
+                stall.bytes += size
+                return True
+            first, stall.lost_logged = not stall.lost_logged, True
+        with self._idle:
+            self.counters.write_lost += len(records)
+        if first:
+            log.error("output %s still hung: its records past %d bytes are lost (counted in "
+                      "write_lost)", stall.name, MAX_STALLED_BYTES)
+        return True
+
+    def _unstall(self, write: writebatch.Write) -> None:
+        """A write the watchdog gave up on returned: write what waited for it, in order."""
+        while True:
+            with self._stall_lock:
+                stall = self._stalled.get(write)
+                if stall is None:
+                    return
+                if not stall.waiting:
+                    del self._stalled[write]
+                    break
+                waiting, stall.waiting, stall.bytes = stall.waiting, [], 0
+            try:
+                write(b"".join(waiting))
+            except Exception as exc:
+                self._write_failed(write, exc)
+        log.warning("output %s writes again after %.0f s", stall.name,
+                    self._clock() - stall.since)
+
+    def _drop_stalled(self) -> None:
+        with self._stall_lock:
+            stalled, self._stalled = self._stalled, {}
+        for stall in stalled.values():
+            with self._idle:
+                self.counters.write_lost += len(stall.waiting)
+            log.error("output %s still hung at close: %d records waiting for it are lost",
+                      stall.name, len(stall.waiting))
 
     def _write_failed(self, write: writebatch.Write, exc: BaseException) -> None:
         with self._idle:
@@ -430,20 +564,23 @@ class Pipeline:
             except Exception:
                 log.exception("batch completion callback failed")
 
-    def _split(self, worker: _Worker) -> tuple[list[Job], list[Job], writebatch.Held]:
+    def _split(self, worker: _Worker) -> tuple[list[Job], _Flush]:
         """Under worker.lock, while one of its hooks runs long: take from its batch the jobs
         not started (queued again), the ones done and what they held (written and finished
-        now, not when the slow hook ends)."""
+        by another worker now, not when the slow hook ends)."""
         todo, done = list(worker.todo), worker.done
         worker.todo.clear()
         worker.done = []
-        return todo, done, worker.batch.take()
+        flush = list(worker.flush)
+        worker.flush.clear()
+        flush.extend(worker.batch.take().items())
+        return todo, _Flush(flush, done)
 
-    def _finish_split(self, todo: list[Job], done: list[Job], held: writebatch.Held) -> None:
+    def _finish_split(self, todo: list[Job], flush: _Flush) -> None:
+        if flush.flush or flush.done:
+            self._queue.put(flush)
         for job in todo:
             self._queue.put(job)
-        self._write(held)
-        self._finished(done)
 
     def _watch(self) -> None:
         interval = min(BOOST_AFTER, self.plugin_timeout / 4)
@@ -455,6 +592,13 @@ class Pipeline:
         """Let one more worker run beside each slow hook; abandon workers stuck in one hook
         past the timeout (their jobs go on elsewhere)."""
         now = self._clock()
+        for worker in list(self._workers):
+            with worker.lock:
+                if worker.writing is None or worker.abandoned:
+                    continue
+                flush = self._check_write(worker, now)
+            if flush is not None:
+                self._write_hung(worker, flush)
         for worker in list(self._workers):
             with worker.lock:
                 current = worker.current
@@ -488,3 +632,42 @@ class Pipeline:
                 log.critical("%d hung plugin threads: not replacing more", self._abandoned)
             self._queue.put(job)
 
+
+    def _check_write(self, worker: _Worker, now: float) -> _Flush | None:
+        """Under worker.lock, while it makes a batch's write: let one more worker run past
+        BOOST_AFTER; past plugin_timeout write it off and take its batch's rest (returned)."""
+        assert worker.writing is not None
+        write, started = worker.writing
+        if not worker.boosted and now - started >= min(BOOST_AFTER, self.plugin_timeout):
+            worker.boosted = True
+            self._slots.release()
+        if now - started < self.plugin_timeout:
+            return None
+        worker.abandoned = True
+        flush = _Flush(list(worker.flush), worker.done)
+        worker.flush.clear()
+        worker.done = []
+        name = writebatch.name_of(write)
+        with self._stall_lock:
+            if write in self._stalled:
+                return flush  # another worker's write to it hung first: said already
+            self._stalled[write] = _Stall(name, started)
+        with self._idle:
+            self.counters.write_timeouts += 1
+        log.error(
+            "output %s: a batch write hung for over %.0f s: its worker abandoned, the other "
+            "outputs and later attacks go on; its records wait until it returns",
+            name, self.plugin_timeout,
+        )
+        return flush
+
+    def _write_hung(self, worker: _Worker, flush: _Flush) -> None:
+        """A worker written off in a hung write: a fresh one makes the batch's other writes
+        and finishes its jobs."""
+        self._workers.remove(worker)
+        self._abandoned += 1
+        if self._abandoned <= MAX_ABANDONED_WORKERS:
+            self._spawn()
+        else:
+            log.critical("%d hung plugin threads: not replacing more", self._abandoned)
+        self._queue.put(flush)

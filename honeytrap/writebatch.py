@@ -55,6 +55,11 @@ class Held:
     def __bool__(self) -> bool:
         return bool(self._held)
 
+    def items(self) -> list[tuple[Write, list[bytes]]]:
+        """Each output's records, in the order the outputs came (the pipeline writes them one
+        output at a time, so the watchdog can see which one hangs)."""
+        return list(self._held.items())
+
     def write(self, on_error: Callable[[Write, BaseException], None]) -> None:
         """Each output's records joined, in one call per output, in the order they came.
         A writer that raises is reported to `on_error`; the others are still written."""
@@ -64,6 +69,14 @@ class Held:
             except Exception as exc:
                 on_error(write, exc)
         self._held = {}
+
+
+def name_of(write: Write) -> str:
+    """The output a writer belongs to, for the log: its plugin's name (outfile.LineLog keeps
+    it), else the writer itself."""
+    owner = getattr(write, "__self__", None)
+    name = getattr(owner, "name", None)
+    return name if isinstance(name, str) else repr(write)
 
 
 def current() -> WriteBatch | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import types
@@ -532,3 +533,94 @@ def test_a_slow_hook_in_a_batch_holds_up_only_its_own_attack(tmp_path: Path) -> 
         lines.close()
     assert done[-1] == b"slow"
     assert sorted(log_path.read_bytes().splitlines()) == sorted(done)
+
+
+# --- a batch's write that hangs: watched like a hook ------------------------------------------
+
+
+class Lines(outfile.LineLog):
+    """A line log writing each attack's payload as its line."""
+
+    def line(self, attack: Attack) -> bytes:
+        return attack.payload + b"\n"
+
+
+def lines_log(name: str, path: Path) -> Lines:
+    return Lines(PluginContext(name, {"logfile": str(path)}, Config(), logging.getLogger("test")))
+
+
+class FullFifo:
+    """A FIFO whose pipe buffer the test filled: the log opens it (the test holds it open for
+    reading too, O_RDWR), and its writes block until the test reads."""
+
+    def __init__(self, path: Path) -> None:
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+        self.filler = 0
+        while True:
+            try:
+                self.filler += os.write(self.fd, b"f" * 4096)
+            except BlockingIOError:
+                break
+        os.set_blocking(self.fd, True)
+
+    def read_exactly(self, size: int) -> bytes:
+        """Blocking reads until `size` bytes came (each read lets a blocked writer go on)."""
+        data = b""
+        while len(data) < size:
+            data += os.read(self.fd, size - len(data))
+        return data
+
+
+def test_a_hung_batch_write_is_abandoned_and_the_other_outputs_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    fifo = FullFifo(tmp_path / "hung.log")
+    hung, good = lines_log("Hung", tmp_path / "hung.log"), lines_log("Good", tmp_path / "good.log")
+    pipeline = Pipeline(registry_of(("Hung", hung), ("Good", good)), workers=2,
+                        plugin_timeout=0.2)
+    done = {name: threading.Event() for name in (b"a0", b"a1", b"a2")}
+    try:
+        with caplog.at_level(logging.WARNING, logger="honeytrap.pipeline"):
+            pipeline.submit(attack(b"a0"), on_done=done[b"a0"].set)
+            # Its write to Hung blocks: the attack is finished once the watchdog gave it up.
+            assert done[b"a0"].wait(WAIT)
+            assert pipeline.counters.write_timeouts == 1
+            pipeline.submit(attack(b"a1"), on_done=done[b"a1"].set)
+            pipeline.submit(attack(b"a2"), on_done=done[b"a2"].set)
+            assert done[b"a1"].wait(WAIT) and done[b"a2"].wait(WAIT)
+            assert (tmp_path / "good.log").read_bytes() == b"a0\na1\na2\n"
+            # What was handed to the hung write, then what waited for it, once it unblocks.
+            assert fifo.read_exactly(fifo.filler) == b"f" * fifo.filler
+            assert fifo.read_exactly(9) == b"a0\na1\na2\n"
+            assert pipeline.close(WAIT)
+        hung_lines = [r.getMessage() for r in caplog.records if "hung for over" in r.getMessage()]
+        assert len(hung_lines) == 1 and "output Hung" in hung_lines[0]  # once, by its name
+        assert pipeline.counters.write_timeouts == 1
+        assert pipeline.counters.write_lost == 0
+        assert pipeline.counters.finished == 3
+    finally:
+        os.close(fifo.fd)
+        hung.close()
+        good.close()
+
+
+def test_records_waiting_for_a_still_hung_output_at_close_are_counted_lost(
+    tmp_path: Path,
+) -> None:
+    fifo = FullFifo(tmp_path / "hung.log")
+    hung = lines_log("Hung", tmp_path / "hung.log")
+    pipeline = Pipeline(registry_of(("Hung", hung)), workers=2, plugin_timeout=0.2)
+    done = [threading.Event() for _ in range(3)]
+    try:
+        pipeline.submit(attack(b"a0"), on_done=done[0].set)
+        assert done[0].wait(WAIT)
+        pipeline.submit(attack(b"a1"), on_done=done[1].set)
+        pipeline.submit(attack(b"a2"), on_done=done[2].set)
+        assert done[1].wait(WAIT) and done[2].wait(WAIT)
+        assert pipeline.close(WAIT)
+        assert pipeline.counters.write_lost == 2  # a1 and a2 waited; a0 is in the hung write
+    finally:
+        fifo.read_exactly(fifo.filler + 3)  # the hung write returns: its thread may end
+        os.close(fifo.fd)
+        hung.close()
