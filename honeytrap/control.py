@@ -284,7 +284,8 @@ class Channel:
         self.on_close: Callable[[], None] | None = None
         # What waits for the socket: (bytes, their descriptors, the messages in them: a corked
         # batch is one entry of several).
-        self._queue: deque[tuple[bytes, list[int], int]] = deque()
+        # And the ports whose serves own those descriptors (none once a byte of it was sent).
+        self._queue: deque[tuple[bytes, list[int], int, tuple[Key, ...]]] = deque()
         self._queued_messages = 0
         self._stream = sock.type == socket.SOCK_STREAM
         self._buffer = bytearray()
@@ -292,6 +293,10 @@ class Channel:
         # descriptors they own (closed once sent).
         self._corked: list[bytes] | None = None
         self._corked_fds: list[int] = []
+        self._corked_serves: list[Key] = []
+        # Ports whose serve is corked or queued with its descriptors: cancel_serve's quick "no"
+        # (most stops are for ports delivered long ago).
+        self._undelivered: set[Key] = set()
         self._corked_messages = 0
 
     def fileno(self) -> int:
@@ -306,7 +311,7 @@ class Channel:
         """Our copies of the descriptors waiting in the queue (or corked): a process forked
         meanwhile must close them (a listening socket inherited by a child that never serves it
         stays bound, its connections unanswered, after the port's own server has let it go)."""
-        return [fd for _data, fds, _count in self._queue for fd in fds] + self._corked_fds
+        return [fd for _data, fds, _count, _serves in self._queue for fd in fds] + self._corked_fds
 
     @property
     def corked(self) -> bool:
@@ -328,9 +333,13 @@ class Channel:
             # Not corked; or the queue is full: what is corked goes first, and this one fails
             # now (False: the master refuses its attempt), the channel closing on it.
             self._send_corked()
-            return self._send_now(encode(message), fds, owned=True)
+            serves = (message.key,) if isinstance(message, Serve) else ()
+            return self._send_now(encode(message), fds, owned=True, serves=serves)
         self._corked_fds += fds
         self.tally.held += len(fds)
+        if isinstance(message, Serve):
+            self._corked_serves.append(message.key)
+            self._undelivered.add(message.key)
         self._add_corked(encode(message))
         return True
 
@@ -351,42 +360,49 @@ class Channel:
         if not self._corked:
             return
         data, fds, count = b"".join(self._corked), self._corked_fds, self._corked_messages
+        serves = tuple(self._corked_serves)
         self._corked, self._corked_fds, self._corked_messages = [], [], 0
+        self._corked_serves = []
+        self._undelivered.difference_update(serves)  # queued again below if not sent
         self.tally.held -= len(fds)
         # If the channel closes on it (the other side gone, or not reading: MAX_QUEUED), its
         # ports go with the process (the master frees a killed or dead process's ports).
-        self._send_now(data[:-1], fds, owned=True, messages=count)  # it adds the last newline
+        self._send_now(data[:-1], fds, owned=True, messages=count, serves=serves)  # (+ newline)
 
     def cancel_serve(self, key: Key) -> bool:
-        """Take back the last Serve for `key` if it is not delivered yet (corked, or queued with
+        """Take back the Serve for `key` if it is not delivered yet (corked, or queued with
         none of its batch sent) and its socket has nothing waiting (a connection in its accept
         queue, a datagram: an attack the process must still see): its descriptors are closed
         here, as if it was never handed. False if it is delivered, on its way (its batch partly
         sent: its descriptors went with the first byte), or has something waiting."""
-        if self._corked:
+        if key not in self._undelivered:
+            return False
+        if key in self._corked_serves and self._corked is not None:
             found = _find_serve(self._corked, len(self._corked_fds), key)
-            if found is not None and _waiting(self._corked_fds[found[1]]):
+            if found is None or _waiting(self._corked_fds[found[1]]):
                 return False
-            if found is not None:
-                line, first, count = found
-                del self._corked[line]
-                self._corked_messages -= 1
-                self._close_taken(self._corked_fds, first, count)
-                return True
-        for index in range(len(self._queue) - 1, -1, -1):
-            data, fds, messages = self._queue[index]
+            line, first, count = found
+            del self._corked[line]
+            self._corked_messages -= 1
+            self._corked_serves.remove(key)
+            self._undelivered.discard(key)
+            self._close_taken(self._corked_fds, first, count)
+            return True
+        for index, (data, fds, messages, serves) in enumerate(self._queue):
+            if key not in serves:
+                continue
             lines = data[:-1].split(b"\n")
             found = _find_serve(lines, len(fds), key)
-            if found is None:
-                continue
-            if _waiting(fds[found[1]]):
+            if found is None or _waiting(fds[found[1]]):
                 return False
             line, first, count = found
             del lines[line]
             self._close_taken(fds, first, count)
+            self._undelivered.discard(key)
             self._queued_messages -= 1
             if lines:
-                self._queue[index] = (b"\n".join(lines) + b"\n", fds, messages - 1)
+                rest = tuple(k for k in serves if k != key)
+                self._queue[index] = (b"\n".join(lines) + b"\n", fds, messages - 1, rest)
             else:
                 del self._queue[index]
                 if not self._queue and self.on_backlog is not None:
@@ -430,7 +446,8 @@ class Channel:
         return self._send_now(data, fds)
 
     def _send_now(
-        self, data: bytes, fds: list[int], *, owned: bool = False, messages: int = 1
+        self, data: bytes, fds: list[int], *, owned: bool = False, messages: int = 1,
+        serves: tuple[Key, ...] = (),
     ) -> bool:
         """Send or queue `data` (its newline added) with `fds`: copies of them, or, `owned`,
         the descriptors themselves, which are the channel's then (closed once sent, or now if
@@ -449,6 +466,7 @@ class Channel:
                 if sent == len(data):
                     return True
                 data, fds, owned = data[sent:], [], True  # a stream took part: the rest first
+                serves = ()
         if self._queued_messages >= MAX_QUEUED:
             log.error("control channel: %d messages unread by the other side: closing it",
                       self._queued_messages)
@@ -468,7 +486,8 @@ class Channel:
                           exc.strerror)
                 return False
             fds = copies
-        self._queue.append((data, fds, messages))
+        self._queue.append((data, fds, messages, serves))
+        self._undelivered.update(serves)
         self.tally.held += len(fds)
         self._queued_messages += messages
         if len(self._queue) == 1 and self.on_backlog is not None:
@@ -496,15 +515,16 @@ class Channel:
     def flush(self) -> None:
         """Send what waits, in order, until the socket would block again."""
         while self._queue and not self.closed:
-            data, fds, count = self._queue[0]
+            data, fds, count, serves = self._queue[0]
             sent = self._try(data, fds)
             if not sent:
                 return
             for fd in fds:  # sent with the first byte
                 os.close(fd)
             self.tally.held -= len(fds)
+            self._undelivered.difference_update(serves)
             if sent < len(data):
-                self._queue[0] = (data[sent:], [], count)
+                self._queue[0] = (data[sent:], [], count, ())
                 return
             self._queue.popleft()
             self._queued_messages -= count
@@ -570,6 +590,7 @@ class Channel:
             os.close(fd)
         self.tally.held -= len(self._corked_fds)
         self._corked, self._corked_fds = None, []
+        self._corked_serves, self._undelivered = [], set()
         while self._queue:
             fds = self._queue.popleft()[1]
             for fd in fds:

@@ -125,3 +125,70 @@ def test_handovers_past_the_masters_bound_are_refused_before_binding(
     after = figures(lab)
     assert after.get("refused_handovers", 0) == held.get("refused_handovers", 0)
     assert sensor.stop() == 0
+
+
+SWEEP_FIRST = 35000
+SWEEP_PORTS = 600  # more than the stopped process's socketpair buffer takes (about 280 serves)
+SWEEP_MAX_SERVERS = 100  # the sweep evicts all but the last ones, their serves still queued
+
+
+def listening(lab: Lab) -> set[int]:
+    """The sweep's ports with a listening TCP socket in the sensor namespace (held by a process,
+    or by the master, or in flight to a process)."""
+    found = set()
+    for line in lab.sensor.cmd("ss", "-Htln").splitlines():
+        port = int(line.split()[3].rsplit(":", 1)[1])
+        if SWEEP_FIRST <= port < SWEEP_FIRST + SWEEP_PORTS:
+            found.add(port)
+    return found
+
+
+@pytest.fixture
+def sweep_sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
+    nfq_rules(lab.sensor)
+    ht = Honeytrap(
+        lab, tmp_path / "ht", args=["-u", "nobody", "-g", "nogroup"],
+        extra_config=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\n'
+                     f'max_servers = "{SWEEP_MAX_SERVERS}"',
+    )
+    yield ht
+    if ht.proc is not None and ht.proc.poll() is None:
+        for pid in ht.spares() + ht.children():
+            _signal(pid, signal.SIGCONT)
+        ht.stop()
+
+
+@pytest.mark.slow
+def test_a_port_evicted_before_its_serve_left_the_master_is_closed_at_once(
+    lab: Lab, sweep_sensor: Honeytrap
+) -> None:
+    """A SYN sweep (nmap -sS: no connection completes) while the process taking its ports reads
+    nothing: the ports evicted while their serve still waited in the master's queue are closed
+    there at once (none of them listens any more), no stop is queued for them; once the process
+    reads again exactly the served ports listen."""
+    ht = sweep_sensor
+    ht.start()
+    [spare] = wait_for("a spare", ht.spares)  # type: ignore[misc]
+    _signal(spare, signal.SIGSTOP)
+    try:
+        last = SWEEP_FIRST + SWEEP_PORTS - 1
+        lab.attacker.cmd("nmap", "-sS", "-n", "-Pn", "-r", f"-p{SWEEP_FIRST}-{last}",  # in order
+                         "--max-retries", "0", "--min-rate", "2000", "-oG", "-", lab.sensor.ip4)
+        stopped = figures(lab)
+        held = listening(lab)
+    finally:
+        _signal(spare, signal.SIGCONT)
+    assert stopped["servers_evicted"] == stopped["servers_started"] - SWEEP_MAX_SERVERS > 0
+    served = set(range(last - SWEEP_MAX_SERVERS + 1, last + 1))  # least recently used go first
+    evicted_listening = held - served
+    # Those the process was sent (its socketpair's buffer) still listen until it reads its
+    # stops; the rest were never sent, and went at once.
+    assert served <= held
+    assert 0 < len(evicted_listening) < SWEEP_PORTS - SWEEP_MAX_SERVERS, len(evicted_listening)
+    assert evicted_listening == set(range(SWEEP_FIRST, SWEEP_FIRST + len(evicted_listening)))
+    # Once it reads, the evicted ones it had are released: exactly the served ones listen.
+    wait_for("released", lambda: listening(lab) == served)
+    settled = figures(lab)
+    assert settled["control_queued"] == 0 and settled["servers_running"] == SWEEP_MAX_SERVERS
+    assert settled.get("server_crashes", 0) == 0
+    assert ht.stop() == 0
