@@ -242,8 +242,9 @@ def connect_sweep(bench: Bench) -> dict[str, Any]:
 
 def _refusals(stats: dict[str, int]) -> dict[str, int]:
     keep = ("attempts", "servers_started", "servers_evicted", "servers_expired", "refused_no_room",
-            "refused_rate", "refused_draining", "refused_pending", "forks_on_path",
-            "spares_forked", "server_crashes", "connections", "attacks")
+            "refused_rate", "refused_draining", "refused_pending", "refused_handovers",
+            "bind_failures", "forks_on_path", "spares_forked", "server_crashes", "connections",
+            "attacks")
     return {k: stats[k] for k in keep if k in stats}
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -225,9 +226,41 @@ def uncork(channels: list[Channel]) -> None:
     channels.clear()
 
 
+def _find_serve(lines: list[bytes], fds: int, key: Key) -> tuple[int, int, int] | None:
+    """(line, first descriptor, descriptors) of the last serve for `key` in `lines` (our own
+    encoding), if the serves in them own exactly `fds` descriptors, in order (a batch partly sent
+    owns none: its descriptors went with its first byte)."""
+    prefix = f"serve {port_key(*key)} ".encode()
+    owned, found = 0, None
+    for index, line in enumerate(lines):
+        if line.startswith(b"serve "):
+            count = int(line.rsplit(b" ", 1)[1])
+            if line.startswith(prefix):
+                found = (index, owned, count)
+            owned += count
+    return found if owned == fds else None
+
+
+def _waiting(sock: int) -> bool:
+    """A connection (or a datagram) waits on the listening socket `sock`."""
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)
+    return any(events & select.POLLIN for _fd, events in poll.poll(0))
+
+
 def channel_pair() -> tuple[socket.socket, socket.socket]:
     """A socketpair for a server process's control channel (see the module's docstring)."""
     return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+class FdTally:
+    """Descriptors held by the channels sharing it and not yet delivered (corked or queued): the
+    master's bound ports in handovers (handovers.py bounds them)."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = 0
 
 
 class Channel:
@@ -239,8 +272,10 @@ class Channel:
     map, and the next socket given that number cannot be registered)."""
 
     def __init__(self, sock: socket.socket,
-                 on_backlog: Callable[[bool], None] | None = None) -> None:
+                 on_backlog: Callable[[bool], None] | None = None,
+                 tally: FdTally | None = None) -> None:
         self.sock = sock
+        self.tally = tally if tally is not None else FdTally()
         self.sock.setblocking(False)
         self.closed = False
         self.overflowed = False  # closed by a send past MAX_QUEUED: the other side reads nothing
@@ -295,6 +330,7 @@ class Channel:
             self._send_corked()
             return self._send_now(encode(message), fds, owned=True)
         self._corked_fds += fds
+        self.tally.held += len(fds)
         self._add_corked(encode(message))
         return True
 
@@ -316,9 +352,53 @@ class Channel:
             return
         data, fds, count = b"".join(self._corked), self._corked_fds, self._corked_messages
         self._corked, self._corked_fds, self._corked_messages = [], [], 0
+        self.tally.held -= len(fds)
         # If the channel closes on it (the other side gone, or not reading: MAX_QUEUED), its
         # ports go with the process (the master frees a killed or dead process's ports).
         self._send_now(data[:-1], fds, owned=True, messages=count)  # it adds the last newline
+
+    def cancel_serve(self, key: Key) -> bool:
+        """Take back the last Serve for `key` if it is not delivered yet (corked, or queued with
+        none of its batch sent) and its socket has nothing waiting (a connection in its accept
+        queue, a datagram: an attack the process must still see): its descriptors are closed
+        here, as if it was never handed. False if it is delivered, on its way (its batch partly
+        sent: its descriptors went with the first byte), or has something waiting."""
+        if self._corked:
+            found = _find_serve(self._corked, len(self._corked_fds), key)
+            if found is not None and _waiting(self._corked_fds[found[1]]):
+                return False
+            if found is not None:
+                line, first, count = found
+                del self._corked[line]
+                self._corked_messages -= 1
+                self._close_taken(self._corked_fds, first, count)
+                return True
+        for index in range(len(self._queue) - 1, -1, -1):
+            data, fds, messages = self._queue[index]
+            lines = data[:-1].split(b"\n")
+            found = _find_serve(lines, len(fds), key)
+            if found is None:
+                continue
+            if _waiting(fds[found[1]]):
+                return False
+            line, first, count = found
+            del lines[line]
+            self._close_taken(fds, first, count)
+            self._queued_messages -= 1
+            if lines:
+                self._queue[index] = (b"\n".join(lines) + b"\n", fds, messages - 1)
+            else:
+                del self._queue[index]
+                if not self._queue and self.on_backlog is not None:
+                    self.on_backlog(False)
+            return True
+        return False
+
+    def _close_taken(self, fds: list[int], first: int, count: int) -> None:
+        for fd in fds[first:first + count]:
+            os.close(fd)
+        del fds[first:first + count]
+        self.tally.held -= count
 
     def send(self, message: str) -> None:
         self._send(message.encode(), [])
@@ -389,6 +469,7 @@ class Channel:
                 return False
             fds = copies
         self._queue.append((data, fds, messages))
+        self.tally.held += len(fds)
         self._queued_messages += messages
         if len(self._queue) == 1 and self.on_backlog is not None:
             self.on_backlog(True)
@@ -421,6 +502,7 @@ class Channel:
                 return
             for fd in fds:  # sent with the first byte
                 os.close(fd)
+            self.tally.held -= len(fds)
             if sent < len(data):
                 self._queue[0] = (data[sent:], [], count)
                 return
@@ -486,9 +568,12 @@ class Channel:
         self.fds.clear()
         for fd in self._corked_fds:
             os.close(fd)
+        self.tally.held -= len(self._corked_fds)
         self._corked, self._corked_fds = None, []
         while self._queue:
-            for fd in self._queue.popleft()[1]:
+            fds = self._queue.popleft()[1]
+            for fd in fds:
                 os.close(fd)
+            self.tally.held -= len(fds)
         self._queued_messages = 0
         self.sock.close()

@@ -41,12 +41,12 @@ from honeytrap import (
 )
 from honeytrap import log as logs
 from honeytrap.attack import Mode
-from honeytrap.config import Config, PortConf
+from honeytrap.config import Config
 from honeytrap.control import Channel
 from honeytrap.dialogue.catalog import load_catalog
 from honeytrap.errors import HoneytrapError
 from honeytrap.fdlimit import nr_open
-from honeytrap.listener import PortInUse, bind_port
+from honeytrap.handovers import Handovers, handover_fd_limit
 from honeytrap.monitor import Held, Monitor
 from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
@@ -57,6 +57,10 @@ from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
 
 log = logging.getLogger("honeytrap.master")
+
+
+def _nofile() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 # On SIGTERM, dynamic servers get this long to record their attacks and exit; stragglers
 # are then killed (by pid: never the process group, which may hold processes not ours).
@@ -124,13 +128,13 @@ class Master:
         # The UDP replies all server processes may send a second (reflector.py): before any fork.
         self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         self.port_privilege = capabilities.PortPrivilege()
-        self.bind_refusals = capabilities.BindRefusals()
         self.selector = selectors.DefaultSelector()
         self._signals: list[int] = []
         self._running = True
         self.refusals = RefusalLog(log)  # refusals and failed starts, rate-limited
+        self.handovers = Handovers(self._handover_limit(), self.refusals)
+        self.bind_refusals = self.handovers.bind_refusals
         self._wake_r, self._wake_w = socket.socketpair()
-        self._corked: list[Channel] = []  # channels gathering this round's handovers
         # Prometheus /metrics (metrics_listen), served from this loop: no thread in the master.
         self.metrics = metrics.start(config, self.totals, self.selector)
 
@@ -138,8 +142,10 @@ class Master:
     def _limits(config: Config) -> limits.Limits:
         """The table's bounds; the descriptor budget is what RLIMIT_NOFILE allows now
         (raise_fd_limit raised it at start)."""
-        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return limits.Limits.from_config(config, min(nr_open(), soft))
+        return limits.Limits.from_config(config, min(nr_open(), _nofile()))
+
+    def _handover_limit(self) -> int:
+        return handover_fd_limit(_nofile(), self.table.limits.max_processes)
 
     # --- the loop ---------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class Master:
             self._drop_unreachable()
             self._carry_out(self.table.tick())
             self.monitor.flush()  # the verdicts of attempts held and decided since
-            control.uncork(self._corked)  # then what the pass gave the processes
+            self.handovers.uncork()  # then what the pass gave the processes
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
@@ -235,7 +241,7 @@ class Master:
             # The round's verdicts (a batch: monitor.flush), then its handovers, a sendmsg per
             # process (control.HANDOVER_BATCH): the verdicts need only the ports listening.
             self.monitor.flush()
-            control.uncork(self._corked)
+            self.handovers.uncork()
 
     def on_attempt(self, held: Held) -> None:
         attempt = held.attempt
@@ -247,6 +253,8 @@ class Master:
             if missing is not None:  # refused before binding: the verdict lets the kernel RST it
                 self.bind_refusals.refuse(conf.port, conf.protocol, missing)
                 refuse = "refused_privileged"
+            elif self.handovers.full() and key not in self.table.releasing:
+                refuse = "refused_handovers"  # before binding (handovers.py)
         self._carry_out(
             self.table.attempt(key, held, ignore=conf.mode is Mode.IGNORE, refuse=refuse)
         )
@@ -268,9 +276,8 @@ class Master:
                 if action.why == "evicted":
                     log.info("evicting idle server for %d/%s to make room", action.key[1],
                              action.key[0])
-                if process is not None:  # with the round's others (one send: control.later)
-                    control.later(process.channel, self._corked).send_message(
-                        control.Stop(action.key))
+                if process is not None and self.handovers.stop(process.channel, action.key):
+                    self._carry_out(self.table.released(action.pid, action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)
                 if process is not None:
@@ -283,46 +290,21 @@ class Master:
                     self._carry_out(self.table.forked(pid, action))
 
     def _start(self, action: Start) -> None:
-        """Bind the port as root and hand its socket (and template) to the process."""
+        """Bind the port as root and hand its socket (and template) to the process
+        (handovers.py), or report why not."""
         key, pid = action.key, action.pid
         conf = self.config.port_mode(*key)
         process = self.children.get(pid)
-        family = cast(Held, action.token).attempt.family
-        try:
-            sock = bind_port(conf.protocol, conf.port, self.config.bind_address, family)
-        except PortInUse:
-            log.debug("port %d/%s is served by someone else", conf.port, conf.protocol)
-            self._carry_out(self.table.start_failed(key, pid, "ports_in_use"))
-            return
-        except PermissionError:  # a policy beyond the capability check (LSM, sysctl changed)
-            self.bind_refusals.refuse(conf.port, conf.protocol, "a permission the system refuses")
-            self._carry_out(self.table.start_failed(key, pid, "refused_privileged"))
-            return
-        except OSError as exc:
-            self.refusals.note(logging.ERROR, "bind", "cannot bind %d/%s: %s", conf.port,
-                               conf.protocol, exc)
-            self._carry_out(self.table.start_failed(key, pid, "bind_failures"))
-            return
-        if process is None:
-            sock.close()
-        if process is None or not self._hand_over(process, conf, sock.detach()):
-            self.refusals.note(logging.ERROR, "handover", "cannot hand %d/%s to process %d",
-                               conf.port, conf.protocol, pid)
-            self._carry_out(self.table.start_failed(key, pid, "handover_failures"))
+        why = self.handovers.start(self.config, conf, cast(Held, action.token).attempt.family,
+                                   None if process is None else process.channel,
+                                   self.template_names)
+        if why:
+            self._carry_out(self.table.start_failed(key, pid, why))
             return
         self.table.started(key, pid)
         # info, not notice: a sweep starts thousands a second (the counters say how many).
         log.info("dynamic server for %d/%s started (pid %d, %s mode)",
                  conf.port, conf.protocol, pid, conf.mode.label)
-
-    def _hand_over(self, process: ProcessHandle, conf: PortConf, sock: int) -> bool:
-        """The port's bound socket (the channel's now) and template to the process, corked."""
-        fds = [sock]
-        if f"{conf.port}_{conf.protocol}" in self.template_names:
-            template = templates.open_template(self.config.response_dir, conf.protocol, conf.port)
-            fds += [] if template is None else [template]
-        serve = control.Serve((conf.protocol, conf.port), len(fds))
-        return control.later(process.channel, self._corked).hand(serve, fds)
 
     def _refill_spares(self, *, idle: bool) -> None:
         """Fork one spare process if the table wants one and the loop is idle (a fork blocks it
@@ -364,7 +346,7 @@ class Master:
         if pid is None:
             parent_end.close()
             return None
-        channel = Channel(parent_end)
+        channel = self.handovers.channel(parent_end)
         process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
         channel.on_backlog = functools.partial(self._backlog, process)
         channel.on_close = functools.partial(self._channel_closed, process)
@@ -578,6 +560,7 @@ class Master:
         logs.reopen()
         # Every process holds the old configuration: each is retired, its ports stopped.
         self._carry_out(self.table.reload(self._limits(config)))
+        self.handovers.limit = self._handover_limit()
         log.log(logs.NOTICE, "configuration and %d plugins reloaded", len(registry.plugins))
         daemon.notify("READY=1")
 
@@ -640,4 +623,4 @@ class Master:
                     self._on_signals()
             self._reap()
             self.monitor.flush()  # the verdicts, then what the processes were given
-            control.uncork(self._corked)
+            self.handovers.uncork()

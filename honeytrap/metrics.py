@@ -86,6 +86,9 @@ METRICS: dict[str, MetricDef] = {
     "refused_rate": _counter("refused_rate", "Attempts refused: max_server_rate exceeded"),
     "refused_privileged": _counter(
         "refused_privileged", "Attempts refused: the port needs CAP_NET_BIND_SERVICE, not held"),
+    "refused_handovers": _counter(
+        "refused_handovers",
+        "Attempts refused before binding: the master's descriptors full of undelivered handovers"),
     "refused_draining": _counter(
         "refused_draining", "Attempts refused: too many servers still finishing"),
     "ports_in_use": _counter(

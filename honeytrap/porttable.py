@@ -119,6 +119,7 @@ class TableStats:
     refused_draining: int = 0
     refused_pending: int = 0
     refused_privileged: int = 0  # a port we may not bind (no CAP_NET_BIND_SERVICE)
+    refused_handovers: int = 0  # the master's descriptors full of undelivered handovers
     ports_in_use: int = 0
     fork_failures: int = 0
     forks_on_path: int = 0
@@ -127,7 +128,8 @@ class TableStats:
     bind_failures: int = 0
 
 
-START_FAILURES = ("ports_in_use", "bind_failures", "handover_failures", "refused_privileged")
+START_FAILURES = ("ports_in_use", "bind_failures", "handover_failures", "refused_privileged",
+                  "refused_handovers")
 
 
 @dataclass

@@ -238,6 +238,36 @@ def test_a_failed_start_forgets_the_port_and_keeps_the_process() -> None:
     assert not t.processes[1].retired
 
 
+def test_a_start_refused_for_the_masters_handovers_is_counted_and_forgotten() -> None:
+    """The master refuses before binding when its descriptors are full of handovers not yet
+    delivered (handovers.py): the start fails under refused_handovers, the process keeps its
+    room; an attempt it refuses at once is counted there too, and gets its verdict."""
+    t, _ = table()
+    t.forked(1)
+    (start, verdict) = t.attempt(tcp(80), "syn")
+    assert isinstance(start, Start) and verdict == Verdict("syn", tcp(80))
+    assert t.start_failed(start.key, start.pid, "refused_handovers") == []
+    assert t.stats.refused_handovers == 1 and tcp(80) not in t.serving
+    assert t.processes[1].serving == 0 and not t.processes[1].retired
+    assert t.attempt(tcp(81), "next", refuse="refused_handovers") == [
+        Verdict("next", tcp(81), "refused_handovers")]
+    assert t.stats.refused_handovers == 2 and t.stats.servers_started == 0
+
+
+def test_a_stop_dropped_with_its_serve_frees_the_port_at_once() -> None:
+    """The master dropped the Stop with the port's Serve still undelivered (handovers.stop) and
+    reports the port released at once: the attempts held meanwhile start it again."""
+    t, _ = table()
+    serve(t, 80)
+    serve(t, 81)
+    (stop,) = t.expire(100, tcp(80))
+    assert isinstance(stop, Stop)
+    assert t.attempt(tcp(80), "held") == []
+    actions = t.released(stop.pid, stop.key)
+    assert kinds(actions) == ["Start", "Verdict"] and tcp(80) in t.serving
+    assert t.releasing == {}
+
+
 def test_a_gone_process_frees_its_ports_and_starts_held_attempts() -> None:
     t, _ = table()
     serve(t, 80)
