@@ -173,6 +173,10 @@ METRICS: dict[str, MetricDef] = {
         "hpfeeds_events_too_big", "Attacks not published to hpfeeds: JSON over the limit even cut"),
     "hpfeeds_samples_too_big": _counter(
         "hpfeeds_samples_too_big", "Samples not published to hpfeeds: over the message limit"),
+    "clamav_scans": _counter("clamav_scans", "Payloads and samples clamd scanned"),
+    "clamav_errors": _counter("clamav_errors", "ClamAV scans that failed (clamd down, bad reply)"),
+    "clamav_skipped": _counter(
+        "clamav_skipped", "ClamAV scans skipped: max_scans scans were waiting on a slow clamd"),
     "downloads": _counter("downloads", "Samples downloaded by the download plugins"),
     "download_failures": _counter(
         "download_failures", "Downloads refused by the download policy or failed"),

@@ -9,17 +9,27 @@ ANALYZE, config order) so their samples are scanned, and before the loggers.
 Options:
     clamd_socket = "/var/run/clamav/clamd.ctl"   a unix socket path, or "host:port" for TCP
     timeout      = "30"                          seconds per scan
+    max_scans    = "2"                           scans waiting on clamd at once; more are skipped
     clamdb_path, temp_dir                        the original's libclamav options: accepted and
                                                  ignored with a warning (clamd has its own)
 
 The record, on the root attack: analysis["ClamAV"][<md5>] = {"source", "status" ("clean" |
-"infected" | "error"), "signature", "reply"}.
+"infected" | "error" | "skipped"), "signature", "reply"}.
+
+A scan runs on the attack's recording path (ANALYZE: logJSON records its result), and a slow
+clamd (up to `timeout`) holds that attack. The pipeline lets another worker go on beside each
+slow hook, but its workers are few (pipeline.DEFAULT_WORKERS): a clamd that answers slowly to
+every scan would hold them all, and every later attack's recording with them. So at most
+`max_scans` scans wait on clamd at once; an attack that comes while they all wait is not
+scanned: "skipped", counted (`clamav_skipped`), logged once per busy spell, and recorded at
+once. Counters for stats(): `clamav_scans`, `clamav_skipped`, `clamav_errors`.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +40,9 @@ from honeytrap.plugin import PluginContext
 
 DEFAULT_SOCKET = "/var/run/clamav/clamd.ctl"  # Debian's clamav-daemon LocalSocket
 DEFAULT_TIMEOUT = 30
+# Scans waiting on clamd at once: past it attacks are recorded unscanned ("skipped") rather
+# than queued behind a slow clamd; two lets a big sample's scan not starve the payloads'.
+DEFAULT_MAX_SCANS = 2
 # clamd's StreamMaxLength defaults to 25 MiB; it refuses longer streams, so we send no more.
 MAX_SCAN_BYTES = 25 * 1024 * 1024
 # INSTREAM chunk size (any size below StreamMaxLength works; 64 KiB keeps writes cheap).
@@ -116,6 +129,13 @@ class ClamAV:
                 self.log.warning("option %s is the original's libclamav option: ignored, "
                                  "clamd (clamd_socket) uses its own database", key)
         timeout = ctx.option_int("timeout", DEFAULT_TIMEOUT)
+        max_scans = ctx.option_int("max_scans", DEFAULT_MAX_SCANS)
+        if max_scans < 1:
+            raise PluginError(f"plugin {ctx.name}: max_scans must be at least 1, not {max_scans}")
+        self._slots = threading.BoundedSemaphore(max_scans)
+        self._lock = threading.Lock()
+        self._busy_logged = False
+        self.counters = {"clamav_scans": 0, "clamav_skipped": 0, "clamav_errors": 0}
         try:
             self.clamd = Clamd(ctx.option("clamd_socket", DEFAULT_SOCKET), float(timeout))
         except ValueError as exc:
@@ -148,12 +168,33 @@ class ClamAV:
                                                            attack.id)
         attack.set_analysis("ClamAV", results)
 
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counters)
+
     def _scan(self, source: str, data: bytes, attack_id: str) -> dict[str, Any]:
+        if not self._slots.acquire(blocking=False):
+            with self._lock:
+                self.counters["clamav_skipped"] += 1
+                first, self._busy_logged = not self._busy_logged, True
+            if first:
+                self.log.warning("clamd at %s is slow: every scan slot (max_scans) waits on it; "
+                                 "attacks are recorded unscanned meanwhile (clamav_skipped)",
+                                 self.clamd.address)
+            return {"source": source, "status": "skipped", "signature": "",
+                    "reply": "clamd busy: max_scans scans waiting on it"}
         try:
             result = self.clamd.scan(data)
         except (OSError, ProtocolError) as exc:
             self.log.warning("attack %s: clamd scan failed: %s", attack_id, exc)
             result = ScanResult("error", "", str(exc))
+        finally:
+            self._slots.release()
+        with self._lock:
+            self.counters["clamav_errors" if result.status == "error" else "clamav_scans"] += 1
+            if self._busy_logged:
+                self._busy_logged = False
+                self.log.info("clamd at %s: a scan slot is free again", self.clamd.address)
         if result.status == "infected":
             self.log.info("attack %s: %s is infected with %s", attack_id, source, result.signature)
         return {"source": source, "status": result.status, "signature": result.signature,

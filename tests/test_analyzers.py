@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import random
 import signal
+import socket
 import struct
 import subprocess
+import threading
 import time
 import types
 from collections.abc import Iterator
@@ -23,6 +26,7 @@ from pipeline_run import attack_of, process
 from honeytrap.attack import Attack, Download, Payload
 from honeytrap.background import Task
 from honeytrap.config import Config, PluginSpec
+from honeytrap.pipeline import DEFAULT_WORKERS, Pipeline
 from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugin, load_plugins
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -257,3 +261,90 @@ def test_clamd_reply_parser_never_raises(reply: bytes) -> None:
 
 
 CLAMAV = load_module(PLUGIN_DIR, "ClamAV")
+
+
+class SlowClamd:
+    """A stand-in clamd on a unix socket that speaks INSTREAM and answers `stream: OK` only
+    once the test lets it (`release`): the peer of the plugin under test, as slow as wanted."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(self.path)
+        self.listener.listen(64)
+        self.release = threading.Event()
+        self.received = threading.Semaphore(0)  # one per whole INSTREAM request read
+        self.threads: list[threading.Thread] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as stream:
+            command = b""
+            while not command.endswith(b"\0") and len(command) < 16:
+                command += stream.read(1)
+            if command == b"zPING\0":
+                conn.sendall(b"PONG\0")
+                return
+            assert command == b"zINSTREAM\0"
+            while (size := struct.unpack(">I", stream.read(4))[0]) != 0:
+                stream.read(size)
+            self.received.release()
+            self.release.wait(2 * WAIT)  # past the test's own waits: only close() ends it early
+            conn.sendall(b"stream: OK\0")
+
+    def close(self) -> None:
+        self.release.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(WAIT)
+
+
+MAX_SCANS = 2
+
+
+def test_a_slow_clamd_holds_only_max_scans_attacks_the_others_are_recorded_at_once(
+    tmp_path: Path,
+) -> None:
+    """Every scan waits on clamd: without a bound, they would take every pipeline worker and
+    hold every later attack's recording until clamd answers (up to its timeout)."""
+    clamd = SlowClamd(tmp_path / "clamd.sock")
+    log_path = tmp_path / "attacks.json"
+    cfg = Config(plugin_dir=PLUGIN_DIR)
+    registry = Registry()
+    registry.register(load_plugin(spec("ClamAV", clamd_socket=clamd.path, max_scans=str(MAX_SCANS)),
+                                  cfg))
+    registry.register(load_plugin(spec("logJSON", logfile=str(log_path)), cfg))
+    pipeline = Pipeline(registry)  # its default workers, more than max_scans
+    count = DEFAULT_WORKERS + 4
+    quick_done = threading.Semaphore(0)
+    try:
+        for n in range(count):
+            pipeline.submit(attack_of(b"payload %d" % n), on_done=quick_done.release)
+        for _ in range(MAX_SCANS):
+            assert clamd.received.acquire(timeout=WAIT)  # these scans now wait on clamd
+        for _ in range(count - MAX_SCANS):
+            assert quick_done.acquire(timeout=WAIT), "attacks held behind the slow scans"
+        lines = [json.loads(line) for line in log_path.read_bytes().splitlines()]
+        assert len(lines) == count - MAX_SCANS
+        assert all([r["status"] for r in line["analysis"]["ClamAV"].values()] == ["skipped"]
+                   for line in lines)
+        clamd.release.set()
+        assert pipeline.drain(WAIT)
+    finally:
+        clamd.close()
+        pipeline.close(WAIT)
+        registry.close()
+    lines = [json.loads(line) for line in log_path.read_bytes().splitlines()]
+    statuses = [r["status"] for line in lines for r in line["analysis"]["ClamAV"].values()]
+    assert sorted(statuses) == ["clean"] * MAX_SCANS + ["skipped"] * (count - MAX_SCANS)
+    assert registry.stats()["clamav_skipped"] == count - MAX_SCANS

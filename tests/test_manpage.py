@@ -318,7 +318,7 @@ PLUGIN_OPTIONS: dict[str, set[str]] = {
     "magicPE": set(),
     "vncDownload": set(),
     "SpamSum": {"md5sum_sigfile", "spamsum_sigfile", "threshold"},
-    "ClamAV": {"clamd_socket", "timeout", "clamdb_path", "temp_dir"},
+    "ClamAV": {"clamd_socket", "timeout", "max_scans", "clamdb_path", "temp_dir"},
     "xmatch": {"xpattern_file", "pattern"},
     "submitPostgres": {"db_host", "db_port", "db_name", "db_user", "db_pass", "sensor_id"}
     | SPOOL_OPTIONS,
@@ -356,7 +356,8 @@ def test_every_plugin_option_is_in_the_plugins_section(plugin: str) -> None:
 
 def test_the_option_scan_finds_what_a_plugin_reads() -> None:
     source = (ROOT / "plugins" / "ClamAV.py").read_text()
-    assert options_read(source) == {"clamd_socket", "timeout", "clamdb_path", "temp_dir"}
+    assert options_read(source) == {"clamd_socket", "timeout", "max_scans", "clamdb_path",
+                                    "temp_dir"}
 
 
 def firewall_rules(text: str) -> list[str]:
