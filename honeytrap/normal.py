@@ -94,7 +94,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
         ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
-                                          remote[0])
+                                          remote[0], remote[1])
         # The session's clock starts when the connection was opened (a moment ago: its float
         # shared, not one more per connection).
         self.session = NormalSession(
@@ -333,7 +333,7 @@ class UdpPeer(Finisher):
         server = udp.server
         factory = server.catalog.udp_factory(server.port.port)
         ctx = server.catalog.context("udp", server.port.port, server.config.read_limit,
-                                     conn.local_addr, conn.remote_addr)
+                                     conn.local_addr, conn.remote_addr, conn.remote_port)
         self.exchange = UdpExchange(server.template, read_limit=server.config.read_limit,
                                     dialogue=factory(ctx) if factory is not None else None,
                                     fallback=server.has_template)

@@ -61,3 +61,22 @@ def test_sipsak_over_tcp_on_5060_and_on_a_detected_port(
     for record in records:
         if record["attack_connection"]["local_port"] == 5070:  # type: ignore[index]
             assert record["dialogue"]["fields"]["detected"] == "sip"  # type: ignore[index]
+    # The topmost Via names where the request came from (RFC 3261 18.2.1, RFC 3581: sipsak
+    # asks for rport): its TCP connection's source port and address.
+    [opts] = [r for r in records if r["dialogue"]["fields"]["sip"]["answered"] == 1]  # type: ignore[index]
+    source_port = opts["attack_connection"]["remote_port"]  # type: ignore[index]
+    assert f";rport={source_port};" in reply_via(options), options
+    assert reply_via(options).endswith(f";received={lab.attacker.ip4}"), options
+    # Over UDP as over TCP: the datagram's source port (not the one sipsak's Via names).
+    udp = lab.attacker.cmd("sipsak", "-vv", "-s", f"sip:100@{lab.sensor.ip4}", check=False)
+    [datagrams] = [r for r in dialogue_sensor.wait_records(4)
+                   if r["attack_connection"]["protocol"] == "udp"]  # type: ignore[index]
+    source_port = datagrams["attack_connection"]["remote_port"]  # type: ignore[index]
+    assert f";rport={source_port};" in reply_via(udp), udp
+    assert reply_via(udp).endswith(f";received={lab.attacker.ip4}"), udp
+
+
+def reply_via(said: str) -> str:
+    """The first Via of the response sipsak -vv printed (after its request's)."""
+    response = said[said.index("SIP/2.0 200 OK"):]
+    return next(line for line in response.splitlines() if line.startswith("Via: "))

@@ -140,3 +140,62 @@ def test_fuzz_only_framing_errors(data: bytes, prefix: bytes) -> None:
     d.receive(data)
     d.idle()
     d.record()
+
+
+# --- the topmost Via says where the request came from (RFC 3261 18.2.1, RFC 3581 4) ----------
+
+
+def via_of(response: bytes) -> list[str]:
+    return [line for line in response.decode().split("\r\n") if line.startswith("Via: ")]
+
+
+@pytest.mark.parametrize(("via", "marked"), [
+    ("SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-1;rport",
+     "SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-1;rport=40001;received=198.18.0.1"),
+    ("SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-1",  # sent-by is the source: as it came
+     "SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-1"),
+    ("SIP/2.0/UDP pbx.example:5060;branch=z9hG4bK-1",
+     "SIP/2.0/UDP pbx.example:5060;branch=z9hG4bK-1;received=198.18.0.1"),
+    ("SIP/2.0/TCP 10.0.0.1;received=10.0.0.1;rport=7;branch=b",  # theirs replaced, rport kept
+     "SIP/2.0/TCP 10.0.0.1;rport=7;branch=b;received=198.18.0.1"),
+    ("SIP/2.0/TCP [2001:db8::1]:5060;rport;branch=b, SIP/2.0/UDP 10.0.0.1;rport",
+     "SIP/2.0/TCP [2001:db8::1]:5060;rport=40001;branch=b;received=198.18.0.1, "
+     "SIP/2.0/UDP 10.0.0.1;rport"),
+])
+def test_topmost_via_gets_received_and_rport(via: str, marked: str) -> None:
+    assert sip.topmost_via(via, ("198.18.0.1", 40001)) == marked
+
+
+def sourced(protocol: str) -> Context:
+    return Context(protocol, 5060, 1 << 20, rng=random.Random(3),  # noqa: S311
+                   hostname="pbx", remote_addr="198.18.0.9", remote_port=40001)
+
+
+def with_rport(cseq: int) -> bytes:
+    """A request with two Via headers, the topmost asking for rport."""
+    return request("OPTIONS", cseq).replace(
+        b"Via: ", b"Via: SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-x;rport\r\nVia: ", 1)
+
+
+@pytest.mark.parametrize("protocol", ["tcp", "udp"])
+def test_the_response_names_the_source_in_the_topmost_via_only(protocol: str) -> None:
+    reply = sip.factory(sourced(protocol)).receive(with_rport(1)).send
+    assert via_of(reply) == [
+        "Via: SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-x;rport=40001;received=198.18.0.9",
+        "Via: SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-1",
+    ]
+
+
+def test_without_a_known_source_the_via_is_echoed_as_it_came() -> None:
+    reply = sip.factory(ctx()).receive(with_rport(1)).send
+    assert via_of(reply)[0] == "Via: SIP/2.0/TCP 198.18.0.1:40000;branch=z9hG4bK-x;rport"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200), st.ip_addresses().map(str), st.integers(0, 65535))
+def test_fuzz_topmost_via_takes_any_text(via: str, address: str, port: int) -> None:
+    """Attacker text in, a Via out: never raises, keeps what follows the first comma, and
+    names the source only in the first via-parm."""
+    marked = sip.topmost_via(via, (address, port))
+    _first, comma, rest = via.partition(",")
+    assert marked.endswith(comma + rest)

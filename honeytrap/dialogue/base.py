@@ -71,6 +71,7 @@ class Context:
     extra: dict[str, Any] = field(default_factory=dict)  # per-sensor material (e.g. an SSLContext)
     local_addr: str = ""  # the address the client connected to ("" in unit tests)
     remote_addr: str = ""  # the client's address (MySQL's "Access denied" names it; "" in units)
+    remote_port: int = 0  # the client's port (SIP's Via rport, RFC 3581, names it; 0 in units)
 
 
 class Dialogue(Protocol):

@@ -139,10 +139,10 @@ class Catalog:
     # --- per connection ---------------------------------------------------------------------
 
     def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
-                remote_addr: str = "") -> Context:
+                remote_addr: str = "", remote_port: int = 0) -> Context:
         return Context(protocol, port, read_limit, rng=SENSOR_RNG,
                        hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
-                       local_addr=local_addr, remote_addr=remote_addr)
+                       local_addr=local_addr, remote_addr=remote_addr, remote_port=remote_port)
 
     def factory(self, port: int, template: bytes | None) -> DialogueFactory:
         """What answers a TCP connection to port (see the module's docstring); template is the

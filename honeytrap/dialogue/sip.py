@@ -10,6 +10,12 @@ at the blank line, the body is Content-Length bytes), so one connection carries 
 requests, each answered in order; CRLFs before a start line are skipped (7.5) and a CRLFCRLF
 keep-alive gets its CRLF (RFC 5626 3.5.1). `factory` serves the one or the other by the
 connection's protocol.
+
+On either transport the topmost Via of the response says where the request came from, as a
+server must (RFC 3261 18.2.1; RFC 3581 4): `received=<source address>` when its sent-by host is
+not that address or it asked for `rport`, and a bare `rport` gets the source port as its value
+(a `received` the client wrote itself is replaced). The source is the context's remote
+address; without one (unit tests) the Via is echoed as it came.
 """
 
 from __future__ import annotations
@@ -66,14 +72,42 @@ def parse(datagram: bytes) -> tuple[str, list[tuple[str, str]]] | None:
     return parts[0], headers
 
 
-def reply(datagram: bytes, rng: random.Random, server: str, budget: int) -> bytes | None:
+def topmost_via(value: str, source: tuple[str, int]) -> str:
+    """A Via header's value with its first via-parm marked with where the request came from
+    (`source`: address, port): received and rport (RFC 3261 18.2.1, RFC 3581 4). Values after
+    the first comma (more via-parms in one header) are kept as they are."""
+    first, comma, rest = value.partition(",")
+    sent, *params = [part.strip() for part in first.split(";")]
+    host = sent.rsplit(None, 1)[-1] if sent else ""
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    address, port = source
+    kept, rport = [], False
+    for param in params:
+        name, equals, _value = param.partition("=")
+        name = name.strip().lower()
+        if name == "received":
+            continue  # ours replaces it
+        if name == "rport" and not equals:
+            rport = True
+            param = f"rport={port}"
+        kept.append(param)
+    if rport or host.lower() != address.lower():
+        kept.append(f"received={address}")
+    return ";".join([sent, *kept]) + comma + rest
+
+
+def reply(datagram: bytes, rng: random.Random, server: str, budget: int,
+          source: tuple[str, int] | None = None) -> bytes | None:
     """The response, at most `budget` bytes: the optional headers (Server, Allow, Accept) are
-    left out when they would not fit."""
-    return respond(parse(datagram), rng, server, budget)
+    left out when they would not fit. `source` (address, port) marks the topmost Via."""
+    return respond(parse(datagram), rng, server, budget, source)
 
 
 def respond(parsed: tuple[str, list[tuple[str, str]]] | None, rng: random.Random, server: str,
-            budget: int) -> bytes | None:
+            budget: int, source: tuple[str, int] | None = None) -> bytes | None:
     """reply() for a request already parsed (None: not a request, no response)."""
     if parsed is None:
         return None
@@ -91,11 +125,14 @@ def respond(parsed: tuple[str, list[tuple[str, str]]] | None, rng: random.Random
         status, extra = "405 Method Not Allowed", [f"Allow: {ALLOW}"]
     tag = rng.randbytes(4).hex()
     out = [f"SIP/2.0 {status}"]
+    via_marked = source is None
     for name, value in headers:
         if name not in ECHOED:
             continue
         if name == "to" and ";tag=" not in value:
             value += f";tag={tag}"
+        elif name == "via" and not via_marked and source is not None:
+            value, via_marked = topmost_via(value, source), True
         out.append(f"{ECHOED[name]}: {value}")
     optional = [f"Server: {server}"] + [e for e in extra if not e.startswith("WWW-")]
     required = [e for e in extra if e.startswith("WWW-")]
@@ -105,8 +142,13 @@ def respond(parsed: tuple[str, list[tuple[str, str]]] | None, rng: random.Random
     return ("\r\n".join([*out, *required, "Content-Length: 0"]) + "\r\n\r\n").encode()
 
 
+def source_of(ctx: Context) -> tuple[str, int] | None:
+    """Where the request came from, for the Via: None when the context does not know."""
+    return (ctx.remote_addr, ctx.remote_port) if ctx.remote_addr else None
+
+
 def answer(datagram: bytes, ctx: Context, budget: int) -> bytes | None:
-    return reply(datagram, ctx.rng, sensor.pick(SERVERS, ctx.hostname), budget)
+    return reply(datagram, ctx.rng, sensor.pick(SERVERS, ctx.hostname), budget, source_of(ctx))
 
 
 class FramingError(ValueError):
@@ -193,6 +235,7 @@ class SipStreamDialogue:
         self.ctx = ctx
         self.server = sensor.pick(SERVERS, ctx.hostname)
         self.framer = Framer()
+        self.source = source_of(ctx)
         self.answered = 0
         self.ignored = 0  # messages that are no request we answer (responses, ACKs, garbage)
         self.keepalives = 0
@@ -219,7 +262,7 @@ class SipStreamDialogue:
             parsed = parse(message)
             if parsed is not None and len(self.methods) < MAX_METHODS:
                 self.methods.append(parsed[0])
-            response = respond(parsed, self.ctx.rng, self.server, STREAM_BUDGET)
+            response = respond(parsed, self.ctx.rng, self.server, STREAM_BUDGET, self.source)
             if response is None:
                 self.ignored += 1
                 continue
