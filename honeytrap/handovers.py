@@ -33,6 +33,15 @@ log = logging.getLogger("honeytrap.master")
 MASTER_FD_RESERVE = 512
 
 
+# A port stopped while its serve still waits in the master is dropped there only if it was
+# started at least this long ago: a handshake to it may be in progress (the SYN-ACK sent, the
+# client's ACK on its way: its connect() has returned), which closing the listener would reset
+# with the connection lost; the client's ACK comes back within a round trip, and a lost one is
+# retried with the SYN-ACK, after 1 s. Younger ports get their stop sent as before (the process
+# drains them). A sweep's evictions hit ports started a second or more ago.
+DROP_AFTER = 1.0
+
+
 def handover_fd_limit(nofile: int, max_processes: int) -> int:
     """Descriptors the master may hold in handovers not yet delivered: its descriptor limit less
     MASTER_FD_RESERVE and a channel per server process (a quarter of the limit at least, so a
@@ -96,11 +105,11 @@ class Handovers:
         serve = control.Serve((conf.protocol, conf.port), len(fds))
         return control.later(channel, self.corked).hand(serve, fds)
 
-    def stop(self, channel: Channel, key: control.Key) -> bool:
-        """Stop `key` in `channel`'s process: True if its Serve was still undelivered and is
-        dropped with its socket (the port is free now: no Stop sent), else the Stop goes with
-        the round's others (one send: control.later)."""
-        if channel.cancel_serve(key):
+    def stop(self, channel: Channel, key: control.Key, age: float) -> bool:
+        """Stop `key` (started `age` seconds ago) in `channel`'s process: True if its Serve was
+        still undelivered and is dropped with its socket (the port is free now: no Stop sent),
+        else the Stop goes with the round's others (one send: control.later)."""
+        if age >= DROP_AFTER and channel.cancel_serve(key):
             return True
         control.later(channel, self.corked).send_message(control.Stop(key))
         return False

@@ -276,7 +276,8 @@ class Master:
                 if action.why == "evicted":
                     log.info("evicting idle server for %d/%s to make room", action.key[1],
                              action.key[0])
-                if process is not None and self.handovers.stop(process.channel, action.key):
+                age = self.table.clock() - action.started
+                if process is not None and self.handovers.stop(process.channel, action.key, age):
                     self._carry_out(self.table.released(action.pid, action.key))
             elif isinstance(action, Retire):
                 process = self.children.get(action.pid)

@@ -57,11 +57,13 @@ class Fork:
 @dataclass(frozen=True)
 class Stop:
     """Tell process `pid` to stop serving `key` (it answers "released" once the port is free).
-    `why`: evicted (to make room), expired (listen timeout), reload."""
+    `why`: evicted (to make room), expired (listen timeout), reload. `started`: when the port
+    was started (the table's clock)."""
 
     key: Key
     pid: int
     why: str = "expired"
+    started: float = field(default=0.0, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -449,7 +451,7 @@ class PortTable:
             return []
         self._unserve(port)
         self.releasing[port.key] = port
-        return [Stop(port.key, port.pid, why)]
+        return [Stop(port.key, port.pid, why, port.started)]
 
     def _unserve(self, port: Port) -> None:
         """The port no longer counts as serving (told to stop, or let go)."""

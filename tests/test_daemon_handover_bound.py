@@ -128,8 +128,10 @@ def test_handovers_past_the_masters_bound_are_refused_before_binding(
 
 
 SWEEP_FIRST = 35000
-SWEEP_PORTS = 600  # more than the stopped process's socketpair buffer takes (about 280 serves)
+SWEEP_PORTS = 500  # more than the stopped process's socketpair buffer takes (about 280 serves)
 SWEEP_MAX_SERVERS = 100  # the sweep evicts all but the last ones, their serves still queued
+# SYN/s: a port is evicted SWEEP_MAX_SERVERS SYNs after its own, past handovers.DROP_AFTER
+SWEEP_RATE = 60
 
 
 def listening(lab: Lab) -> set[int]:
@@ -173,7 +175,8 @@ def test_a_port_evicted_before_its_serve_left_the_master_is_closed_at_once(
     try:
         last = SWEEP_FIRST + SWEEP_PORTS - 1
         lab.attacker.cmd("nmap", "-sS", "-n", "-Pn", "-r", f"-p{SWEEP_FIRST}-{last}",  # in order
-                         "--max-retries", "0", "--min-rate", "2000", "-oG", "-", lab.sensor.ip4)
+                         "--max-retries", "0", "--min-rate", str(SWEEP_RATE), "--max-rate",
+                         str(SWEEP_RATE), "-oG", "-", lab.sensor.ip4)
         stopped = figures(lab)
         held = listening(lab)
     finally:

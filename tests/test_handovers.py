@@ -13,7 +13,7 @@ from honeytrap import control
 from honeytrap.attack import Mode
 from honeytrap.config import Config, PortConf
 from honeytrap.control import Channel, Serve
-from honeytrap.handovers import MASTER_FD_RESERVE, Handovers, handover_fd_limit
+from honeytrap.handovers import DROP_AFTER, MASTER_FD_RESERVE, Handovers, handover_fd_limit
 from honeytrap.handovers import log as handover_log
 from honeytrap.refusals import RefusalLog
 
@@ -195,19 +195,24 @@ def test_a_port_stopped_before_its_serve_left_is_closed_in_the_master_at_once() 
     h = handovers(limit=1000)
     channel, process = h.channel(ours), Channel(theirs)
     port, kept = free_ports()
-    for p in (port, kept):
+    young, _other = free_ports()
+    for p in (port, kept, young):
         assert h.start(config, PortConf("tcp", p, Mode.NORMAL), socket.AF_INET, channel,
                        frozenset()) == ""
     assert not bindable(port)
-    assert h.stop(channel, ("tcp", port))  # dropped: no stop to send
-    assert bindable(port) and h.tally.held == 1
+    assert h.stop(channel, ("tcp", port), DROP_AFTER)  # dropped: no stop to send
+    assert bindable(port) and h.tally.held == 2
     # A connection waits on the other: it is an attack, the process must get it (then the stop).
     client = socket.create_connection(("127.0.0.1", kept))
-    assert not h.stop(channel, ("tcp", kept))
+    assert not h.stop(channel, ("tcp", kept), DROP_AFTER)
+    # One started a moment ago may have a handshake on its way (its connect() returned): kept.
+    assert not h.stop(channel, ("tcp", young), DROP_AFTER / 2)
     h.uncork()
     messages = [control.decode(data) for data in process.receive_raw()]
-    assert messages == [Serve(("tcp", kept), 1), control.Stop(("tcp", kept))]
-    [listener] = process.take_fds(1)
+    assert messages == [Serve(("tcp", kept), 1), Serve(("tcp", young), 1),
+                        control.Stop(("tcp", kept)), control.Stop(("tcp", young))]
+    [listener, young_listener] = process.take_fds(2)
+    os.close(young_listener)
     with socket.socket(fileno=listener) as sock:
         conn, _addr = sock.accept()
         conn.close()
