@@ -1,8 +1,9 @@
 """What a port's connections may ask of the dynamic server hosting them.
 
 Connection adapters (normal.py's NormalConnection and UdpServer, relay.py's RelayConnection and
-UdpRelayPeer) are written against these narrow Protocols, not against server.DynamicServer, so
-that server.py imports the adapters and nothing imports server.py back (no import cycle).
+UdpRelayPeer) are written against these narrow Protocols, not against
+dynamicserver.DynamicServer, so that dynamicserver.py imports the adapters and nothing imports it
+back (no import cycle).
 DynamicServer satisfies `Host` structurally; normal.UdpServer satisfies `UdpHost`.
 """
 

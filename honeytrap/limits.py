@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 from honeytrap.config import Config
 
-# Attempts held for one port while its previous server releases it (its STOP_GRACE, server.py),
-# and in all: an nfq packet held here is one of the kernel's QUEUE_MAXLEN (monitor/nfq.py).
+# Attempts held for one port while its previous server releases it (its STOP_GRACE in
+# dynamicserver.py), and in all: an nfq packet held here is one of the kernel's QUEUE_MAXLEN
+# (monitor/nfq.py).
 MAX_PENDING_PER_PORT = 64
 MAX_PENDING = 4096
 # A held attempt whose port is not released within this long gets its verdict anyway (a stuck

@@ -1,0 +1,369 @@
+"""A dynamic server (class DynamicServer): one port in a server process (server.py's
+ServerProcess), its listening socket (bound by the master, as root), its template, its mode, its
+connections, its listen timeout. It accepts in batches (ACCEPT_BATCH), backs off when the process
+runs out of descriptors or memory, pauses accepting while the recorder or the port's connection
+budget is full, and on "stop" takes what the kernel already queued for STOP_GRACE before closing
+the listening socket."""
+
+from __future__ import annotations
+
+import _socket
+import asyncio
+import errno
+import functools
+import logging
+import os
+import socket
+import time
+from collections.abc import Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
+
+from honeytrap import control, templates
+from honeytrap.addresses import split, split_local
+from honeytrap.attack import Attack, Connection
+from honeytrap.config import PortConf
+from honeytrap.host import RESOURCE_ERRNOS, Finisher
+from honeytrap.listener import AcceptedSocket, UvAccepted, ready_to_accept
+from honeytrap.normal import NormalConnection, UdpServer
+from honeytrap.plugin import ReadEvent
+from honeytrap.relay import RELAY_MODES, RelayConnection
+from honeytrap.session import Closed
+
+if TYPE_CHECKING:
+    from honeytrap.server import ServerProcess
+
+log = logging.getLogger("honeytrap.server")
+
+# Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
+ACCEPT_BATCH = 64
+# accept() failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): wait this long
+# before trying again, doubling up to the maximum; logged at most once per back-off period.
+ACCEPT_BACKOFF_MIN = 0.05
+ACCEPT_BACKOFF_MAX = 2.0
+# After "stop", connections already queued in the kernel are taken for this long before the
+# listening socket is closed, so a SYN the master let through just before is still served.
+STOP_GRACE = 0.2
+
+
+class DynamicServer:
+    """One port: its listening socket, template and connections, in a ServerProcess."""
+
+    def __init__(
+        self, process: ServerProcess, conf: PortConf, sock: socket.socket, template: bytes | None
+    ) -> None:
+        self.process = process
+        self.config = process.config
+        self.port = conf
+        self.sock = sock
+        # No template file: TCP answers by detection (catalog.py), UDP nothing (reflector.py).
+        self.has_template = template is not None
+        self.template = templates.DEFAULT_TEMPLATE if template is None else template
+        self.reflector = process.reflector
+        self.catalog = process.spec.catalog
+        self.dialogue = self.catalog.factory(conf.port, template)
+        self.key = control.port_key(conf.protocol, conf.port)
+        self.port_key = (conf.protocol, conf.port)
+        # Descriptors one connection holds: ours, and in mirror/proxy mode the relayed one.
+        self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
+        self.stats = process.stats
+        self.mirror = process.mirror
+        assert process.loop is not None and process.deadlines is not None
+        self.loop: asyncio.AbstractEventLoop = process.loop
+        self.deadlines = process.deadlines
+        self.active = 0
+        self.last_activity = time.monotonic()
+        self.stopping = False
+        self.connections: set[Finisher] = set()
+        self.starting = 0  # accepted, transport not yet set up
+        self._accepting = False
+        self._family = int(sock.family)
+        # The address every accepted connection reaches when the port is bound to one (not a
+        # wildcard: bind_address); None: asked per connection (_local_address).
+        bound = split(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) \
+            else ("", 0)
+        self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
+        # What an accepted descriptor is handed to the loop as (see UvAccepted).
+        self._accepted: type[AcceptedSocket | UvAccepted] = (
+            UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
+        self._backoff = ACCEPT_BACKOFF_MIN
+        self._expire_sent = False
+        self._listener_closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.udp: UdpServer | None = None
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sock.setblocking(False)
+        if self.port.protocol == "tcp":
+            # Urgent data inline (listener.py sets it where the master binds, before listen, so
+            # that connections queued before the hand-over have it too; accepted sockets
+            # inherit it): again here for a socket bound elsewhere.
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+            self._resume_accepting()
+        else:
+            self.udp = UdpServer(self)
+            if not self.process.held_back:
+                self.udp.start()
+        self._timer = self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+
+    def _check_listen_timeout(self) -> None:
+        if self.stopping:
+            return
+        idle_for = time.monotonic() - self.last_activity
+        timeout = self.config.listen_timeout
+        if self.active == 0 and idle_for >= timeout:
+            if not self._expire_sent:
+                self._expire_sent = True
+                self.process.port_reports.report()  # its idle first, or the master says no
+                self.process.channel.send_message(control.Expire(self.port_key))
+            # The master answers with "stop"; if it does not, we ask again next period.
+            self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
+            return
+        wait = timeout - idle_for if self.active == 0 else timeout
+        self._timer = self.loop.call_later(max(wait, 0.05), self._check_listen_timeout)
+
+    def stop(self, *, abort: bool) -> None:
+        """Stop serving: take what the kernel already queued, close the port, tell the master
+        it is free, then finish (abort=True: close open connections now and record them)."""
+        if not self.stopping:
+            self.stopping = True
+            if self._timer is not None:
+                self._timer.cancel()
+            self.loop.call_later(0 if abort else STOP_GRACE, self._close_listener)
+        if abort:
+            for conn in list(self.connections):
+                conn.abort(Closed.SHUTDOWN)
+
+    def _close_listener(self) -> None:
+        if self.port.protocol == "tcp":
+            self._pause_accepting()
+            self._accept_batch(drain=True)
+        elif self.udp is not None:
+            self.udp.stop()
+        try:
+            self.sock.close()
+        finally:
+            self._listener_closed = True
+            self.process.released(self)
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self._listener_closed and not self.connections and not self.starting:
+            self.process.server_done(self)
+
+    # --- accounting --------------------------------------------------------------------------
+
+    def connection_opened(self, conn: Finisher) -> None:
+        self.connections.add(conn)
+        self.active += 1
+        self.process.connections_changed(self.connection_fds)
+        self.stats.connections += 1
+        self.last_activity = time.monotonic()
+        if self.active == 1 and not self._listener_closed:
+            self.process.port_reports.used(self.port_key, True)
+        if self.port.protocol == "tcp" and self.active >= self.config.max_connections:
+            self._pause_accepting()
+
+    def connection_closed(self, conn: Finisher, attack: Attack) -> None:
+        self.process.attack_finished(attack)
+        self._closed(conn, attack.attack_connection.remote_addr)
+
+    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+                      end: float, dialogue: str, turns: Sequence[int], sent: bytes,
+                      fields: dict[str, Any], notes: Sequence[str]) -> None:
+        """A normal-mode TCP connection ended: connection_closed with its attack's figures,
+        not an Attack (ServerProcess.normal_finished)."""
+        self.process.normal_finished(conn, payload, start, end, dialogue, turns, sent, fields,
+                                     notes)
+        self._closed(handler, conn.remote_addr)
+
+    def _closed(self, conn: Finisher, remote_addr: str) -> None:
+        """A connection's attack is handed over: the port's accounting."""
+        self.connections.discard(conn)
+        self.active -= 1
+        self.process.connections_changed(-self.connection_fds)
+        self.last_activity = time.monotonic()
+        if self.port.protocol == "tcp":
+            self.process.budget.release(remote_addr)
+        if self.active == 0 and not self._listener_closed:
+            self.process.port_reports.used(self.port_key, False)
+        if (
+            self.port.protocol == "tcp"
+            and not self.stopping
+            and self.active < self.config.max_connections
+        ):
+            self._resume_accepting()
+        self._maybe_done()
+
+    def perread(self, conn: Connection, direction: str, data: bytes) -> None:
+        registry = self.process.registry
+        if registry.hooks["perread"]:
+            registry.perread(
+                ReadEvent(
+                    conn.protocol, conn.local_addr, conn.local_port,
+                    conn.remote_addr, conn.remote_port, direction, data,
+                )
+            )
+
+    # --- TCP accept loop ----------------------------------------------------------------------
+
+    def hold_back(self, full: bool) -> None:
+        """The recorder is behind (full) or caught up (see ServerProcess._recorder_full)."""
+        if self.stopping:
+            return
+        if self.port.protocol == "udp":
+            if self.udp is not None:
+                if full:
+                    self.udp.pause()
+                else:
+                    self.udp.start()
+        elif full:
+            self._pause_accepting()
+        elif self.active < self.config.max_connections:
+            self._resume_accepting()
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self.stopping and not self.process.held_back:
+            self.loop.add_reader(self.sock.fileno(), self._accept_batch)
+            self._accepting = True
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self.loop.remove_reader(self.sock.fileno())
+            self._accepting = False
+
+    def _accept_batch(self, drain: bool = False) -> None:
+        """Accept what the kernel queued: as many as it says are waiting (ready_to_accept; at
+        least one, at most ACCEPT_BATCH), or, draining, until accept() would block."""
+        if drain:
+            count = self.config.max_connections
+        else:
+            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH)
+        for _ in range(count):
+            if self.active >= self.config.max_connections:
+                if drain:
+                    self.stats.refused_full += 1
+                return
+            try:
+                # socket.accept() without its per-call AddressFamily enum conversion (~4% of a
+                # server process's CPU under load, py-spy): the listening socket's family, kept.
+                fd, addr = self.sock._accept()  # type: ignore[attr-defined]  # not in typeshed
+            except (BlockingIOError, InterruptedError):
+                self._backoff = ACCEPT_BACKOFF_MIN
+                return
+            except OSError as exc:
+                if exc.errno in RESOURCE_ERRNOS:
+                    self._back_off(exc)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue  # the peer gave up before we took it
+                raise
+            remote = split(addr)
+            source = remote[0]
+            why = self.process.budget.admit(source)
+            if why is not None:
+                os.close(fd)  # at once: a descriptor held for it is what the budget prevents
+                self._refused_over_budget(source, why)
+                continue
+            self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
+                                   self._local or self._local_address(fd))
+        self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again
+
+    def _local_address(self, fd: int) -> tuple[str, int] | None:
+        """The address an accepted connection reached (the listening socket is a wildcard's),
+        asked of its descriptor once here on uvloop: its transport's get_extra_info("sockname")
+        made two system calls and a socket.socket for it (~3 us against ~1.3, timeit). None on
+        asyncio's loop (its transport asks when it is made anyway) or if it fails (the
+        connection then asks its transport)."""
+        if self._accepted is not UvAccepted:
+            return None
+        probe = _socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
+        try:
+            return split_local(probe.getsockname())
+        except OSError:
+            return None
+        finally:
+            probe.detach()
+
+    def _refused_over_budget(self, source: str, why: str) -> None:
+        refused = self.process.budget.log_due()
+        if refused:
+            log.warning(
+                "port %d/tcp: %d connections closed at accept over the per-source budgets "
+                "since the last such line (last from %s: %s)",
+                self.port.port, refused, source, why,
+            )
+
+    def _back_off(self, exc: OSError) -> None:
+        """Out of fds or memory: stop accepting for a while (the kernel keeps the backlog)."""
+        self.stats.accept_errors += 1
+        log.warning(
+            "port %d/tcp: accept failed (%s): backing off %.2f s",
+            self.port.port, os.strerror(exc.errno or 0), self._backoff,
+        )
+        self._pause_accepting()
+        self.loop.call_later(self._backoff, self._resume_accepting)
+        self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
+
+    def _start_connection(self, sock: AcceptedSocket | UvAccepted, remote: tuple[str, int],
+                          local: tuple[str, int] | None = None) -> None:
+        """Hand an accepted socket to the loop. Both loops make it non-blocking themselves
+        (uvloop's uv_tcp_open, asyncio's transport set-up), and SO_OOBINLINE came with it from
+        the listening socket (start): no system call here."""
+        handler = self.handler_factory(remote, local)
+        self.starting += 1
+        self._set_up(self.loop.connect_accepted_socket(
+            lambda: handler, sock), remote[0])  # type: ignore[arg-type]  # UvAccepted: see it
+
+    def _set_up(self, setup: Coroutine[Any, Any, object], source: str, _: object = None) -> None:
+        """Run the loop's set-up of a connection (connect_accepted_socket: a coroutine that
+        waits for one future, the transport's connection_made) by hand, as a Task would, not in
+        one: a Task, its registration and its two scheduled steps cost more than the set-up's
+        own Python (~2 us of a connection's CPU, measured)."""
+        try:
+            waiter = setup.send(None)
+        except (StopIteration, asyncio.CancelledError):  # done (or cancelled, as its Task was)
+            self._setup_done(source, None)
+            return
+        except Exception as exc:  # noqa: BLE001 - a failed set-up is logged, its budget back
+            self._setup_done(source, exc)
+            return
+        resume = functools.partial(self._set_up, setup, source)
+        if isinstance(waiter, asyncio.Future):
+            waiter.add_done_callback(resume)
+        else:  # a bare yield: once more on the next round of the loop
+            self.loop.call_soon(resume)
+
+    def _setup_done(self, source: str, failure: Exception | None) -> None:
+        """An accepted connection's transport is set up (it counts in `connections` now), or
+        failed: until then the server is not done (a connection taken by the stop's last accept
+        must not be cut by the process's exit). One that never reached its handler is never
+        recorded: its budget back."""
+        self.starting -= 1
+        if failure is not None:
+            log.error("connection setup failed: %r", failure)
+            self.process.budget.release(source)
+        self._maybe_done()
+
+    def handler_factory(self, remote: tuple[str, int] | None = None,
+                        local: tuple[str, int] | None = None) -> asyncio.Protocol:
+        """The connection's protocol object; `remote`, the peer's address from accept, `local`
+        the address it reached, if known (normal mode then asks the transport for them no
+        more)."""
+        if self.port.mode in RELAY_MODES:
+            return RelayConnection(self)
+        return NormalConnection(self, remote=remote, local=local)
+
+    def fall_back_to_normal(
+        self, old: Finisher, transport: asyncio.Transport, note: str, start: float
+    ) -> None:
+        """A mirror/proxy connection that cannot be relayed (relay.py) is served in normal
+        mode from here on: same slot, same start time, the reason noted in its record."""
+        handler = NormalConnection(self, notes=[note])
+        handler.start = start
+        self.connections.discard(old)
+        self.connections.add(handler)
+        transport.set_protocol(handler)
+        handler.attach(transport)
+        transport.resume_reading()
