@@ -39,6 +39,10 @@ MAX_HELD_BYTES = 64 * 1024 * 1024
 RETRY_INTERVAL = 1.0
 # Seconds between two "still cannot write" lines of one output.
 LOG_INTERVAL = 60.0
+# Seconds close() waits for a write in progress (one that hangs: a stalled NFS mount, a FIFO
+# nobody reads, which the pipeline's watchdog already gave up on) before it gives up too: the
+# recorder's stop must not hang on it.
+CLOSE_WAIT = 2.0
 
 Write = Callable[[], None]
 
@@ -106,9 +110,17 @@ class Backlog:
             return not self._held
 
     def close(self) -> None:
-        """Stop retrying; write what can be written; say how many records could not be."""
+        """Stop retrying; write what can be written; say how many records could not be. A
+        write that hangs holds the lock: after CLOSE_WAIT the held records are given up."""
         self._closed.set()
-        with self._lock:
+        if not self._lock.acquire(timeout=CLOSE_WAIT):
+            self.log.error(
+                "%s: a write to %s still hangs at close: %d held records never written "
+                "(what the hung write has is written if it ever returns)", self.output,
+                self.target, len(self._held),
+            )
+            return
+        try:
             self._drain_locked()
             if self._held:
                 self.log.error(
@@ -119,6 +131,8 @@ class Backlog:
                 self._held.clear()
                 self._bytes = 0
                 self.counters.held = 0
+        finally:
+            self._lock.release()
 
     def stats(self) -> dict[str, int]:
         return {

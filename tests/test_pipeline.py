@@ -620,6 +620,11 @@ def test_records_waiting_for_a_still_hung_output_at_close_are_counted_lost(
         assert done[1].wait(WAIT) and done[2].wait(WAIT)
         assert pipeline.close(WAIT)
         assert pipeline.counters.write_lost == 2  # a1 and a2 waited; a0 is in the hung write
+        # The recorder closes its plugins next: that must not hang on the hung write either.
+        closing = threading.Thread(target=hung.close, daemon=True)
+        closing.start()
+        closing.join(WAIT)
+        assert not closing.is_alive(), "closing the output hung on its hung write"
     finally:
         fifo.read_exactly(fifo.filler + 3)  # the hung write returns: its thread may end
         os.close(fifo.fd)
