@@ -33,7 +33,7 @@ are counted in `write_lost` and logged) and nobody calls its write: when the hun
 what was handed to it is in the file (it was a blocking write of the whole record) and its
 thread writes the waiting records after it, then retires. Records still waiting when the
 pipeline closes are counted as lost. The watchdog never writes itself (a split's records go to a
-worker as a `_Flush`), so a hung output cannot stall the watchdog.
+worker as a `Flush`), so a hung output cannot stall the watchdog.
 """
 
 from __future__ import annotations
@@ -43,13 +43,13 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 from honeytrap import background, writebatch
 from honeytrap.attack import Attack
 from honeytrap.background import DownloadPool, Task
 from honeytrap.config import Config
+from honeytrap.pipelinejobs import Counters, Flush, Job, Stall, Step, Worker
 from honeytrap.plugin import ATTACK_HOOKS, FOLLOWUP_HOOK, Registry
 
 log = logging.getLogger("honeytrap.pipeline")
@@ -92,103 +92,6 @@ def download_limits(config: Config) -> background.Limits:
     )
 
 
-class Step:
-    """One hook to call for one attack. A plain class with slots, not a dataclass: one is made
-    per hook per attack, and a dataclass's __init__ cost twice as much (the recorder's CPU per
-    attack, bench/recorder.py)."""
-
-    __slots__ = ("attack", "hook", "plugin", "call", "depth")
-
-    def __init__(self, attack: Attack, hook: str, plugin: str,
-                 call: Callable[[Attack], Iterable[Attack | Task] | None], depth: int) -> None:
-        self.attack = attack
-        self.hook = hook
-        self.plugin = plugin
-        self.call = call
-        self.depth = depth
-
-
-class Job:
-    """An attack's steps still to run, and what its end needs (slots: one per attack)."""
-
-    __slots__ = ("steps", "attack", "virtuals", "on_done", "downloads", "recorded")
-
-    def __init__(self, steps: deque[Step], attack: Attack,
-                 on_done: Callable[[], None] | None = None) -> None:
-        self.steps = steps
-        self.attack = attack
-        self.virtuals = 0
-        # Called once, from the worker thread, when every step ran (the recorder acknowledges
-        # the attack to its server then: recorder.py).
-        self.on_done = on_done
-        # The attack's admitted download tasks; started once every step ran.
-        self.downloads: background.Group | None = None
-        # Downloads and download tries on the attack when it was recorded: a follow-up records
-        # only when its tasks added to them.
-        self.recorded: tuple[int, int] = (0, 0)
-
-
-@dataclass
-class Counters:
-    attacks: int = 0
-    finished: int = 0
-    plugin_failures: int = 0
-    plugin_timeouts: int = 0
-    virtual_refused: int = 0
-    write_timeouts: int = 0  # an output's batch write hung past plugin_timeout (once a stall)
-    write_lost: int = 0  # records for a stalled output past MAX_STALLED_BYTES, or at close
-    followups: int = 0  # attacks that went through the FOLLOWUP hooks
-    downloads_run: int = 0  # download pool tasks that ran to their end
-    downloads_refused: int = 0  # refused: pool full, or an attack's or a source's budget spent
-    downloads_abandoned: int = 0  # abandoned past plugin_timeout (sockets shut, thread retired)
-    downloads_dropped: int = 0  # still waiting when the recorder stopped
-
-
-@dataclass
-class _Worker:
-    thread: threading.Thread | None = None
-    # (step, job, started) while a hook runs: rebound by the worker (one atomic store), read by
-    # the watchdog. Cleared, and `abandoned` checked, under `lock` after each hook returns.
-    current: tuple[Step, Job, float] | None = None
-    abandoned: bool = False
-    boosted: bool = False  # its job is slow: the watchdog let one more worker run meanwhile
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    # The batch it runs: the jobs not started yet, the ones done (not finished before the
-    # batch is written), the writes held. Changed under `lock` (the watchdog splits it).
-    todo: deque[Job] = field(default_factory=deque)
-    done: list[Job] = field(default_factory=list)
-    batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
-    # The batch's writes not made yet, per output, and (output, started) while one is made:
-    # the watchdog hands them on to another worker when that write hangs.
-    flush: deque[tuple[writebatch.Write, list[bytes]]] = field(default_factory=deque)
-    writing: tuple[writebatch.Write, float] | None = None
-
-
-class _Flush:
-    """Writes and done jobs of a batch, handed from the watchdog to a worker (a split, or a
-    worker written off in a hung write): the worker makes the writes, then finishes the jobs."""
-
-    __slots__ = ("flush", "done")
-
-    def __init__(self, flush: list[tuple[writebatch.Write, list[bytes]]],
-                 done: list[Job]) -> None:
-        self.flush = flush
-        self.done = done
-
-
-class _Stall:
-    """An output whose write hung: the records that wait for it to return."""
-
-    __slots__ = ("name", "since", "waiting", "bytes", "lost_logged")
-
-    def __init__(self, name: str, since: float) -> None:
-        self.name = name
-        self.since = since
-        self.waiting: list[bytes] = []
-        self.bytes = 0
-        self.lost_logged = False
-
-
 class Pipeline:
     def __init__(
         self,
@@ -213,10 +116,10 @@ class Pipeline:
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
-        self._queue: queue.SimpleQueue[Job | _Flush | None] = queue.SimpleQueue()
-        self._stalled: dict[writebatch.Write, _Stall] = {}
+        self._queue: queue.SimpleQueue[Job | Flush | None] = queue.SimpleQueue()
+        self._stalled: dict[writebatch.Write, Stall] = {}
         self._stall_lock = threading.Lock()
-        self._workers: list[_Worker] = []
+        self._workers: list[Worker] = []
         self._abandoned = 0
         self._pending = 0
         self._idle = threading.Condition()
@@ -327,13 +230,13 @@ class Pipeline:
         return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
 
     def _spawn(self) -> None:
-        worker = _Worker()
+        worker = Worker()
         thread = threading.Thread(target=self._work, args=(worker,), name="pipeline", daemon=True)
         worker.thread = thread
         self._workers.append(worker)
         thread.start()
 
-    def _work(self, worker: _Worker) -> None:
+    def _work(self, worker: Worker) -> None:
         """Take jobs while holding a slot. A slot is kept from job to job (no hand-over on the
         quick path); after a slow job, for which one more slot was let in, this worker gives its
         slot up and waits for one again, so the number running falls back."""
@@ -344,9 +247,9 @@ class Pipeline:
             if item is None:
                 break
             jobs: list[Job] = []
-            adopted: list[_Flush] = []
+            adopted: list[Flush] = []
             while True:
-                if isinstance(item, _Flush):
+                if isinstance(item, Flush):
                     adopted.append(item)
                 else:
                     jobs.append(item)
@@ -367,7 +270,7 @@ class Pipeline:
                 self._slots.acquire()
         self._slots.release()
 
-    def _run_batch(self, worker: _Worker, jobs: list[Job], adopted: list[_Flush]) -> bool:
+    def _run_batch(self, worker: Worker, jobs: list[Job], adopted: list[Flush]) -> bool:
         """Run the jobs, write what they held, finish them (and the adopted writes and jobs
         first). False if abandoned meanwhile."""
         with worker.lock:
@@ -398,7 +301,7 @@ class Pipeline:
         self._finished(done)
         return True
 
-    def _flush(self, worker: _Worker) -> bool:
+    def _flush(self, worker: Worker) -> bool:
         """Make the batch's writes, one call per output. False if the watchdog wrote this
         worker off in one of them (the rest went on on another worker)."""
         while True:
@@ -476,7 +379,7 @@ class Pipeline:
             self.counters.plugin_failures += 1
         log.error("writing a batch of records (%s) failed", write, exc_info=exc)
 
-    def _run(self, worker: _Worker, job: Job) -> bool:
+    def _run(self, worker: Worker, job: Job) -> bool:
         """Run the job's steps. False if the watchdog abandoned this worker meanwhile."""
         while job.steps:
             step = job.steps.popleft()
@@ -564,7 +467,7 @@ class Pipeline:
             except Exception:
                 log.exception("batch completion callback failed")
 
-    def _split(self, worker: _Worker) -> tuple[list[Job], _Flush]:
+    def _split(self, worker: Worker) -> tuple[list[Job], Flush]:
         """Under worker.lock, while one of its hooks runs long: take from its batch the jobs
         not started (queued again), the ones done and what they held (written and finished
         by another worker now, not when the slow hook ends)."""
@@ -574,9 +477,9 @@ class Pipeline:
         flush = list(worker.flush)
         worker.flush.clear()
         flush.extend(worker.batch.take().items())
-        return todo, _Flush(flush, done)
+        return todo, Flush(flush, done)
 
-    def _finish_split(self, todo: list[Job], flush: _Flush) -> None:
+    def _finish_split(self, todo: list[Job], flush: Flush) -> None:
         if flush.flush or flush.done:
             self._queue.put(flush)
         for job in todo:
@@ -633,7 +536,7 @@ class Pipeline:
             self._queue.put(job)
 
 
-    def _check_write(self, worker: _Worker, now: float) -> _Flush | None:
+    def _check_write(self, worker: Worker, now: float) -> Flush | None:
         """Under worker.lock, while it makes a batch's write: let one more worker run past
         BOOST_AFTER; past plugin_timeout write it off and take its batch's rest (returned)."""
         assert worker.writing is not None
@@ -644,14 +547,14 @@ class Pipeline:
         if now - started < self.plugin_timeout:
             return None
         worker.abandoned = True
-        flush = _Flush(list(worker.flush), worker.done)
+        flush = Flush(list(worker.flush), worker.done)
         worker.flush.clear()
         worker.done = []
         name = writebatch.name_of(write)
         with self._stall_lock:
             if write in self._stalled:
                 return flush  # another worker's write to it hung first: said already
-            self._stalled[write] = _Stall(name, started)
+            self._stalled[write] = Stall(name, started)
         with self._idle:
             self.counters.write_timeouts += 1
         log.error(
@@ -661,7 +564,7 @@ class Pipeline:
         )
         return flush
 
-    def _write_hung(self, worker: _Worker, flush: _Flush) -> None:
+    def _write_hung(self, worker: Worker, flush: Flush) -> None:
         """A worker written off in a hung write: a fresh one makes the batch's other writes
         and finishes its jobs."""
         self._workers.remove(worker)

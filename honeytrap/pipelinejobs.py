@@ -1,0 +1,112 @@
+"""The pipeline's records (pipeline.py): a Job per attack with the Steps (one per hook) still to
+run, a Worker's batch (its jobs, the writes it holds, what the watchdog reads of it), a Flush the
+watchdog hands from one worker to another, a Stall per output whose write hung, and the
+pipeline's Counters. Plain classes with slots where one is made per attack or per hook."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from honeytrap import background, writebatch
+from honeytrap.attack import Attack
+from honeytrap.background import Task
+
+
+class Step:
+    """One hook to call for one attack. A plain class with slots, not a dataclass: one is made
+    per hook per attack, and a dataclass's __init__ cost twice as much (the recorder's CPU per
+    attack, bench/recorder.py)."""
+
+    __slots__ = ("attack", "hook", "plugin", "call", "depth")
+
+    def __init__(self, attack: Attack, hook: str, plugin: str,
+                 call: Callable[[Attack], Iterable[Attack | Task] | None], depth: int) -> None:
+        self.attack = attack
+        self.hook = hook
+        self.plugin = plugin
+        self.call = call
+        self.depth = depth
+
+
+class Job:
+    """An attack's steps still to run, and what its end needs (slots: one per attack)."""
+
+    __slots__ = ("steps", "attack", "virtuals", "on_done", "downloads", "recorded")
+
+    def __init__(self, steps: deque[Step], attack: Attack,
+                 on_done: Callable[[], None] | None = None) -> None:
+        self.steps = steps
+        self.attack = attack
+        self.virtuals = 0
+        # Called once, from the worker thread, when every step ran (the recorder acknowledges
+        # the attack to its server then: recorder.py).
+        self.on_done = on_done
+        # The attack's admitted download tasks; started once every step ran.
+        self.downloads: background.Group | None = None
+        # Downloads and download tries on the attack when it was recorded: a follow-up records
+        # only when its tasks added to them.
+        self.recorded: tuple[int, int] = (0, 0)
+
+
+@dataclass
+class Counters:
+    attacks: int = 0
+    finished: int = 0
+    plugin_failures: int = 0
+    plugin_timeouts: int = 0
+    virtual_refused: int = 0
+    write_timeouts: int = 0  # an output's batch write hung past plugin_timeout (once a stall)
+    write_lost: int = 0  # records for a stalled output past MAX_STALLED_BYTES, or at close
+    followups: int = 0  # attacks that went through the FOLLOWUP hooks
+    downloads_run: int = 0  # download pool tasks that ran to their end
+    downloads_refused: int = 0  # refused: pool full, or an attack's or a source's budget spent
+    downloads_abandoned: int = 0  # abandoned past plugin_timeout (sockets shut, thread retired)
+    downloads_dropped: int = 0  # still waiting when the recorder stopped
+
+
+@dataclass
+class Worker:
+    thread: threading.Thread | None = None
+    # (step, job, started) while a hook runs: rebound by the worker (one atomic store), read by
+    # the watchdog. Cleared, and `abandoned` checked, under `lock` after each hook returns.
+    current: tuple[Step, Job, float] | None = None
+    abandoned: bool = False
+    boosted: bool = False  # its job is slow: the watchdog let one more worker run meanwhile
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    # The batch it runs: the jobs not started yet, the ones done (not finished before the
+    # batch is written), the writes held. Changed under `lock` (the watchdog splits it).
+    todo: deque[Job] = field(default_factory=deque)
+    done: list[Job] = field(default_factory=list)
+    batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
+    # The batch's writes not made yet, per output, and (output, started) while one is made:
+    # the watchdog hands them on to another worker when that write hangs.
+    flush: deque[tuple[writebatch.Write, list[bytes]]] = field(default_factory=deque)
+    writing: tuple[writebatch.Write, float] | None = None
+
+
+class Flush:
+    """Writes and done jobs of a batch, handed from the watchdog to a worker (a split, or a
+    worker written off in a hung write): the worker makes the writes, then finishes the jobs."""
+
+    __slots__ = ("flush", "done")
+
+    def __init__(self, flush: list[tuple[writebatch.Write, list[bytes]]],
+                 done: list[Job]) -> None:
+        self.flush = flush
+        self.done = done
+
+
+class Stall:
+    """An output whose write hung: the records that wait for it to return."""
+
+    __slots__ = ("name", "since", "waiting", "bytes", "lost_logged")
+
+    def __init__(self, name: str, since: float) -> None:
+        self.name = name
+        self.since = since
+        self.waiting: list[bytes] = []
+        self.bytes = 0
+        self.lost_logged = False
