@@ -165,9 +165,13 @@ class Master:
             # While a spare is wanted, a short wait: one is forked when the loop is idle.
             wait = SPARE_IDLE_WAIT if self.table.spares_wanted() else 1.0
             events = self.selector.select(timeout=wait)
+            # The packets last: what the processes said in the same pass (a port released, a
+            # channel's EOF when one died) is in the table before a packet is decided on it;
+            # else a SYN to a crashed process's port got the verdict of a served one, a reset.
+            packets = False
             for key, mask in events:
                 if key.data == "monitor":
-                    self._on_monitor()
+                    packets = True
                 elif isinstance(key.data, ProcessHandle) and mask & selectors.EVENT_WRITE:
                     key.data.channel.flush()
                     if mask & selectors.EVENT_READ:
@@ -180,6 +184,8 @@ class Master:
                     self._on_recorder(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
+            if packets:
+                self._on_monitor()
             self._drop_unreachable()
             self._carry_out(self.table.tick())
             self.monitor.flush()  # the verdicts of attempts held and decided since

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap
+from daemon import Honeytrap, tpot_rules
 from netns import Lab
 from test_daemon import connect, payload_of, udp_socket
 
@@ -118,15 +119,67 @@ def test_a_crashed_process_frees_its_ports_for_a_new_one(lab: Lab, sensor: Honey
         exchange(lab, port, b"before")
     (pid,) = sensor.children()
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: pid not in sensor.children(), "the killed process to go")
+    # The master's line, logged once it reaped the process and freed its ports (ps stops listing
+    # it as a server once it is a zombie, before the master has seen anything).
+    crashed = f"server process {pid} (ports 7401/tcp 7402/tcp) exited with status -9"
+    wait_until(lambda: crashed in sensor.logfile.read_text(), "the master to see the crash")
     for port in (7401, 7402):
         assert exchange(lab, port, b"after") == b"\n"
     (new,) = sensor.children()
     assert new != pid
-    log = sensor.logfile.read_text()
-    assert f"server process {pid} (ports 7401/tcp 7402/tcp) exited with status -9" in log
     wait_until(lambda: len(sensor.records()) == 4, "four records")
     assert sensor.stop() == 0
+
+
+def queued_in_nfqueue(lab: Lab) -> int:
+    """Packets the sensor's NFQUEUE holds for the master now (/proc/net/netfilter/nfnetlink_queue,
+    its third field)."""
+    fields = lab.sensor.cmd("cat", "/proc/net/netfilter/nfnetlink_queue", check=False).split()
+    return int(fields[2]) if len(fields) > 2 else 0
+
+
+def process_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_a_syn_read_with_its_process_death_is_decided_after_it(
+    lab: Lab, sensor: Honeytrap
+) -> None:
+    """A SYN to a port whose process died, read in the same pass as the process's end (its
+    channel's EOF, SIGCHLD), is decided once the table knows: a new process serves it. The
+    master is stopped while the SYN queues and the process dies, so both wait for one pass; the
+    SYN came first, so it is first in the master's epoll list (before, it got the served port's
+    verdict: a reset). T-Pot's rules, which queue every new SYN, a served port's too: with the
+    README's socket match a served port's SYN never reaches the master."""
+    for tool in ("iptables", "ip6tables"):
+        lab.sensor.cmd(tool, "-F", "INPUT")
+    tpot_rules(lab.sensor)
+    sensor.start()
+    assert exchange(lab, 7451, b"before") == b"\n"
+    (pid,) = sensor.children()
+    master = sensor.master_pid()
+    os.kill(master, signal.SIGSTOP)
+    answer: list[bytes | BaseException] = []
+    client = threading.Thread(target=lambda: answer.append(_exchange_or_error(lab, 7451)))
+    try:
+        client.start()
+        wait_until(lambda: queued_in_nfqueue(lab) >= 1, "the SYN to wait in the queue")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: process_state(pid) == "Z", "the process to die")
+    finally:
+        os.kill(master, signal.SIGCONT)
+        client.join(WAIT)
+    assert answer == [b"\n"]
+    wait_until(lambda: len(sensor.records()) == 2, "two records")
+    assert sensor.stop() == 0
+
+
+def _exchange_or_error(lab: Lab, port: int) -> bytes | BaseException:
+    try:
+        return exchange(lab, port, b"after")
+    except OSError as exc:
+        return exc
 
 
 def test_reload_retires_every_process_and_new_ports_go_to_a_new_one(
