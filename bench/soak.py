@@ -21,6 +21,9 @@ SAMPLE_SECONDS = 5.0
 WINDOW_SECONDS = 60.0
 MEMORY_TOLERANCE = 0.10
 STOP_TARGET = 5.0
+# The recorder keeps pace when it writes at least this share of the load's rate while it runs
+# (the rest is sampling: a sample's line count lags the load by the records in flight).
+PACE_TOLERANCE = 0.97
 # After the load: the recorder's last records, then the servers' last report (each sends its
 # figures within a second of a change, honeytrap/server.py STATS_DELAY), waited for this long.
 SETTLE_SECONDS = 60.0
@@ -86,6 +89,7 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
                        honeytrap=f"{second / 1024:.1f} -> {last / 1024:.1f}",
                        ratio=f"{last / second:.2f}x" if second else "-",
                        target=verdict(flat, f"within {MEMORY_TOLERANCE:.0%}")))
+    out.append(pace_row(r, span, met))
     recorded = outputs["json"] == load["completed"] and outputs["files"] == load["completed"]
     met["soak records"] = recorded
     out.append(row("soak: completed / records (JSON, files)",
@@ -103,6 +107,26 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
                              f"{outputs['server_crashes']}",
                    target=verdict(clean, f"< {STOP_TARGET:.0f} s, 0, 0")))
     return out
+
+
+def pace_row(r: dict[str, Any], span: float, met: dict[str, bool]) -> Row:
+    """Whether the recorder kept pace during the load, not only by the end: attackers.json lines
+    written per second from the end of the first window to the last sample taken under load,
+    against the load's rate, and the attacks completed but not yet recorded then (held by the
+    servers, unacknowledged: their memory is what grows when the recorder falls behind)."""
+    samples = [s for s in r["samples"] if s["t"] >= span]
+    load = r["load"]
+    if len(samples) < 2:
+        return row("soak: recorded per second under load; not yet recorded at its end",
+                   honeytrap="too few samples")
+    first, last = samples[0], samples[-1]
+    pace = (last["records"] - first["records"]) / max(last["t"] - first["t"], 1e-9)
+    behind = max(0, round(load["rate"] * min(last["t"], load["elapsed"]) - last["records"]))
+    kept = pace >= PACE_TOLERANCE * load["rate"]
+    met["soak recorder kept pace"] = kept
+    return row("soak: recorded per second under load; not yet recorded at its end",
+               honeytrap=f"{pace:.0f}/s ({pace / load['rate']:.2f}x the load); ~{behind:,}",
+               target=verdict(kept, f">= {PACE_TOLERANCE:.0%} of the load"))
 
 
 register(Phase("soak", soak, soak_rows, after=("one_port",)))
