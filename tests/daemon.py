@@ -270,6 +270,31 @@ def metrics(lab: Lab, port: int) -> dict[str, float]:
     return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
 
 
+def statistics(lab: Lab, port: int) -> dict[str, float]:
+    """The master's statistics, from its /metrics (by statistic name, _total left off)."""
+    return {
+        name.removeprefix("honeytrap_").removesuffix("_total"): value
+        for name, value in metrics(lab, port).items()
+    }
+
+
+def signal_quietly(pid: int, signum: int) -> None:
+    """Send `signum` to `pid`, which may have exited meanwhile."""
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def stop_resumed(ht: Honeytrap) -> None:
+    """Stop a running daemon after resuming every child: a test that SIGSTOPs its processes must
+    never leave one stopped behind a failure."""
+    if ht.proc is not None and ht.proc.poll() is None:
+        for pid in ht.spares() + ht.children():
+            signal_quietly(pid, signal.SIGCONT)
+        ht.stop()
+
+
 # -r of the dialogue tests' daemon (conftest.py's dialogue_sensor): a short read timeout, so the
 # tests' clients finish soon; their banners come well before it.
 DIALOGUE_READ_TIMEOUT = 3

@@ -90,6 +90,18 @@ def test_first_syn_is_served_with_the_template_and_recorded_in_all_outputs(
     assert "%n" not in line and "\x1b" not in line  # attacker bytes never reach the log line
 
 
+def ftp_banner_then_payload(lab: Lab) -> None:
+    """Connect to 21, read its template's banner, send PAYLOAD, half-close, see the server close."""
+    sock = connect(lab.attacker, lab.sensor.ip4, 21)
+    try:
+        assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
+        sock.sendall(PAYLOAD)
+        sock.shutdown(socket.SHUT_WR)
+        assert sock.recv(4096) == b""
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
 def test_a_port_bound_to_one_address_records_that_address(
     lab: Lab, sensor: Honeytrap, event_loop: str
@@ -98,12 +110,7 @@ def test_a_port_bound_to_one_address_records_that_address(
     then records as local_ip without asking each connection's socket (server.py)."""
     sensor.extra_config = f'bind_address = "{lab.sensor.ip4}"\nevent_loop = "{event_loop}"'
     sensor.start()
-    sock = connect(lab.attacker, lab.sensor.ip4, 21)
-    assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
-    sock.sendall(PAYLOAD)
-    sock.shutdown(socket.SHUT_WR)
-    assert sock.recv(4096) == b""
-    sock.close()
+    ftp_banner_then_payload(lab)
     conn = sensor.wait_records(1)[0]["attack_connection"]
     assert isinstance(conn, dict)
     assert (conn["local_ip"], conn["local_port"]) == (lab.sensor.ip4, 21)
@@ -118,12 +125,7 @@ def test_either_event_loop_serves_tcp_and_udp_and_records(
     """event_loop: the server processes run the same connection code on either loop."""
     sensor.extra_config = f'event_loop = "{event_loop}"'
     sensor.start()
-    sock = connect(lab.attacker, lab.sensor.ip4, 21)
-    assert sock.recv(4096) == (REPO / "templates" / "21_tcp").read_bytes()
-    sock.sendall(PAYLOAD)
-    sock.shutdown(socket.SHUT_WR)
-    assert sock.recv(4096) == b""
-    sock.close()
+    ftp_banner_then_payload(lab)
     udp = udp_socket(lab.attacker, socket.AF_INET)
     try:
         udp.sendto(b"ping", (lab.sensor.ip4, 5060))

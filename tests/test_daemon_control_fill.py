@@ -10,7 +10,6 @@ retires after the listen timeout, no crash, and SIGTERM exits 0."""
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import selectors
@@ -23,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, metrics, nfq_rules
+from daemon import Honeytrap, nfq_rules, signal_quietly, statistics, stop_resumed
 from netns import Lab, inside
 
 from honeytrap import forked
@@ -52,25 +51,11 @@ def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
                      f'ports_per_process = "{PORTS_PER_PROCESS}"',
     )
     yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        for pid in ht.spares() + ht.children():  # never leave one stopped behind a failure
-            _signal(pid, signal.SIGCONT)
-        ht.stop()
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    stop_resumed(ht)
 
 
 def figures(lab: Lab) -> dict[str, float]:
-    """The master's statistics, from its /metrics (by statistic name, _total left off)."""
-    return {
-        name.removeprefix("honeytrap_").removesuffix("_total"): value
-        for name, value in metrics(lab, METRICS_PORT).items()
-    }
+    return statistics(lab, METRICS_PORT)
 
 
 def wait_figures(lab: Lab, done: object, what: str) -> dict[str, float]:
@@ -121,7 +106,7 @@ def start_with_spares_stopped(ht: Honeytrap) -> list[int]:
     spares = wait_spares(ht)
     assert len(spares) == SPARE_PROCESSES
     for pid in spares:
-        _signal(pid, signal.SIGSTOP)
+        signal_quietly(pid, signal.SIGSTOP)
     return spares
 
 
@@ -183,7 +168,7 @@ def test_a_filled_control_channel_leaves_every_port_and_process_right(
             assert stopped.get(name, 0) == 0, (name, stopped)
 
         for pid in spares:
-            _signal(pid, signal.SIGCONT)
+            signal_quietly(pid, signal.SIGCONT)
 
         # Every connection made meanwhile is served: its port's socket reached the process
         # (an evicted port's too: its stop comes after its serve, and the stop drains it).
@@ -269,7 +254,7 @@ def test_a_process_killed_with_a_filled_channel_frees_its_ports_and_the_master_g
     # Which spare took the ports: the one whose channel the master is still writing to has
     # them; kill both stopped ones (the other never had a port: it is just a spare lost).
     for pid in spares:
-        _signal(pid, signal.SIGKILL)
+        signal_quietly(pid, signal.SIGKILL)
     gone = wait_figures(
         lab, lambda got: got["server_crashes"] == SPARE_PROCESSES and got["servers_alive"] == 0
         and got["control_queued"] == 0, "crashes counted and ports freed")
@@ -329,7 +314,7 @@ def test_a_live_process_whose_channel_overflows_is_killed_and_its_ports_freed_at
     # go to the other processes (the other stopped spare among them: let it go on).
     assert f"its ports freed ({FIRST_PORT}/tcp {FIRST_PORT + 1}/tcp" in line
     for pid in spares:
-        _signal(pid, signal.SIGCONT)
+        signal_quietly(pid, signal.SIGCONT)
     wrong = {port: answer[:40] for port in ports
              if not (answer := answered(lab, port)).startswith(b"HTTP/1.0 ")}
     assert wrong == {}

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, metrics, nfq_rules
+from daemon import Honeytrap, nfq_rules, signal_quietly, statistics, stop_resumed
 from netns import Lab, inside
 
 METRICS_PORT = 9118  # on the sensor namespace's loopback
@@ -37,24 +37,11 @@ def sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
         prefix=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
     )
     yield ht
-    if ht.proc is not None and ht.proc.poll() is None:
-        for pid in ht.spares() + ht.children():  # never leave one stopped behind a failure
-            _signal(pid, signal.SIGCONT)
-        ht.stop()
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
+    stop_resumed(ht)
 
 
 def figures(lab: Lab) -> dict[str, float]:
-    return {
-        name.removeprefix("honeytrap_").removesuffix("_total"): value
-        for name, value in metrics(lab, METRICS_PORT).items()
-    }
+    return statistics(lab, METRICS_PORT)
 
 
 def wait_for(what: str, done: object) -> object:
@@ -91,7 +78,7 @@ def test_handovers_past_the_masters_bound_are_refused_before_binding(
 ) -> None:
     sensor.start()
     [first] = wait_for("a spare", sensor.spares)  # type: ignore[misc]
-    _signal(first, signal.SIGSTOP)
+    signal_quietly(first, signal.SIGSTOP)
     stopped = [first]
     refused: list[int] = []
     most_fds = 0
@@ -100,7 +87,7 @@ def test_handovers_past_the_masters_bound_are_refused_before_binding(
             if n == SECOND_SPARE_AFTER:  # forked ahead; stopped before it takes a port
                 [second] = wait_for(  # type: ignore[misc]
                     "a second spare", lambda: [p for p in sensor.spares() if p != first][:1])
-                _signal(second, signal.SIGSTOP)
+                signal_quietly(second, signal.SIGSTOP)
                 stopped.append(second)
             if not connect(lab, port):
                 refused.append(port)
@@ -110,7 +97,7 @@ def test_handovers_past_the_masters_bound_are_refused_before_binding(
         held = figures(lab)
     finally:
         for pid in stopped:
-            _signal(pid, signal.SIGCONT)
+            signal_quietly(pid, signal.SIGCONT)
 
     assert held.get("refused_handovers", 0) >= len(refused) > 0, (len(refused), held)
     assert held["servers_started"] + len(refused) == PORTS, held  # each port one or the other
@@ -156,7 +143,7 @@ def sweep_sensor(lab: Lab, tmp_path: Path) -> Iterator[Honeytrap]:
     yield ht
     if ht.proc is not None and ht.proc.poll() is None:
         for pid in ht.spares() + ht.children():
-            _signal(pid, signal.SIGCONT)
+            signal_quietly(pid, signal.SIGCONT)
         ht.stop()
 
 
@@ -171,7 +158,7 @@ def test_a_port_evicted_before_its_serve_left_the_master_is_closed_at_once(
     ht = sweep_sensor
     ht.start()
     [spare] = wait_for("a spare", ht.spares)  # type: ignore[misc]
-    _signal(spare, signal.SIGSTOP)
+    signal_quietly(spare, signal.SIGSTOP)
     try:
         last = SWEEP_FIRST + SWEEP_PORTS - 1
         lab.attacker.cmd("nmap", "-sS", "-n", "-Pn", "-r", f"-p{SWEEP_FIRST}-{last}",  # in order
@@ -180,7 +167,7 @@ def test_a_port_evicted_before_its_serve_left_the_master_is_closed_at_once(
         stopped = figures(lab)
         held = listening(lab)
     finally:
-        _signal(spare, signal.SIGCONT)
+        signal_quietly(spare, signal.SIGCONT)
     assert stopped["servers_evicted"] == stopped["servers_started"] - SWEEP_MAX_SERVERS > 0
     served = set(range(last - SWEEP_MAX_SERVERS + 1, last + 1))  # least recently used go first
     evicted_listening = held - served
