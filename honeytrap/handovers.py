@@ -86,10 +86,12 @@ class Handovers:
             self.refusals.note(logging.ERROR, "bind", "cannot bind %d/%s: %s", conf.port,
                                conf.protocol, exc)
             return "bind_failures"
-        if channel is None:
+        if channel is None:  # the process went while the port was decided on
             sock.close()
-        if channel is None or not self._hand(channel, config, conf, sock.detach(),
-                                             template_names):
+            handed = False
+        else:
+            handed = self._hand(channel, config, conf, sock.detach(), template_names)
+        if not handed:
             self.refusals.note(logging.ERROR, "handover", "cannot hand %d/%s to its process",
                                conf.port, conf.protocol)
             return "handover_failures"
