@@ -60,7 +60,6 @@ class DynamicServer:
         self.reflector = process.reflector
         self.catalog = process.spec.catalog
         self.dialogue = self.catalog.factory(conf.port, template)
-        self.key = control.port_key(conf.protocol, conf.port)
         self.port_key = (conf.protocol, conf.port)
         # Descriptors one connection holds: ours, and in mirror/proxy mode the relayed one.
         self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
@@ -81,9 +80,11 @@ class DynamicServer:
         # has it already (TCPTransport reads getsockname and getpeername once, before
         # connection_made, and get_extra_info converts what it kept: ~0.6 us, no system call;
         # a getsockname of our own on the accepted descriptor was one more call, ~2.3 us).
-        bound = split(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) \
-            else ("", 0)
-        self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
+        # Without bind_address the master bound a wildcard (listener.bind_port): nothing to ask.
+        self._local: tuple[str, int] | None = None
+        if self.config.bind_address and sock.family in (socket.AF_INET, socket.AF_INET6):
+            bound = split(sock.getsockname())
+            self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
         # What an accepted descriptor is handed to the loop as (see UvAccepted).
         self._accepted: type[AcceptedSocket | UvAccepted] = (
             UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
@@ -96,12 +97,14 @@ class DynamicServer:
     # --- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.sock.setblocking(False)
+        # The socket is listener.bind_port's, handed over by the master: non-blocking already
+        # (ServerProcess._serve makes its socket object so) and, for TCP, with urgent data
+        # inline (SO_OOBINLINE, set before listen so that connections queued before the
+        # hand-over have it too; accepted sockets inherit it). No system call here for either:
+        # a sweep hands over thousands of ports a second.
+        if self.sock.gettimeout() != 0.0:
+            self.sock.setblocking(False)
         if self.port.protocol == "tcp":
-            # Urgent data inline (listener.py sets it where the master binds, before listen, so
-            # that connections queued before the hand-over have it too; accepted sockets
-            # inherit it): again here for a socket bound elsewhere.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             self._resume_accepting()
         else:
             self.udp = UdpServer(self)
