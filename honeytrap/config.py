@@ -36,6 +36,14 @@ DEFAULT_LISTEN_TIMEOUT = 30.0  # man page: "-l ... Default is 30" (the C code us
 DEFAULT_READ_TIMEOUT = 1.0  # man page: "-r ... Default is 1"
 DEFAULT_LOGLEVEL = 3  # man page: "-t ... Default is 3"
 DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit (20971520)
+# Bytes of finished attacks (encoded) the server processes together hold for the recorder until
+# it acknowledges them (unacked.py); past it they accept no new connection until it catches up.
+# 64 MiB is ~25 s of a 5,500 attacks/s load of small attacks (~450 bytes encoded, bench/'s) on
+# top of the recorder's own queue (recorder.MAX_QUEUED_ATTACKS), or three attacks of the
+# default read_limit; the server processes' memory may then grow by up to twice it (a frame
+# not yet sent to a stopped recorder is held twice). It was 256 MiB per server process: a
+# soak with a recorder ~18% slower than the load grew one from 93 to 477 MiB of PSS.
+DEFAULT_UNACKNOWLEDGED_LIMIT = 64 * 1024 * 1024
 # An Internet-wide sweep touches every port: at most this many dynamic servers live at once;
 # past it the least recently used idle server is stopped, else the port is refused and counted.
 # 8192: a full sweep at 5,000+ SYN/s is answered on every port (each port is answered within
@@ -81,6 +89,10 @@ DEFAULT_DOWNLOAD_PER_SOURCE = background.DEFAULT_PER_SOURCE
 # Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
 # An attack is held in memory until its plugins ran: more than this per connection is a mistake.
 MAX_READ_LIMIT = 1024 * 1024 * 1024
+# The sensor's unacknowledged attacks: below 1 MiB a few attacks hold every port back; above
+# 64 GiB it bounds no sensor's memory.
+MIN_UNACKNOWLEDGED_LIMIT = 1024 * 1024
+MAX_UNACKNOWLEDGED_LIMIT = 64 * 1024 * 1024 * 1024
 # A timeout longer than a day means "never"; the original capped -l and -r at 255 seconds.
 MAX_TIMEOUT = 86400.0
 # One dynamic server per protocol/port pair at most.
@@ -173,6 +185,7 @@ class Config:
     monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
     event_loop: str = "auto"  # the server processes': "auto" | "uvloop" | "asyncio" (eventloop.py)
     nfq_queue: int = 0
+    unacknowledged_limit: int = DEFAULT_UNACKNOWLEDGED_LIMIT  # the whole sensor's (unacked.py)
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -212,6 +225,7 @@ _log = logging.getLogger("honeytrap.config")
 # Numeric keys: (lowest, highest) accepted, for the file and for command-line overrides alike.
 _RANGES: dict[str, confvalues.Range] = {
     "read_limit": (1, MAX_READ_LIMIT),  # the original: "Read limit must be a positive value"
+    "unacknowledged_limit": (MIN_UNACKNOWLEDGED_LIMIT, MAX_UNACKNOWLEDGED_LIMIT),
     "listen_timeout": (0.001, MAX_TIMEOUT),
     "read_timeout": (0.001, MAX_TIMEOUT),
     "loglevel": (0, MAX_LOGLEVEL),
@@ -267,6 +281,7 @@ _SCALAR_KEYS: dict[str, confvalues.Converter] = {
     "monitor": confvalues.monitor,
     "event_loop": confvalues.event_loop,
     "nfq_queue": _number,
+    "unacknowledged_limit": _number,
     "max_servers": _number,
     "ports_per_process": _number,
     "max_connections": _number,

@@ -57,6 +57,7 @@ from honeytrap.recorders import Recorders
 from honeytrap.refusals import RefusalLog
 from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
+from honeytrap.unacked import Share, UnackedBudget
 
 log = logging.getLogger("honeytrap.master")
 
@@ -89,6 +90,7 @@ class ProcessHandle:
     recorder: RecorderHandle | None = None  # the recorder its link goes to
     lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
     killed: bool = False  # by the master (its channel overflowed): not a crash
+    unacked: Share | None = None  # its slot in the sensor's unacknowledged bytes
 
 
 @dataclass
@@ -127,6 +129,11 @@ class Master:
         self._unreachable: list[ProcessHandle] = []  # channels overflowed: to kill
         # The UDP replies all server processes may send a second (reflector.py): before any fork.
         self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
+        # The bytes all server processes may hold for the recorder (unacked.py): before any fork;
+        # slots for twice the processes the table allows, so a reload that allows more still
+        # finds some (a process forked without one bounds itself alone).
+        self.unacked = UnackedBudget(config.unacknowledged_limit,
+                                     2 * self.table.limits.max_processes)
         self.port_privilege = capabilities.PortPrivilege()
         self.selector = selectors.DefaultSelector()
         self.recorders = Recorders(self.selector, self._fork_recorder)
@@ -340,7 +347,7 @@ class Master:
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
-            sensor_budget=self.sensor_budget,
+            sensor_budget=self.sensor_budget, unacked=(share := self.unacked.share()),
         )
         pid = forked.fork_child("server process", lambda: child_main(spec))
         for end in (child_end, link):
@@ -348,9 +355,11 @@ class Master:
                 end.close()
         if pid is None:
             parent_end.close()
+            if share is not None:
+                self.unacked.release(share, 0)
             return None
         channel = self.handovers.channel(parent_end)
-        process = ProcessHandle(pid, channel, recorder=recorder)
+        process = ProcessHandle(pid, channel, recorder=recorder, unacked=share)
         channel.on_backlog = functools.partial(self._backlog, process)
         channel.on_close = functools.partial(self._channel_closed, process)
         self.children[pid] = process
@@ -476,6 +485,8 @@ class Master:
             process = self.children.pop(pid, None)
             if process is None:
                 continue
+            if process.unacked is not None:  # what it held for the recorder is gone with it
+                self.unacked.release(process.unacked, pid)
             if not process.channel.closed:
                 self._on_channel(process)  # read its last words (final stats)
             if pid in self.table.processes:
@@ -505,6 +516,7 @@ class Master:
         eventloop.preload(config)
         self.template_names = templates.template_names(config.response_dir)
         priority.set_master(config.master_nice, config.master_realtime)
+        self.unacked.set_limit(config.unacknowledged_limit)  # every process's, from now on
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
@@ -530,6 +542,8 @@ class Master:
         # Messages waiting for a server process to read its channel (control.Channel's queue):
         # a level that stays up means a process stopped reading (hung, or SIGSTOPped).
         totals["control_queued"] = sum(p.channel.backlog for p in self.children.values())
+        # What the server processes hold for the recorder (unacked.py), the sensor's total.
+        totals["unacknowledged_bytes"] = self.unacked.total()
         return totals
 
     def log_stats(self) -> None:

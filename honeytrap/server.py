@@ -44,6 +44,7 @@ from honeytrap.plugin import Registry
 from honeytrap.portstate import PortReporter
 from honeytrap.recorder import RecorderClient
 from honeytrap.reflector import ReflectorGuard, SensorBudget
+from honeytrap.unacked import Share
 
 log = logging.getLogger("honeytrap.server")
 
@@ -90,6 +91,9 @@ class ServerSpec:
     # The UDP replies the whole sensor may send (the master's shared bucket, sensorbudget.py);
     # None: this process's own (a process made without a master).
     sensor_budget: SensorBudget | None = None
+    # Its slot in the sensor's bound on unacknowledged attacks (the master's, unacked.py); None:
+    # the bound is this process's alone.
+    unacked: Share | None = None
 
 
 def child_main(spec: ServerSpec) -> int:
@@ -116,7 +120,8 @@ class ServerProcess:
         self.config = spec.config
         self.registry = spec.registry
         self.recorder = RecorderClient(
-            spec.recorder, spec.config, self._recorder_full, on_acked=self.stats_changed
+            spec.recorder, spec.config, self._recorder_full, on_acked=self.stats_changed,
+            share=spec.unacked,
         )
         self.held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
@@ -324,6 +329,7 @@ class ServerProcess:
         stats = self.stats.as_dict()
         # A level, not a count: attacks handed to the recorder and not yet acknowledged.
         stats["unacknowledged"] = len(self.recorder.unacked)
+        stats["held_back"] = self.recorder.holdback.holds
         stats.update(self.reflector.counters.__dict__)
         stats.update(self.budget.counters.__dict__)
         self.channel.send_stats(stats)
