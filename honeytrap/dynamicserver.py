@@ -1,9 +1,9 @@
 """A dynamic server (class DynamicServer): one port in a server process (server.py's
 ServerProcess), its listening socket (bound by the master, as root), its template, its mode, its
-connections, its listen timeout. It accepts in batches (ACCEPT_BATCH), backs off when the process
-runs out of descriptors or memory, pauses accepting while the recorder or the port's connection
-budget is full, and on "stop" takes what the kernel already queued for STOP_GRACE before closing
-the listening socket."""
+connections, its listen timeout. It accepts in batches (ACCEPT_BATCH) when busy, backs off when
+the process runs out of descriptors or memory, pauses accepting while the recorder or the port's
+connection budget is full, and on "stop" takes what the kernel already queued for STOP_GRACE
+before closing the listening socket."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ log = logging.getLogger("honeytrap.server")
 
 # Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
 ACCEPT_BATCH = 64
+# A port woken to accept less than this long after its last wake-up is busy: it asks the kernel
+# how many connections wait (listener.ready_to_accept) and takes them in one batch. One woken
+# later takes the one that woke it and asks nothing: a sweep's ports get a connection now and
+# then, one per wake-up, and the question was a system call (getsockopt) per connection there.
+# If more did wait, the listening socket is still readable and its next wake-up, busy by then,
+# asks. (The loop's clock, which uvloop keeps in milliseconds: well below this.)
+ACCEPT_BUSY_SECONDS = 0.05
 # accept() failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): wait this long
 # before trying again, doubling up to the maximum; logged at most once per back-off period.
 ACCEPT_BACKOFF_MIN = 0.05
@@ -89,6 +96,7 @@ class DynamicServer:
         self._accepted: type[AcceptedSocket | UvAccepted] = (
             UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
+        self._woken = float("-inf")  # the loop's time at the last wake-up to accept
         self._expire_sent = False
         self._listener_closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -239,12 +247,16 @@ class DynamicServer:
             self._accepting = False
 
     def _accept_batch(self, drain: bool = False) -> None:
-        """Accept what the kernel queued: as many as it says are waiting (ready_to_accept; at
-        least one, at most ACCEPT_BATCH), or, draining, until accept() would block."""
+        """Accept what the kernel queued: on a busy port as many as it says are waiting
+        (ready_to_accept; at least one, at most ACCEPT_BATCH), on a quiet one the one that woke
+        it (ACCEPT_BUSY_SECONDS), or, draining, until accept() would block."""
         if drain:
             count = self.config.max_connections
         else:
-            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH)
+            now = self.loop.time()
+            busy = now - self._woken < ACCEPT_BUSY_SECONDS
+            self._woken = now
+            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH) if busy else 1
         for _ in range(count):
             if self.active >= self.config.max_connections:
                 if drain:
