@@ -3,10 +3,13 @@ replaced: each reference below is the earlier code, kept as the oracle."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
+import re
 import socket
+import string
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -122,6 +125,29 @@ def test_savefile_name_has_the_strftime_time(when: float) -> None:
     attack = make_attack(start=when)
     stamp = plain_stamp("%Y-%m-%dT%H%M%S", when)
     assert SAVEFILE.attack_file_name(attack) == f"from_port_80-tcp_{stamp}_{attack.id}"
+
+
+def plain_ident(ident: str) -> str:
+    """SaveFile's id part as it was: the id if it is 1 to 64 ASCII letters and digits."""
+    if re.fullmatch(r"[A-Za-z0-9]{1,64}", ident):
+        return ident
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=string.ascii_letters + string.digits, max_size=70)
+       | st.text(max_size=70))
+@example("")
+@example("a" * 64)
+@example("a" * 65)
+@example("\u00e9t\u00e9")
+@example("\u0661\u0662")  # Arabic-Indic digits: isalnum, not ASCII
+def test_savefile_name_takes_the_id_as_its_regex_did(ident: str) -> None:
+    attack = make_attack()
+    attack.id = ident
+    stamp = plain_stamp("%Y-%m-%dT%H%M%S", START)
+    expected = f"from_port_80-tcp_{stamp}_{plain_ident(ident)}"
+    assert SAVEFILE.attack_file_name(attack) == expected
 
 
 # --- logAttacker's addresses ------------------------------------------------------------------
