@@ -19,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_output_plugins import PLUGIN_DIR, START, load, make_attack, run_hook
 
-from honeytrap import outfile
+from honeytrap import jsontext, outfile
 from honeytrap.attack import (
     Attack,
     Connection,
@@ -28,8 +28,8 @@ from honeytrap.attack import (
     DownloadTry,
     Mode,
     Payload,
-    _iso,
 )
+from honeytrap.jsontext import iso
 from honeytrap.plugin import load_module
 
 LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
@@ -68,20 +68,20 @@ def plain_iso(timestamp: float) -> str:
 @given(ANY_TIME)
 def test_iso_is_the_datetime_text_for_any_time(when: float) -> None:
     for edge in EDGES:
-        assert outcome(_iso, edge) == outcome(plain_iso, edge), edge
-    assert outcome(_iso, when) == outcome(plain_iso, when)
+        assert outcome(iso, edge) == outcome(plain_iso, edge), edge
+    assert outcome(iso, when) == outcome(plain_iso, when)
 
 
 @settings(deadline=None)
 @given(NEARBY_TIMES)
 def test_iso_is_the_datetime_text_for_times_in_a_row(times: list[float]) -> None:
-    assert [_iso(t) for t in times] == [plain_iso(t) for t in times]
+    assert [iso(t) for t in times] == [plain_iso(t) for t in times]
 
 
 def test_iso_rounds_to_the_microsecond_before_it_cuts_to_the_millisecond() -> None:
     """As datetime: .9999995 is the next second, not .999 of this one."""
-    assert _iso(0.9999995) == "1970-01-01T00:00:01.000Z"
-    assert _iso(-0.0000005) == "1970-01-01T00:00:00.000Z"
+    assert iso(0.9999995) == "1970-01-01T00:00:01.000Z"
+    assert iso(-0.0000005) == "1970-01-01T00:00:00.000Z"
 
 
 # --- logAttacker's and SaveFile's times (time.gmtime: toward minus infinity) -----------------
@@ -270,6 +270,21 @@ VALUES = st.recursive(
                       max_size=3),
     max_leaves=8,
 )
+
+
+class _Number(int):
+    pass
+
+
+@settings(max_examples=1000, deadline=None)
+@given(VALUES)
+@example({True: [None, (1, 2.5)], None: {}, 1.5: "x"})
+@example([_Number(7), {"k": _Number(8)}, math.inf, -math.inf, math.nan, -0.0, 1e300])
+@example({"a": {"b": {"c": ["\ud800", "\x00\"\\", "\u2603"]}}, "": []})
+def test_jsontext_is_json_dumps_of_any_value(value: object) -> None:
+    assert jsontext.text(value) == json.dumps(value, separators=(",", ":"))
+
+
 PORTS = st.integers(0, 65535)
 CONNECTIONS = st.builds(Connection, TEXT, TEXT, PORTS, TEXT, PORTS, st.builds(Payload, st.binary()))
 DIALOGUES = st.builds(DialogueRecord, TEXT, st.lists(st.integers(-(2**63), 2**63 - 1)).map(tuple),
