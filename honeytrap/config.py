@@ -8,24 +8,22 @@ Checking follows the original's readconf.c where it was strict (portconf_default
 error, a protocol/port pair configured twice is an error) and is stricter where it was sloppy
 (it took "t" and "" for tcp, ports by atoi, a proxy map without target_host). Unknown keys are
 warnings, kept in `Config.warnings`, so a file written for a newer or older honeytrap still starts.
+The reader of each kind of value (paths, booleans, numbers in their ranges, addresses, ports...)
+is in confvalues.py; this module says which key takes which, and builds the Config.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import logging
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
-from honeytrap import background, budget, confparse, eventloop, priority, reflector, resources
+from honeytrap import background, budget, confparse, confvalues, priority, reflector, resources
 from honeytrap.attack import Mode
 from honeytrap.confparse import Block, Entry, ListNode, Scalar, Value
-from honeytrap.errors import ConfigError
 from honeytrap.monitor import check_monitor_name
-from honeytrap.state import DEFAULT_STATE_DIR, check_sensor_id
+from honeytrap.state import DEFAULT_STATE_DIR
 
 # A plugin option value as the config syntax can express it: a string, a list, or a block.
 OptionValue: TypeAlias = "str | list[OptionValue] | dict[str, OptionValue]"
@@ -38,6 +36,14 @@ DEFAULT_LISTEN_TIMEOUT = 30.0  # man page: "-l ... Default is 30" (the C code us
 DEFAULT_READ_TIMEOUT = 1.0  # man page: "-r ... Default is 1"
 DEFAULT_LOGLEVEL = 3  # man page: "-t ... Default is 3"
 DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit (20971520)
+# Bytes of finished attacks (encoded) the server processes together hold for the recorder until
+# it acknowledges them (unacked.py); past it they accept no new connection until it catches up.
+# 64 MiB is ~25 s of a 5,500 attacks/s load of small attacks (~450 bytes encoded, bench/'s) on
+# top of the recorder's own queue (recorder.MAX_QUEUED_ATTACKS), or three attacks of the
+# default read_limit; the server processes' memory may then grow by up to twice it (a frame
+# not yet sent to a stopped recorder is held twice). It was 256 MiB per server process: a
+# soak with a recorder ~18% slower than the load grew one from 93 to 477 MiB of PSS.
+DEFAULT_UNACKNOWLEDGED_LIMIT = 64 * 1024 * 1024
 # An Internet-wide sweep touches every port: at most this many dynamic servers live at once;
 # past it the least recently used idle server is stopped, else the port is refused and counted.
 # 8192: a full sweep at 5,000+ SYN/s is answered on every port (each port is answered within
@@ -83,6 +89,10 @@ DEFAULT_DOWNLOAD_PER_SOURCE = background.DEFAULT_PER_SOURCE
 # Upper bounds of the numeric keys (the lower bounds are in _RANGES). Each says why.
 # An attack is held in memory until its plugins ran: more than this per connection is a mistake.
 MAX_READ_LIMIT = 1024 * 1024 * 1024
+# The sensor's unacknowledged attacks: below 1 MiB a few attacks hold every port back; above
+# 64 GiB it bounds no sensor's memory.
+MIN_UNACKNOWLEDGED_LIMIT = 1024 * 1024
+MAX_UNACKNOWLEDGED_LIMIT = 64 * 1024 * 1024 * 1024
 # A timeout longer than a day means "never"; the original capped -l and -r at 255 seconds.
 MAX_TIMEOUT = 86400.0
 # One dynamic server per protocol/port pair at most.
@@ -104,7 +114,6 @@ MAX_DOWNLOAD_WORKERS = 1024
 # Downloads admitted at once: each attack waiting on them is held in the recorder's memory.
 MAX_DOWNLOAD_QUEUE = 100_000
 
-PROTOCOLS = ("tcp", "udp")
 PLUGIN_PREFIX = "plugin-"
 # The original's plugins we do not implement, and why. A line loading one is warned about and
 # skipped, so a file written for the original (T-Pot's, with them commented out or not) loads.
@@ -176,6 +185,7 @@ class Config:
     monitor: str = "auto"  # "auto" | "pcap" | "nfq" (honeytrap.monitor.choice)
     event_loop: str = "auto"  # the server processes': "auto" | "uvloop" | "asyncio" (eventloop.py)
     nfq_queue: int = 0
+    unacknowledged_limit: int = DEFAULT_UNACKNOWLEDGED_LIMIT  # the whole sensor's (unacked.py)
     max_servers: int = DEFAULT_MAX_SERVERS
     ports_per_process: int = DEFAULT_PORTS_PER_PROCESS
     max_connections: int = DEFAULT_MAX_CONNECTIONS
@@ -213,8 +223,9 @@ class Config:
 _log = logging.getLogger("honeytrap.config")
 
 # Numeric keys: (lowest, highest) accepted, for the file and for command-line overrides alike.
-_RANGES: dict[str, tuple[float, float]] = {
+_RANGES: dict[str, confvalues.Range] = {
     "read_limit": (1, MAX_READ_LIMIT),  # the original: "Read limit must be a positive value"
+    "unacknowledged_limit": (MIN_UNACKNOWLEDGED_LIMIT, MAX_UNACKNOWLEDGED_LIMIT),
     "listen_timeout": (0.001, MAX_TIMEOUT),
     "read_timeout": (0.001, MAX_TIMEOUT),
     "loglevel": (0, MAX_LOGLEVEL),
@@ -235,160 +246,49 @@ _RANGES: dict[str, tuple[float, float]] = {
     "download_per_attack": (1, MAX_DOWNLOAD_QUEUE),
     "download_per_source": (1, MAX_DOWNLOAD_QUEUE),
 }
-_DEFAULT_MODES = {"ignore": Mode.IGNORE, "normal": Mode.NORMAL, "mirror": Mode.MIRROR}
-_BOOLEANS = {"yes": True, "on": True, "true": True, "no": False, "off": False, "false": False}
 _SECTION_KEYS = ("protocol", "port")
 _PROXY_KEYS = ("protocol", "port", "target_host", "target_port", "target_protocol")
 
 
-def _where(node: Entry | Scalar | ListNode | Block) -> dict[str, Any]:
-    return {"file": node.file, "line": node.line}
+_number = confvalues.number_in(_RANGES)
 
 
-def _error(message: str, node: Entry | Value, key: str) -> ConfigError:
-    return ConfigError(message, key=key, **_where(node))
-
-
-def _scalar(entry: Entry, key: str) -> Scalar:
-    if not isinstance(entry.value, Scalar):
-        raise _error('expects a "string" value', entry, key)
-    return entry.value
-
-
-def _scalars(entry: Entry, key: str) -> list[Scalar]:
-    """A string or a flat list of strings (`port = "22"` or `port = ["22", "80"]`)."""
-    if isinstance(entry.value, Scalar):
-        return [entry.value]
-    if isinstance(entry.value, ListNode):
-        items = list(entry.value.items)
-        if all(isinstance(item, Scalar) for item in items):
-            return [item for item in items if isinstance(item, Scalar)]
-    raise _error('expects a "string" or a list of strings', entry, key)
-
-
-def _block(entry: Entry, key: str) -> Block:
-    if not isinstance(entry.value, Block):
-        raise _error("expects a { block }", entry, key)
-    return entry.value
-
-
-# Converters of top-level values: (value, key) -> typed value, ConfigError naming the key.
-
-
-def _text(value: Scalar, key: str) -> str:
-    return value.value
-
-
-def _path(value: Scalar, key: str) -> str:
-    if not value.value:
-        raise _error("must not be empty", value, key)
-    return value.value  # relative paths stay as given (the CLI decides what they are relative to)
-
-
-def _boolean(value: Scalar, key: str) -> bool:
-    word = value.value.strip().lower()
-    if word not in _BOOLEANS:
-        raise _error(f'expects "yes"/"no" (or "on"/"off"), not {value.value!r}', value, key)
-    return _BOOLEANS[word]
-
-
-def _number(value: Scalar, key: str) -> int | float:
-    low, high = _RANGES[key]
-    is_int = isinstance(low, int) and isinstance(high, int)
-    try:
-        number: int | float = int(value.value.strip(), 10) if is_int else float(value.value)
-    except ValueError:
-        kind = "a whole number" if is_int else "a number"
-        raise _error(f"expects {kind}, not {value.value!r}", value, key) from None
-    _check_range(key, number, value)
-    return number
-
-
-def _check_range(key: str, number: float, node: Scalar | None = None) -> None:
-    low, high = _RANGES[key]
-    if math.isnan(number) or not low <= number <= high:
-        where = _where(node) if node is not None else {}
-        raise ConfigError(f"must be between {low:g} and {high:g}, not {number!r}", key=key, **where)
-
-
-def _address(value: Scalar, key: str) -> str:
-    if value.value:
-        try:
-            ipaddress.ip_address(value.value)
-        except ValueError:
-            raise _error(f"not an IP address: {value.value!r}", value, key) from None
-    return value.value
-
-
-def _default_mode(value: Scalar, key: str) -> Mode:
-    if value.value == "proxy":
-        # As in the original: a proxy needs a target, which a default cannot name.
-        raise _error("proxy mode cannot be the default (it needs a target); "
-                     "use ignore, normal or mirror", value, key)
-    if value.value not in _DEFAULT_MODES:
-        raise _error(f"expects ignore, normal or mirror, not {value.value!r}", value, key)
-    return _DEFAULT_MODES[value.value]
-
-
-def _event_loop(value: Scalar, key: str) -> str:
-    try:
-        eventloop.check_name(value.value)
-    except ConfigError as exc:
-        raise _error(exc.message, value, key) from exc
-    return value.value
-
-
-def _monitor(value: Scalar, key: str) -> str:
-    try:
-        check_monitor_name(value.value)
-    except ConfigError as exc:
-        raise _error(exc.message, value, key) from exc
-    return value.value
-
-
-def _sensor_id(value: Scalar, key: str) -> str:
-    try:
-        return check_sensor_id(value.value)
-    except ConfigError as exc:
-        raise _error(exc.message, value, key) from exc
-
-
-Converter: TypeAlias = Callable[[Scalar, str], object]
-
-# Top-level keys with one string value: key -> converter. The field is named like the key.
-_SCALAR_KEYS: dict[str, Converter] = {
+# Top-level keys with one string value: key -> its reader (confvalues.py). The field is named
+# like the key.
+_SCALAR_KEYS: dict[str, confvalues.Converter] = {
     # The original's keys (readconf.c config_keywords).
-    "logfile": _path,
-    "pidfile": _path,
-    "response_dir": _path,
-    "plugin_dir": _path,
+    "logfile": confvalues.path,
+    "pidfile": confvalues.path,
+    "response_dir": confvalues.path,
+    "plugin_dir": confvalues.path,
     "read_limit": _number,
-    "bind_address": _address,
-    "replace_private_ips": _boolean,
-    "promisc": _boolean,
-    "user": _text,
-    "group": _text,
-    "portconf_default": _default_mode,
+    "bind_address": confvalues.address,
+    "replace_private_ips": confvalues.boolean,
+    "promisc": confvalues.boolean,
+    "user": confvalues.text,
+    "group": confvalues.text,
+    "portconf_default": confvalues.default_mode,
     # The original's command-line options, accepted as keys too.
     "listen_timeout": _number,
     "read_timeout": _number,
     "loglevel": _number,
-    "foreground": _boolean,
-    "interface": _text,
-    "address": _text,
-    "mirror_all": _boolean,
-    "bpf_expression": _text,
+    "foreground": confvalues.boolean,
+    "interface": confvalues.text,
+    "address": confvalues.text,
+    "mirror_all": confvalues.boolean,
+    "bpf_expression": confvalues.text,
     # Our extensions.
-    "monitor": _monitor,
-    "event_loop": _event_loop,
+    "monitor": confvalues.monitor,
+    "event_loop": confvalues.event_loop,
     "nfq_queue": _number,
+    "unacknowledged_limit": _number,
     "max_servers": _number,
     "ports_per_process": _number,
     "max_connections": _number,
     "max_connections_per_source": _number,
     "max_connections_per_network": _number,
     "max_server_rate": _number,
-    "master_realtime": _boolean,
+    "master_realtime": confvalues.boolean,
     "master_nice": _number,
     "udp_replies_per_source": _number,
     "udp_replies_per_sensor": _number,
@@ -398,41 +298,10 @@ _SCALAR_KEYS: dict[str, Converter] = {
     "download_queue": _number,
     "download_per_attack": _number,
     "download_per_source": _number,
-    "metrics_listen": _text,
-    "state_dir": _path,
-    "sensor_id": _sensor_id,
+    "metrics_listen": confvalues.text,
+    "state_dir": confvalues.path,
+    "sensor_id": confvalues.sensor_id,
 }
-
-
-def _cidrs(entry: Entry, key: str) -> list[str]:
-    networks = []
-    for value in _scalars(entry, key):
-        try:
-            networks.append(str(ipaddress.ip_network(value.value.strip(), strict=False)))
-        except ValueError:
-            raise _error(f"not an address or network (CIDR): {value.value!r}", value,
-                         key) from None
-    return networks
-
-
-def _protocol(value: Scalar, key: str) -> str:
-    protocol = value.value.strip().lower()
-    if protocol not in PROTOCOLS:
-        raise _error(f'expects "tcp" or "udp", not {value.value!r}', value, key)
-    return protocol
-
-
-def _port(value: Scalar, key: str) -> int:
-    text = value.value.strip()
-    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise _error(f"expects a port number 1..65535, not {value.value!r}", value, key)
-    return int(text)
-
-
-def _single(values: list[Scalar], section: Entry, key: str) -> Scalar:
-    if len(values) != 1:
-        raise _error("needs exactly one value", values[1] if values else section, key)
-    return values[0]
 
 
 class _Builder:
@@ -448,7 +317,7 @@ class _Builder:
         self.warnings: list[str] = []
 
     def warn(self, message: str, node: Entry | Value, key: str) -> None:
-        text = str(_error(message, node, key))
+        text = str(confvalues.error(message, node, key))
         _log.warning("%s", text)
         self.warnings.append(text)
 
@@ -466,12 +335,12 @@ class _Builder:
         key = entry.key
         if key in _SCALAR_KEYS:
             self.remember(entry)
-            self.values[key] = _SCALAR_KEYS[key](_scalar(entry, key), key)
+            self.values[key] = _SCALAR_KEYS[key](confvalues.scalar(entry, key), key)
         elif key == "download_allow":
             self.remember(entry)
-            self.values[key] = _cidrs(entry, key)
+            self.values[key] = confvalues.cidrs(entry, key)
         elif key == "portconf":
-            self.portconf(_block(entry, key))
+            self.portconf(confvalues.block(entry, key))
         elif key.startswith(PLUGIN_PREFIX):
             self.plugin(entry)
         else:
@@ -489,30 +358,32 @@ class _Builder:
     def portconf(self, block: Block) -> None:
         for section in block.entries:
             key = f"portconf.{section.key}"
-            if section.key in _DEFAULT_MODES:
-                fields = self.fields(_block(section, key), key, _SECTION_KEYS)
-                self.add_ports(section, key, fields, _DEFAULT_MODES[section.key], None)
+            if section.key in confvalues.DEFAULT_MODES:
+                fields = self.fields(confvalues.block(section, key), key, _SECTION_KEYS)
+                self.add_ports(section, key, fields, confvalues.DEFAULT_MODES[section.key], None)
             elif section.key == "proxy":
-                for mapping in _block(section, key).entries:
+                for mapping in confvalues.block(section, key).entries:
                     self.proxy_map(mapping, f"{key}.{mapping.key}")
             else:
                 self.warn("unknown portconf section (known: ignore, normal, mirror, proxy), "
                           "ignored", section, key)
 
     def proxy_map(self, mapping: Entry, key: str) -> None:
-        fields = self.fields(_block(mapping, key), key, _PROXY_KEYS)
+        fields = self.fields(confvalues.block(mapping, key), key, _PROXY_KEYS)
         if not fields["target_host"]:
-            raise _error("proxy map needs target_host", mapping, f"{key}.target_host")
-        host = _single(fields["target_host"], mapping, f"{key}.target_host")
+            raise confvalues.error("proxy map needs target_host", mapping, f"{key}.target_host")
+        host = confvalues.single(fields["target_host"], mapping, f"{key}.target_host")
         if not host.value.strip() or any(c.isspace() for c in host.value):
-            raise _error(f"not a host name or address: {host.value!r}", host,
-                         f"{key}.target_host")
+            raise confvalues.error(f"not a host name or address: {host.value!r}", host,
+                                   f"{key}.target_host")
         port = protocol = None
         if fields["target_port"]:
-            port = _port(_single(fields["target_port"], mapping, key), f"{key}.target_port")
+            port = confvalues.port(confvalues.single(fields["target_port"], mapping, key),
+                                   f"{key}.target_port")
         if fields["target_protocol"]:
-            protocol = _protocol(_single(fields["target_protocol"], mapping, key),
-                                 f"{key}.target_protocol")
+            protocol = confvalues.protocol(
+                confvalues.single(fields["target_protocol"], mapping, key),
+                f"{key}.target_protocol")
         # A missing target port or protocol means "the same as the one attacked".
         target = (host.value, port, protocol)
         self.add_ports(mapping, key, fields, Mode.PROXY, target)
@@ -523,7 +394,7 @@ class _Builder:
         fields: dict[str, list[Scalar]] = {name: [] for name in known}
         for entry in block.entries:
             if entry.key in fields:
-                fields[entry.key].extend(_scalars(entry, f"{key}.{entry.key}"))
+                fields[entry.key].extend(confvalues.scalars(entry, f"{key}.{entry.key}"))
             else:
                 self.warn(f"unknown key (known: {', '.join(known)}), ignored", entry,
                           f"{key}.{entry.key}")
@@ -533,11 +404,11 @@ class _Builder:
                   target: tuple[str, int | None, str | None] | None) -> None:
         for name in _SECTION_KEYS:
             if not fields[name]:
-                raise _error(f"section needs {name}", section, f"{key}.{name}")
-        protocols = [_protocol(value, f"{key}.protocol") for value in fields["protocol"]]
+                raise confvalues.error(f"section needs {name}", section, f"{key}.{name}")
+        protocols = [confvalues.protocol(value, f"{key}.protocol") for value in fields["protocol"]]
         for protocol in dict.fromkeys(protocols):
             for value in fields["port"]:
-                port = _port(value, f"{key}.port")
+                port = confvalues.port(value, f"{key}.port")
                 proxy = None
                 if target is not None:
                     host, target_port, target_protocol = target
@@ -549,8 +420,8 @@ class _Builder:
         pair = (conf.protocol, conf.port)
         first = self.port_origin.get(pair)
         if first is not None:
-            raise _error(f"port {conf.port}/{conf.protocol} is configured twice "
-                         f"(first at {first.file}:{first.line})", where, f"{key}.port")
+            raise confvalues.error(f"port {conf.port}/{conf.protocol} is configured twice "
+                                   f"(first at {first.file}:{first.line})", where, f"{key}.port")
         self.ports[pair] = conf
         self.port_origin[pair] = where
 
@@ -562,17 +433,18 @@ class _Builder:
             name = name[len(ORIGINAL_MODULE_PREFIX):]
             self.warn(f"the original's module name: loading plugin {name}", entry, entry.key)
         if not name:
-            raise _error("plugin name missing (write plugin-<Name>)", entry, entry.key)
+            raise confvalues.error("plugin name missing (write plugin-<Name>)", entry, entry.key)
         if name in UNIMPLEMENTED_PLUGINS:
             self.warn(f"plugin {name} ({UNIMPLEMENTED_PLUGINS[name]}) is not implemented: "
                       "line skipped", entry, entry.key)
             return
         for spec in self.plugins:
             if spec.name == name:
-                raise _error(f"plugin {name} is loaded twice (first at {spec.file}:{spec.line})",
-                             entry, entry.key)
+                raise confvalues.error(
+                    f"plugin {name} is loaded twice (first at {spec.file}:{spec.line})",
+                    entry, entry.key)
         if isinstance(entry.value, ListNode):
-            raise _error('expects "" or a { block } of options', entry, entry.key)
+            raise confvalues.error('expects "" or a { block } of options', entry, entry.key)
         options: dict[str, OptionValue] = {}
         if isinstance(entry.value, Block):
             options = self.options(entry.value, entry.key)
@@ -616,7 +488,7 @@ def apply_overrides(config: Config, **values: Any) -> Config:
     given = {name: value for name, value in values.items() if value is not None}
     for name, value in given.items():
         if name in _RANGES and isinstance(value, int | float):
-            _check_range(name, value)
+            confvalues.check_range(name, value, _RANGES[name])
         elif name == "monitor" and isinstance(value, str):
             check_monitor_name(value)
     return dataclasses.replace(config, **given)

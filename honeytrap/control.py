@@ -7,33 +7,50 @@ piled up in the master) what a send() did not take is kept and sent first; messa
 newline; descriptors go with their message's first byte and are taken in order by the receiver.
 On a SOCK_SEQPACKET socket (the recorder's) each message is a packet of its own.
 
-Messages between the master and a server process are typed (one encoder, `encode`, and one
-decoder, `decode`, which raises only ControlError). Their text, one message per packet:
-
-process -> master: busy <port> | idle <port> | expire <port> | released <port>
-                   | load <descriptors> (its connections' descriptors, at each LOAD_STEP)
-                   | stats {json object of counters}
-master -> process: serve <port> <n> (with n descriptors: the bound socket, then the template
-                   file if the port has one) | stop <port> (drain: let open connections finish)
-                   | retire (no more ports: exit once the last connection is recorded)
-                   | shutdown (record and close everything now)
-                   | relink (with a descriptor: a new link to the recorder, recorder.py)
-<port> is "<protocol> <number>". The recorder's own words (ready, link, stop, stats) go over the
-same Channel as text (`send`, `receive`). A server process reads attacker bytes: what it sends
-the master is untrusted, and decoded as such.
+The messages between the master and a server process are typed (controlmessages.py: one
+encoder, one decoder; their names are importable from here too). The recorder's own words
+(ready, link, stop, stats) go over the same Channel as text (`send`, `receive`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import select
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+from honeytrap.controlmessages import (
+    Busy,
+    ControlError,
+    Expire,
+    Idle,
+    Key,
+    Load,
+    Message,
+    Released,
+    Relink,
+    Retire,
+    Serve,
+    Shutdown,
+    Stats,
+    Stop,
+    decode,
+    encode,
+    parse_key,
+    parse_stats,
+    port_key,
+)
+
+# The messages' names, importable from here as before the split (control.Serve, control.decode).
+__all__ = [
+    "HANDOVER_BATCH", "LOAD_STEP", "MAX_FDS", "MAX_MESSAGE", "MAX_QUEUED", "Busy", "Channel",
+    "ControlError", "Expire", "FdTally", "Idle", "Key", "Load", "Message", "Relink", "Released",
+    "Retire", "Serve", "Shutdown", "Stats", "Stop", "channel_pair", "decode", "descriptors",
+    "encode", "later", "parse_key", "parse_stats", "port_key", "uncork",
+]
 
 log = logging.getLogger("honeytrap.control")
 
@@ -55,152 +72,6 @@ MAX_QUEUED = 1 << 16
 # A server process reports its connections' descriptors when they moved by this many since the
 # last report (the master's port table gives new ports to processes with descriptors to spare).
 LOAD_STEP = 256
-
-Key = tuple[str, int]
-
-
-class ControlError(ValueError):
-    """A control message that does not decode (a bug, or a compromised server process)."""
-
-
-# --- typed messages ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Serve:
-    key: Key
-    fds: int  # 1: the bound socket; 2: and the template file
-
-
-@dataclass(frozen=True)
-class Stop:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Retire:
-    pass
-
-
-@dataclass(frozen=True)
-class Shutdown:
-    pass
-
-
-@dataclass(frozen=True)
-class Relink:
-    pass
-
-
-@dataclass(frozen=True)
-class Busy:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Idle:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Expire:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Released:
-    key: Key
-
-
-@dataclass(frozen=True)
-class Load:
-    descriptors: int
-
-
-@dataclass(frozen=True)
-class Stats:
-    values: dict[str, int] = field(default_factory=dict)
-
-
-Message = (Serve | Stop | Retire | Shutdown | Relink | Busy | Idle | Expire | Released | Load
-           | Stats)
-_PORT_MESSAGES: dict[str, type[Stop | Busy | Idle | Expire | Released]] = {
-    "stop": Stop, "busy": Busy, "idle": Idle, "expire": Expire, "released": Released,
-}
-_WORDS: dict[str, type[Retire | Shutdown | Relink]] = {
-    "retire": Retire, "shutdown": Shutdown, "relink": Relink,
-}
-_NAMES = {cls: name for name, cls in {**_PORT_MESSAGES, **_WORDS}.items()}
-
-
-def port_key(protocol: str, port: int) -> str:
-    """How a port is named in control messages ("tcp 8080")."""
-    return f"{protocol} {port}"
-
-
-def parse_key(text: str) -> Key:
-    """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
-    protocol, _, port = text.partition(" ")
-    if protocol in ("tcp", "udp") and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
-        return protocol, int(port)
-    return "", 0
-
-
-def encode(message: Message) -> bytes:
-    if isinstance(message, Serve):
-        return f"serve {port_key(*message.key)} {message.fds}".encode()
-    if isinstance(message, Load):
-        return f"load {message.descriptors}".encode()
-    if isinstance(message, Stats):
-        return b"stats " + json.dumps(message.values, separators=(",", ":")).encode()
-    if isinstance(message, (Stop, Busy, Idle, Expire, Released)):
-        return f"{_NAMES[type(message)]} {port_key(*message.key)}".encode()
-    return _NAMES[type(message)].encode()
-
-
-def decode(data: bytes) -> Message:
-    """One message; ControlError if it is not one."""
-    try:
-        text = data.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise ControlError("control message is not ASCII") from exc
-    word, _, rest = text.partition(" ")
-    if word in _WORDS and not rest:
-        return _WORDS[word]()
-    if word in _PORT_MESSAGES:
-        return _PORT_MESSAGES[word](_key(rest))
-    if word == "serve":
-        port, _, count = rest.rpartition(" ")
-        if count not in ("1", "2"):
-            raise ControlError(f"serve with {count!r} descriptors")
-        return Serve(_key(port), int(count))
-    if word == "load" and rest.isdigit() and len(rest) <= 12:
-        return Load(int(rest))
-    if word == "stats":
-        stats = parse_stats(text)
-        if stats is None:
-            raise ControlError("stats message is not a JSON object")
-        return Stats(stats)
-    raise ControlError(f"unknown control message {word[:20]!r}")
-
-
-def _key(text: str) -> Key:
-    key = parse_key(text)
-    if key == ("", 0):
-        raise ControlError(f"bad port {text[:40]!r}")
-    return key
-
-
-def parse_stats(message: str) -> dict[str, int] | None:
-    if not message.startswith("stats "):
-        return None
-    try:
-        data = json.loads(message[6:])
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 # --- the channel --------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 It stays root and never reads attacker bytes beyond packet headers. One selector loop over the
 monitor's descriptor, a signal wake-up socket, one control channel per server process and one per
-recorder (recorder.py: the process running the plugins; the master gives each new server process
-a link to it, and when a recorder dies, starts another and relinks every process that used it).
+recorder (recorder.py: the process running the plugins; recorders.py: the master gives each new
+server process a link to it, and when a recorder dies, starts another and relinks every process
+that used it).
 
 Which port is served by which process, and what to do with each attempt (start, hand over,
 fork, evict, refuse, hold while a port is released), is the port table's decision
@@ -52,9 +53,11 @@ from honeytrap.plugin import Registry, load_plugins
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
 from honeytrap.privileges import Identity
 from honeytrap.recorder import RecorderHandle, fork_recorder
+from honeytrap.recorders import Recorders
 from honeytrap.refusals import RefusalLog
 from honeytrap.sensorbudget import SharedBucket
 from honeytrap.server import ServerSpec, child_main
+from honeytrap.unacked import Share, UnackedBudget
 
 log = logging.getLogger("honeytrap.master")
 
@@ -87,6 +90,7 @@ class ProcessHandle:
     recorder: RecorderHandle | None = None  # the recorder its link goes to
     lost: list[tuple[str, int]] = field(default_factory=list)  # ports it had when it went
     killed: bool = False  # by the master (its channel overflowed): not a crash
+    unacked: Share | None = None  # its slot in the sensor's unacknowledged bytes
 
 
 @dataclass
@@ -121,14 +125,18 @@ class Master:
         self.table = PortTable(self._limits(config))
         self.finished_stats: dict[str, int] = {}
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
-        self.recorder: RecorderHandle | None = None  # the one new servers link to
-        self.recorders: dict[int, RecorderHandle] = {}  # every live recorder, by pid
         self.template_names = templates.template_names(config.response_dir)
         self._unreachable: list[ProcessHandle] = []  # channels overflowed: to kill
         # The UDP replies all server processes may send a second (reflector.py): before any fork.
         self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
+        # The bytes all server processes may hold for the recorder (unacked.py): before any fork;
+        # slots for twice the processes the table allows, so a reload that allows more still
+        # finds some (a process forked without one bounds itself alone).
+        self.unacked = UnackedBudget(config.unacknowledged_limit,
+                                     2 * self.table.limits.max_processes)
         self.port_privilege = capabilities.PortPrivilege()
         self.selector = selectors.DefaultSelector()
+        self.recorders = Recorders(self.selector, self._fork_recorder)
         self._signals: list[int] = []
         self._running = True
         self.refusals = RefusalLog(log)  # refusals and failed starts, rate-limited
@@ -155,7 +163,7 @@ class Master:
         self.selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
         self.selector.register(self._wake_r.fileno(), selectors.EVENT_READ, "signal")
         next_stats = time.monotonic() + STATS_LOG_INTERVAL
-        self._start_recorder()
+        self.recorders.start()
         for _spare in range(self.table.spares_wanted()):  # all of them before the first SYN
             self._refill_spares(idle=True)
         daemon.notify("READY=1")
@@ -181,7 +189,7 @@ class Master:
                 elif isinstance(key.data, ProcessHandle):
                     self._on_channel(key.data)
                 elif isinstance(key.data, RecorderHandle):
-                    self._on_recorder(key.data)
+                    self.recorders.on_readable(key.data)
                 elif isinstance(key.data, metrics.Ready):
                     key.data.callback()
             if packets:
@@ -329,22 +337,17 @@ class Master:
 
     def _fork(self) -> int | None:
         """Fork an empty server process (it drops privileges and waits for its ports)."""
-        if self.recorder is None:
-            self._start_recorder()
-        recorder = self.recorder
         try:
             parent_end, child_end = control.channel_pair()
         except OSError as exc:  # out of descriptors (a sweep's handovers queued, say)
             log.error("cannot fork a server process: %s", exc.strerror)
             return None
-        link = recorder.link() if recorder is not None else None
-        if link is None:
-            # Attacks wait in the server until the recorder is back (relinked then).
-            log.error("no recorder link for a new server process")
+        # No link: attacks wait in the server until the recorder is back (relinked then).
+        recorder, link = self.recorders.link()
         spec = ServerSpec(
             self.config, self.registry, self.identity, child_end, recorder=link,
             close_in_child=[*self._fds_for_child(), parent_end.fileno()], catalog=self.catalog,
-            sensor_budget=self.sensor_budget,
+            sensor_budget=self.sensor_budget, unacked=(share := self.unacked.share()),
         )
         pid = forked.fork_child("server process", lambda: child_main(spec))
         for end in (child_end, link):
@@ -352,9 +355,11 @@ class Master:
                 end.close()
         if pid is None:
             parent_end.close()
+            if share is not None:
+                self.unacked.release(share, 0)
             return None
         channel = self.handovers.channel(parent_end)
-        process = ProcessHandle(pid, channel, recorder=recorder if link is not None else None)
+        process = ProcessHandle(pid, channel, recorder=recorder, unacked=share)
         channel.on_backlog = functools.partial(self._backlog, process)
         channel.on_close = functools.partial(self._channel_closed, process)
         self.children[pid] = process
@@ -363,68 +368,23 @@ class Master:
 
     # --- the recorder -------------------------------------------------------------------------
 
-    def _start_recorder(self) -> None:
-        """Fork a recorder with the current plugins; it becomes the one new servers link to."""
-        handle = fork_recorder(self.config, self.registry, self.identity, self._fds_for_child())
-        if handle is None:
-            self.recorder = None
-            return
-        self.recorder = handle
-        self.recorders[handle.pid] = handle
-        handle.channel.on_close = functools.partial(self._unwatch, handle.channel)
-        if not handle.wait_ready():
-            log.error("the recorder (pid %d) did not get ready", handle.pid)
-        if not handle.channel.closed:
-            self.selector.register(handle.channel.fileno(), selectors.EVENT_READ, handle)
-        log.info("recorder started (pid %d)", handle.pid)
-
-    def _on_recorder(self, handle: RecorderHandle) -> None:
-        for message in handle.channel.receive():
-            if message.startswith("stats "):
-                stats = control.parse_stats(message)
-                if stats is not None:
-                    handle.stats = stats
-            elif message == "":
-                try:
-                    self.selector.unregister(handle.channel.fileno())
-                except (KeyError, ValueError):
-                    pass
+    def _fork_recorder(self) -> RecorderHandle | None:
+        return fork_recorder(self.config, self.registry, self.identity, self._fds_for_child())
 
     def _recorder_exited(self, handle: RecorderHandle, code: int) -> None:
-        if not handle.channel.closed:
-            self._on_recorder(handle)  # its final stats
-        handle.channel.close()  # out of the selector too (on_close)
-        self._keep_stats(handle.stats)
         linked = [h for h in self.children.values() if h.recorder is handle]
-        if code == 0 and handle.stopped and not linked:
-            log.info("recorder (pid %d) finished", handle.pid)
-            return
-        self.stats.recorder_crashes += 1
-        log.error("recorder (pid %d) exited with status %d; %d server processes to relink",
-                  handle.pid, code, len(linked))
-        if self.recorder is handle:
-            self.recorder = None
-        if self.recorder is None and (self._running or linked):
-            self._start_recorder()
-        for server in linked:
-            self._relink(server)
-
-    def _relink(self, server: ProcessHandle) -> None:
-        recorder = self.recorder
-        link = recorder.link() if recorder is not None else None
-        server.recorder = None
-        if recorder is None or link is None:
-            return
-        try:
-            if server.channel.send_message(control.Relink(), [link.fileno()]):
-                server.recorder = recorder
-        finally:
-            link.close()
+        crashed = self.recorders.exited(handle, code, len(linked),
+                                        restart=self._running or bool(linked))
+        self._keep_stats(handle.stats)
+        if crashed:
+            self.stats.recorder_crashes += 1
+            for server in linked:
+                server.recorder = self.recorders.relink(server.channel)
 
     def _fds_for_child(self) -> list[int]:
         fds = [self.monitor.fileno(), self._wake_r.fileno(), self._wake_w.fileno()]
         fds += control.descriptors([h.channel for h in self.children.values()]
-                                   + [r.channel for r in self.recorders.values()])
+                                   + self.recorders.channels())
         selector_fd = getattr(self.selector, "fileno", None)
         if callable(selector_fd):
             fds.append(selector_fd())
@@ -518,13 +478,15 @@ class Master:
             code = os.waitstatus_to_exitcode(status)
             if self.sensor_budget.forget(pid):
                 log.warning("server process %d died holding the UDP budget's lock", pid)
-            recorder = self.recorders.pop(pid, None)
+            recorder = self.recorders.reaped(pid)
             if recorder is not None:
                 self._recorder_exited(recorder, code)
                 continue
             process = self.children.pop(pid, None)
             if process is None:
                 continue
+            if process.unacked is not None:  # what it held for the recorder is gone with it
+                self.unacked.release(process.unacked, pid)
             if not process.channel.closed:
                 self._on_channel(process)  # read its last words (final stats)
             if pid in self.table.processes:
@@ -554,16 +516,12 @@ class Master:
         eventloop.preload(config)
         self.template_names = templates.template_names(config.response_dir)
         priority.set_master(config.master_nice, config.master_realtime)
+        self.unacked.set_limit(config.unacknowledged_limit)  # every process's, from now on
         if config.udp_replies_per_sensor != self.sensor_budget.rate:  # for the processes to come
             self.sensor_budget.close()
             self.sensor_budget = SharedBucket(config.udp_replies_per_sensor, time.monotonic())
         old.close()
-        # New plugins, new recorder; the old one records what its servers still hand it, then
-        # exits once they all have.
-        previous = self.recorder
-        self._start_recorder()
-        if previous is not None:
-            previous.stop()
+        self.recorders.replace()  # new plugins, new recorder (recorders.py)
         logs.reopen()
         # Every process holds the old configuration: each is retired, its ports stopped.
         self._carry_out(self.table.reload(self._limits(config)))
@@ -574,7 +532,7 @@ class Master:
     def totals(self) -> dict[str, int]:
         totals = {**self.table.stats.__dict__, **self.stats.__dict__}
         live = [p.stats for p in self.children.values()]
-        live += [r.stats for r in self.recorders.values()]
+        live += [r.stats for r in self.recorders.live.values()]
         for stats in [self.finished_stats, *live]:
             for name, value in stats.items():
                 totals[name] = totals.get(name, 0) + value
@@ -584,6 +542,8 @@ class Master:
         # Messages waiting for a server process to read its channel (control.Channel's queue):
         # a level that stays up means a process stopped reading (hung, or SIGSTOPped).
         totals["control_queued"] = sum(p.channel.backlog for p in self.children.values())
+        # What the server processes hold for the recorder (unacked.py), the sensor's total.
+        totals["unacknowledged_bytes"] = self.unacked.total()
         return totals
 
     def log_stats(self) -> None:
@@ -601,11 +561,10 @@ class Master:
         forked.kill_all(self.children, "server process")
         self.children.clear()
         # The servers are gone: the recorders finish what they were handed, then exit.
-        for recorder in self.recorders.values():
-            recorder.stop()
-        self._wait_for(lambda: bool(self.recorders), RECORDER_STOP_TIMEOUT)
-        forked.kill_all(self.recorders, "recorder")
-        self.recorders.clear()
+        self.recorders.stop_all()
+        self._wait_for(lambda: bool(self.recorders.live), RECORDER_STOP_TIMEOUT)
+        forked.kill_all(self.recorders.live, "recorder")
+        self.recorders.live.clear()
         self.log_stats()
         if self.metrics is not None:
             self.metrics.close()
@@ -625,7 +584,7 @@ class Master:
                     key.data.channel.flush()
                     self._on_channel(key.data)
                 elif isinstance(key.data, RecorderHandle):
-                    self._on_recorder(key.data)
+                    self.recorders.on_readable(key.data)
                 elif key.data == "signal":
                     self._on_signals()
             self._reap()

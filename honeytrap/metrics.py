@@ -131,6 +131,12 @@ METRICS: dict[str, MetricDef] = {
     "unacknowledged": _gauge(
         "unacknowledged",
         "Attacks handed to the recorder and not yet acknowledged (all through the plugins)"),
+    "unacknowledged_bytes": _gauge(
+        "unacknowledged_bytes",
+        "Bytes of attacks the server processes hold for the recorder (unacknowledged_limit)"),
+    "held_back": _counter(
+        "held_back",
+        "Times a server process stopped accepting: over unacknowledged_limit in the sensor"),
     # the recorder and its pipeline
     "pipeline_attacks": _counter("pipeline_attacks", "Attacks handed to the plugin pipeline"),
     "pipeline_finished": _counter(

@@ -57,7 +57,9 @@ log = logging.getLogger("honeytrap.pipeline")
 # Worker threads: at most this many hooks run at once. Only one takes jobs while hooks are
 # quick (threads contending for the GIL cost more than they give: measured +60 us per attack
 # with 4 busy workers); a hook running longer than BOOST_AFTER (a download, a database write)
-# lets one more worker go on, so slow hooks do not hold up the others.
+# lets one more worker go on, so slow hooks do not hold up the others. One starts with the
+# pipeline, the others when a slow hook lets one more run and none waits (15 idle threads were
+# ~0.4 MiB of the recorder's PSS at rest: stacks, malloc arenas, pages copied from the master).
 DEFAULT_WORKERS = 16
 BOOST_AFTER = 0.05
 # Jobs a worker takes from the queue at once (those already queued, it never waits for more):
@@ -120,14 +122,17 @@ class Pipeline:
         self._stalled: dict[writebatch.Write, Stall] = {}
         self._stall_lock = threading.Lock()
         self._workers: list[Worker] = []
+        self._max_workers = workers
+        self._waiting = 0  # workers waiting for a slot: one takes a slot let go for a slow hook
+        self._waiting_lock = threading.Lock()
         self._abandoned = 0
         self._pending = 0
         self._idle = threading.Condition()
         self._stopping = False
         # Workers allowed to take jobs at once: one, plus one per slow job (check_hung).
         self._slots = threading.Semaphore(1)
-        for _ in range(workers):
-            self._spawn()
+        if workers > 0:
+            self._spawn()  # the others when a slow hook wants them (_more_workers)
         self.downloads = DownloadPool(downloads, timeout=plugin_timeout, clock=clock)
         self._watchdog = threading.Thread(target=self._watch, name="pipeline-watchdog", daemon=True)
         self._watchdog.start()
@@ -229,6 +234,20 @@ class Pipeline:
     def _steps(self, attack: Attack, depth: int) -> list[Step]:
         return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
 
+    def _more_workers(self) -> None:
+        """A slot was let go for a slow hook: a worker for it, unless one waits already."""
+        with self._waiting_lock:
+            if self._waiting or self._stopping or len(self._workers) >= self._max_workers:
+                return
+        self._spawn()
+
+    def _acquire_slot(self) -> None:
+        with self._waiting_lock:
+            self._waiting += 1
+        self._slots.acquire()
+        with self._waiting_lock:
+            self._waiting -= 1
+
     def _spawn(self) -> None:
         worker = Worker()
         thread = threading.Thread(target=self._work, args=(worker,), name="pipeline", daemon=True)
@@ -240,7 +259,7 @@ class Pipeline:
         """Take jobs while holding a slot. A slot is kept from job to job (no hand-over on the
         quick path); after a slow job, for which one more slot was let in, this worker gives its
         slot up and waits for one again, so the number running falls back."""
-        self._slots.acquire()
+        self._acquire_slot()
         stop = False
         while not stop:
             item = self._queue.get()
@@ -267,7 +286,7 @@ class Pipeline:
             with worker.lock:
                 boosted, worker.boosted = worker.boosted, False
             if boosted:
-                self._slots.acquire()
+                self._acquire_slot()
         self._slots.release()
 
     def _run_batch(self, worker: Worker, jobs: list[Job], adopted: list[Flush]) -> bool:
@@ -513,6 +532,7 @@ class Pipeline:
                 if boost:
                     worker.boosted = True
                     self._slots.release()
+                    self._more_workers()
                 hung = now - started >= self.plugin_timeout
                 if hung:
                     worker.abandoned = True
@@ -544,6 +564,7 @@ class Pipeline:
         if not worker.boosted and now - started >= min(BOOST_AFTER, self.plugin_timeout):
             worker.boosted = True
             self._slots.release()
+            self._more_workers()
         if now - started < self.plugin_timeout:
             return None
         worker.abandoned = True

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, wire
+from honeytrap import control, forked, privileges, proctitle, unacked, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline, download_limits
@@ -83,10 +83,6 @@ GC_YOUNG_THRESHOLD = 10000
 STATS_INTERVAL = 10.0
 # The master waits this long for a new recorder's "ready" (plugins' after_fork included).
 READY_TIMEOUT = 30.0
-# A server keeps at most this many bytes of unacknowledged attacks (encoded) before it stops
-# taking new connections until the recorder catches up.
-MAX_UNACKED_BYTES = 256 * 1024 * 1024
-UNACKED_LOW_MARK = MAX_UNACKED_BYTES // 2
 
 
 def max_frame(config: Config) -> int:
@@ -423,13 +419,14 @@ def fork_recorder(
 class RecorderClient:
     """A dynamic server's end of its link: sends finished attacks, keeps each until acked.
 
-    `on_full(True)` when the unacknowledged bytes pass MAX_UNACKED_BYTES (the server stops
-    taking connections), `on_full(False)` once they are down to the low mark; `on_acked()`
-    after acknowledgements arrived."""
+    `on_full(True)` when the sensor's unacknowledged bytes pass unacknowledged_limit (unacked.py:
+    the server stops taking connections), `on_full(False)` once they are down to its low mark;
+    `on_acked()` after acknowledgements arrived."""
 
     def __init__(
         self, sock: socket.socket | None, config: Config, on_full: Callable[[bool], None],
         on_acked: Callable[[], None] = lambda: None,
+        share: unacked.Share | unacked.PrivateShare | None = None,
     ) -> None:
         self.sock = sock  # attached to the loop by start()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -439,7 +436,10 @@ class RecorderClient:
         self.reader = wire.FrameReader(max_frame=self.frame_limit)
         self.unacked: dict[int, bytes] = {}
         self.unacked_bytes = 0
-        self.full = False
+        # This process's part of the sensor's bound (the master's share; None: its own alone).
+        self.holdback = unacked.Holdback(
+            share if share is not None else unacked.PrivateShare(config.unacknowledged_limit),
+            on_full)
         self.seq = 0
         self.out = bytearray()
         self._writing = False  # a writer is registered: the socket was full
@@ -449,6 +449,7 @@ class RecorderClient:
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
+        self.holdback.loop = loop
         if self.sock is not None:
             self._attach(self.sock)
 
@@ -475,11 +476,7 @@ class RecorderClient:
                     assert self.loop is not None
                     self._flush_soon = True
                     self.loop.call_later(FLUSH_DELAY, self._flush)
-        if not self.full and self.unacked_bytes > MAX_UNACKED_BYTES:
-            self.full = True
-            log.warning("%d bytes of attacks not yet acknowledged by the recorder: pausing",
-                        self.unacked_bytes)
-            self.on_full(True)
+        self.holdback.added(len(frame))
 
     def relink(self, sock: socket.socket) -> None:
         """A new link (the recorder was restarted): send again what was not acknowledged."""
@@ -522,6 +519,7 @@ class RecorderClient:
 
     def _flush(self) -> None:
         self._flush_soon = False
+        self.holdback.publish()
         if self.sock is None:
             return  # the link was lost meanwhile; the frames wait in unacked for a relink
         assert self.loop is not None
@@ -557,14 +555,14 @@ class RecorderClient:
                 self._lost(f"malformed ack: {exc}")
                 return
             seqs = [seq for kind, seq, _attack in messages if kind == "ack"]
-        unacked = self.unacked
+        frames = self.unacked
+        freed = 0
         for seq in seqs:
-            frame = unacked.pop(seq, None)
+            frame = frames.pop(seq, None)
             if frame is not None:
-                self.unacked_bytes -= len(frame)
-        if self.full and self.unacked_bytes <= UNACKED_LOW_MARK:
-            self.full = False
-            self.on_full(False)
+                freed += len(frame)
+        self.unacked_bytes -= freed
+        self.holdback.acked(freed)
         if not self.unacked:
             self._idle.set()
         self.on_acked()

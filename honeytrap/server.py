@@ -44,6 +44,7 @@ from honeytrap.plugin import Registry
 from honeytrap.portstate import PortReporter
 from honeytrap.recorder import RecorderClient
 from honeytrap.reflector import ReflectorGuard, SensorBudget
+from honeytrap.unacked import Share
 
 log = logging.getLogger("honeytrap.server")
 
@@ -90,6 +91,9 @@ class ServerSpec:
     # The UDP replies the whole sensor may send (the master's shared bucket, sensorbudget.py);
     # None: this process's own (a process made without a master).
     sensor_budget: SensorBudget | None = None
+    # Its slot in the sensor's bound on unacknowledged attacks (the master's, unacked.py); None:
+    # the bound is this process's alone.
+    unacked: Share | None = None
 
 
 def child_main(spec: ServerSpec) -> int:
@@ -116,7 +120,8 @@ class ServerProcess:
         self.config = spec.config
         self.registry = spec.registry
         self.recorder = RecorderClient(
-            spec.recorder, spec.config, self._recorder_full, on_acked=self.stats_changed
+            spec.recorder, spec.config, self._recorder_full, on_acked=self.stats_changed,
+            share=spec.unacked,
         )
         self.held_back = False  # the recorder is behind: no new connections meanwhile
         self.stats = ServerStats()
@@ -240,7 +245,12 @@ class ServerProcess:
         if len(fds) > 1:
             path = templates.template_path(self.config.response_dir, key[0], key[1])
             template = templates.read_template(fds[1], path)
-        self.add(self.config.port_mode(*key), socket.socket(fileno=fds[0]), template)
+        # Its type given, and non-blocking as the master made it (listener.bind_port): the socket
+        # object then asks the kernel only its address (to learn the family), not its type and
+        # protocol too, and needs no setblocking() (three system calls fewer per port).
+        kind = socket.SOCK_STREAM if key[0] == "tcp" else socket.SOCK_DGRAM
+        sock = socket.socket(type=kind | socket.SOCK_NONBLOCK, proto=0, fileno=fds[0])
+        self.add(self.config.port_mode(*key), sock, template)
 
     def connections_changed(self, descriptors: int) -> None:
         """Connections opened (+) or closed (-): the master hears at each LOAD_STEP."""
@@ -324,6 +334,7 @@ class ServerProcess:
         stats = self.stats.as_dict()
         # A level, not a count: attacks handed to the recorder and not yet acknowledged.
         stats["unacknowledged"] = len(self.recorder.unacked)
+        stats["held_back"] = self.recorder.holdback.holds
         stats.update(self.reflector.counters.__dict__)
         stats.update(self.budget.counters.__dict__)
         self.channel.send_stats(stats)

@@ -48,7 +48,16 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .attack import Attack, Connection, DialogueRecord, Mode, Payload
+from .attack import (
+    Attack,
+    Connection,
+    DialogueRecord,
+    Mode,
+    made_attack,
+    made_connection,
+    made_dialogue,
+    made_payload,
+)
 
 # The largest frame body accepted. An attack carries at most read_limit bytes of payload on each
 # of its two connections (read_limit is configurable, 20 MiB in the shipped configuration), plus
@@ -385,9 +394,8 @@ def _decode_attack_fields(data: bytes, pos: int, end: int) -> Message:
         pos = _decode_notes(data, pos, end, note_count, notes)
     if pos != end:
         raise WireError(f"{end - pos} trailing bytes after the attack")
-    attack = Attack(attack_connection=connection, mode=mode, start_time=start, end_time=finish,
-                    proxy_connection=proxy, is_virtual=bool(flags & _FLAG_VIRTUAL), id=ident,
-                    notes=notes, dialogue=dialogue)
+    attack = made_attack(connection, mode, start, finish, proxy, dialogue,
+                         bool(flags & _FLAG_VIRTUAL), ident, notes)
     return "attack", seq, attack
 
 
@@ -400,10 +408,10 @@ def _decode_connection(data: bytes, pos: int, end: int, protocol_length: int,
     stop = payload_at + payload_length
     if stop > end:
         raise WireError("connection strings and payload overrun the body")
-    connection = Connection(data[pos:local_at].decode("ascii"),
-                            data[local_at:remote_at].decode("ascii"), local_port,
-                            data[remote_at:payload_at].decode("ascii"), remote_port,
-                            Payload(data[payload_at:stop]))
+    connection = made_connection(data[pos:local_at].decode("ascii"),
+                                 data[local_at:remote_at].decode("ascii"), local_port,
+                                 data[remote_at:payload_at].decode("ascii"), remote_port,
+                                 made_payload(data[payload_at:stop]))
     return stop, connection
 
 
@@ -430,7 +438,7 @@ def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueReco
         fields = dict(flat)  # a new dict per attack; its values are immutable
     else:
         fields = _decode_fields(raw)
-    return stop, DialogueRecord(protocol, turns, Payload(data[sent_at:fields_at]), fields)
+    return stop, made_dialogue(protocol, turns, made_payload(data[sent_at:fields_at]), fields)
 
 
 @functools.lru_cache(maxsize=FIELDS_REMEMBERED)

@@ -290,7 +290,7 @@ def stop_resumed(ht: Honeytrap) -> None:
     """Stop a running daemon after resuming every child: a test that SIGSTOPs its processes must
     never leave one stopped behind a failure."""
     if ht.proc is not None and ht.proc.poll() is None:
-        for pid in ht.spares() + ht.children():
+        for pid in ht.spares() + ht.children() + ht.recorders():
             signal_quietly(pid, signal.SIGCONT)
         ht.stop()
 

@@ -420,6 +420,26 @@ def test_a_slow_hook_lets_another_worker_take_the_next_attacks() -> None:
     assert pipeline.counters.finished == 6
 
 
+def test_workers_start_when_a_slow_hook_wants_one_not_before() -> None:
+    """At rest one worker thread runs, not `workers` of them (their stacks and arenas are the
+    recorder's memory at rest); a slow hook starts one more, which takes the next attack, and
+    only as many as the slow hooks want."""
+    slow = SlowFirst()
+    pipeline = Pipeline(registry_of(("Slow", slow)), workers=4, plugin_timeout=60.0)
+    quick = threading.Event()
+    try:
+        assert len(pipeline._workers) == 1
+        pipeline.submit(attack(b"slow"))
+        assert slow.entered.wait(WAIT)
+        pipeline.submit(attack(b"quick"), on_done=quick.set)
+        assert quick.wait(WAIT)  # taken by a worker started for the slow hook's slot
+        assert len(pipeline._workers) == 2
+        assert sum(w.thread is not None and w.thread.is_alive() for w in pipeline._workers) == 2
+    finally:
+        slow.release.set()
+        assert pipeline.close(WAIT)
+
+
 def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
     """The converse (so the test above can fail): no other worker, nothing overtakes."""
     slow = SlowFirst()

@@ -3,6 +3,7 @@ the same, and hostile bytes give WireError and nothing else."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import struct
 from typing import Any
@@ -406,6 +407,28 @@ def test_any_attack_round_trips(attack: Attack, seq: int) -> None:
     decoded = round_trip(attack, seq)
     assert state(decoded) == state(attack)
     assert math.copysign(1, decoded.start_time) == math.copysign(1, attack.start_time)
+
+
+def test_decoded_records_have_every_field_their_classes_give() -> None:
+    """The decoder makes its records without their classes' __init__ (attack.made_*): a field
+    added to a class must be set there too, in the same order (Attack's instance dicts share
+    their keys), and the attack must take notes, downloads and analysis as any other."""
+    decoded = round_trip(TYPICAL["dialogue"])
+    made = Attack(conn())
+    assert list(vars(decoded)) == list(vars(made)) == [f.name for f in dataclasses.fields(Attack)]
+    assert decoded.dialogue is not None
+    assert list(vars(decoded.dialogue)) == [f.name for f in dataclasses.fields(DialogueRecord)]
+    for record in (decoded.attack_connection, decoded.dialogue.sent):
+        for name in type(record).__slots__:
+            if name != "__dict__":
+                getattr(record, name)  # every slot set (AttributeError otherwise)
+    decoded.add_note("n")
+    decoded.set_analysis("p", 1)
+    decoded.add_download_try(DownloadTry("http", "http://x/", "x", 80, "failed"))
+    assert (decoded.notes, decoded.analysis, len(decoded.download_tries)) == (["n"], {"p": 1}, 1)
+    assert (decoded.downloads, decoded.parent) == ([], None)
+    other = round_trip(TYPICAL["dialogue"])
+    assert other.notes is not decoded.notes and other._lock is not decoded._lock
 
 
 @pytest.mark.parametrize("count", [0, 1, SMALL_TURNS, SMALL_TURNS + 1, 1024])

@@ -1,0 +1,164 @@
+"""The control messages between the master and a server process: typed, with one encoder
+(`encode`) and one decoder (`decode`, which raises only ControlError). Their text, one message
+per line (control.py's Channel carries them):
+
+process -> master: busy <port> | idle <port> | expire <port> | released <port>
+                   | load <descriptors> (its connections' descriptors, at each control.LOAD_STEP)
+                   | stats {json object of counters}
+master -> process: serve <port> <n> (with n descriptors: the bound socket, then the template
+                   file if the port has one) | stop <port> (drain: let open connections finish)
+                   | retire (no more ports: exit once the last connection is recorded)
+                   | shutdown (record and close everything now)
+                   | relink (with a descriptor: a new link to the recorder, recorder.py)
+<port> is "<protocol> <number>". A server process reads attacker bytes: what it sends the master
+is untrusted, and decoded as such (only ControlError escapes: tests/test_control_messages.py
+fuzzes the decoder).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+Key = tuple[str, int]
+
+
+class ControlError(ValueError):
+    """A control message that does not decode (a bug, or a compromised server process)."""
+
+
+@dataclass(frozen=True)
+class Serve:
+    key: Key
+    fds: int  # 1: the bound socket; 2: and the template file
+
+
+@dataclass(frozen=True)
+class Stop:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Retire:
+    pass
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class Relink:
+    pass
+
+
+@dataclass(frozen=True)
+class Busy:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Idle:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Expire:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Released:
+    key: Key
+
+
+@dataclass(frozen=True)
+class Load:
+    descriptors: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    values: dict[str, int] = field(default_factory=dict)
+
+
+Message = (Serve | Stop | Retire | Shutdown | Relink | Busy | Idle | Expire | Released | Load
+           | Stats)
+_PORT_MESSAGES: dict[str, type[Stop | Busy | Idle | Expire | Released]] = {
+    "stop": Stop, "busy": Busy, "idle": Idle, "expire": Expire, "released": Released,
+}
+_WORDS: dict[str, type[Retire | Shutdown | Relink]] = {
+    "retire": Retire, "shutdown": Shutdown, "relink": Relink,
+}
+_NAMES = {cls: name for name, cls in {**_PORT_MESSAGES, **_WORDS}.items()}
+
+
+def port_key(protocol: str, port: int) -> str:
+    """How a port is named in control messages ("tcp 8080")."""
+    return f"{protocol} {port}"
+
+
+def parse_key(text: str) -> Key:
+    """("tcp", 8080) from "tcp 8080"; ("", 0) if malformed."""
+    protocol, _, port = text.partition(" ")
+    if protocol in ("tcp", "udp") and port.isascii() and port.isdigit() and 0 < int(port) < 65536:
+        return protocol, int(port)
+    return "", 0
+
+
+def encode(message: Message) -> bytes:
+    if isinstance(message, Serve):
+        return f"serve {port_key(*message.key)} {message.fds}".encode()
+    if isinstance(message, Load):
+        return f"load {message.descriptors}".encode()
+    if isinstance(message, Stats):
+        return b"stats " + json.dumps(message.values, separators=(",", ":")).encode()
+    if isinstance(message, (Stop, Busy, Idle, Expire, Released)):
+        return f"{_NAMES[type(message)]} {port_key(*message.key)}".encode()
+    return _NAMES[type(message)].encode()
+
+
+def decode(data: bytes) -> Message:
+    """One message; ControlError if it is not one."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise ControlError("control message is not ASCII") from exc
+    word, _, rest = text.partition(" ")
+    if word in _WORDS and not rest:
+        return _WORDS[word]()
+    if word in _PORT_MESSAGES:
+        return _PORT_MESSAGES[word](_key(rest))
+    if word == "serve":
+        port, _, count = rest.rpartition(" ")
+        if count not in ("1", "2"):
+            raise ControlError(f"serve with {count!r} descriptors")
+        return Serve(_key(port), int(count))
+    if word == "load" and rest.isdigit() and len(rest) <= 12:
+        return Load(int(rest))
+    if word == "stats":
+        stats = parse_stats(text)
+        if stats is None:
+            raise ControlError("stats message is not a JSON object")
+        return Stats(stats)
+    raise ControlError(f"unknown control message {word[:20]!r}")
+
+
+def _key(text: str) -> Key:
+    key = parse_key(text)
+    if key == ("", 0):
+        raise ControlError(f"bad port {text[:40]!r}")
+    return key
+
+
+def parse_stats(message: str) -> dict[str, int] | None:
+    if not message.startswith("stats "):
+        return None
+    try:
+        data = json.loads(message[6:])
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return {str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool)}
