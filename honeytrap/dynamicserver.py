@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from honeytrap import control, templates
@@ -82,9 +82,12 @@ class DynamicServer:
         bound = split(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) \
             else ("", 0)
         self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
-        # What an accepted descriptor is handed to the loop as (see UvAccepted).
-        self._accepted: type[AcceptedSocket | UvAccepted] = (
-            UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
+        # What an accepted descriptor is handed to the loop as (see UvAccepted: on uvloop one
+        # object for every connection, its descriptor set per accept).
+        self._uvloop = type(self.loop).__module__.startswith("uvloop")
+        self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
+            UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse if self._uvloop
+            else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._expire_sent = False
         self._listener_closed = False
@@ -276,7 +279,7 @@ class DynamicServer:
         made two system calls and a socket.socket for it (~3 us against ~1.3, timeit). None on
         asyncio's loop (its transport asks when it is made anyway) or if it fails (the
         connection then asks its transport)."""
-        if self._accepted is not UvAccepted:
+        if not self._uvloop:
             return None
         probe = _socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
         try:
