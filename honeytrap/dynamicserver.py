@@ -7,7 +7,6 @@ the listening socket."""
 
 from __future__ import annotations
 
-import _socket
 import asyncio
 import errno
 import functools
@@ -19,7 +18,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from honeytrap import control, templates
-from honeytrap.addresses import split, split_local
+from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import PortConf
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
@@ -78,16 +77,18 @@ class DynamicServer:
         self._accepting = False
         self._family = int(sock.family)
         # The address every accepted connection reaches when the port is bound to one (not a
-        # wildcard: bind_address); None: asked per connection (_local_address).
+        # wildcard: bind_address); None: each connection asks its transport, which on uvloop
+        # has it already (TCPTransport reads getsockname and getpeername once, before
+        # connection_made, and get_extra_info converts what it kept: ~0.6 us, no system call;
+        # a getsockname of our own on the accepted descriptor was one more call, ~2.3 us).
         bound = split(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) \
             else ("", 0)
         self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
         # What an accepted descriptor is handed to the loop as (see UvAccepted: on uvloop one
         # object for every connection, its descriptor set per accept).
-        self._uvloop = type(self.loop).__module__.startswith("uvloop")
         self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
-            UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse if self._uvloop
-            else AcceptedSocket)
+            UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse
+            if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._expire_sent = False
         self._listener_closed = False
@@ -270,24 +271,8 @@ class DynamicServer:
                 self._refused_over_budget(source, why)
                 continue
             self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
-                                   self._local or self._local_address(fd))
+                                   self._local)
         self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again
-
-    def _local_address(self, fd: int) -> tuple[str, int] | None:
-        """The address an accepted connection reached (the listening socket is a wildcard's),
-        asked of its descriptor once here on uvloop: its transport's get_extra_info("sockname")
-        made two system calls and a socket.socket for it (~3 us against ~1.3, timeit). None on
-        asyncio's loop (its transport asks when it is made anyway) or if it fails (the
-        connection then asks its transport)."""
-        if not self._uvloop:
-            return None
-        probe = _socket.socket(self._family, socket.SOCK_STREAM, 0, fd)
-        try:
-            return split_local(probe.getsockname())
-        except OSError:
-            return None
-        finally:
-            probe.detach()
 
     def _refused_over_budget(self, source: str, why: str) -> None:
         refused = self.process.budget.log_due()

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from honeytrap.attack import Attack
 from honeytrap.background import Task
-
-if TYPE_CHECKING:
-    from honeytrap.plugin import ReadEvent
 
 ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
 # After an attack was recorded, what the downloads it started found later (pipeline.py).
@@ -36,6 +34,21 @@ KNOWN = (*HOOKS, *LIFECYCLE)
 # How alike a method's name and a hook's must be to look like a misspelling of it
 # (difflib's ratio: "anaylze"/"analyze" 0.86, "postprocess"/"postproc" 0.84, "process" 0.67).
 MISSPELLING_CUTOFF = 0.8
+
+
+@dataclass(frozen=True)
+class ReadEvent:
+    """One read on a connection, for PERREAD hooks. `direction` is "in" for bytes from the
+    attacker, "out" for bytes from the mirror/proxy peer. (Here, with its hook, so that the
+    contract imports nothing of the registry's; plugin.ReadEvent names it too.)"""
+
+    protocol: str
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    direction: str
+    data: bytes
 
 
 @runtime_checkable

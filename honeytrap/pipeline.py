@@ -104,12 +104,16 @@ class Pipeline:
         downloads: background.Limits = DEFAULT_DOWNLOAD_LIMITS,
         clock: Callable[[], float] = time.monotonic,
         on_finished: Callable[[int], None] | None = None,
+        on_tokens: Callable[[list[object]], None] | None = None,
     ) -> None:
         """`on_finished(pending)` is called (from a worker thread) after each batch of jobs
         finished (their `on_done` called first), with the number of jobs pending then: the
-        recorder sends its acknowledgements once per batch, or when the pipeline is idle."""
+        recorder sends its acknowledgements once per batch, or when the pipeline is idle.
+        `on_tokens(tokens)` is called just before it with the tokens (submit_tokens) of the
+        batch's jobs that had one, in the order they finished."""
         self.registry = registry
         self.on_finished = on_finished
+        self.on_tokens = on_tokens
         # The attack hooks in the order they run, listed once (the registry is complete before
         # a pipeline is made): every attack's steps are made from it.
         self._attack_hooks = tuple(
@@ -118,7 +122,7 @@ class Pipeline:
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
-        self._queue: queue.SimpleQueue[Job | Flush | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[Job | list[Job] | Flush | None] = queue.SimpleQueue()
         self._stalled: dict[writebatch.Write, Stall] = {}
         self._stall_lock = threading.Lock()
         self._workers: list[Worker] = []
@@ -157,14 +161,30 @@ class Pipeline:
             for attack, _on_done in attacks:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        jobs = [Job(deque(self._steps(attack, 0)), attack, on_done)
-                for attack, on_done in attacks]
+        self._put_jobs([Job(deque(self._steps(attack, 0)), attack, on_done)
+                        for attack, on_done in attacks])
+
+    def submit_tokens(self, attacks: Sequence[tuple[Attack, object]]) -> None:
+        """submit_many for a caller that takes its attacks' ends by the batch: each (attack,
+        token) given, the token goes to `on_tokens` with the others of the batch the attack
+        finished in (the recorder's acknowledgements: no callable made, nor called, per
+        attack)."""
+        if self._stopping:
+            for attack, _token in attacks:
+                log.error("pipeline closed: attack %s not processed", attack.id)
+            return
+        self._put_jobs([Job(deque(self._steps(attack, 0)), attack, None, token)
+                        for attack, token in attacks])
+
+    def _put_jobs(self, jobs: list[Job]) -> None:
+        """Count the jobs pending, then queue them by MAX_BATCH: one put (and at most one
+        worker woken) per batch, not per job."""
         with self._idle:
             self._pending += len(jobs)
             self.counters.attacks += len(jobs)
         put = self._queue.put
-        for job in jobs:
-            put(job)
+        for start in range(0, len(jobs), MAX_BATCH):
+            put(jobs[start:start + MAX_BATCH])
 
     def _followup(self, job: Job, root: Attack) -> None:
         """The attack's download tasks all ended (called from a pool thread): if they found
@@ -268,11 +288,14 @@ class Pipeline:
             jobs: list[Job] = []
             adopted: list[Flush] = []
             while True:
-                if isinstance(item, Flush):
+                if type(item) is list:  # submitted together (_put_jobs)
+                    jobs += item
+                elif isinstance(item, Flush):
                     adopted.append(item)
                 else:
+                    assert isinstance(item, Job)
                     jobs.append(item)
-                if len(jobs) >= MAX_BATCH:
+                if len(jobs) >= MAX_BATCH:  # (under twice that: a list is at most MAX_BATCH)
                     break
                 try:
                     item = self._queue.get_nowait()
@@ -464,7 +487,10 @@ class Pipeline:
         for all (one lock and one notify per batch, not per attack), then on_finished."""
         if not jobs:
             return
+        tokens: list[object] = []
         for job in jobs:
+            if job.token is not None:
+                tokens.append(job.token)
             if job.on_done is not None:
                 try:
                     job.on_done()
@@ -480,6 +506,11 @@ class Pipeline:
             self.counters.finished += len(jobs)
             pending = self._pending
             self._idle.notify_all()
+        if tokens and self.on_tokens is not None:
+            try:
+                self.on_tokens(tokens)
+            except Exception:
+                log.exception("batch completion callback failed")
         if self.on_finished is not None:
             try:
                 self.on_finished(pending)

@@ -34,16 +34,18 @@ class Step:
 class Job:
     """An attack's steps still to run, and what its end needs (slots: one per attack)."""
 
-    __slots__ = ("steps", "attack", "virtuals", "on_done", "downloads", "recorded")
+    __slots__ = ("steps", "attack", "virtuals", "on_done", "token", "downloads", "recorded")
 
     def __init__(self, steps: deque[Step], attack: Attack,
-                 on_done: Callable[[], None] | None = None) -> None:
+                 on_done: Callable[[], None] | None = None, token: object = None) -> None:
         self.steps = steps
         self.attack = attack
         self.virtuals = 0
         # Called once, from the worker thread, when every step ran (the recorder acknowledges
         # the attack to its server then: recorder.py).
         self.on_done = on_done
+        # Or handed to the pipeline's on_tokens with its batch's (submit_tokens).
+        self.token = token
         # The attack's admitted download tasks; started once every step ran.
         self.downloads: background.Group | None = None
         # Downloads and download tries on the attack when it was recorded: a follow-up records

@@ -60,6 +60,7 @@ from honeytrap.metrics import NAME as STAT_NAME
 ATTACK_HOOKS = hooks.ATTACK_HOOKS
 FOLLOWUP_HOOK = hooks.FOLLOWUP_HOOK
 HOOKS = hooks.HOOKS
+ReadEvent = hooks.ReadEvent
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
@@ -67,20 +68,6 @@ AttackHook = Callable[[Attack], Iterable[Attack] | None]
 StatsHook = Callable[[], object]
 
 log = logging.getLogger("honeytrap.plugin")
-
-
-@dataclass(frozen=True)
-class ReadEvent:
-    """One read on a connection, for PERREAD hooks. `direction` is "in" for bytes from the
-    attacker, "out" for bytes from the mirror/proxy peer."""
-
-    protocol: str
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
-    direction: str
-    data: bytes
 
 
 @dataclass

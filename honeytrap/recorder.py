@@ -28,7 +28,6 @@ privileges dropped and plugins' after_fork done: the master says READY=1 to syst
 from __future__ import annotations
 
 import asyncio
-import functools
 import gc
 import logging
 import os
@@ -154,12 +153,14 @@ class Recorder:
         self.received = 0
         self.link_errors = 0
         self._frame_limit = max_frame(spec.config)
-        self._acks: queue.SimpleQueue[tuple[_Link, int]] = queue.SimpleQueue()
+        # Per finished batch, its attacks' (link, seq) (Pipeline.on_tokens), for the loop.
+        self._acks: queue.SimpleQueue[list[tuple[_Link, int]]] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken = False  # a wake-up byte is pending: later acks ride on it
         self._unsignalled = 0  # acks queued since the last wake-up (workers' tally, rough)
         self._last_stats = time.monotonic()
         pipeline.on_finished = self._finished
+        pipeline.on_tokens = self._done  # type: ignore[assignment]  # its tokens: (link, seq)
 
     def stop(self) -> None:
         self.stopping = True
@@ -260,17 +261,17 @@ class Recorder:
             log.error("malformed frame from a dynamic server, link closed: %s", exc)
             self._close(link)
             return
-        done = self._done
-        batch = [(attack, functools.partial(done, link, seq))
+        batch = [(attack, (link, seq))
                  for kind, seq, attack in messages if kind == "attack" and attack is not None]
         if batch:
             self.received += len(batch)
-            self.pipeline.submit_many(batch)
+            self.pipeline.submit_tokens(batch)
 
-    def _done(self, link: _Link, seq: int) -> None:
-        """A worker thread finished the attack: hand its ack to the loop (_finished wakes it)."""
-        self._acks.put((link, seq))
-        self._unsignalled += 1
+    def _done(self, acks: list[tuple[_Link, int]]) -> None:
+        """A worker thread finished a batch of attacks: hand their acks to the loop, in one
+        put (_finished wakes it)."""
+        self._acks.put(acks)
+        self._unsignalled += len(acks)
 
     def _finished(self, pending: int) -> None:
         """A worker finished a batch of attacks (their acks queued by _done): wake the loop
@@ -295,14 +296,16 @@ class Recorder:
 
     def _take_acks(self) -> None:
         touched: set[_Link] = set()
+        encode = wire.encode_ack
         while True:
             try:
-                link, seq = self._acks.get_nowait()
+                acks = self._acks.get_nowait()
             except queue.Empty:
                 break
-            if link.open:
-                link.out += wire.encode_ack(seq)
-                touched.add(link)
+            for link, seq in acks:
+                if link.open:
+                    link.out += encode(seq)
+                    touched.add(link)
         for link in touched:
             self._flush(link)
 

@@ -67,7 +67,8 @@ class UnackedBudget:
         self.slots = slots
         self._map = mmap.mmap(-1, SLOTS_AT + slots * WORD.size)
         self._lock = multiprocessing.get_context("fork").Lock()
-        self._free = list(range(slots - 1, -1, -1))  # the lowest first: fewer pages touched
+        self._used = 0  # slots handed out so far (the lowest first: fewer pages touched)
+        self._free: list[int] = []  # and given back
         self._unreleased: list[Share] = []  # reaped, their shares not yet taken back
         WORD.pack_into(self._map, LIMIT, limit)
 
@@ -87,9 +88,12 @@ class UnackedBudget:
     def share(self) -> Share | None:
         """A slot for a server process about to be forked (None: all taken; it then bounds
         itself alone by the limit, PrivateShare)."""
-        if not self._free:
+        if self._free:
+            return Share(self._map, self._lock, self._free.pop())
+        if self._used == self.slots:
             return None
-        return Share(self._map, self._lock, self._free.pop())
+        self._used += 1
+        return Share(self._map, self._lock, self._used - 1)
 
     def release(self, share: Share, pid: int) -> None:
         """The process with this slot is gone (reaped; pid 0: it was never forked): its share
@@ -98,7 +102,7 @@ class UnackedBudget:
         between its two writes)."""
         if pid and WORD.unpack_from(self._map, HOLDER)[0] == pid:
             WORD.pack_into(self._map, share.offset, 0)
-            shares = struct.unpack_from(f"={self.slots}q", self._map, SLOTS_AT)
+            shares = struct.unpack_from(f"={self._used}q", self._map, SLOTS_AT)
             WORD.pack_into(self._map, TOTAL, sum(shares))
             WORD.pack_into(self._map, HOLDER, 0)
             self._lock.release()

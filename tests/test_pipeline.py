@@ -15,7 +15,7 @@ import pytest
 from honeytrap import outfile
 from honeytrap.attack import Attack, Connection, Download, Payload
 from honeytrap.config import Config
-from honeytrap.pipeline import MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
+from honeytrap.pipeline import MAX_BATCH, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
 from honeytrap.plugin import ATTACK_HOOKS, LoadedPlugin, PluginContext, Registry
 
 # Bound on every wait in these tests: far above what any step needs, so only a bug reaches it.
@@ -365,6 +365,20 @@ def test_attacks_submitted_together_run_in_order_each_done_once_then_on_finished
     assert done == list(range(5))
     assert pipeline.counters.attacks == pipeline.counters.finished == 5
     assert pending_seen and pending_seen[-1] == 0  # the last batch left nothing pending
+
+
+def test_tokens_of_attacks_submitted_together_come_back_once_each_in_order_by_batch() -> None:
+    journal = Journal()
+    batches: list[list[object]] = []
+    pipeline = Pipeline(registry_of(("R", Recorder("R", journal))), workers=1,
+                        on_tokens=batches.append)
+    count = MAX_BATCH * 2 + 3  # more than a batch: the jobs are queued by MAX_BATCH
+    pipeline.submit_tokens([(attack(b"%d" % i), ("token", i)) for i in range(count)])
+    pipeline.submit_many([(attack(b"no token"), None)])
+    assert pipeline.close(WAIT)
+    assert all(batches) and len(batches) >= 3
+    assert [token for batch in batches for token in batch] == [("token", i) for i in range(count)]
+    assert len(journal.seen_by("R")) == (count + 1) * len(ATTACK_HOOKS)
 
 
 def test_attacks_submitted_together_after_close_are_refused_loudly(
