@@ -14,7 +14,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from honeytrap import control, templates
@@ -92,9 +92,11 @@ class DynamicServer:
         if self.config.bind_address and sock.family in (socket.AF_INET, socket.AF_INET6):
             bound = split(sock.getsockname())
             self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
-        # What an accepted descriptor is handed to the loop as (see UvAccepted).
-        self._accepted: type[AcceptedSocket | UvAccepted] = (
-            UvAccepted if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
+        # What an accepted descriptor is handed to the loop as (see UvAccepted: on uvloop one
+        # object for every connection, its descriptor set per accept).
+        self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
+            UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse
+            if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
         self._woken = float("-inf")  # the loop's time at the last wake-up to accept
         self._expire_sent = False
