@@ -12,20 +12,15 @@ used by logJSON, hpfeeds and the spools, so every output agrees.
 from __future__ import annotations
 
 import enum
-import functools
 import hashlib
-import json
-import math
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from json.encoder import encode_basestring_ascii
 from typing import Any
 
 from honeytrap import entropy
 from honeytrap.filetype import file_type
+from honeytrap.jsontext import dict_text, iso, list_text, str_text, text
 
 
 class Mode(enum.Enum):
@@ -337,7 +332,7 @@ class Attack:
     def to_json(self, *, inline_samples: bool = False) -> dict[str, Any]:
         """T-Pot's attackers.json shape; downloads as a list (the fork flattened them), their
         samples named, not carried, unless `inline_samples` (Download.to_json)."""
-        start = _iso(self.start_time)
+        start = iso(self.start_time)
         with self._lock:
             downloads = [d.to_json(inline_samples) for d in self.downloads]
             tries = [t.to_json() for t in self.download_tries]
@@ -347,7 +342,7 @@ class Attack:
             "@timestamp": start,
             "id": self.id,
             "start_time": start,
-            "end_time": _iso(self.end_time or self.start_time),
+            "end_time": iso(self.end_time or self.start_time),
             "is_virtual": self.is_virtual,
             "operation_mode": self.mode.value,
             "operation_mode_name": self.mode.label,
@@ -365,38 +360,54 @@ class Attack:
     def to_json_text(self, *, inline_samples: bool = False, extra: tuple[tuple[str, Any], ...]
                      = ()) -> str:
         """`json.dumps({**self.to_json(...), **dict(extra)}, separators=(",", ":"))`: the same
-        text (the one line logJSON writes per attack), built directly. The dict and json's
-        generic walk over it cost more than half of logJSON's time per attack; only the values
-        of free shape (notes, analysis, dialogue fields, downloads) go through json here.
-        `extra` keys come after to_json's (they must not be among them). Guarded by
-        tests/test_output_formats.py against json.dumps for any attack."""
-        start = _iso(self.start_time)
+        text (the one line logJSON writes per attack), built directly: the dict and json's
+        generic walk over it cost more than half of logJSON's time per attack. The fixed shape
+        is one f-string; the values of free shape (notes, analysis, dialogue fields, downloads)
+        go through jsontext. `extra` keys come after to_json's (they must not be among them).
+        Guarded by tests/test_output_formats.py against json.dumps for any attack."""
+        start = iso(self.start_time)
+        end = iso(self.end_time) if self.end_time else start  # to_json's `end_time or start`
         # Encoded under the lock, not copied first; most attacks have no downloads, tries or
-        # notes: no list is made for those.
+        # notes: one constant text for the three then.
         with self._lock:
-            downloads = (_json_list([d.to_json(inline_samples) for d in self.downloads])
-                         if self.downloads else "[]")
-            tries = (_json_list([t.to_json() for t in self.download_tries])
-                     if self.download_tries else "[]")
-            download_count, tries_count = len(self.downloads), len(self.download_tries)
-            notes = _json_list(self.notes)
-            analysis = _json_dict(self.analysis)
-        parts = [
-            f'{{"@timestamp":"{start}","id":{_json_str(self.id)},"start_time":"{start}",'
-            f'"end_time":"{_iso(self.end_time or self.start_time)}",'
-            f'"is_virtual":{_json(self.is_virtual)},"operation_mode":{_json(self.mode._value_)},'
-            f'"operation_mode_name":{_json_str(self.mode.label)},'
-            f'"attack_connection":{_connection_text(self.attack_connection)},'
-            f'"proxy_connection":{_proxy_text(self.proxy_connection)},'
-            f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},'
-            f'"download_count":{download_count},"download_tries":{tries_count},'
-            f'"downloads":{downloads},"download_attempts":{tries},"notes":{notes},'
-            f'"analysis":{analysis}'
-        ]
-        for key, value in extra:
-            parts.append(f",{_json_str(key)}:{_json(value)}")
-        parts.append("}")
-        return "".join(parts)
+            if self.downloads or self.download_tries or self.notes:
+                lists = self._lists_text(inline_samples)
+            else:
+                lists = _NO_LISTS_TEXT
+            analysis = self.analysis
+            analysis_text = dict_text(analysis) if type(analysis) is dict else text(analysis)
+        conn = self.attack_connection
+        payload = conn.payload
+        virtual = self.is_virtual
+        proxy = self.proxy_connection
+        line = (
+            f'{{"@timestamp":"{start}","id":{str_text(self.id)},"start_time":"{start}",'
+            f'"end_time":"{end}","is_virtual":'
+            f'{("true" if virtual else "false") if type(virtual) is bool else text(virtual)},'
+            f'{_MODE_TEXT[self.mode._value_]},'
+            f'"attack_connection":{{"protocol":{str_text(conn.protocol)},'
+            f'"local_ip":{str_text(conn.local_addr)},"local_port":{text(conn.local_port)},'
+            f'"remote_ip":{str_text(conn.remote_addr)},"remote_port":{text(conn.remote_port)},'
+            f'"payload":{{"md5_hash":"{payload.md5}","sha512_hash":"{payload.sha512}",'
+            f'"length":{len(payload.data)},"data_hex":"{payload.data.hex()}"}}}},'
+            f'"proxy_connection":'
+            f'{_NO_CONNECTION_TEXT if proxy is None else _connection_text(proxy)},'
+            f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},{lists},'
+            f'"analysis":{analysis_text}'
+        )
+        if not extra:
+            return line + "}"
+        return line + "".join([f",{str_text(key)}:{text(value)}" for key, value in extra]) + "}"
+
+    def _lists_text(self, inline_samples: bool) -> str:
+        """The downloads, tries and notes part of to_json_text (under the lock)."""
+        downloads = (list_text([d.to_json(inline_samples) for d in self.downloads])
+                     if self.downloads else "[]")
+        tries = (list_text([t.to_json() for t in self.download_tries])
+                 if self.download_tries else "[]")
+        return (f'"download_count":{len(self.downloads)},'
+                f'"download_tries":{len(self.download_tries)},"downloads":{downloads},'
+                f'"download_attempts":{tries},"notes":{list_text(self.notes)}')
 
     def followup_json(
         self, when: float | None = None, *, inline_samples: bool = False
@@ -410,10 +421,10 @@ class Attack:
             tries = [t.to_json() for t in self.download_tries]
             analysis = dict(self.analysis)
         return {
-            "@timestamp": _iso(time.time() if when is None else when),
+            "@timestamp": iso(time.time() if when is None else when),
             "id": self.id,
             "follow_up": True,
-            "start_time": _iso(self.start_time),
+            "start_time": iso(self.start_time),
             "attack_connection": {
                 key: value for key, value in self.attack_connection.to_json().items()
                 if key != "payload"
@@ -424,7 +435,6 @@ class Attack:
             "download_attempts": tries,
             "analysis": analysis,
         }
-
 
 
 # --- records made from decoded values (wire.py: the recorder decodes one of each per attack) ---
@@ -498,111 +508,36 @@ def made_attack(attack_connection: Connection, mode: Mode, start_time: float, en
     attack._lock = _new_lock()
     return attack
 
-# json.dumps(value, separators=(",", ":")) without json.dumps' set-up per call (it builds a new
-# C encoder each time: most of the cost for a small value). Without the circular-reference
-# markers, which a shared encoder could not reset after an error: a value that contains itself
-# raises RecursionError instead of ValueError (either fails the plugin that made it).
-# (CPython has the C encoder; another interpreter may not: then json.dumps' own way.)
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-try:
-    from _json import make_encoder as _make_encoder
 
-    _C_ENCODER: Callable[[Any, int], tuple[str, ...]] | None = _make_encoder(
-        None, _ENCODER.default, encode_basestring_ascii, None, ":", ",", False, False, True)
-except ImportError:
-    _C_ENCODER = None
-
-
-def _json(value: Any) -> str:
-    kind = type(value)
-    if kind is str:
-        return encode_basestring_ascii(value)
-    if kind is int:
-        return int.__repr__(value)  # what json writes for an int
-    if kind is bool:
-        return "true" if value else "false"
-    if _C_ENCODER is None:
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODER(value, 0))
-
-
-def _json_str(value: Any) -> str:
-    return encode_basestring_ascii(value) if type(value) is str else _json(value)
-
-
-def _json_dict(value: Any) -> str:
-    if type(value) is not dict:
-        return _json(value)
-    if not value:
-        return "{}"
-    return _json_container(value)
-
-
-def _json_list(values: list[Any] | tuple[Any, ...]) -> str:
-    """A list's (or a tuple's: json writes both as an array) text."""
-    return _json_container(values) if values else "[]"
-
-
-def _json_container(value: dict[str, Any] | list[Any] | tuple[Any, ...]) -> str:
-    """_json of a dict, list or tuple, without its tests for the scalars."""
-    if _C_ENCODER is None:
-        return _ENCODER.encode(value)
-    return "".join(_C_ENCODER(value, 0))
+# The mode's two keys, for each mode (every line names its attack's mode).
+_MODE_TEXT = {mode.value: f'"operation_mode":{mode.value},"operation_mode_name":"{mode.label}"'
+              for mode in Mode}
+_NO_LISTS_TEXT = ('"download_count":0,"download_tries":0,"downloads":[],"download_attempts":[],'
+                  '"notes":[]')
 
 
 def _connection_text(conn: Connection) -> str:
     """Connection.to_json() as json.dumps writes it."""
     payload = conn.payload
     return (
-        f'{{"protocol":{_json_str(conn.protocol)},"local_ip":{_json_str(conn.local_addr)},'
-        f'"local_port":{_json(conn.local_port)},"remote_ip":{_json_str(conn.remote_addr)},'
-        f'"remote_port":{_json(conn.remote_port)},"payload":{{"md5_hash":"{payload.md5}",'
+        f'{{"protocol":{str_text(conn.protocol)},"local_ip":{str_text(conn.local_addr)},'
+        f'"local_port":{text(conn.local_port)},"remote_ip":{str_text(conn.remote_addr)},'
+        f'"remote_port":{text(conn.remote_port)},"payload":{{"md5_hash":"{payload.md5}",'
         f'"sha512_hash":"{payload.sha512}","length":{payload.size},'
         f'"data_hex":"{payload.data.hex()}"}}}}'
     )
 
 
-@functools.lru_cache(maxsize=1)
-def _no_connection_text() -> str:
-    return _connection_text(_NO_CONNECTION)
-
-
-def _proxy_text(conn: Connection | None) -> str:
-    """The proxy connection's text; the unused one's (most attacks) is always the same."""
-    return _no_connection_text() if conn is None else _connection_text(conn)
+# The unused proxy connection's text (most attacks'): always the same.
+_NO_CONNECTION_TEXT = _connection_text(_NO_CONNECTION)
 
 
 def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
+    fields = record.fields
+    sent = record.sent.data
     return (
-        f'{{"protocol":{_json_str(record.protocol)},"turns":{_json_list(record.turns)},'
-        f'"sent":{{"length":{record.sent.size},"data_hex":"{record.sent.data.hex()}"}},'
-        f'"fields":{_json_dict(record.fields)}}}'
+        f'{{"protocol":{str_text(record.protocol)},"turns":{list_text(record.turns)},'
+        f'"sent":{{"length":{len(sent)},"data_hex":"{sent.hex()}"}},'
+        f'"fields":{dict_text(fields) if type(fields) is dict else text(fields)}}}'
     )
-
-
-# Seconds _iso remembers the text of: an attack's start and end, and those of the attacks logged
-# just before it (attacks reach the outputs in about time order).
-_RECENT_SECONDS = 16
-_MICROS = 1_000_000
-
-
-def _iso(timestamp: float) -> str:
-    """ISO 8601 in UTC with milliseconds, as Elasticsearch's date type reads it.
-
-    The text of `datetime.fromtimestamp(timestamp, tz=UTC)`, built faster: the timestamp is
-    split as fromtimestamp splits it (whole seconds and microseconds rounded half to even,
-    CPython's _PyTime_DoubleToDenominator), and each second's text is remembered."""
-    fraction, whole = math.modf(timestamp)
-    micros = round(fraction * _MICROS)
-    second = int(whole)
-    if micros >= _MICROS:
-        second, micros = second + 1, micros - _MICROS
-    elif micros < 0:
-        second, micros = second - 1, micros + _MICROS
-    return _iso_second(second) + f"{micros // 1000:03d}Z"
-
-
-@functools.lru_cache(maxsize=_RECENT_SECONDS)
-def _iso_second(second: int) -> str:
-    return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")

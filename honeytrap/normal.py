@@ -159,6 +159,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
             self.transport.write(out.send)
         if out.close:
             self.transport.close()
+        if self.send_at and self.send_at <= self.loop.time():
+            self.send_at = 0.0  # the last one scheduled went: its float not kept (idle, 24 B)
 
     def _data_channel(self, channel: DataChannel) -> None:
         if self.data is None:

@@ -27,6 +27,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -67,6 +68,7 @@ TEMP_PREFIX = ".tmp-"
 # refused (ENOENT), and the /proc path does it.
 _AT_EMPTY_PATH = 0x1000
 _EMPTY_PATH_REFUSED = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
+_FS_ENCODING = sys.getfilesystemencoding()
 
 
 def _find_linkat() -> Callable[..., int] | None:
@@ -74,8 +76,9 @@ def _find_linkat() -> Callable[..., int] | None:
         function = ctypes.CDLL(None, use_errno=True).linkat
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
-                         ctypes.c_int]
+    # No argtypes: ctypes passes a Python int as a C int and bytes as a char pointer by
+    # itself, and checking declared argument types costs more than the rest of the call (one
+    # call per attack file). The callers pass exactly those: descriptors, flags, bytes.
     function.restype = ctypes.c_int
     return function
 
@@ -161,33 +164,48 @@ def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
             raise
         return _write_new_by_temp(dir_fd, names, data)
     try:
-        _write_all(fd, data)
+        written = os.write(fd, data)  # all of it, nearly always: nothing more to do then
+        if written < len(data):
+            _write_rest(fd, data, written)
         for name in names:
-            try:
-                _link_unnamed(fd, dir_fd, name)
-            except FileExistsError:
-                continue
-            return name
+            if _link_unnamed(fd, dir_fd, name):
+                return name
         raise FileExistsError(errno.EEXIST, "every candidate name is taken")
     finally:
         os.close(fd)
 
 
-def _link_unnamed(fd: int, dir_fd: int, name: str) -> None:
-    """Give the unnamed file `fd` the name `name` in the directory; link(2) never replaces an
-    existing name (FileExistsError), as O_EXCL did not. AT_EMPTY_PATH where the kernel lets
-    us (see _AT_EMPTY_PATH), else linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N."""
+def _link_unnamed(fd: int, dir_fd: int, name: str) -> bool:
+    """Give the unnamed file `fd` the name `name` in the directory; False if the name is
+    taken: link(2) never replaces an existing name, as O_EXCL did not. AT_EMPTY_PATH where
+    the kernel lets us (see _AT_EMPTY_PATH), else linkat(AT_SYMLINK_FOLLOW) of
+    /proc/self/fd/N. (Once per attack file: the name taken answered without an exception.)"""
     global _linkat
-    if _linkat is not None:
-        if _linkat(fd, b"", dir_fd, os.fsencode(name), _AT_EMPTY_PATH) == 0:
-            return
+    linkat = _linkat
+    if linkat is not None:
+        encoded = name.encode(_FS_ENCODING, "surrogateescape")  # os.fsencode, without its call
+        if b"\0" in encoded:
+            raise ValueError("embedded null byte")  # as os.link says; C would cut the name
+        if linkat(fd, b"", dir_fd, encoded, _AT_EMPTY_PATH) == 0:
+            return True
         code = ctypes.get_errno()
+        if code == errno.EEXIST:
+            return False
         if code not in _EMPTY_PATH_REFUSED:
             raise OSError(code, os.strerror(code), name)
-        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
+        if not _link_by_proc(fd, dir_fd, name):
+            return False
         _linkat = None  # this kernel refuses it, the /proc path works: use that from now on
-        return
-    os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
+        return True
+    return _link_by_proc(fd, dir_fd, name)
+
+
+def _link_by_proc(fd: int, dir_fd: int, name: str) -> bool:
+    try:
+        os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd)
+    except FileExistsError:
+        return False
+    return True
 
 
 def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
@@ -304,6 +322,10 @@ def close_fd(fd: int | None) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     written = os.write(fd, data)  # all of it, nearly always: no view made for that
     if written < len(data):
-        view = memoryview(data)[written:]
-        while view:
-            view = view[os.write(fd, view):]
+        _write_rest(fd, data, written)
+
+
+def _write_rest(fd: int, data: bytes, written: int) -> None:
+    view = memoryview(data)[written:]
+    while view:
+        view = view[os.write(fd, view):]

@@ -119,6 +119,10 @@ class Pipeline:
         self._attack_hooks = tuple(
             (hook, name, call) for hook in ATTACK_HOOKS for name, call in registry.hooks[hook]
         )
+        # A submitted attack's steps, shared by every job (their attack is the job's): no Step
+        # made per hook per attack; a virtual attack's steps are made for it (_steps).
+        self._root_steps = tuple(Step(None, hook, name, call, 0)
+                                 for hook, name, call in self._attack_hooks)
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
@@ -148,7 +152,7 @@ class Pipeline:
             # No worker would ever take it, and drain() would wait for it forever.
             log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        job = Job(deque(self._steps(attack, 0)), attack, on_done=on_done)
+        job = Job(deque(self._root_steps), attack, on_done=on_done)
         with self._idle:
             self._pending += 1
             self.counters.attacks += 1
@@ -161,8 +165,8 @@ class Pipeline:
             for attack, _on_done in attacks:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        self._put_jobs([Job(deque(self._steps(attack, 0)), attack, on_done)
-                        for attack, on_done in attacks])
+        steps = self._root_steps
+        self._put_jobs([Job(deque(steps), attack, on_done) for attack, on_done in attacks])
 
     def submit_tokens(self, attacks: Sequence[tuple[Attack, object]]) -> None:
         """submit_many for a caller that takes its attacks' ends by the batch: each (attack,
@@ -173,8 +177,8 @@ class Pipeline:
             for attack, _token in attacks:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        self._put_jobs([Job(deque(self._steps(attack, 0)), attack, None, token)
-                        for attack, token in attacks])
+        steps = self._root_steps
+        self._put_jobs([Job(deque(steps), attack, None, token) for attack, token in attacks])
 
     def _put_jobs(self, jobs: list[Job]) -> None:
         """Count the jobs pending, then queue them by MAX_BATCH: one put (and at most one
@@ -423,10 +427,12 @@ class Pipeline:
 
     def _run(self, worker: Worker, job: Job) -> bool:
         """Run the job's steps. False if the watchdog abandoned this worker meanwhile."""
-        while job.steps:
-            step = job.steps.popleft()
+        steps = job.steps
+        while steps:
+            step = steps.popleft()
+            attack = job.attack if step.attack is None else step.attack
             worker.current = (step, job, self._clock())
-            result = self._call(step)
+            result = self._call(step, attack)
             with worker.lock:
                 worker.current = None
                 if worker.abandoned:
@@ -436,7 +442,7 @@ class Pipeline:
                 continue  # most hooks return nothing
             virtuals = [item for item in result if isinstance(item, Attack)]
             if virtuals:
-                self._splice(job, step, virtuals)
+                self._splice(job, step, attack, virtuals)
             for task in result:
                 if isinstance(task, Task):
                     self._admit(job, step, task)
@@ -451,9 +457,9 @@ class Pipeline:
                                                                                         root))
         self.downloads.admit(job.downloads, task)
 
-    def _call(self, step: Step) -> Sequence[Attack | Task]:
+    def _call(self, step: Step, attack: Attack) -> Sequence[Attack | Task]:
         try:
-            produced = step.call(step.attack)
+            produced = step.call(attack)
             if produced is None:
                 return ()  # most hooks: no list made for nothing
             return [a for a in produced if isinstance(a, Attack | Task)]
@@ -463,11 +469,11 @@ class Pipeline:
             with self._idle:
                 self.counters.plugin_failures += 1
             log.exception(
-                "plugin %s failed in %s for attack %s", step.plugin, step.hook, step.attack.id
+                "plugin %s failed in %s for attack %s", step.plugin, step.hook, attack.id
             )
             return []
 
-    def _splice(self, job: Job, step: Step, virtuals: list[Attack]) -> None:
+    def _splice(self, job: Job, step: Step, attack: Attack, virtuals: list[Attack]) -> None:
         extra: list[Step] = []
         for virtual in virtuals:
             if step.depth + 1 > MAX_VIRTUAL_DEPTH or job.virtuals >= MAX_VIRTUAL_PER_ATTACK:
@@ -475,7 +481,7 @@ class Pipeline:
                     self.counters.virtual_refused += 1
                 log.warning(
                     "attack %s: virtual attack from %s dropped (limit of %d deep, %d in all)",
-                    step.attack.root.id, step.plugin, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK,
+                    attack.root.id, step.plugin, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK,
                 )
                 continue
             job.virtuals += 1
@@ -578,7 +584,8 @@ class Pipeline:
             self._abandoned += 1
             log.error(
                 "plugin %s hung in %s for attack %s for over %.0f s: abandoned, going on",
-                step.plugin, step.hook, step.attack.id, self.plugin_timeout,
+                step.plugin, step.hook, (job.attack if step.attack is None else step.attack).id,
+                self.plugin_timeout,
             )
             if self._abandoned <= MAX_ABANDONED_WORKERS:
                 self._spawn()

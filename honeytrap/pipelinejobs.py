@@ -16,13 +16,14 @@ from honeytrap.background import Task
 
 
 class Step:
-    """One hook to call for one attack. A plain class with slots, not a dataclass: one is made
-    per hook per attack, and a dataclass's __init__ cost twice as much (the recorder's CPU per
-    attack, bench/recorder.py)."""
+    """One hook to call for one attack: `attack`, or its job's when None (a submitted attack's
+    steps are made once and shared by every job: pipeline.py). A plain class with slots, not
+    a dataclass: one is made per hook per virtual attack, and a dataclass's __init__ cost twice
+    as much (the recorder's CPU per attack, bench/recorder.py)."""
 
     __slots__ = ("attack", "hook", "plugin", "call", "depth")
 
-    def __init__(self, attack: Attack, hook: str, plugin: str,
+    def __init__(self, attack: Attack | None, hook: str, plugin: str,
                  call: Callable[[Attack], Iterable[Attack | Task] | None], depth: int) -> None:
         self.attack = attack
         self.hook = hook

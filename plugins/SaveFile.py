@@ -23,7 +23,7 @@ way and their paths added there, so logJSON's follow-up line lists them.
 from __future__ import annotations
 
 import functools
-import re
+import logging
 from collections.abc import Iterator
 from hashlib import sha256
 
@@ -33,7 +33,9 @@ from honeytrap.backlog import Backlog
 from honeytrap.plugin import PluginContext
 
 # Attack ids are uuid4 hex; anything else (a plugin's own id) is hashed into a safe name part.
-_SAFE_ID = re.compile(r"[A-Za-z0-9]{1,64}")
+# Safe: 1 to _MAX_ID ASCII letters and digits (the regex [A-Za-z0-9]{1,64}, tested without one:
+# str.isalnum() of an ASCII string is exactly that class).
+_MAX_ID = 64
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
 _stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
 
@@ -55,6 +57,10 @@ class SaveFile:
         self.backlog = Backlog(ctx.name, f"{self.attacks_path} and {self.downloads_path}", ctx.log)
 
     def savedata(self, attack: Attack) -> None:
+        if not attack.downloads:  # nearly every attack: its string alone, nothing else made
+            if not attack.is_virtual and attack.attack_connection.payload.data:
+                attack.set_analysis("SaveFile", {"attack_file": self._save_attack(attack)})
+            return
         result: dict[str, object] = {}
         if not attack.is_virtual and attack.payload:
             result["attack_file"] = self._save_attack(attack)
@@ -75,17 +81,9 @@ class SaveFile:
 
     def _save_attack(self, attack: Attack) -> str:
         assert self.attacks_fd is not None, "savedata after close"
-        dir_fd, base, payload = self.attacks_fd, attack_file_name(attack), attack.payload
-        saved = [base]
-
-        def write() -> None:
-            saved[0] = outfile.write_new(dir_fd, _candidates(base), payload)
-            if saved[0] != base:
-                # Only a file left from an earlier run takes the name: names are unique.
-                self.log.warning("attack file %s existed already: saved as %s", base, saved[0])
-
-        self.backlog.submit(len(payload), write)
-        return f"{self.attacks_path}/{saved[0]}"
+        write = _AttackFile(self.attacks_fd, attack_file_name(attack), attack.payload, self.log)
+        self.backlog.submit(len(write.payload), write)
+        return f"{self.attacks_path}/{write.name}"
 
     def _save_downloads(self, attack: Attack) -> list[str]:
         assert self.downloads_fd is not None, "savedata after close"
@@ -115,6 +113,24 @@ class SaveFile:
         self.attacks_fd = self.downloads_fd = None
 
 
+class _AttackFile:
+    """Writing one attack file (the backlog's write: called now, or later, while a disk is
+    full); `name` is the name it got, known once written. A slotted object rather than a
+    closure and a list for the name: one per attack."""
+
+    __slots__ = ("dir_fd", "name", "payload", "log")
+
+    def __init__(self, dir_fd: int, name: str, payload: bytes, log: logging.Logger) -> None:
+        self.dir_fd, self.name, self.payload, self.log = dir_fd, name, payload, log
+
+    def __call__(self) -> None:
+        base = self.name
+        self.name = outfile.write_new(self.dir_fd, _candidates(base), self.payload)
+        if self.name != base:
+            # Only a file left from an earlier run takes the name: names are unique.
+            self.log.warning("attack file %s existed already: saved as %s", base, self.name)
+
+
 def _candidates(base: str) -> Iterator[str]:
     yield base
     for n in range(1, outfile.MAX_NAME_ATTEMPTS):
@@ -125,9 +141,10 @@ def attack_file_name(attack: Attack) -> str:
     """`from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`: only our own data in it."""
     conn = attack.attack_connection
     proto = conn.protocol if conn.protocol in _PROTOCOLS else "ip"
-    stamp = _stamp(attack.start_time)
-    ident = attack.id if _SAFE_ID.fullmatch(attack.id) else sha256(attack.id.encode()).hexdigest()
-    return f"from_port_{int(conn.local_port)}-{proto}_{stamp}_{ident}"
+    ident = attack.id
+    if not (len(ident) <= _MAX_ID and ident.isascii() and ident.isalnum()):  # not _SAFE_ID
+        ident = sha256(ident.encode()).hexdigest()
+    return f"from_port_{int(conn.local_port)}-{proto}_{_stamp(attack.start_time)}_{ident}"
 
 
 def load(ctx: PluginContext) -> SaveFile:

@@ -3,10 +3,13 @@ replaced: each reference below is the earlier code, kept as the oracle."""
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import math
+import re
 import socket
+import string
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,7 +19,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from test_output_plugins import PLUGIN_DIR, START, load, make_attack, run_hook
 
-from honeytrap import outfile
+from honeytrap import jsontext, outfile
 from honeytrap.attack import (
     Attack,
     Connection,
@@ -25,8 +28,8 @@ from honeytrap.attack import (
     DownloadTry,
     Mode,
     Payload,
-    _iso,
 )
+from honeytrap.jsontext import iso
 from honeytrap.plugin import load_module
 
 LOGATTACKER = load_module(PLUGIN_DIR, "logAttacker")
@@ -65,20 +68,20 @@ def plain_iso(timestamp: float) -> str:
 @given(ANY_TIME)
 def test_iso_is_the_datetime_text_for_any_time(when: float) -> None:
     for edge in EDGES:
-        assert outcome(_iso, edge) == outcome(plain_iso, edge), edge
-    assert outcome(_iso, when) == outcome(plain_iso, when)
+        assert outcome(iso, edge) == outcome(plain_iso, edge), edge
+    assert outcome(iso, when) == outcome(plain_iso, when)
 
 
 @settings(deadline=None)
 @given(NEARBY_TIMES)
 def test_iso_is_the_datetime_text_for_times_in_a_row(times: list[float]) -> None:
-    assert [_iso(t) for t in times] == [plain_iso(t) for t in times]
+    assert [iso(t) for t in times] == [plain_iso(t) for t in times]
 
 
 def test_iso_rounds_to_the_microsecond_before_it_cuts_to_the_millisecond() -> None:
     """As datetime: .9999995 is the next second, not .999 of this one."""
-    assert _iso(0.9999995) == "1970-01-01T00:00:01.000Z"
-    assert _iso(-0.0000005) == "1970-01-01T00:00:00.000Z"
+    assert iso(0.9999995) == "1970-01-01T00:00:01.000Z"
+    assert iso(-0.0000005) == "1970-01-01T00:00:00.000Z"
 
 
 # --- logAttacker's and SaveFile's times (time.gmtime: toward minus infinity) -----------------
@@ -122,6 +125,29 @@ def test_savefile_name_has_the_strftime_time(when: float) -> None:
     attack = make_attack(start=when)
     stamp = plain_stamp("%Y-%m-%dT%H%M%S", when)
     assert SAVEFILE.attack_file_name(attack) == f"from_port_80-tcp_{stamp}_{attack.id}"
+
+
+def plain_ident(ident: str) -> str:
+    """SaveFile's id part as it was: the id if it is 1 to 64 ASCII letters and digits."""
+    if re.fullmatch(r"[A-Za-z0-9]{1,64}", ident):
+        return ident
+    return hashlib.sha256(ident.encode()).hexdigest()
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.text(alphabet=string.ascii_letters + string.digits, max_size=70)
+       | st.text(max_size=70))
+@example("")
+@example("a" * 64)
+@example("a" * 65)
+@example("\u00e9t\u00e9")
+@example("\u0661\u0662")  # Arabic-Indic digits: isalnum, not ASCII
+def test_savefile_name_takes_the_id_as_its_regex_did(ident: str) -> None:
+    attack = make_attack()
+    attack.id = ident
+    stamp = plain_stamp("%Y-%m-%dT%H%M%S", START)
+    expected = f"from_port_80-tcp_{stamp}_{plain_ident(ident)}"
+    assert SAVEFILE.attack_file_name(attack) == expected
 
 
 # --- logAttacker's addresses ------------------------------------------------------------------
@@ -244,6 +270,21 @@ VALUES = st.recursive(
                       max_size=3),
     max_leaves=8,
 )
+
+
+class _Number(int):
+    pass
+
+
+@settings(max_examples=1000, deadline=None)
+@given(VALUES)
+@example({True: [None, (1, 2.5)], None: {}, 1.5: "x"})
+@example([_Number(7), {"k": _Number(8)}, math.inf, -math.inf, math.nan, -0.0, 1e300])
+@example({"a": {"b": {"c": ["\ud800", "\x00\"\\", "\u2603"]}}, "": []})
+def test_jsontext_is_json_dumps_of_any_value(value: object) -> None:
+    assert jsontext.text(value) == json.dumps(value, separators=(",", ":"))
+
+
 PORTS = st.integers(0, 65535)
 CONNECTIONS = st.builds(Connection, TEXT, TEXT, PORTS, TEXT, PORTS, st.builds(Payload, st.binary()))
 DIALOGUES = st.builds(DialogueRecord, TEXT, st.lists(st.integers(-(2**63), 2**63 - 1)).map(tuple),

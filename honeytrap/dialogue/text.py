@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from honeytrap.dialogue.base import Context, DataChannel, Reply
-from honeytrap.dialogue.framing import BAD, Request, framer_for
+from honeytrap.dialogue.framing import BAD, Framer, Request, framer_for
 from honeytrap.dialogue.script import Rule, Script, Template
 
 # Client text put into a reply ({arg}, {tag}, regex groups) is cut to this many bytes, and
@@ -52,7 +52,9 @@ class ScriptDialogue:
         self.state = script.initial
         banner = self.expand(script.banner, Request(), ())
         self.banner = banner
-        self.framer = framer_for(script.parser, banner)
+        # Made with the first bytes the client sends (most idle connections never send any):
+        # ~50 bytes per open connection (bench/idle.py).
+        self.framer: Framer | None = None
         self.requests = 0
         self.commands: list[str] | None = None  # made on the first request
         self.closed = False
@@ -71,7 +73,10 @@ class ScriptDialogue:
     def receive(self, data: bytes) -> Reply:
         if self.closed:
             return Reply()
-        requests, immediate = self.framer.feed(data)
+        framer = self.framer
+        if framer is None:
+            framer = self.framer = framer_for(self.script.parser, self.banner)
+        requests, immediate = framer.feed(data)
         out = bytearray(immediate)
         self.channel = None
         for request in requests:
