@@ -31,11 +31,11 @@ import asyncio
 import gc
 import logging
 import os
-import queue
 import select
 import selectors
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,11 +65,11 @@ MAX_QUEUED_ATTACKS = 20000
 QUEUED_LOW_MARK = 10000
 # On stop, attacks in the pipeline get this long to finish.
 DRAIN_SECONDS = 30.0
-# A worker wakes the loop for its acknowledgements at the end of a batch (pipeline.py) once
-# this many are queued, or when it has no attack left to do; the loop also takes any queued at
-# least every LOOP_TIMEOUT. One wake-up per attack cost a thread switch and a contended
-# interpreter lock each: measured (one port, SaveFile + logAttacker + logJSON on tmpfs), the
-# recorder's CPU per attack fell from 114-120 to 101-110 us with batches.
+# A worker sends the acknowledgements itself at the end of a batch (pipeline.py) once this many
+# wait, or when it has no attack left to do; the loop sends any left at least every
+# LOOP_TIMEOUT. One send per attack cost a system call (and a wake-up of the server) each; a
+# wake-up of the loop per batch, to send them from there, a thread switch and a loop pass each
+# (most of what a batch of a few attacks cost beyond their hooks).
 ACK_BATCH = 64
 LOOP_TIMEOUT = 1.0
 # The collector's youngest generation is collected after this many new container objects, not
@@ -153,11 +153,16 @@ class Recorder:
         self.received = 0
         self.link_errors = 0
         self._frame_limit = max_frame(spec.config)
-        # Per finished batch, its attacks' (link, seq) (Pipeline.on_tokens), for the loop.
-        self._acks: queue.SimpleQueue[list[tuple[_Link, int]]] = queue.SimpleQueue()
+        # The links' `out` and sockets are shared with the workers, which send the acks
+        # (_done, _send_acks): changed, sent on and closed under this lock. The selector is
+        # the loop's alone: a worker that finds a link full leaves it in _blocked and wakes
+        # the loop, which waits for it to drain.
+        self._out_lock = threading.Lock()
+        self._unsent: dict[_Link, None] = {}  # links with acks not sent yet, in order
+        self._unsent_acks = 0
+        self._blocked: set[_Link] = set()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._woken = False  # a wake-up byte is pending: later acks ride on it
-        self._unsignalled = 0  # acks queued since the last wake-up (workers' tally, rough)
+        self._woken = False  # a wake-up byte is pending: later wake-ups ride on it
         self._last_stats = time.monotonic()
         pipeline.on_finished = self._finished
         pipeline.on_tokens = self._done  # type: ignore[assignment]  # its tokens: (link, seq)
@@ -167,9 +172,10 @@ class Recorder:
         self._wake()
 
     def _wake(self) -> None:
-        """Wake the loop (from a worker thread or the SIGTERM handler): one byte per wake-up,
-        not one write per finished attack. The caller queued its ack first; _on_wake empties
-        the pipe, then clears the flag, then takes the acks (see there why in that order)."""
+        """Wake the loop (from a worker thread or the SIGTERM handler): one byte per wake-up.
+        The caller made its change first (a link blocked, the pipeline down to the low mark,
+        stop); _on_wake empties the pipe, then clears the flag, then looks (see there why in
+        that order)."""
         if not self._woken:
             self._woken = True
             try:
@@ -192,8 +198,9 @@ class Recorder:
                         self._flush(key.data)
                     if events & selectors.EVENT_READ and key.data.open:
                         self._on_link(key.data)
-            if not self._acks.empty():  # a batch not yet signalled (see ACK_BATCH)
-                self._take_acks()
+            if self._unsent:  # fewer than ACK_BATCH, the pipeline busy meanwhile
+                self._send_acks()
+                self._take_blocked()
             self._pace()
             if time.monotonic() - self._last_stats >= STATS_INTERVAL:
                 self.send_stats()
@@ -268,17 +275,54 @@ class Recorder:
             self.pipeline.submit_tokens(batch)
 
     def _done(self, acks: list[tuple[_Link, int]]) -> None:
-        """A worker thread finished a batch of attacks: hand their acks to the loop, in one
-        put (_finished wakes it)."""
-        self._acks.put(acks)
-        self._unsignalled += len(acks)
+        """A worker thread finished a batch of attacks: their acks, to be sent (_finished)."""
+        encode = wire.encode_ack
+        with self._out_lock:
+            unsent = self._unsent
+            for link, seq in acks:
+                if link.open:
+                    link.out += encode(seq)
+                    unsent[link] = None
+            self._unsent_acks += len(acks)
 
     def _finished(self, pending: int) -> None:
-        """A worker finished a batch of attacks (their acks queued by _done): wake the loop
-        for a batch of acks, or when the pipeline has nothing else to do."""
-        if self._unsignalled >= ACK_BATCH or pending == 0:
-            self._unsignalled = 0
+        """A worker finished a batch of attacks (their acks added by _done): send the acks
+        once ACK_BATCH wait or the pipeline has nothing else to do; wake the loop only if it
+        has something to do (a link full, reading to resume, stopping)."""
+        if self._unsent_acks >= ACK_BATCH or pending == 0:
+            if self._send_acks():
+                self._wake()
+        if (not self.reading and pending < QUEUED_LOW_MARK) or (self.stopping and pending == 0):
             self._wake()
+
+    def _send_acks(self) -> bool:
+        """Send the acks waiting, as far as each link's socket takes them (from a worker or
+        the loop). True if a link is left with some: the loop must wait for it to drain."""
+        with self._out_lock:
+            links, self._unsent = self._unsent, {}
+            self._unsent_acks = 0
+            for link in links:
+                if link.open and not self._send(link):
+                    self._blocked.add(link)
+            return bool(self._blocked)
+
+    def _send(self, link: _Link) -> bool:
+        """Under _out_lock: send what the socket takes; False if some is left."""
+        try:
+            send_pending(link.sock, link.out)
+        except OSError:
+            link.out.clear()  # the server is gone; it no longer waits for these acks
+        return not link.out
+
+    def _take_blocked(self) -> None:
+        """Wait for the links the workers found full to drain (EVENT_WRITE: _flush)."""
+        if not self._blocked:
+            return
+        with self._out_lock:
+            blocked, self._blocked = self._blocked, set()
+        for link in blocked:
+            if link.open:
+                self._update(link)
 
     def _on_wake(self) -> None:
         # Empty the pipe first, clear the flag second, take the acks last. A wake-up between
@@ -292,39 +336,25 @@ class Recorder:
         except BlockingIOError:
             pass
         self._woken = False
-        self._take_acks()
-
-    def _take_acks(self) -> None:
-        touched: set[_Link] = set()
-        encode = wire.encode_ack
-        while True:
-            try:
-                acks = self._acks.get_nowait()
-            except queue.Empty:
-                break
-            for link, seq in acks:
-                if link.open:
-                    link.out += encode(seq)
-                    touched.add(link)
-        for link in touched:
-            self._flush(link)
+        self._take_blocked()
 
     def _flush(self, link: _Link) -> None:
-        if not link.open:
-            return
-        try:
-            send_pending(link.sock, link.out)
-        except OSError:
-            link.out.clear()  # the server is gone; it no longer waits for these acks
+        """The link is writable again (EVENT_WRITE): send what waits, wait for the rest."""
+        with self._out_lock:
+            if not link.open:
+                return
+            self._send(link)
         self._update(link)
 
     def _close(self, link: _Link) -> None:
-        link.open = False
         self.links.pop(link.sock.fileno(), None)
         if link.registered:
             self.selector.unregister(link.sock)
             link.registered = False
-        link.sock.close()
+        with self._out_lock:  # no worker is sending on it, nor will
+            link.open = False
+            link.out.clear()
+            link.sock.close()
         if link.reader.pending():
             log.error("a dynamic server's link closed mid-frame (%d bytes dropped): it will "
                       "send the attack again on its next link", link.reader.pending())
@@ -522,7 +552,6 @@ class RecorderClient:
 
     def _flush(self) -> None:
         self._flush_soon = False
-        self.holdback.publish()
         if self.sock is None:
             return  # the link was lost meanwhile; the frames wait in unacked for a relink
         assert self.loop is not None
