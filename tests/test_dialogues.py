@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from honeytrap.dialogue import detect
-from honeytrap.dialogue.base import Context, DialogueError, Reply
+from honeytrap.dialogue.base import SENSOR_RNG, Context, DialogueError, Reply
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.dialogue.detect import classify
 from honeytrap.dialogue.framing import HttpFramer, RespFramer, TelnetFramer
@@ -312,6 +312,16 @@ def test_a_pattern_is_skipped_only_where_it_cannot_match() -> None:
 @given(st.binary(max_size=40))
 def test_no_bytes_start_a_match_the_gate_skips(data: bytes) -> None:
     _gate_hides_no_match(data)
+
+
+def test_a_connections_context_carries_each_value_in_its_field() -> None:
+    catalog = Catalog(hostname="sensor-7", extra={"k": 1})
+    context = catalog.context("tcp", 2222, 4096, "198.18.0.2", "198.18.0.1", 40001)
+    assert (context.protocol, context.port, context.read_limit) == ("tcp", 2222, 4096)
+    assert context.rng is SENSOR_RNG
+    assert (context.hostname, context.state_dir, context.extra) == ("sensor-7", "", {"k": 1})
+    assert (context.local_addr, context.remote_addr, context.remote_port) == (
+        "198.18.0.2", "198.18.0.1", 40001)
 
 
 def test_a_port_without_template_is_silent_until_the_client_speaks() -> None:
