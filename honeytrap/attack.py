@@ -365,6 +365,11 @@ class Attack:
         is one f-string; the values of free shape (notes, analysis, dialogue fields, downloads)
         go through jsontext. `extra` keys come after to_json's (they must not be among them).
         Guarded by tests/test_output_formats.py against json.dumps for any attack."""
+        return self.json_text_open(inline_samples) + extra_text(extra) + "}"
+
+    def json_text_open(self, inline_samples: bool = False) -> str:
+        """to_json_text without its closing brace (nor extra keys): a writer that adds the same
+        keys to every line appends their text, made once (extra_text), and the brace."""
         start = iso(self.start_time)
         end = iso(self.end_time) if self.end_time else start  # to_json's `end_time or start`
         # Encoded under the lock, not copied first; most attacks have no downloads, tries or
@@ -380,7 +385,7 @@ class Attack:
         payload = conn.payload
         virtual = self.is_virtual
         proxy = self.proxy_connection
-        line = (
+        return (
             f'{{"@timestamp":"{start}","id":{str_text(self.id)},"start_time":"{start}",'
             f'"end_time":"{end}","is_virtual":'
             f'{("true" if virtual else "false") if type(virtual) is bool else text(virtual)},'
@@ -395,9 +400,6 @@ class Attack:
             f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},{lists},'
             f'"analysis":{analysis_text}'
         )
-        if not extra:
-            return line + "}"
-        return line + "".join([f",{str_text(key)}:{text(value)}" for key, value in extra]) + "}"
 
     def _lists_text(self, inline_samples: bool) -> str:
         """The downloads, tries and notes part of to_json_text (under the lock)."""
@@ -507,6 +509,11 @@ def made_attack(attack_connection: Connection, mode: Mode, start_time: float, en
     attack.analysis = {}
     attack._lock = _new_lock()
     return attack
+
+
+def extra_text(extra: tuple[tuple[str, Any], ...]) -> str:
+    """The text of `extra` keys after the others in a JSON object: `,"key":value` each."""
+    return "".join([f",{str_text(key)}:{text(value)}" for key, value in extra])
 
 
 # The mode's two keys, for each mode (every line names its attack's mode).

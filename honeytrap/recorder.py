@@ -557,7 +557,6 @@ class RecorderClient:
 
     def _flush(self) -> None:
         self._flush_soon = False
-        self.holdback.publish()
         if self.sock is None:
             return  # the link was lost meanwhile; the frames wait in unacked for a relink
         assert self.loop is not None

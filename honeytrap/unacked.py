@@ -13,12 +13,12 @@ The total lives in an anonymous shared mapping (mmap(-1): MAP_SHARED|MAP_ANONYMO
 master makes before it forks any server process, with a slot per process (its own share, so the
 master can take back a dead process's share when it reaps it) and a process-shared lock
 (multiprocessing's fork-context Lock, as in sensorbudget.py). A process publishes its change
-(frames added less frames acknowledged) at most every PUBLISH_BYTES, once per send to the
-recorder (recorder.FLUSH_DELAY batches) and once per batch of acknowledgements: one lock round
-per batch, not per attack. The event loop never waits long for the lock: a process that cannot
-take it within LOCK_WAIT keeps its change for the next publish. A process killed holding it is
-found by the master when reaped (its pid is in the mapping): the lock is released and the total
-summed again from the slots. Nothing here reads attacker bytes.
+(frames added less frames acknowledged) once it reaches PUBLISH_BYTES either way, else within
+RECHECK_INTERVAL: a lock round every 64 KiB or ten times a second, not per attack. The event
+loop never waits long for the lock: a process that cannot take it within LOCK_WAIT keeps its
+change for the next publish. A process killed holding it is found by the master when reaped (its
+pid is in the mapping): the lock is released and the total summed again from the slots. Nothing
+here reads attacker bytes.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ LOW_MARK = 0.5
 # While it holds back, a process looks at the total this often: the room freed by the other
 # processes' acknowledgements (its own trigger a look at once); and a change it holds
 # unpublished (under PUBLISH_BYTES, or the lock was busy) is published at most this late.
+# (A lock round, Share.add, costs ~1 us of CPU; one per batch of acknowledgements and per send
+# came to about one per connection at moderate rates, where acknowledgements come a few at a
+# time; this way one connection pays ~0.15 us.)
 RECHECK_INTERVAL = 0.1
 
 
@@ -187,16 +190,21 @@ class Holdback:
         self._recheck: asyncio.TimerHandle | None = None
 
     def added(self, size: int) -> None:
-        """A frame of `size` bytes kept until acknowledged (published once PUBLISH_BYTES wait,
-        else with the next send: publish)."""
+        """A frame of `size` bytes kept until acknowledged."""
         self._unpublished += size
         if self._unpublished >= PUBLISH_BYTES:
             self.publish()
+        elif self._recheck is None:
+            self._look_soon()
 
     def acked(self, size: int) -> None:
-        """Frames of `size` bytes acknowledged: published at once (room may be free again)."""
+        """Frames of `size` bytes acknowledged: published at once while holding back (room
+        may be free again), else with the next PUBLISH_BYTES or RECHECK_INTERVAL."""
         self._unpublished -= size
-        self.publish()
+        if self.full or self._unpublished <= -PUBLISH_BYTES:
+            self.publish()
+        elif self._recheck is None:
+            self._look_soon()
 
     def publish(self) -> None:
         """Add what changed to the sensor's total; hold back past its limit, accept again at
@@ -208,7 +216,11 @@ class Holdback:
                 self._decide(*published)
         # While held back, a look now and then (the others' acknowledgements free room too);
         # a change not published (the lock was busy), published a moment later.
-        if (self.full or self._unpublished) and self._recheck is None and self.loop is not None:
+        if (self.full or self._unpublished) and self._recheck is None:
+            self._look_soon()
+
+    def _look_soon(self) -> None:
+        if self.loop is not None:
             self._recheck = self.loop.call_later(RECHECK_INTERVAL, self._look_again)
 
     def _decide(self, total: int, limit: int) -> None:
