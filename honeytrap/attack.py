@@ -153,19 +153,25 @@ def new_id() -> str:
     return raw.hex()
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def jsonable(value: Any) -> Any:
     """A dialogue's record() value as JSON: bytes as hex text, tuples as lists, keys as text."""
     if type(value) in _SCALARS:  # the common case first (exact types: a subclass goes below)
         return value
+    if type(value) is dict:  # every normal-mode attack's fields: {text: scalar} mostly
+        # A scalar item or text key taken as it is, not through a call (half the cost of a
+        # dialogue's usual two or three fields, timeit: ~0.9 -> 0.45 us per attack).
+        return {key if type(key) is str else str(key):
+                item if type(item) in _SCALARS else jsonable(item)
+                for key, item in value.items()}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     if isinstance(value, dict):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
+        return [item if type(item) in _SCALARS else jsonable(item) for item in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
