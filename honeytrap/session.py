@@ -127,9 +127,9 @@ class NormalSession:
         self.read_timeout = read_timeout
         self.idle_limit = idle_limit
         self.received: bytearray | None = None  # the client's bytes, made on the first
-        # The transcript, made at the first event after the start: until then only what start()
-        # sent (most idle connections' whole dialogue, a banner: the dialogue's own bytes), not
-        # a Transcript and its turn count (~100 bytes per open connection, bench/idle.py).
+        # The transcript, made at the second event: until then only our first bytes (most idle
+        # connections' whole dialogue, a banner or a raw template: the dialogue's own bytes),
+        # not a Transcript and its turn count (~100 bytes per open connection, bench/idle.py).
         self._said: Transcript | bytes = b""
         self.closed = Closed.OPEN
         self.truncated = False
@@ -158,10 +158,7 @@ class NormalSession:
             return self._out(first)
         # _out(Reply(send=first, delay=start_delay)) without the Reply (once per connection).
         if first:
-            if type(first) is bytes and not self._said:
-                self._said = first  # the transcript's, when it is made
-            else:
-                self.transcript.ours(first)
+            self._ours(first)
         return Output(first, False, max(float(getattr(self.dialogue, "start_delay", 0)), 0.0))
 
     def on_data(self, data: bytes, now: float) -> Output:
@@ -252,9 +249,15 @@ class NormalSession:
         self._close(Closed.ERROR)
         return Reply(close=True)
 
+    def _ours(self, data: bytes) -> None:
+        if type(data) is bytes and not self._said:
+            self._said = data  # our first bytes and nothing else yet: the transcript's, later
+        else:
+            self.transcript.ours(data)
+
     def _out(self, reply: Reply) -> Output:
         if reply.send:
-            self.transcript.ours(reply.send)
+            self._ours(reply.send)
         if reply.close:
             self._close(Closed.DIALOGUE)
         return Output(reply.send, reply.close, max(reply.delay, 0.0), reply.data)
