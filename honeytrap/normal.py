@@ -89,9 +89,14 @@ class NormalConnection(asyncio.Protocol, Finisher):
         remote = self.remote or split(transport.get_extra_info("peername"))
         # In self.conn from here on (the accept's tuples are ~70 bytes per connection).
         self.remote = self.local = None
-        self.conn = Connection("tcp", local[0], local[1], remote[0], remote[1], NO_PAYLOAD)
+        # The port's own int, not the one getsockname made (above 256 an int of its own per
+        # connection, 32 bytes, in the record and the dialogue's context).
+        port = self.server.port.port
+        if local[1] != port:
+            port = local[1]
+        self.conn = Connection("tcp", local[0], port, remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
-        ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
+        ctx = self.server.catalog.context("tcp", port, config.read_limit, local[0],
                                           remote[0], remote[1])
         # The session's clock starts when the connection was opened (a moment ago: its float
         # shared, not one more per connection).
