@@ -153,19 +153,25 @@ def new_id() -> str:
     return raw.hex()
 
 
-_SCALARS = (str, int, float, bool, type(None))
+_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def jsonable(value: Any) -> Any:
     """A dialogue's record() value as JSON: bytes as hex text, tuples as lists, keys as text."""
     if type(value) in _SCALARS:  # the common case first (exact types: a subclass goes below)
         return value
+    if type(value) is dict:  # every normal-mode attack's fields: {text: scalar} mostly
+        # A scalar item or text key taken as it is, not through a call (half the cost of a
+        # dialogue's usual two or three fields, timeit: ~0.9 -> 0.45 us per attack).
+        return {key if type(key) is str else str(key):
+                item if type(item) in _SCALARS else jsonable(item)
+                for key, item in value.items()}
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).hex()
     if isinstance(value, dict):
         return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [jsonable(item) for item in value]
+        return [item if type(item) in _SCALARS else jsonable(item) for item in value]
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     return str(value)
@@ -365,6 +371,11 @@ class Attack:
         is one f-string; the values of free shape (notes, analysis, dialogue fields, downloads)
         go through jsontext. `extra` keys come after to_json's (they must not be among them).
         Guarded by tests/test_output_formats.py against json.dumps for any attack."""
+        return self.json_text_open(inline_samples) + extra_text(extra) + "}"
+
+    def json_text_open(self, inline_samples: bool = False) -> str:
+        """to_json_text without its closing brace (nor extra keys): a writer that adds the same
+        keys to every line appends their text, made once (extra_text), and the brace."""
         start = iso(self.start_time)
         end = iso(self.end_time) if self.end_time else start  # to_json's `end_time or start`
         # Encoded under the lock, not copied first; most attacks have no downloads, tries or
@@ -380,7 +391,7 @@ class Attack:
         payload = conn.payload
         virtual = self.is_virtual
         proxy = self.proxy_connection
-        line = (
+        return (
             f'{{"@timestamp":"{start}","id":{str_text(self.id)},"start_time":"{start}",'
             f'"end_time":"{end}","is_virtual":'
             f'{("true" if virtual else "false") if type(virtual) is bool else text(virtual)},'
@@ -395,9 +406,6 @@ class Attack:
             f'"dialogue":{_dialogue_text(self.dialogue or _NO_DIALOGUE)},{lists},'
             f'"analysis":{analysis_text}'
         )
-        if not extra:
-            return line + "}"
-        return line + "".join([f",{str_text(key)}:{text(value)}" for key, value in extra]) + "}"
 
     def _lists_text(self, inline_samples: bool) -> str:
         """The downloads, tries and notes part of to_json_text (under the lock)."""
@@ -507,6 +515,11 @@ def made_attack(attack_connection: Connection, mode: Mode, start_time: float, en
     attack.analysis = {}
     attack._lock = _new_lock()
     return attack
+
+
+def extra_text(extra: tuple[tuple[str, Any], ...]) -> str:
+    """The text of `extra` keys after the others in a JSON object: `,"key":value` each."""
+    return "".join([f",{str_text(key)}:{text(value)}" for key, value in extra])
 
 
 # The mode's two keys, for each mode (every line names its attack's mode).

@@ -1,9 +1,9 @@
 """A dynamic server (class DynamicServer): one port in a server process (server.py's
 ServerProcess), its listening socket (bound by the master, as root), its template, its mode, its
-connections, its listen timeout. It accepts in batches (ACCEPT_BATCH), backs off when the process
-runs out of descriptors or memory, pauses accepting while the recorder or the port's connection
-budget is full, and on "stop" takes what the kernel already queued for STOP_GRACE before closing
-the listening socket."""
+connections, its listen timeout. It accepts in batches (ACCEPT_BATCH) when busy, backs off when
+the process runs out of descriptors or memory, pauses accepting while the recorder or the port's
+connection budget is full, and on "stop" takes what the kernel already queued for STOP_GRACE
+before closing the listening socket."""
 
 from __future__ import annotations
 
@@ -35,6 +35,13 @@ log = logging.getLogger("honeytrap.server")
 
 # Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
 ACCEPT_BATCH = 64
+# A port woken to accept less than this long after its last wake-up is busy: it asks the kernel
+# how many connections wait (listener.ready_to_accept) and takes them in one batch. One woken
+# later takes the one that woke it and asks nothing: a sweep's ports get a connection now and
+# then, one per wake-up, and the question was a system call (getsockopt) per connection there.
+# If more did wait, the listening socket is still readable and its next wake-up, busy by then,
+# asks. (The loop's clock, which uvloop keeps in milliseconds: well below this.)
+ACCEPT_BUSY_SECONDS = 0.05
 # accept() failing for lack of fds or memory (EMFILE, ENFILE, ENOBUFS, ENOMEM): wait this long
 # before trying again, doubling up to the maximum; logged at most once per back-off period.
 ACCEPT_BACKOFF_MIN = 0.05
@@ -60,7 +67,6 @@ class DynamicServer:
         self.reflector = process.reflector
         self.catalog = process.spec.catalog
         self.dialogue = self.catalog.factory(conf.port, template)
-        self.key = control.port_key(conf.protocol, conf.port)
         self.port_key = (conf.protocol, conf.port)
         # Descriptors one connection holds: ours, and in mirror/proxy mode the relayed one.
         self.connection_fds = 0 if conf.protocol == "udp" else 2 if conf.mode in RELAY_MODES else 1
@@ -83,15 +89,18 @@ class DynamicServer:
         # has it already (TCPTransport reads getsockname and getpeername once, before
         # connection_made, and get_extra_info converts what it kept: ~0.6 us, no system call;
         # a getsockname of our own on the accepted descriptor was one more call, ~2.3 us).
-        bound = split(sock.getsockname()) if sock.family in (socket.AF_INET, socket.AF_INET6) \
-            else ("", 0)
-        self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
+        # Without bind_address the master bound a wildcard (listener.bind_port): nothing to ask.
+        self._local: tuple[str, int] | None = None
+        if self.config.bind_address and sock.family in (socket.AF_INET, socket.AF_INET6):
+            bound = split(sock.getsockname())
+            self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
         # What an accepted descriptor is handed to the loop as (see UvAccepted: on uvloop one
         # object for every connection, its descriptor set per accept).
         self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
             UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse
             if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         self._backoff = ACCEPT_BACKOFF_MIN
+        self._woken = float("-inf")  # the loop's time at the last wake-up to accept
         self._expire_sent = False
         self._listener_closed = False
         self._timer: asyncio.TimerHandle | None = None
@@ -100,12 +109,14 @@ class DynamicServer:
     # --- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.sock.setblocking(False)
+        # The socket is listener.bind_port's, handed over by the master: non-blocking already
+        # (ServerProcess._serve makes its socket object so) and, for TCP, with urgent data
+        # inline (SO_OOBINLINE, set before listen so that connections queued before the
+        # hand-over have it too; accepted sockets inherit it). No system call here for either:
+        # a sweep hands over thousands of ports a second.
+        if self.sock.gettimeout() != 0.0:
+            self.sock.setblocking(False)
         if self.port.protocol == "tcp":
-            # Urgent data inline (listener.py sets it where the master binds, before listen, so
-            # that connections queued before the hand-over have it too; accepted sockets
-            # inherit it): again here for a socket bound elsewhere.
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
             self._resume_accepting()
         else:
             self.udp = UdpServer(self)
@@ -240,12 +251,16 @@ class DynamicServer:
             self._accepting = False
 
     def _accept_batch(self, drain: bool = False) -> None:
-        """Accept what the kernel queued: as many as it says are waiting (ready_to_accept; at
-        least one, at most ACCEPT_BATCH), or, draining, until accept() would block."""
+        """Accept what the kernel queued: on a busy port as many as it says are waiting
+        (ready_to_accept; at least one, at most ACCEPT_BATCH), on a quiet one the one that woke
+        it (ACCEPT_BUSY_SECONDS), or, draining, until accept() would block."""
         if drain:
             count = self.config.max_connections
         else:
-            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH)
+            now = self.loop.time()
+            busy = now - self._woken < ACCEPT_BUSY_SECONDS
+            self._woken = now
+            count = min(max(1, ready_to_accept(self.sock)), ACCEPT_BATCH) if busy else 1
         for _ in range(count):
             if self.active >= self.config.max_connections:
                 if drain:

@@ -18,7 +18,15 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from honeytrap.addresses import split, split_local
-from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload, jsonable
+from honeytrap.attack import (
+    Attack,
+    Connection,
+    DialogueRecord,
+    Mode,
+    Payload,
+    jsonable,
+    made_connection,
+)
 from honeytrap.datachannel import FtpData
 from honeytrap.deadlines import Entry
 from honeytrap.dialogue.base import DataChannel
@@ -94,7 +102,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
         port = self.server.port.port
         if local[1] != port:
             port = local[1]
-        self.conn = Connection("tcp", local[0], port, remote[0], remote[1], NO_PAYLOAD)
+        # made_connection: Connection(...) without its frozen __init__ (~1.6 -> ~0.75 us).
+        self.conn = made_connection("tcp", local[0], port, remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
         ctx = self.server.catalog.context("tcp", port, config.read_limit, local[0],
                                           remote[0], remote[1])

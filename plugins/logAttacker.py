@@ -19,7 +19,7 @@ import ipaddress
 import socket
 
 from honeytrap import outfile
-from honeytrap.attack import Attack
+from honeytrap.attack import Attack, Mode
 from honeytrap.plugin import PluginContext
 
 # Addresses whose rendering is remembered: the sensor's own few, and attackers' recent ones
@@ -36,21 +36,36 @@ def format_line(attack: Attack) -> str:
     conn = attack.attack_connection
     payload = conn.payload
     count = len(attack.downloads)
+    protocol = conn.protocol
     return (
-        f"[{_timestamp(attack.start_time)} GMT] {attack.mode.label} {_word(conn.protocol)} "
+        f"[{_timestamp(attack.start_time)} GMT] {_MODE_WORDS[attack.mode._value_]} "
+        f"{protocol if protocol in _PROTOCOLS else _word(protocol)} "
         f"{_endpoint(conn.remote_addr, conn.remote_port)} -> "
-        f"{_endpoint(conn.local_addr, conn.local_port)} "
-        f"{payload.md5} {payload.sha512} ({payload.size} bytes) "
-        f"{count} download{'' if count == 1 else 's'}\n"
+        f"{_local_endpoint(conn.local_addr, conn.local_port)} "
+        f"{payload.md5} {payload.sha512} ({len(payload.data)} bytes) "
+        f"{_DOWNLOADS[count] if count < _COUNTS_MADE else _downloads(count)}\n"
     )
 
 
 _seconds = outfile.utc_formatter("%Y-%m-%d %H:%M:%S")
+# Texts made once rather than per line: the mode's word, the usual protocols (_word's answer
+# for them is themselves), the download counts most attacks have, a time's milliseconds.
+_MODE_WORDS = {mode.value: mode.label for mode in Mode}
+_PROTOCOLS = frozenset({"tcp", "udp"})
+_COUNTS_MADE = 16
+
+
+def _downloads(count: int) -> str:
+    return f"{count} download{'' if count == 1 else 's'}"
+
+
+_DOWNLOADS = tuple(_downloads(count) for count in range(_COUNTS_MADE))
+_DOT_MILLIS = tuple(f".{millis:03d}" for millis in range(1000))
 
 
 def _timestamp(when: float) -> str:
     millis = int(when * 1000) % 1000
-    return _seconds(when) + f".{millis:03d}"
+    return _seconds(when) + _DOT_MILLIS[millis]
 
 
 def _endpoint(addr: str, port: int) -> str:
@@ -60,6 +75,10 @@ def _endpoint(addr: str, port: int) -> str:
     if ":" in host:
         return f"[{host}]:{int(port)}"
     return f"{host}:{int(port)}"
+
+
+# The sensor's side: its few addresses and ports, the same text line after line.
+_local_endpoint = functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)(_endpoint)
 
 
 @functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)

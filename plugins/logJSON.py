@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 
 from honeytrap import outfile
-from honeytrap.attack import Attack
+from honeytrap.attack import Attack, extra_text
 from honeytrap.plugin import PluginContext
 
 # json.dumps(record, separators=(",", ":")) without building an encoder for every record.
@@ -32,12 +32,13 @@ class LogJSON(outfile.LineLog):
         super().__init__(ctx)
         self.sensor_id = ctx.config.sensor_id
         self.inline_samples = ctx.option_yes("inline_samples", False)
+        # What ends every line: the sensor's id, the closing brace, the newline; made once.
+        self._line_end = extra_text((("sensor_id", self.sensor_id),)) + "}\n"
 
     def line(self, attack: Attack) -> bytes:
-        # The text of _ENCODER.encode({**attack.to_json(), "sensor_id": ...}), built directly.
-        text = attack.to_json_text(inline_samples=self.inline_samples,
-                                   extra=(("sensor_id", self.sensor_id),))
-        return (text + "\n").encode("utf-8")
+        # The text of _ENCODER.encode({**attack.to_json(), "sensor_id": ...}), built directly
+        # (attack.to_json_text's, with its end made once).
+        return (attack.json_text_open(self.inline_samples) + self._line_end).encode("utf-8")
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from honeytrap.dialogue import detect
 from honeytrap.dialogue.base import Context, DialogueError, Reply
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.dialogue.detect import classify
@@ -302,6 +303,41 @@ def test_elasticsearch_and_docker_paths() -> None:
 ])
 def test_first_bytes_name_the_protocol(first: bytes, name: str | None) -> None:
     assert classify(first) == name
+
+
+_GATED = ((detect._SIP, detect._SIP_FIRST), (detect._HTTP, detect._HTTP_FIRST),
+          (detect._RESP, detect._REDIS_FIRST), (detect._REDIS_INLINE, detect._REDIS_FIRST),
+          (detect._SMTP, detect._SMTP_FIRST))
+
+
+def _gate_hides_no_match(data: bytes) -> None:
+    for pattern, firsts in _GATED:
+        if pattern.match(data):
+            assert data[0] in firsts, (pattern.pattern, data)
+
+
+def _every_case(word: bytes) -> list[bytes]:
+    variants = [b""]
+    for byte in word:
+        cases = {bytes([byte]), bytes([byte]).lower(), bytes([byte]).upper()}
+        variants = [start + case for start in variants for case in sorted(cases)]
+    return variants
+
+
+def test_a_pattern_is_skipped_only_where_it_cannot_match() -> None:
+    """classify tries a pattern only on data starting with a byte a match of it can start with:
+    every command it looks for, in every case, with every kind of what may follow."""
+    words = [*detect._HTTP_METHODS, *detect._SIP_METHODS, *detect._REDIS_COMMANDS,
+             *detect._SMTP_COMMANDS, b"*"]
+    for word in words:
+        for variant in _every_case(word):
+            for after in (b" ", b" /", b" sip:", b" sips:", b"\r\n", b"1", b""):
+                _gate_hides_no_match(variant + after)
+
+
+@given(st.binary(max_size=40))
+def test_no_bytes_start_a_match_the_gate_skips(data: bytes) -> None:
+    _gate_hides_no_match(data)
 
 
 def test_a_port_without_template_is_silent_until_the_client_speaks() -> None:

@@ -223,6 +223,41 @@ def test_logattacker_writes_ipv4_mapped_ipv6_as_ipaddress_does() -> None:
     assert LOGATTACKER._endpoint("::ffff:1.2.3.4", 80) == expected
 
 
+def plain_line(attack: Attack) -> str:
+    """logAttacker's line as it was written before its texts were made once."""
+    conn = attack.attack_connection
+    payload = conn.payload
+    count = len(attack.downloads)
+    word = conn.protocol if conn.protocol.isascii() and conn.protocol.isalnum() else "?"
+    return (
+        f"[{plain_timestamp(attack.start_time)} GMT] {attack.mode.name.lower()} {word} "
+        f"{plain_endpoint(conn.remote_addr, conn.remote_port)} -> "
+        f"{plain_endpoint(conn.local_addr, conn.local_port)} "
+        f"{payload.md5} {payload.sha512} ({payload.size} bytes) "
+        f"{count} download{'' if count == 1 else 's'}\n"
+    )
+
+
+ADDRESS_TEXTS = st.ip_addresses().map(str) | st.sampled_from(["192.0.2.1", "::1", "fe80::1%eth0",
+                                                               "x", ""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(ADDRESS_TEXTS, st.integers(0, 65535), ADDRESS_TEXTS, st.integers(0, 65535),
+       st.sampled_from(["tcp", "udp", "ip", "t c", "\u00e9", ""]), st.sampled_from(list(Mode)),
+       st.floats(0, 253402300799.0), st.integers(0, 20), st.binary(max_size=64))
+def test_logattacker_line_is_the_plain_formatting(
+    local: str, local_port: int, remote: str, remote_port: int, protocol: str, mode: Mode,
+    start: float, downloads: int, data: bytes,
+) -> None:
+    conn = Connection(protocol, local, local_port, remote, remote_port, Payload(data))
+    attack = Attack(conn, mode=mode, start_time=start)
+    for n in range(downloads):
+        attack.downloads.append(Download("http", "203.0.113.9", 80, "x", f"http://x/{n}",
+                                         Payload(b"MZ")))
+    assert LOGATTACKER.format_line(attack) == plain_line(attack)
+
+
 # --- SaveFile's other names, logJSON's bytes --------------------------------------------------
 
 
