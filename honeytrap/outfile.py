@@ -68,7 +68,7 @@ TEMP_PREFIX = ".tmp-"
 # refused (ENOENT), and the /proc path does it.
 _AT_EMPTY_PATH = 0x1000
 _EMPTY_PATH_REFUSED = frozenset({errno.ENOENT, errno.EPERM, errno.EINVAL, errno.ENOSYS})
-_FS_ENCODING = sys.getfilesystemencoding()
+_FS_ENCODING, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 
 def _find_linkat() -> Callable[..., int] | None:
@@ -183,7 +183,7 @@ def _link_unnamed(fd: int, dir_fd: int, name: str) -> bool:
     global _linkat
     linkat = _linkat
     if linkat is not None:
-        encoded = name.encode(_FS_ENCODING, "surrogateescape")  # os.fsencode, without its call
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)  # os.fsencode, without its call
         if b"\0" in encoded:
             raise ValueError("embedded null byte")  # as os.link says; C would cut the name
         if linkat(fd, b"", dir_fd, encoded, _AT_EMPTY_PATH) == 0:

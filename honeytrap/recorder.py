@@ -48,7 +48,9 @@ from honeytrap.plugin import Registry
 
 log = logging.getLogger("honeytrap.recorder")
 
-# Bytes read from a link at a time.
+# Bytes read from a link at a time (the recorder reads into one buffer of this size: a
+# recv(READ_SIZE) allocated a new one per read, above malloc's mmap threshold, so each read cost
+# an mmap, an mremap to shrink it and an munmap, and page faults for what it held).
 READ_SIZE = 256 * 1024
 # A server's finished attacks go to the recorder at most this long after the first of them
 # waits, all in one send: sent at the end of each loop pass, they were one send() (and one
@@ -153,6 +155,8 @@ class Recorder:
         self.received = 0
         self.link_errors = 0
         self._frame_limit = max_frame(spec.config)
+        self._read_buffer = bytearray(READ_SIZE)  # the loop's alone
+        self._read_view = memoryview(self._read_buffer)
         # The links' `out` and sockets are shared with the workers, which send the acks
         # (_done, _send_acks): changed, sent on and closed under this lock. The selector is
         # the loop's alone: a worker that finds a link full leaves it in _blocked and wakes
@@ -250,17 +254,18 @@ class Recorder:
 
     def _on_link(self, link: _Link) -> None:
         try:
-            data = link.sock.recv(READ_SIZE)
+            count = link.sock.recv_into(self._read_buffer)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
             log.warning("link read failed: %s", exc.strerror)
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             self._close(link)
             return
         try:
-            messages = link.reader.feed(data)
+            # The reader copies what it keeps (its frames' bytes, an incomplete frame's).
+            messages = link.reader.feed(self._read_view[:count])
         except wire.WireError as exc:
             # Only a server's bug (or a compromised server) gets here; what it sent before
             # the bad frame is being recorded.

@@ -303,7 +303,7 @@ class FrameReader:
         """Bytes buffered of an incomplete frame."""
         return self._buffered
 
-    def feed(self, data: bytes) -> list[Message]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
         if self._error is not None:
             raise WireError(f"reader unusable after an earlier error: {self._error}")
         if self._buffered:
@@ -314,7 +314,7 @@ class FrameReader:
             self._buffer = io.BytesIO()  # getvalue shared its bytes: start a new buffer
             self._buffered = 0
         else:
-            data = bytes(data)  # no copy for bytes
+            data = bytes(data)  # no copy for bytes; a memoryview of a read buffer is copied
         try:
             messages, used = self._parse(data)
         except WireError as exc:

@@ -88,6 +88,21 @@ def test_a_new_file_is_complete_under_its_name_either_way(tmp_path: Path, link_w
     assert (tmp_path / "name").read_bytes() == b"data"
 
 
+def test_a_new_file_is_named_as_the_os_module_names_it(tmp_path: Path, link_way: str) -> None:
+    """The name is encoded as os.fsencode encodes it (a byte the locale cannot decode comes
+    back as itself); a NUL in it is refused, as os.link refuses it, and nothing is left."""
+    name = "caf\u00e9-\udcff"
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert outfile.write_new(dir_fd, [name], b"data") == name
+        with pytest.raises(ValueError):
+            outfile.write_new(dir_fd, ["cut\x00here"], b"data")
+    finally:
+        os.close(dir_fd)
+    assert os.listdir(os.fsencode(tmp_path)) == [os.fsencode(name)]
+    assert (tmp_path / name).read_bytes() == b"data"
+
+
 def test_a_new_file_never_replaces_an_existing_one(tmp_path: Path, link_way: str) -> None:
     (tmp_path / "taken").write_bytes(b"old")
     dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
