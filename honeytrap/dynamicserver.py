@@ -129,6 +129,12 @@ class DynamicServer:
             return
         idle_for = time.monotonic() - self.last_activity
         timeout = self.config.listen_timeout
+        if self.process.held_back:
+            # Not idle: its attackers wait in the backlog for the recorder to catch up
+            # (unacked.py). Expired now, its stop would take that backlog in at once, past the
+            # sensor's unacknowledged_limit.
+            self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
+            return
         if self.active == 0 and idle_for >= timeout:
             if not self._expire_sent:
                 self._expire_sent = True
