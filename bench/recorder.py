@@ -11,6 +11,15 @@ what the server side costs. Reps run in turn, each with a new recorder and direc
 with min-max are printed (--json: the raw figures).
 
     .venv/bin/python bench/recorder.py [--attacks 20000] [--reps 5] [--workdir /var/tmp]
+    .venv/bin/python bench/recorder.py --rate 4000 --flush-ms 5   # at a server's pace
+
+By default the frames go as fast as they are acknowledged, in large sends. --rate alone sends
+each as it is due; with --flush-ms, those due go in one send every so many ms, as a dynamic
+server sends them (FLUSH_DELAY): each send then finds the recorder idle since the last one, its
+loop and a worker wake for a few attacks in caches other processes used meanwhile, and that
+costs far more per attack (issue 13, no plugins, 4,000/s on the busy 2-core machine: ~25 us
+sent every 5 ms, against ~10 us in large sends or one by one as due). It is what the daemon's
+recorder sees below its full speed.
 
 honeytrap is imported from PYTHONPATH (or the installed one), so the same script measures
 another checkout: PYTHONPATH=/path/to/checkout, --plugin-dir its plugins. A/B: run it for each
@@ -75,7 +84,7 @@ def config(directory: Path, plugin_dir: str, outputs: bool = True) -> Config:
 
 
 def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
-            outputs: bool = True, rate: float = 0.0) -> tuple[float, float]:
+            outputs: bool = True, rate: float = 0.0, flush: float = 0.0) -> tuple[float, float]:
     """CPU seconds the recorder spent on `count` attacks: user, system."""
     cfg = config(directory, plugin_dir, outputs)
     registry = load_plugins(cfg)
@@ -90,7 +99,7 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
         link = handle.link()
         if link is None:
             raise RuntimeError("no link to the recorder")
-        acked = _feed(link, batch, window, rate)
+        acked = _feed(link, batch, window, rate, flush)
         link.close()
         if acked != count:
             raise RuntimeError(f"{acked} of {count} attacks acknowledged")
@@ -107,9 +116,11 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
     return usage.ru_utime, usage.ru_stime
 
 
-def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0) -> int:
+def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0,
+          flush: float = 0.0) -> int:
     """Send the frames, at most `window` unacknowledged (and with `rate`, no more than `rate`
-    per second, as connections end on a server); return how many were acknowledged."""
+    per second, as connections end on a server; with `flush` too, those due only every `flush`
+    seconds, as a server sends them); return how many were acknowledged."""
     import socket
     assert isinstance(link, socket.socket)
     link.setblocking(False)
@@ -120,11 +131,18 @@ def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0) -> i
     sent = acked = 0
     began = time.monotonic()
     deadline = began + REP_TIMEOUT
+    tick = began  # with flush: when the frames due go next
+    due = 0
     while acked < len(batch):
         now = time.monotonic()
         if now > deadline:
             raise RuntimeError(f"stalled: {acked} of {len(batch)} acknowledged")
-        due = len(batch) if rate <= 0 else min(len(batch), int((now - began) * rate) + 1)
+        if rate <= 0:
+            due = len(batch)
+        elif flush <= 0 or now >= tick:
+            due = min(len(batch), int((now - began) * rate) + 1)
+            while tick <= now:
+                tick += flush if flush > 0 else 1.0
         while sent < due and sent - acked < window:
             out += batch[sent]
             sent += 1
@@ -134,8 +152,9 @@ def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0) -> i
         except BlockingIOError:
             pass
         selector.modify(link, selectors.EVENT_READ | (selectors.EVENT_WRITE if out else 0))
-        for _key, events in selector.select(timeout=1.0 if rate <= 0 or sent == due
-                                            else 1 / rate):
+        wait = (1.0 if rate <= 0 else max(0.0, tick - time.monotonic()) if flush > 0
+                else 1.0 if sent == due else 1 / rate)
+        for _key, events in selector.select(timeout=wait):
             if events & selectors.EVENT_READ:
                 data = link.recv(1 << 20)
                 if not data:
@@ -155,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plugin-dir", default=str(REPO / "plugins"))
     parser.add_argument("--rate", type=float, default=0.0,
                         help="attacks sent per second at most (0: as fast as acknowledged)")
+    parser.add_argument("--flush-ms", type=float, default=0.0,
+                        help="with --rate: send the attacks due every this many ms in one "
+                        "send, as a server does (recorder.FLUSH_DELAY is 5)")
     parser.add_argument("--no-outputs", action="store_true",
                         help="no plugins: the recorder's own cost per attack")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")
@@ -170,13 +192,15 @@ def main(argv: list[str] | None = None) -> int:
             directory = wd.path / f"rep-{rep}"
             directory.mkdir()
             utime, stime = run_rep(directory, args.attacks, args.window, args.plugin_dir,
-                                   not args.no_outputs, args.rate)
+                                   not args.no_outputs, args.rate, args.flush_ms / 1000)
             user.append(utime / args.attacks * 1e6)
             system.append(stime / args.attacks * 1e6)
             micros.append(user[-1] + system[-1])
         fresh = "fresh filesystem" if wd.fresh_fs else f"not fresh: {wd.why}"
     what = "no plugins" if args.no_outputs else "SaveFile, logAttacker, logJSON"
     pace = f", at most {args.rate:.0f}/s" if args.rate > 0 else ""
+    if args.rate > 0 and args.flush_ms > 0:
+        pace += f" sent every {args.flush_ms:g} ms"
     print(f"# recorder ({what}), {args.attacks} attacks x {args.reps} reps, window {args.window}"
           f"{pace} "
           f"({fresh}; load {load:.2f} -> {os.getloadavg()[0]:.2f})")

@@ -53,8 +53,10 @@ class SourceBudget:
         self.per_network = per_network
         self.counters = BudgetCounters()
         self._clock = clock
-        # Per source held: how many, and its network (computed once while it holds any).
-        self._sources: dict[str, tuple[int, bytes]] = {}
+        # Per source held: how many, its network (computed once while it holds any), and its
+        # address as first admitted: every connection of the source shares that string
+        # (`shared`), not one of its own each (~64 bytes per open connection; bench/idle.py).
+        self._sources: dict[str, tuple[int, bytes, str]] = {}
         self._networks: dict[bytes, int] = {}
         self._logged = -LOG_INTERVAL
         self._logged_total = 0
@@ -63,7 +65,8 @@ class SourceBudget:
         """Count a new connection from `address`; None if it may be served, else why not (it is
         then not counted as held, and must be closed)."""
         known = self._sources.get(address)
-        held, network = known if known is not None else (0, network_of(address))
+        held, network, address = known if known is not None else (0, network_of(address),
+                                                                  address)
         if held >= self.per_source:
             self.counters.refused_source += 1
             return f"{held} connections from this address (max_connections_per_source)"
@@ -71,20 +74,26 @@ class SourceBudget:
         if in_network >= self.per_network:
             self.counters.refused_network += 1
             return f"{in_network} connections from its network (max_connections_per_network)"
-        self._sources[address] = (held + 1, network)
+        self._sources[address] = (held + 1, network, address)
         self._networks[network] = in_network + 1
         return None
+
+    def shared(self, address: str) -> str:
+        """`address` as the string every held connection of that source shares (itself if
+        it holds none)."""
+        known = self._sources.get(address)
+        return known[2] if known is not None else address
 
     def release(self, address: str) -> None:
         """A connection `admit` let in has ended."""
         known = self._sources.get(address)
         if known is None:
             return  # not held (admit refused it, or a release too many): nothing to give back
-        held, network = known
+        held, network, shared = known
         if held <= 1:
             del self._sources[address]
         else:
-            self._sources[address] = (held - 1, network)
+            self._sources[address] = (held - 1, network, shared)
         in_network = self._networks.get(network, 0)
         if in_network <= 1:
             self._networks.pop(network, None)

@@ -288,11 +288,14 @@ class DynamicServer:
                 raise
             remote = split(addr)
             source = remote[0]
-            why = self.process.budget.admit(source)
+            budget = self.process.budget
+            why = budget.admit(source)
             if why is not None:
                 os.close(fd)  # at once: a descriptor held for it is what the budget prevents
                 self._refused_over_budget(source, why)
                 continue
+            # The record's address: the string the source's other open connections share.
+            remote = (budget.shared(source), remote[1])
             self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
                                    self._local)
         self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again

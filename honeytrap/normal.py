@@ -60,9 +60,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
     datachannel.py's."""
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
+    # The loop and the deadlines are the server's (self.server.loop, .deadlines), the deadline's
+    # time its entry's: not three slots more each.
     __slots__ = ("server", "remote", "local", "notes", "session", "transport", "conn", "start",
-                 "loop", "opened", "deadlines", "deadline", "due", "send_at", "data", "uploaded",
-                 "done")
+                 "opened", "deadline", "send_at", "data", "uploaded", "done")
 
     def __init__(self, server: Host, notes: Sequence[str] = (),
                  remote: tuple[str, int] | None = None,
@@ -75,13 +76,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None
         self.start = time.time()
-        self.loop = server.loop
-        self.opened = self.loop.time()
-        # The session's next deadline: an entry in the process's one heap (deadlines.py), and
-        # its time.
-        self.deadlines = server.deadlines
+        self.opened = server.loop.time()
+        # The session's next deadline: an entry in the process's one heap (deadlines.py; its
+        # time is the entry's first item).
         self.deadline: Entry | None = None
-        self.due = 0.0
         self.send_at = 0.0  # when the last reply scheduled goes out (replies keep their order)
         self.data: FtpData | None = None
         self.uploaded: bytearray | None = None  # FTP uploads (STOR), made with the data channel
@@ -99,10 +97,15 @@ class NormalConnection(asyncio.Protocol, Finisher):
         remote = self.remote or split(transport.get_extra_info("peername"))
         # In self.conn from here on (the accept's tuples are ~70 bytes per connection).
         self.remote = self.local = None
+        # The port's own int, not the one getsockname made (above 256 an int of its own per
+        # connection, 32 bytes, in the record and the dialogue's context).
+        port = self.server.port.port
+        if local[1] != port:
+            port = local[1]
         # made_connection: Connection(...) without its frozen __init__ (~1.6 -> ~0.75 us).
-        self.conn = made_connection("tcp", local[0], local[1], remote[0], remote[1], NO_PAYLOAD)
+        self.conn = made_connection("tcp", local[0], port, remote[0], remote[1], NO_PAYLOAD)
         config = self.server.config
-        ctx = self.server.catalog.context("tcp", local[1], config.read_limit, local[0],
+        ctx = self.server.catalog.context("tcp", port, config.read_limit, local[0],
                                           remote[0], remote[1])
         # The session's clock starts when the connection was opened (a moment ago: its float
         # shared, not one more per connection).
@@ -116,7 +119,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def data_received(self, data: bytes) -> None:
         assert self.conn is not None and self.session is not None
         self.server.perread(self.conn, "in", data)
-        self._apply(self.session.on_data(data, self.loop.time()))
+        self._apply(self.session.on_data(data, self.server.loop.time()))
         self._arm()
 
     def eof_received(self) -> bool:
@@ -129,12 +132,12 @@ class NormalConnection(asyncio.Protocol, Finisher):
         if self.done or self.session is None:
             return
         due = min(self.session.deadline(), self.opened + MAX_CONNECTION_SECONDS)
+        deadlines = self.server.deadlines
         if self.deadline is not None:
-            if self.due <= due:
+            if self.deadline[0] <= due:  # type: ignore[operator]  # the entry's time, a float
                 return  # it comes first and re-arms
-            self.deadlines.cancel(self.deadline)
-        self.due = due
-        self.deadline = self.deadlines.at(due, self)
+            deadlines.cancel(self.deadline)
+        self.deadline = deadlines.at(due, self)
 
     def __call__(self) -> None:
         """The deadline came (the connection is its own callback in the deadlines' heap: no
@@ -142,7 +145,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.deadline = None
         if self.done or self.session is None:
             return
-        now = self.loop.time()
+        now = self.server.loop.time()
         if now - self.opened >= MAX_CONNECTION_SECONDS:
             self.abort(Closed.LIFETIME)
             return
@@ -156,11 +159,12 @@ class NormalConnection(asyncio.Protocol, Finisher):
             return  # nothing to do, now or later (most events of most connections)
         if out.data is not None:
             self._data_channel(out.data)
-        if not out.delay and self.send_at <= self.loop.time():
+        loop = self.server.loop
+        if not out.delay and self.send_at <= loop.time():
             self._send(out)
             return
-        self.send_at = max(self.send_at, self.loop.time() + out.delay)
-        self.loop.call_at(self.send_at, self._send, out)
+        self.send_at = max(self.send_at, loop.time() + out.delay)
+        loop.call_at(self.send_at, self._send, out)
 
     def _send(self, out: Output) -> None:
         assert self.transport is not None
@@ -168,7 +172,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
             self.transport.write(out.send)
         if out.close:
             self.transport.close()
-        if self.send_at and self.send_at <= self.loop.time():
+        if self.send_at and self.send_at <= self.server.loop.time():
             self.send_at = 0.0  # the last one scheduled went: its float not kept (idle, 24 B)
 
     def _data_channel(self, channel: DataChannel) -> None:
@@ -214,7 +218,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
             return
         self.done = True
         if self.deadline is not None:
-            self.deadlines.cancel(self.deadline)
+            self.server.deadlines.cancel(self.deadline)
             self.deadline = None
         if self.data is not None:
             self.data.shutdown()

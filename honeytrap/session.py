@@ -111,7 +111,7 @@ class Transcript:
 class NormalSession:
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
     __slots__ = ("dialogue", "read_limit", "read_timeout", "idle_limit", "received",
-                 "transcript", "closed", "truncated", "error", "last", "next_idle", "quiet_done")
+                 "_said", "closed", "truncated", "error", "last", "next_idle", "quiet_done")
 
     def __init__(
         self,
@@ -127,7 +127,10 @@ class NormalSession:
         self.read_timeout = read_timeout
         self.idle_limit = idle_limit
         self.received: bytearray | None = None  # the client's bytes, made on the first
-        self.transcript = Transcript(read_limit)
+        # The transcript, made at the second event: until then only our first bytes (most idle
+        # connections' whole dialogue, a banner or a raw template: the dialogue's own bytes),
+        # not a Transcript and its turn count (~100 bytes per open connection, bench/idle.py).
+        self._said: Transcript | bytes = b""
         self.closed = Closed.OPEN
         self.truncated = False
         self.error = ""  # why the dialogue failed, for the record's notes
@@ -139,13 +142,23 @@ class NormalSession:
     def payload(self) -> bytes:
         return bytes(self.received) if self.received is not None else b""
 
+    @property
+    def transcript(self) -> Transcript:
+        said = self._said
+        if isinstance(said, Transcript):
+            return said
+        transcript = self._said = Transcript(self.read_limit)
+        if said:
+            transcript.ours(said)
+        return transcript
+
     def start(self) -> Output:
         first = self._call(self.dialogue.start)
         if isinstance(first, Reply):  # a DialogueError: closing
             return self._out(first)
         # _out(Reply(send=first, delay=start_delay)) without the Reply (once per connection).
         if first:
-            self.transcript.ours(first)
+            self._ours(first)
         return Output(first, False, max(float(getattr(self.dialogue, "start_delay", 0)), 0.0))
 
     def on_data(self, data: bytes, now: float) -> Output:
@@ -236,9 +249,15 @@ class NormalSession:
         self._close(Closed.ERROR)
         return Reply(close=True)
 
+    def _ours(self, data: bytes) -> None:
+        if type(data) is bytes and not self._said:
+            self._said = data  # our first bytes and nothing else yet: the transcript's, later
+        else:
+            self.transcript.ours(data)
+
     def _out(self, reply: Reply) -> Output:
         if reply.send:
-            self.transcript.ours(reply.send)
+            self._ours(reply.send)
         if reply.close:
             self._close(Closed.DIALOGUE)
         return Output(reply.send, reply.close, max(reply.delay, 0.0), reply.data)

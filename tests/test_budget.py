@@ -28,6 +28,20 @@ def test_one_address_gets_its_budget_and_no_more() -> None:
     assert budget.admit("198.51.100.7") is None
 
 
+def test_a_source_held_shares_one_address_string() -> None:
+    budget = SourceBudget(per_source=3, per_network=10, clock=Clock())
+    first = "".join(["198.51.100.", "7"])  # equal strings, distinct objects, as accept gives
+    again = "".join(["198.51.100", ".7"])
+    assert first == again and first is not again
+    assert budget.shared(first) is first  # none held: itself
+    assert budget.admit(first) is None and budget.admit(again) is None
+    assert budget.shared(again) is first
+    budget.release(first)
+    assert budget.shared(again) is first  # still one held
+    budget.release(again)
+    assert budget.shared(again) is again
+
+
 def test_a_network_shares_one_budget() -> None:
     budget = SourceBudget(per_source=10, per_network=4, clock=Clock())
     for last in range(4):

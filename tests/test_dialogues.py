@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from honeytrap.dialogue import detect
-from honeytrap.dialogue.base import Context, DialogueError, Reply
+from honeytrap.dialogue.base import SENSOR_RNG, Context, DialogueError, Reply
 from honeytrap.dialogue.catalog import Catalog
 from honeytrap.dialogue.detect import classify
 from honeytrap.dialogue.framing import HttpFramer, RespFramer, TelnetFramer
 from honeytrap.dialogue.raw import RawDialogue
-from honeytrap.dialogue.script import load_script, parse_script
+from honeytrap.dialogue.script import load_script, parse_script, uses_id
 from honeytrap.dialogue.text import DATA_PORTS, ScriptDialogue
 from honeytrap.errors import ConfigError
 from honeytrap.session import Closed, NormalSession
@@ -140,6 +140,32 @@ def test_smtp_takes_data_until_the_lone_dot() -> None:
     assert replies[3].send == b""  # the body gets no reply
     assert replies[4].send.startswith(b"250 2.0.0 Ok: queued as ")
     assert replies[5].send.startswith(b"221 ") and replies[5].close
+
+
+def test_a_connection_id_is_drawn_for_every_script_and_kept_where_one_is_written() -> None:
+    smtp = load_script(str(TEMPLATES / "25_tcp.dialogue"))
+    rng = random.Random(7)  # noqa: S311 - ctx()'s: the banner's jitter, then the id
+    if smtp.delay[1]:
+        rng.uniform(*smtp.delay)
+    expected = b"%010X" % rng.getrandbits(40)
+    _, replies = play(25, b"EHLO me\r\n", b"MAIL FROM:<a@b>\r\nRCPT TO:<c@d>\r\n", b"DATA\r\n",
+                      b"hi\r\n", b".\r\n")
+    assert replies[4].send == b"250 2.0.0 Ok: queued as " + expected + b"\r\n"
+    assert uses_id(smtp)
+    # A script without ${id} (FTP's) still draws one (the sensor's sequence stays as it was)
+    # but does not keep it.
+    ftp = load_script(str(TEMPLATES / "21_tcp.dialogue"))
+    assert not uses_id(ftp)
+    context = ctx(21)
+    before = context.rng.getstate()
+    dialogue = ScriptDialogue(ftp, context)
+    replay = random.Random()  # noqa: S311
+    replay.setstate(before)
+    if ftp.delay[1]:
+        replay.uniform(*ftp.delay)
+    replay.getrandbits(40)
+    assert context.rng.getstate() == replay.getstate()
+    assert dialogue._id == 0
 
 
 def test_pop3_user_pass_and_an_empty_maildrop() -> None:
@@ -312,6 +338,16 @@ def test_a_pattern_is_skipped_only_where_it_cannot_match() -> None:
 @given(st.binary(max_size=40))
 def test_no_bytes_start_a_match_the_gate_skips(data: bytes) -> None:
     _gate_hides_no_match(data)
+
+
+def test_a_connections_context_carries_each_value_in_its_field() -> None:
+    catalog = Catalog(hostname="sensor-7", extra={"k": 1})
+    context = catalog.context("tcp", 2222, 4096, "198.18.0.2", "198.18.0.1", 40001)
+    assert (context.protocol, context.port, context.read_limit) == ("tcp", 2222, 4096)
+    assert context.rng is SENSOR_RNG
+    assert (context.hostname, context.state_dir, context.extra) == ("sensor-7", "", {"k": 1})
+    assert (context.local_addr, context.remote_addr, context.remote_port) == (
+        "198.18.0.2", "198.18.0.1", 40001)
 
 
 def test_a_port_without_template_is_silent_until_the_client_speaks() -> None:

@@ -140,9 +140,10 @@ class Catalog:
 
     def context(self, protocol: str, port: int, read_limit: int, local_addr: str = "",
                 remote_addr: str = "", remote_port: int = 0) -> Context:
-        return Context(protocol, port, read_limit, rng=SENSOR_RNG,
-                       hostname=self.hostname, state_dir=self.state_dir, extra=self.extra,
-                       local_addr=local_addr, remote_addr=remote_addr, remote_port=remote_port)
+        # Once per connection: by position, in Context's field order (keywords cost ~0.4 us
+        # more, timeit; tests/test_dialogues.py checks each field lands where it belongs).
+        return Context(protocol, port, read_limit, SENSOR_RNG, self.hostname, self.state_dir,
+                       self.extra, local_addr, remote_addr, remote_port)
 
     def factory(self, port: int, template: bytes | None) -> DialogueFactory:
         """What answers a TCP connection to port (see the module's docstring); template is the

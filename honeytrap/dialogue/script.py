@@ -100,6 +100,24 @@ class Script:
     initial: str = ""
     states: dict[str, list[Rule]] = field(default_factory=dict)
     common: list[Rule] = field(default_factory=list)  # rules of every state
+    # Whether any of its strings has an ${id} (uses_id(), worked out once per script).
+    has_id: bool | None = None
+
+
+def uses_id(script: Script) -> bool:
+    """Whether a reply of `script` may write the connection's ${id}."""
+    if script.has_id is None:
+        templates: list[Template] = [script.banner]
+        for rules in [script.common, *script.states.values()]:
+            for rule in rules:
+                templates += [*rule.reply, *rule.headers, rule.body, rule.after]
+                if rule.status is not None:
+                    templates.append(rule.status[1])
+                if rule.data is not None:
+                    templates.append(rule.data)
+        script.has_id = any(segment.name == "id" for template in templates
+                            for segment in template)
+    return script.has_id
 
 
 def load_script(path: str) -> Script:

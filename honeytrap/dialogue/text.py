@@ -14,7 +14,7 @@ from typing import Any
 
 from honeytrap.dialogue.base import Context, DataChannel, Reply
 from honeytrap.dialogue.framing import BAD, Framer, Request, framer_for
-from honeytrap.dialogue.script import Rule, Script, Template
+from honeytrap.dialogue.script import Rule, Script, Template, uses_id
 
 # Client text put into a reply ({arg}, {tag}, regex groups) is cut to this many bytes, and
 # keeps only printable ASCII: a reply never carries control bytes the client chose.
@@ -61,8 +61,10 @@ class ScriptDialogue:
         self.channel: DataChannel | None = None  # asked of the adapter in this receive()
         self.data_port = 0
         self.start_delay = self._delay() if banner else 0.0
-        # Drawn now (the sensor's random sequence as before), written out only for an {id}.
-        self._id = ctx.rng.getrandbits(40)
+        # Drawn now (the sensor's random sequence as before), written out only for an {id},
+        # kept only by a script that has one (a 40-bit int is 32 bytes per open connection).
+        conn_id = ctx.rng.getrandbits(40)
+        self._id = conn_id if uses_id(script) else 0
 
     def start(self) -> bytes:
         return self.banner
