@@ -148,11 +148,12 @@ def test_a_stopped_recorder_holds_the_whole_sensor_to_the_limit_and_loses_nothin
                         and got["unacknowledged_bytes"] == 0, "everything acknowledged")
     assert done["connections"] == PORTS + ATTACKS
     # The backlogs taken at once may pass the limit again (they hold four times it): each hold
-    # logged, and each followed by its catching up.
+    # logged; the processes still serving then caught up (one whose port expired meanwhile may
+    # have exited first, everything of it acknowledged, while the sensor was still full).
     log = sensor.logfile.read_text()
     assert done["held_back"] >= PORTS
     assert log.count("the recorder is behind") == done["held_back"]
-    assert log.count("the recorder caught up") == done["held_back"]
+    assert 1 <= log.count("the recorder caught up") <= done["held_back"]
     # A new connection is taken at once.
     attack(lab, ports[0], PORTS + ATTACKS)
     assert len(sensor.wait_records(PORTS + ATTACKS + 1, timeout=WAIT)) == PORTS + ATTACKS + 1
