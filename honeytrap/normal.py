@@ -61,20 +61,30 @@ class NormalConnection(asyncio.Protocol, Finisher):
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
     # The loop and the deadlines are the server's (self.server.loop, .deadlines), the deadline's
-    # time its entry's: not three slots more each.
-    __slots__ = ("server", "remote", "local", "notes", "session", "transport", "conn", "start",
-                 "opened", "deadline", "send_at", "data", "uploaded", "done")
+    # time its entry's: not three slots more each. Its addresses in slots of its own, the
+    # record's Connection made when first asked for (`conn`: at its first bytes if a perread
+    # hook wants them, else when it ends), not held by every idle connection (~64 bytes each).
+    __slots__ = ("server", "local_addr", "local_port", "remote_addr", "remote_port", "notes",
+                 "session", "transport", "_conn", "start", "opened", "deadline", "send_at", "data",
+                 "uploaded", "done")
 
     def __init__(self, server: Host, notes: Sequence[str] = (),
                  remote: tuple[str, int] | None = None,
                  local: tuple[str, int] | None = None) -> None:
         self.server = server
-        self.remote = remote  # the peer's address as accept gave it (None: ask the transport)
-        self.local = local  # the address it reached, if the server knows it (None: ask)
+        # The peer's address as accept gave it, the one it reached if the server knows it
+        # (None: attach asks the transport).
+        self.remote_addr: str | None = None
+        self.local_addr: str | None = None
+        self.remote_port = self.local_port = 0
+        if remote is not None:
+            self.remote_addr, self.remote_port = remote
+        if local is not None:
+            self.local_addr, self.local_port = local
         self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
-        self.conn: Connection | None = None
+        self._conn: Connection | None = None
         self.start = time.time()
         self.opened = server.loop.time()
         # The session's next deadline: an entry in the process's one heap (deadlines.py; its
@@ -93,20 +103,21 @@ class NormalConnection(asyncio.Protocol, Finisher):
     def attach(self, transport: asyncio.Transport) -> None:
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
-        local = self.local or split_local(transport.get_extra_info("sockname"))
-        remote = self.remote or split(transport.get_extra_info("peername"))
-        # In self.conn from here on (the accept's tuples are ~70 bytes per connection).
-        self.remote = self.local = None
-        # The port's own int, not the one getsockname made (above 256 an int of its own per
-        # connection, 32 bytes, in the record and the dialogue's context).
-        port = self.server.port.port
-        if local[1] != port:
-            port = local[1]
-        # made_connection: Connection(...) without its frozen __init__ (~1.6 -> ~0.75 us).
-        self.conn = made_connection("tcp", local[0], port, remote[0], remote[1], NO_PAYLOAD)
+        local_addr, port = self.local_addr, self.local_port
+        if local_addr is None:
+            local_addr, port = split_local(transport.get_extra_info("sockname"))
+            # The port's own int, not the one getsockname made (above 256 an int of its own per
+            # connection, 32 bytes, in the record and the dialogue's context).
+            if port == self.server.port.port:
+                port = self.server.port.port
+            self.local_addr, self.local_port = local_addr, port
+        remote_addr, remote_port = self.remote_addr, self.remote_port
+        if remote_addr is None:
+            remote_addr, remote_port = split(transport.get_extra_info("peername"))
+            self.remote_addr, self.remote_port = remote_addr, remote_port
         config = self.server.config
-        ctx = self.server.catalog.context("tcp", port, config.read_limit, local[0],
-                                          remote[0], remote[1])
+        ctx = self.server.catalog.context("tcp", port, config.read_limit, local_addr,
+                                          remote_addr, remote_port)
         # The session's clock starts when the connection was opened (a moment ago: its float
         # shared, not one more per connection).
         self.session = NormalSession(
@@ -116,8 +127,19 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self._apply(self.session.start())
         self._arm()
 
+    @property
+    def conn(self) -> Connection:
+        """The record's connection (attach has set the addresses)."""
+        conn = self._conn
+        if conn is None:
+            assert self.local_addr is not None and self.remote_addr is not None
+            # made_connection: Connection(...) without its frozen __init__ (~1.6 -> ~0.75 us).
+            conn = self._conn = made_connection("tcp", self.local_addr, self.local_port,
+                                                self.remote_addr, self.remote_port, NO_PAYLOAD)
+        return conn
+
     def data_received(self, data: bytes) -> None:
-        assert self.conn is not None and self.session is not None
+        assert self.session is not None
         self.server.perread(self.conn, "in", data)
         self._apply(self.session.on_data(data, self.server.loop.time()))
         self._arm()
@@ -177,7 +199,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
 
     def _data_channel(self, channel: DataChannel) -> None:
         if self.data is None:
-            assert self.conn is not None and self.session is not None
+            assert self.session is not None
             session = self.session
             uploaded = self.uploaded = bytearray()
             self.data = FtpData(
@@ -199,7 +221,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         is part of the attack, even if the loop has not read it yet (an accept just before
         "shutdown" would otherwise be recorded empty)."""
         transport = self.transport
-        if transport is None or transport.is_closing() or self.conn is None:
+        if transport is None or transport.is_closing() or self.session is None:
             return
         sock = transport.get_extra_info("socket")
         if sock is None:
@@ -223,7 +245,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         if self.data is not None:
             self.data.shutdown()
         session = self.session
-        assert self.conn is not None and session is not None
+        assert session is not None
         if session.closed is Closed.OPEN:
             session.abort(Closed.RESET if exc else Closed.EOF)
         conn = self.conn
