@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="attacks sent per second at most (0: as fast as acknowledged)")
     parser.add_argument("--flush-ms", type=float, default=0.0,
                         help="with --rate: send the attacks due every this many ms in one "
-                        "send, as a server does (recorder.FLUSH_DELAY is 5)")
+                        "send, as a server does (recorderlink.FLUSH_DELAY is 5)")
     parser.add_argument("--no-outputs", action="store_true",
                         help="no plugins: the recorder's own cost per attack")
     parser.add_argument("--json", action="store_true", help="print the raw figures as JSON")

@@ -28,12 +28,9 @@ A batch's write to one output that hangs (a stalled NFS mount, a FIFO nobody rea
 like a hook: past BOOST_AFTER one more worker may run; past `plugin_timeout` the output is marked
 stalled (logged once with its name, counted in `write_timeouts`), the worker is written off and
 its batch goes on on a fresh worker: the other outputs are written and the attacks finished.
-While an output is stalled its later records wait in memory (MAX_STALLED_BYTES; past it they
-are counted in `write_lost` and logged) and nobody calls its write: when the hung write returns,
-what was handed to it is in the file (it was a blocking write of the whole record) and its
-thread writes the waiting records after it, then retires. Records still waiting when the
-pipeline closes are counted as lost. The watchdog never writes itself (a split's records go to a
-worker as a `Flush`), so a hung output cannot stall the watchdog.
+While an output is stalled its later records wait in memory and nobody calls its write; its
+hung write's thread writes them when it returns (stalls.py). The watchdog never writes itself
+(a split's records go to a worker as a `Flush`), so a hung output cannot stall the watchdog.
 """
 
 from __future__ import annotations
@@ -49,8 +46,9 @@ from honeytrap import background, writebatch
 from honeytrap.attack import Attack
 from honeytrap.background import DownloadPool, Task
 from honeytrap.config import Config
-from honeytrap.pipelinejobs import Counters, Flush, Job, Stall, Step, Worker
+from honeytrap.pipelinejobs import Counters, Flush, Job, Step, Worker
 from honeytrap.plugin import ATTACK_HOOKS, FOLLOWUP_HOOK, Registry
+from honeytrap.stalls import StalledOutputs
 
 log = logging.getLogger("honeytrap.pipeline")
 
@@ -77,9 +75,6 @@ MAX_ABANDONED_WORKERS = 32
 # At close, downloads cancelled (sockets shut) get this long to end and their follow-ups this
 # long to be recorded, even when the drain time is spent.
 CANCEL_GRACE = 2.0
-# Bytes of records held per stalled output (its write hung past plugin_timeout) until the hung
-# write returns: a few minutes of a busy sensor's lines, like backlog.MAX_HELD_BYTES.
-MAX_STALLED_BYTES = 64 * 1024 * 1024
 
 
 DEFAULT_DOWNLOAD_LIMITS = background.Limits()
@@ -127,8 +122,6 @@ class Pipeline:
         self.counters = Counters()
         self._clock = clock
         self._queue: queue.SimpleQueue[Job | list[Job] | Flush | None] = queue.SimpleQueue()
-        self._stalled: dict[writebatch.Write, Stall] = {}
-        self._stall_lock = threading.Lock()
         self._workers: list[Worker] = []
         self._max_workers = workers
         self._waiting = 0  # workers waiting for a slot: one takes a slot let go for a slow hook
@@ -136,6 +129,7 @@ class Pipeline:
         self._abandoned = 0
         self._pending = 0
         self._idle = threading.Condition()
+        self._stalls = StalledOutputs(self.counters, self._idle, clock, self._write_failed)
         self._stopping = False
         # Workers allowed to take jobs at once: one, plus one per slow job (check_hung).
         self._slots = threading.Semaphore(1)
@@ -250,7 +244,7 @@ class Pipeline:
         self._stopping = True
         for _ in self._workers:
             self._queue.put(None)
-        self._drop_stalled()
+        self._stalls.drop()
         if not done:
             log.error("pipeline closed with %d attacks unfinished", self.pending())
         return done
@@ -357,7 +351,7 @@ class Pipeline:
                 if not worker.flush:
                     return True
                 write, records = worker.flush.popleft()
-                if self._defer(write, records):
+                if self._stalls.defer(write, records):
                     continue
                 worker.writing = (write, self._clock())
             try:
@@ -368,57 +362,8 @@ class Pipeline:
                 worker.writing = None
                 abandoned = worker.abandoned
             if abandoned:
-                self._unstall(write)
+                self._stalls.unstall(write)
                 return False
-
-    def _defer(self, write: writebatch.Write, records: list[bytes]) -> bool:
-        """Keep the records of a stalled output for when its hung write returns (or count
-        them lost past MAX_STALLED_BYTES). False if the output is not stalled."""
-        if not self._stalled:
-            return False  # nearly always: no lock taken (a dict's truth is one atomic read)
-        with self._stall_lock:
-            stall = self._stalled.get(write)
-            if stall is None:
-                return False
-            size = sum(map(len, records))
-            if stall.bytes + size <= MAX_STALLED_BYTES:
-                stall.waiting.extend(records)
-                stall.bytes += size
-                return True
-            first, stall.lost_logged = not stall.lost_logged, True
-        with self._idle:
-            self.counters.write_lost += len(records)
-        if first:
-            log.error("output %s still hung: its records past %d bytes are lost (counted in "
-                      "write_lost)", stall.name, MAX_STALLED_BYTES)
-        return True
-
-    def _unstall(self, write: writebatch.Write) -> None:
-        """A write the watchdog gave up on returned: write what waited for it, in order."""
-        while True:
-            with self._stall_lock:
-                stall = self._stalled.get(write)
-                if stall is None:
-                    return
-                if not stall.waiting:
-                    del self._stalled[write]
-                    break
-                waiting, stall.waiting, stall.bytes = stall.waiting, [], 0
-            try:
-                write(b"".join(waiting))
-            except Exception as exc:
-                self._write_failed(write, exc)
-        log.warning("output %s writes again after %.0f s", stall.name,
-                    self._clock() - stall.since)
-
-    def _drop_stalled(self) -> None:
-        with self._stall_lock:
-            stalled, self._stalled = self._stalled, {}
-        for stall in stalled.values():
-            with self._idle:
-                self.counters.write_lost += len(stall.waiting)
-            log.error("output %s still hung at close: %d records waiting for it are lost",
-                      stall.name, len(stall.waiting))
 
     def _write_failed(self, write: writebatch.Write, exc: BaseException) -> None:
         with self._idle:
@@ -610,10 +555,8 @@ class Pipeline:
         worker.flush.clear()
         worker.done = []
         name = writebatch.name_of(write)
-        with self._stall_lock:
-            if write in self._stalled:
-                return flush  # another worker's write to it hung first: said already
-            self._stalled[write] = Stall(name, started)
+        if not self._stalls.mark(write, name, started):
+            return flush  # another worker's write to it hung first: said already
         with self._idle:
             self.counters.write_timeouts += 1
         log.error(

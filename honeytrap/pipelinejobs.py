@@ -1,7 +1,7 @@
 """The pipeline's records (pipeline.py): a Job per attack with the Steps (one per hook) still to
 run, a Worker's batch (its jobs, the writes it holds, what the watchdog reads of it), a Flush the
-watchdog hands from one worker to another, a Stall per output whose write hung, and the
-pipeline's Counters. Plain classes with slots where one is made per attack or per hook."""
+watchdog hands from one worker to another, and the pipeline's Counters. Plain classes with
+slots where one is made per attack or per hook."""
 
 from __future__ import annotations
 
@@ -100,16 +100,3 @@ class Flush:
                  done: list[Job]) -> None:
         self.flush = flush
         self.done = done
-
-
-class Stall:
-    """An output whose write hung: the records that wait for it to return."""
-
-    __slots__ = ("name", "since", "waiting", "bytes", "lost_logged")
-
-    def __init__(self, name: str, since: float) -> None:
-        self.name = name
-        self.since = since
-        self.waiting: list[bytes] = []
-        self.bytes = 0
-        self.lost_logged = False

@@ -42,7 +42,7 @@ from honeytrap.dynamicserver import DynamicServer
 from honeytrap.mirror import MirrorPolicy
 from honeytrap.plugin import Registry
 from honeytrap.portstate import PortReporter
-from honeytrap.recorder import RecorderClient
+from honeytrap.recorderlink import RecorderClient
 from honeytrap.reflector import ReflectorGuard, SensorBudget
 from honeytrap.unacked import Share
 

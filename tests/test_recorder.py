@@ -23,8 +23,8 @@ from daemon import REPO, Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
 
 from honeytrap import recorder as recorder_module
+from honeytrap import recorderlink, wire
 from honeytrap import server as server_module
-from honeytrap import wire
 from honeytrap.attack import Attack, Connection, Payload
 from honeytrap.config import DEFAULT_PORTS_PER_PROCESS, Config
 from honeytrap.limits import SPARE_HEADROOM
@@ -246,12 +246,12 @@ def test_a_server_hands_over_an_attack_as_large_as_its_read_limit_allows() -> No
     received: list[Attack] = []
 
     async def hand_over() -> None:
-        client = recorder_module.RecorderClient(server_end, config, lambda full: None)
+        client = recorderlink.RecorderClient(server_end, config, lambda full: None)
         client.start(asyncio.get_running_loop())
         client.submit(Attack(Connection(
             "tcp", "192.0.2.1", 80, "198.51.100.7", 40001, Payload(b"A" * read_limit)
         )))
-        reader = wire.FrameReader(max_frame=recorder_module.max_frame(config))
+        reader = wire.FrameReader(max_frame=recorderlink.max_frame(config))
         recorder_end.setblocking(False)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + WAIT
