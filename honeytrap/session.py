@@ -153,13 +153,15 @@ class NormalSession:
         return transcript
 
     def start(self) -> Output:
+        # The delay is read before start() (a dialogue may drop it once its banner is given).
+        delay = max(float(getattr(self.dialogue, "start_delay", 0)), 0.0)
         first = self._call(self.dialogue.start)
         if isinstance(first, Reply):  # a DialogueError: closing
             return self._out(first)
         # _out(Reply(send=first, delay=start_delay)) without the Reply (once per connection).
         if first:
             self._ours(first)
-        return Output(first, False, max(float(getattr(self.dialogue, "start_delay", 0)), 0.0))
+        return Output(first, False, delay)
 
     def on_data(self, data: bytes, now: float) -> Output:
         if self.closed is not Closed.OPEN:

@@ -2,12 +2,12 @@
 
 A dialogue answers one connection (or one UDP peer exchange) of normal mode. The I/O adapter
 creates it on accept, sends what `start()` returns (a server-speaks-first banner, or nothing;
-after the dialogue's optional `start_delay` attribute, seconds, else at once), feeds every chunk
-the client sends to `receive()`, calls `idle()` after each read timeout that passed without data
-(and, for a dialogue with a `quiet` attribute, seconds, once that long a silence passed), and
-carries out the returned `Reply`. What a dialogue wants in the attack record beyond the client's
-raw bytes (the protocol name, a TLS fingerprint, the decrypted stream) it returns from
-`record()` when the connection ends.
+after the dialogue's optional `start_delay` attribute, seconds, read before start() is called,
+else at once), feeds every chunk the client sends to `receive()`, calls `idle()` after each read
+timeout that passed without data (and, for a dialogue with a `quiet` attribute, seconds, once
+that long a silence passed), and carries out the returned `Reply`. What a dialogue wants in the
+attack record beyond the client's raw bytes (the protocol name, a TLS fingerprint, the decrypted
+stream) it returns from `record()` when the connection ends.
 
 Wrapping dialogues (TLS) hold an inner dialogue and satisfy the same contract, so the adapter
 never knows whether it speaks to the client in clear or through a TLS layer.

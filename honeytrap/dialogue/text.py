@@ -67,6 +67,9 @@ class ScriptDialogue:
         self._id = conn_id if uses_id(script) else 0
 
     def start(self) -> bytes:
+        # The adapter has read the banner's delay (base.py): its float not kept by every idle
+        # connection (24 bytes each).
+        self.start_delay = 0.0
         return self.banner
 
     def idle(self) -> Reply:
