@@ -23,6 +23,10 @@ from collections.abc import Callable
 # outnumber the live ones (bounds the heap of a process whose deadlines keep moving).
 SWEEP_MIN = 1024
 
+# Recent deadline times remembered to share their floats (`at`): the times of a few rounds of
+# the loop; the memo is emptied when it reaches this many.
+SHARED_TIMES = 256
+
 # _timer_at while _fire runs its callbacks: below every time, so `at` arms nothing meanwhile.
 _FIRING = float("-inf")
 
@@ -39,12 +43,19 @@ class Deadlines:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
         self._cancelled = 0
+        self._times: dict[float, float] = {}  # recent times, each as one float (`at`)
 
     def __len__(self) -> int:
         """Live entries."""
         return len(self._heap) - self._cancelled
 
     def at(self, when: float, callback: Callable[[], object]) -> Entry:
+        # Equal times share one float: the connections of one round of the loop (one accept
+        # batch, data read in one round) often arm the same time (24 bytes each otherwise).
+        times = self._times
+        if len(times) >= SHARED_TIMES:
+            times.clear()
+        when = times.setdefault(when, when)
         entry: Entry = [when, next(self._order), callback]
         heapq.heappush(self._heap, entry)
         if when < self._timer_at:

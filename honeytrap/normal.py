@@ -54,6 +54,20 @@ CMSG_SPACE = socket.CMSG_SPACE(32)
 NO_PAYLOAD = Payload()
 
 
+_recent_time = float("-inf")
+
+
+def _shared_time(now: float) -> float:
+    """`now`, as the float object of the last call if it was equal: connections opened in one
+    round of the loop (one accept batch: the loop's clock is read once per round) share one
+    (24 bytes each otherwise)."""
+    global _recent_time
+    if now == _recent_time:
+        return _recent_time
+    _recent_time = now
+    return now
+
+
 class NormalConnection(asyncio.Protocol, Finisher):
     """Normal mode over TCP: the port's dialogue in a NormalSession (session.py), driven by data,
     the session's clock and EOF. Replies wait their jitter (in order); FTP's data connection is
@@ -86,7 +100,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.transport: asyncio.Transport | None = None
         self._conn: Connection | None = None
         self.start = time.time()
-        self.opened = server.loop.time()
+        self.opened = _shared_time(server.loop.time())
         # The session's next deadline: an entry in the process's one heap (deadlines.py; its
         # time is the entry's first item).
         self.deadline: Entry | None = None

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from honeytrap import eventloop
 from honeytrap.config import Config
-from honeytrap.deadlines import SWEEP_MIN, Deadlines
+from honeytrap.deadlines import SHARED_TIMES, SWEEP_MIN, Deadlines
 
 # Far enough apart that the order of the loop's clock cannot be mistaken.
 STEP = 0.005
@@ -148,5 +148,22 @@ def test_cancelled_entries_are_swept() -> None:
         for entry in keep:
             deadlines.cancel(entry)
         assert len(deadlines) == 0
+
+    run(body)
+
+
+def test_equal_times_share_one_float_and_the_memo_stays_bounded() -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        deadlines = Deadlines(loop)
+        base = loop.time() + 3600.0
+        first = deadlines.at(base + 1.0, lambda: None)
+        again = deadlines.at(float(str(base + 1.0)), lambda: None)  # equal, another object
+        assert again[0] == first[0] and again[0] is first[0]
+        for n in range(SHARED_TIMES * 3):
+            deadlines.cancel(deadlines.at(base + 2.0 + n, lambda: None))
+        assert len(deadlines._times) <= SHARED_TIMES
+        deadlines.cancel(first)
+        deadlines.cancel(again)
 
     run(body)
