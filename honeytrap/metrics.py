@@ -141,6 +141,8 @@ METRICS: dict[str, MetricDef] = {
     "pipeline_attacks": _counter("pipeline_attacks", "Attacks handed to the plugin pipeline"),
     "pipeline_finished": _counter(
         "pipeline_finished", "Attacks that went through every plugin hook"),
+    "pipeline_batches": _counter(
+        "pipeline_batches", "Batches of attacks the plugin pipeline finished together"),
     "pipeline_plugin_failures": _counter("pipeline_plugin_failures", "Plugin hooks that raised"),
     "pipeline_plugin_timeouts": _counter(
         "pipeline_plugin_timeouts", "Plugin hooks abandoned after plugin_timeout"),

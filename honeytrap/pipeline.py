@@ -455,6 +455,7 @@ class Pipeline:
         with self._idle:
             self._pending -= len(jobs)
             self.counters.finished += len(jobs)
+            self.counters.batches += 1
             pending = self._pending
             self._idle.notify_all()
         if tokens and self.on_tokens is not None:

@@ -58,6 +58,7 @@ class Job:
 class Counters:
     attacks: int = 0
     finished: int = 0
+    batches: int = 0  # batches finished (their attacks written and acknowledged together)
     plugin_failures: int = 0
     plugin_timeouts: int = 0
     virtual_refused: int = 0

@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from honeytrap import control, forked, privileges, proctitle, wire
+from honeytrap.attack import Attack
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline, download_limits
 from honeytrap.plugin import Registry
@@ -65,6 +66,18 @@ DRAIN_SECONDS = 30.0
 # (most of what a batch of a few attacks cost beyond their hooks).
 ACK_BATCH = 64
 LOOP_TIMEOUT = 1.0
+# A server sends what it finished every FLUSH_DELAY (recorderlink.py, 5 ms), so below full load
+# each read brings a few attacks and finds the pipeline idle: each then paid a batch of its own
+# (a worker woken, a write per log, a round of acknowledgements: bench/recorder.py --flush-ms 5,
+# 2.5-3.7x the recorder's own CPU per attack of large sends). When a loop pass read fewer than
+# GATHER_ENOUGH attacks and the pipeline is idle, the recorder stops watching the links for
+# GATHER_DELAY (control and wake-ups still heard), then reads every link that has something and
+# submits it all as one batch. The servers keep each attack until it is acknowledged, so
+# nothing is at risk meanwhile: an acknowledgement comes at most GATHER_DELAY later (a few
+# hundred attacks more held by the servers at full load, far below unacknowledged_limit), and
+# a stop cuts the wait short.
+GATHER_ENOUGH = 64
+GATHER_DELAY = 0.010
 # The collector's youngest generation is collected after this many new container objects, not
 # the default 700: an attack makes a few dozen (its record, the pipeline's job and steps, the
 # outputs' dicts), none in a cycle, and the default ran a collection every ~20 attacks (and
@@ -125,6 +138,9 @@ class Recorder:
         self.pipeline = pipeline
         self.channel = control.Channel(spec.control)
         self.selector = selectors.DefaultSelector()
+        # What the loop hears while it gathers (_gather): the master and the wake-ups only.
+        self.quiet = selectors.DefaultSelector()
+        self._gathered: list[tuple[Attack, tuple[_Link, int]]] = []  # read, not submitted
         self.links: dict[int, _Link] = {}
         self.stopping = False
         self.reading = True
@@ -167,17 +183,16 @@ class Recorder:
         self.channel.send("ready")
         self.selector.register(self.channel.fileno(), selectors.EVENT_READ, "control")
         self.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        while not (self.stopping and not self.links and self.pipeline.pending() == 0):
-            for key, events in self.selector.select(timeout=LOOP_TIMEOUT):
-                if key.data == "control":
-                    self._on_control()
-                elif key.data == "wake":
-                    self._on_wake()
-                elif isinstance(key.data, _Link):
-                    if events & selectors.EVENT_WRITE:
-                        self._flush(key.data)
-                    if events & selectors.EVENT_READ and key.data.open:
-                        self._on_link(key.data)
+        self.quiet.register(self.channel.fileno(), selectors.EVENT_READ, "control")
+        self.quiet.register(self._wake_r, selectors.EVENT_READ, "wake")
+        while not (self.stopping and not self.links and self.pipeline.pending() == 0
+                   and not self._gathered):
+            self._dispatch(self.selector.select(timeout=LOOP_TIMEOUT))
+            if self._gathered:
+                if (len(self._gathered) < GATHER_ENOUGH and not self.stopping
+                        and self.pipeline.pending() == 0):
+                    self._gather()
+                self._submit()
             if self._unsent:  # fewer than ACK_BATCH, the pipeline busy meanwhile
                 self._send_acks()
                 self._take_blocked()
@@ -185,6 +200,30 @@ class Recorder:
             if time.monotonic() - self._last_stats >= STATS_INTERVAL:
                 self.send_stats()
         self._on_wake()
+
+    def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:
+        for key, events in ready:
+            if key.data == "control":
+                self._on_control()
+            elif key.data == "wake":
+                self._on_wake()
+            elif isinstance(key.data, _Link):
+                if events & selectors.EVENT_WRITE:
+                    self._flush(key.data)
+                if events & selectors.EVENT_READ and key.data.open:
+                    self._on_link(key.data)
+
+    def _gather(self) -> None:
+        """Let the servers' next flushes come (GATHER_DELAY, or until a stop), then read
+        every link that has something: what they sent meanwhile joins this batch."""
+        deadline = time.monotonic() + GATHER_DELAY
+        while not self.stopping and (left := deadline - time.monotonic()) > 0:
+            self._dispatch(self.quiet.select(timeout=left))
+        self._dispatch(self.selector.select(timeout=0))
+
+    def _submit(self) -> None:
+        batch, self._gathered = self._gathered, []
+        self.pipeline.submit_tokens(batch)
 
     # --- master ---
 
@@ -200,6 +239,7 @@ class Recorder:
                 self.stopping = True
                 if message == "":
                     self.selector.unregister(self.channel.fileno())
+                    self.quiet.unregister(self.channel.fileno())
 
     def _add_link(self, sock: socket.socket) -> None:
         sock.setblocking(False)
@@ -253,7 +293,7 @@ class Recorder:
                  for kind, seq, attack in messages if kind == "attack" and attack is not None]
         if batch:
             self.received += len(batch)
-            self.pipeline.submit_tokens(batch)
+            self._gathered += batch  # submitted after the loop pass (run, _gather)
 
     def _done(self, acks: list[tuple[_Link, int]]) -> None:
         """A worker thread finished a batch of attacks: their acks, to be sent (_finished)."""

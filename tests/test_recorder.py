@@ -22,8 +22,8 @@ import pytest
 from daemon import REPO, Honeytrap, metrics, nfq_rules
 from netns import Lab, inside
 
+from honeytrap import control, recorderlink, wire
 from honeytrap import recorder as recorder_module
-from honeytrap import recorderlink, wire
 from honeytrap import server as server_module
 from honeytrap.attack import Attack, Connection, Payload
 from honeytrap.config import DEFAULT_PORTS_PER_PROCESS, Config
@@ -217,6 +217,7 @@ def test_a_full_pipeline_pauses_the_links_then_reads_again_and_acks_everything(
         time.sleep(0.1)
         rec._on_link(link)
         assert rec.received == 5
+        rec._submit()
         rec._pace()
         assert not rec.reading and not link.registered  # paused: nothing read meanwhile
         gate.set()
@@ -235,6 +236,92 @@ def test_a_full_pipeline_pauses_the_links_then_reads_again_and_acks_everything(
         pipeline.close(WAIT)
         for sock in (master_end, control_end, server_end, link_end):
             sock.close()
+
+
+def attack_frame(seq: int) -> bytes:
+    return wire.encode_attack(seq, Attack(
+        Connection("tcp", "192.0.2.1", 80, "198.51.100.7", 40000 + seq, Payload(b"x"))
+    ))
+
+
+def read_acks(sock: socket.socket, count: int) -> list[int]:
+    reader = wire.FrameReader()
+    acks: list[int] = []
+    sock.settimeout(WAIT)
+    while len(acks) < count:
+        data = sock.recv(4096)
+        assert data, "the link closed before every attack was acknowledged"
+        acks += [seq for kind, seq, _ in reader.feed(data) if kind == "ack"]
+    return sorted(acks)
+
+
+@pytest.fixture
+def running() -> Iterator[tuple[recorder_module.Recorder, control.Channel,
+                                list[socket.socket]]]:
+    """A Recorder's loop in a thread (no daemon, no plugins: the pipeline's counters are what
+    is looked at), two links; yields it, the master's end of its control and the servers' ends
+    of the links. At the end: stop, the servers' ends closed, the loop must exit."""
+    registry = Registry()
+    master_end, control_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pairs = [socket.socketpair() for _ in range(2)]
+    pipeline = Pipeline(registry, workers=1)
+    spec = recorder_module.RecorderSpec(Config(), registry, Identity(None, None), control_end)
+    rec = recorder_module.Recorder(spec, pipeline)
+    for _, link_end in pairs:
+        rec._add_link(link_end)
+    master = control.Channel(master_end)
+    loop = threading.Thread(target=rec.run, daemon=True)
+    loop.start()
+    try:
+        yield rec, master, [server_end for server_end, _ in pairs]
+    finally:
+        master.send("stop")
+        for server_end, _ in pairs:
+            server_end.close()
+        loop.join(WAIT)
+        pipeline.close(WAIT)
+        master_end.close()
+        control_end.close()
+    assert not loop.is_alive()
+
+
+def test_small_sends_within_the_gather_delay_go_through_the_pipeline_as_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    running: tuple[recorder_module.Recorder, control.Channel, list[socket.socket]],
+) -> None:
+    """Two servers' small sends (a server's flush below full load) read while the pipeline is
+    idle wait GATHER_DELAY for more: one batch of the pipeline, one round of acknowledgements,
+    every attack acknowledged. The delay is raised so that the test's second send falls
+    within it on a loaded machine, and LOOP_TIMEOUT far past WAIT, so that an attack left past
+    the delay (until the loop's next timeout) is not acknowledged within WAIT."""
+    monkeypatch.setattr(recorder_module, "GATHER_DELAY", 2.0)
+    monkeypatch.setattr(recorder_module, "LOOP_TIMEOUT", 10 * WAIT)
+    rec, _master, (first, second) = running
+    first.sendall(attack_frame(1) + attack_frame(2))
+    wait_until(lambda: rec.received == 2, "the first link's attacks read")
+    assert rec.pipeline.counters.attacks == 0  # read, held for more
+    second.sendall(attack_frame(3))
+    assert read_acks(first, 2) == [1, 2]
+    assert read_acks(second, 1) == [3]
+    counters = rec.pipeline.counters
+    assert (counters.attacks, counters.finished, counters.batches) == (3, 3, 1)
+
+
+def test_a_stop_ends_the_gathering_at_once_and_every_attack_is_acknowledged(
+    monkeypatch: pytest.MonkeyPatch,
+    running: tuple[recorder_module.Recorder, control.Channel, list[socket.socket]],
+) -> None:
+    """A stop (the master's, or SIGTERM's) while the recorder waits for more: what it read
+    goes through the pipeline and is acknowledged at once, not after the delay (here far
+    past WAIT)."""
+    monkeypatch.setattr(recorder_module, "GATHER_DELAY", 10 * WAIT)
+    monkeypatch.setattr(recorder_module, "LOOP_TIMEOUT", 10 * WAIT)
+    rec, master, (first, _second) = running
+    first.sendall(attack_frame(1))
+    wait_until(lambda: rec.received == 1, "the attack read")
+    master.send("stop")
+    assert read_acks(first, 1) == [1]
+    assert rec.pipeline.counters.batches == 1
 
 
 def test_a_server_hands_over_an_attack_as_large_as_its_read_limit_allows() -> None:
