@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,6 +276,19 @@ def statistics(lab: Lab, port: int) -> dict[str, float]:
         name.removeprefix("honeytrap_").removesuffix("_total"): value
         for name, value in metrics(lab, port).items()
     }
+
+
+def wait_statistics(lab: Lab, port: int, done: Callable[[dict[str, float]], bool], what: str,
+                    wait: float) -> dict[str, float]:
+    """Scrape the master's statistics (bounded by `wait` seconds) until `done(figures)` holds."""
+    deadline = time.monotonic() + wait
+    while True:
+        got = statistics(lab, port)
+        if done(got):
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not {what} within {wait} s: {got}")
+        time.sleep(0.1)
 
 
 def signal_quietly(pid: int, signum: int) -> None:

@@ -18,11 +18,18 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from daemon import Honeytrap, nfq_rules, signal_quietly, statistics, stop_resumed
+from daemon import (
+    Honeytrap,
+    nfq_rules,
+    signal_quietly,
+    statistics,
+    stop_resumed,
+    wait_statistics,
+)
 from netns import Lab, inside
 
 from honeytrap import forked
@@ -58,16 +65,9 @@ def figures(lab: Lab) -> dict[str, float]:
     return statistics(lab, METRICS_PORT)
 
 
-def wait_figures(lab: Lab, done: object, what: str) -> dict[str, float]:
-    """Scrape (bounded) until `done(figures)` holds."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        got = figures(lab)
-        if done(got):  # type: ignore[operator]
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} within {WAIT} s: {got}")
-        time.sleep(0.1)
+def wait_figures(lab: Lab, done: Callable[[dict[str, float]], bool],
+                 what: str) -> dict[str, float]:
+    return wait_statistics(lab, METRICS_PORT, done, what, WAIT)
 
 
 def listeners(lab: Lab) -> dict[int, list[int]]:
