@@ -241,3 +241,22 @@ def test_an_unknown_phase_is_a_usage_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
     )
     assert proc.returncode == 2 and "not warp" in proc.stderr
+
+
+def test_the_line_counter_reads_only_what_was_appended(tmp_path: Path) -> None:
+    """The soak's record count (bench/harness.py LineCounter) reads each byte of the growing
+    log once, not the whole file at every sample, and counts a line once it is complete."""
+    harness = importlib.import_module("harness")
+    log = tmp_path / "attackers.json"
+    counter = harness.LineCounter(log)
+    assert counter() == 0  # not written yet
+    log.write_bytes(b'{"a":1}\n{"a":2}\n{"a"')
+    assert counter() == 2
+    assert counter.offset == log.stat().st_size
+    with log.open("ab") as f:
+        f.write(b':3}\n' + b'{"a":4}\n' * 1000)
+    before = counter.offset
+    assert counter() == 1003
+    assert counter.offset - before == 4 + 8 * 1000  # the appended bytes alone
+    assert counter() == 1003
+    assert harness.wait_lines(counter, 1003, 0.0) >= 0
