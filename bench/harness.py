@@ -155,22 +155,26 @@ class Bench:
 
     # --- servers ---
 
-    def floor(self, loop: str, port: int, ports: int, banner: bytes | None = None) -> Floor:
+    def floor(self, loop: str, port: int, ports: int, banner: bytes | None = None,
+              files: bool = False) -> Floor:
         """A floor on `port` .. `port + ports - 1`, answering `banner` (default: honeytrap's
-        answer on the throughput ports) at once."""
+        answer on the throughput ports) at once; `files`: the file floor (baseline.py --files),
+        saving one atomic file per connection in a directory of its own."""
         self.runs += 1
         out = self.workdir / f"floor-{loop}-{self.runs}.json"
-        proc = self.lab.spawn(
-            self.lab.sensor,
-            [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports", str(ports),
-             "--banner-hex", (self.banner if banner is None else banner).hex(), "--out",
-             str(out), "--loop", loop],
-            stdout=subprocess.PIPE,
-        )
+        command = [PYTHON, str(BENCH / "baseline.py"), "--port", str(port), "--ports",
+                   str(ports), "--banner-hex", (self.banner if banner is None else banner).hex(),
+                   "--out", str(out), "--loop", loop]
+        saved = None
+        if files:
+            saved = self.workdir / f"floor-{loop}-{self.runs}.files"
+            saved.mkdir()
+            command += ["--files", str(saved)]
+        proc = self.lab.spawn(self.lab.sensor, command, stdout=subprocess.PIPE)
         assert proc.stdout is not None
         if proc.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the {loop} floor did not start")
-        return Floor(loop, proc, out, port, ports)
+        return Floor(loop, proc, out, port, ports, saved)
 
     def honeytrap(self, read_timeout: float = 1.0, extra: str = "") -> Honeytrap:
         self.runs += 1
@@ -296,12 +300,17 @@ class Floor:
     out: Path
     port: int
     ports: int
+    files: Path | None = None  # the file floor's directory
 
     def stop(self) -> int:
         """SIGTERM; the records it wrote (one JSON line per connection)."""
         self.proc.terminate()
         self.proc.wait(30)
         return lines(self.out)
+
+    def saved(self) -> int:
+        """The files the file floor saved (0 for the others)."""
+        return 0 if self.files is None else sum(1 for _ in os.scandir(self.files))
 
 
 def lines(path: Path) -> int:

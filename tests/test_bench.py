@@ -74,6 +74,20 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
 
 
 @pytest.mark.slow
+def test_the_file_floor_saves_one_file_per_connection(
+        quick: tuple[dict[str, Any], Path]) -> None:
+    """The file floor (one_port only) records and saves every connection it completed, and its
+    rows say where it stands against honeytrap."""
+    figures = quick[0]["results"]["one_port"]
+    completed = sum(rep["asyncio_files"]["completed"] for rep in figures["reps"])
+    assert completed > 0
+    assert figures["floor_records"]["asyncio_files"] == completed == figures["floor_files"]
+    assert "asyncio_files" not in quick[0]["results"]["sweep"]["reps"][0]
+    (table,) = quick[1].glob("bench-quick-*.md")
+    assert "against the file floor" in table.read_text()
+
+
+@pytest.mark.slow
 def test_all_idle_connections_are_served(quick: tuple[dict[str, Any], Path]) -> None:
     idle = quick[0]["results"]["idle"]["300"]
     assert idle["honeytrap"]["served"] == 300
