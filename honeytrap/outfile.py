@@ -263,7 +263,7 @@ class LineLog:
         self.fd: int | None = open_append(path, ctx.name)
         self.backlog = Backlog(ctx.name, path, ctx.log)
         # The batch's key for this output: one bound method kept, not one made per line.
-        self._appender: Callable[[bytes], None] = self._append
+        self._appender: writebatch.Write = self._append_lines
 
     def line(self, attack: Attack) -> bytes:
         raise NotImplementedError
@@ -290,6 +290,10 @@ class LineLog:
             self._append(line)
         else:
             batch.add(self._appender, line)
+
+    def _append_lines(self, lines: list[bytes]) -> None:
+        """A batch's lines (writebatch.py), in one append."""
+        self._append(b"".join(lines))
 
     def _append(self, lines: bytes) -> None:
         assert self.fd is not None, "write after close"
