@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -210,7 +209,7 @@ def _link_by_proc(fd: int, dir_fd: int, name: str) -> bool:
 
 def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
     """write_new on a filesystem without O_TMPFILE: a temporary name, linked, then unlinked."""
-    temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    temp = f"{TEMP_PREFIX}{os.urandom(16).hex()}"  # not uuid's: that module is not loaded
     fd = os.open(temp, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     try:
         try:

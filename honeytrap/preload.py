@@ -29,7 +29,7 @@ CODECS = (
 # (httpDownload's http.client) comes with the plugin, imported at module level in `load`.
 MODULES = (
     "encodings.aliases", "unicodedata", "stringprep", "ssl", "urllib.parse", "ipaddress",
-    "json", "json.decoder", "json.encoder", "hashlib", "hmac", "zlib", "secrets", "uuid",
+    "json", "json.decoder", "json.encoder", "hashlib", "hmac", "zlib", "secrets",
     "tempfile", "shutil", "concurrent.futures.thread", "asyncio", "asyncio.selector_events",
     "asyncio.unix_events",
 )
