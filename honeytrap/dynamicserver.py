@@ -51,7 +51,12 @@ ACCEPT_BATCH = 64
 # pass: closed from the factory it would also close the connection being accepted); the
 # source's budget checked in connection_made (the address is not known before); the listening
 # socket handed over as a dup (closing uvloop's server closes its descriptor) and a new server
-# made on each resume (hold_back, a connection freed at max_connections).
+# made on each resume (hold_back, a connection freed at max_connections). That guard was built
+# and measured (branch wt/servers-fastaccept, session 8; its tests passed): the real daemon's
+# servers cost MORE with it, 159.5 (142-175.5) against 122.5 (113-125.5) us per connection on
+# one port (3 interleaved reps), 174 us in a bench/run.py one_port rep. The likely reason: libuv
+# takes one connection per loop pass, this accept up to ACCEPT_BATCH, and a server process's
+# loop pass costs more than the minimal server's of bench/accept.py. Not taken.
 # A port woken to accept less than this long after its last wake-up is busy: it asks the kernel
 # how many connections wait (listener.ready_to_accept) and takes them in one batch. One woken
 # later takes the one that woke it and asks nothing: a sweep's ports get a connection now and
