@@ -2,7 +2,10 @@
 floor) or, with `--loop uvloop`, the same code on uvloop's event loop (the uvloop floor).
 
 On every connection: send the banner, read what the client sends (up to READ_LIMIT), and when the
-client closes or half-closes, close and append one JSON line to the output file. Listens on
+client closes or half-closes, close and append one JSON line to the output file; with `--files
+DIR`, also save what the client sent as one atomic file per connection in DIR, the way
+honeytrap's SaveFile does (O_TMPFILE, write, linkat under a new name: the file floor, which pays
+the one cost per attack the other floors never do). Listens on
 `--port` .. `--port + --ports - 1`, dual-stack. Prints "ready" on stdout once every port is
 listening (the benchmark's explicit ready signal); stops on SIGTERM.
 
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import itertools
 import json
 import os
 import resource
@@ -30,6 +35,10 @@ FD_LIMIT = 65536
 BACKLOG = 4096
 
 
+# linkat(fd, "", dir, name, AT_EMPTY_PATH): names an O_TMPFILE file (as honeytrap/outfile.py).
+AT_EMPTY_PATH = 0x1000
+LINKAT = ctypes.CDLL(None, use_errno=True).linkat
+
 # On SIGTERM, open connections are closed and recorded within this long.
 STOP_TIMEOUT = 10.0
 
@@ -38,9 +47,10 @@ ALL_CLOSED: list[asyncio.Event] = []  # set once stopping and the last connectio
 
 
 class Recorder(asyncio.Protocol):
-    def __init__(self, banner: bytes, out: int) -> None:
+    def __init__(self, banner: bytes, out: int, files: int | None) -> None:
         self.banner = banner
         self.out = out
+        self.files = files
         OPEN.add(self)
         self.data = bytearray()
         self.transport: asyncio.Transport | None = None
@@ -78,11 +88,28 @@ class Recorder(asyncio.Protocol):
             "payload_hex": self.data.hex(),
         }
         os.write(self.out, (json.dumps(record, separators=(",", ":")) + "\n").encode())
+        if self.files is not None:
+            save(self.files, f"from_port_{self.local}-tcp_{next(NAMES)}", bytes(self.data))
+
+
+NAMES = itertools.count()  # the files' names, unique in the run
+
+
+def save(dir_fd: int, name: str, data: bytes) -> None:
+    """One complete file under `name` in `dir_fd`, or none (SaveFile's atomic file)."""
+    fd = os.open(".", os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+    try:
+        os.write(fd, data)
+        if LINKAT(fd, b"", dir_fd, name.encode(), AT_EMPTY_PATH) != 0:
+            raise OSError(ctypes.get_errno(), f"linkat {name}")
+    finally:
+        os.close(fd)
 
 
 async def serve(args: argparse.Namespace) -> None:
     banner = bytes.fromhex(args.banner_hex)
     out = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    files = None if args.files is None else os.open(args.files, os.O_RDONLY | os.O_DIRECTORY)
     loop = asyncio.get_running_loop()
     servers = []
     for port in range(args.port, args.port + args.ports):
@@ -92,7 +119,8 @@ async def serve(args: argparse.Namespace) -> None:
         sock.bind(("::", port))
         sock.listen(BACKLOG)
         servers.append(
-            await loop.create_server(lambda: Recorder(banner, out), sock=sock, backlog=BACKLOG)
+            await loop.create_server(lambda: Recorder(banner, out, files), sock=sock,
+                                     backlog=BACKLOG)
         )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -111,6 +139,8 @@ async def serve(args: argparse.Namespace) -> None:
         except TimeoutError:
             pass
     os.close(out)
+    if files is not None:
+        os.close(files)
 
 
 def main() -> None:
@@ -119,6 +149,7 @@ def main() -> None:
     parser.add_argument("--ports", type=int, default=1)
     parser.add_argument("--banner-hex", default="0a")
     parser.add_argument("--out", required=True)
+    parser.add_argument("--files", default=None, help="also save one atomic file per connection")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

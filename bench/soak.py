@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from harness import METRICS_PORT, Bench, by_role, lines, pss_kib, scrape, wait_lines
+from harness import METRICS_PORT, Bench, LineCounter, by_role, pss_kib, scrape, wait_lines
 from phases import Phase, register
 from report import Row, median, row, verdict
 
@@ -40,15 +40,16 @@ def soak(bench: Bench) -> dict[str, Any]:
         procs = bench.start_burst(SOAK_PORT, 1, int(rate * seconds), rate,
                                   deadline=seconds + SETTLE_SECONDS)
         samples: list[dict[str, float]] = []
+        records = LineCounter(ht.attackers_json)  # reads only what was appended since
         every = min(SAMPLE_SECONDS, window(seconds) / 4)  # a few samples in every window
         while any(p.poll() is None for p in procs):
             roles = by_role(master, pss_kib)
             samples.append({"t": time.monotonic() - started, **roles,
-                            "records": lines(ht.attackers_json)})
+                            "records": records()})
             time.sleep(every)
         load = bench.collect(procs, seconds + SETTLE_SECONDS)
         completed = int(load["completed"])
-        load["records_wait"] = wait_lines(ht.attackers_json, completed, SETTLE_SECONDS)
+        load["records_wait"] = wait_lines(records, completed, SETTLE_SECONDS)
         figures: dict[str, float] = {}
         deadline = time.monotonic() + SETTLE_SECONDS
         while time.monotonic() < deadline:

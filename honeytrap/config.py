@@ -40,9 +40,10 @@ DEFAULT_READ_LIMIT = 20 * 1024 * 1024  # the shipped honeytrap.conf's read_limit
 # it acknowledges them (unacked.py); past it they accept no new connection until it catches up.
 # 64 MiB is ~25 s of a 5,500 attacks/s load of small attacks (~450 bytes encoded, bench/'s) on
 # top of the recorder's own queue (recorder.MAX_QUEUED_ATTACKS), or three attacks of the
-# default read_limit; the server processes' memory may then grow by up to twice it (a frame
-# not yet sent to a stopped recorder is held twice). It was 256 MiB per server process: a
-# soak with a recorder ~18% slower than the load grew one from 93 to 477 MiB of PSS.
+# default read_limit; the server processes' memory may then grow by about it (a frame is kept
+# once: recorderlink.SEND_BUFFER_BYTES at most are copied ahead of the link). It was 256 MiB
+# per server process: a soak with a recorder ~18% slower than the load grew one from 93 to
+# 477 MiB of PSS.
 DEFAULT_UNACKNOWLEDGED_LIMIT = 64 * 1024 * 1024
 # An Internet-wide sweep touches every port: at most this many dynamic servers live at once;
 # past it the least recently used idle server is stopped, else the port is refused and counted.

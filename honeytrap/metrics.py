@@ -168,6 +168,8 @@ METRICS: dict[str, MetricDef] = {
         "pipeline_downloads_pending", "Downloads admitted to the download pool, not yet ended"),
     "recorder_link_errors": _counter(
         "recorder_link_errors", "Malformed messages on server-to-recorder links"),
+    "recorder_pauses": _counter(
+        "recorder_pauses", "Times the recorder's pipeline was full and it stopped reading links"),
     # the shipped plugins (Plugin.stats)
     "spool_depth": _gauge(
         "spool_depth", "Records (attacks, samples) waiting in the output plugins' spools"),

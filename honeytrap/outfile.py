@@ -29,7 +29,6 @@ import math
 import os
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -210,7 +209,7 @@ def _link_by_proc(fd: int, dir_fd: int, name: str) -> bool:
 
 def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
     """write_new on a filesystem without O_TMPFILE: a temporary name, linked, then unlinked."""
-    temp = f"{TEMP_PREFIX}{uuid.uuid4().hex}"
+    temp = f"{TEMP_PREFIX}{os.urandom(16).hex()}"  # not uuid's: that module is not loaded
     fd = os.open(temp, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     try:
         try:
@@ -263,7 +262,7 @@ class LineLog:
         self.fd: int | None = open_append(path, ctx.name)
         self.backlog = Backlog(ctx.name, path, ctx.log)
         # The batch's key for this output: one bound method kept, not one made per line.
-        self._appender: Callable[[bytes], None] = self._append
+        self._appender: writebatch.Write = self._append_lines
 
     def line(self, attack: Attack) -> bytes:
         raise NotImplementedError
@@ -290,6 +289,10 @@ class LineLog:
             self._append(line)
         else:
             batch.add(self._appender, line)
+
+    def _append_lines(self, lines: list[bytes]) -> None:
+        """A batch's lines (writebatch.py), in one append."""
+        self._append(b"".join(lines))
 
     def _append(self, lines: bytes) -> None:
         assert self.fd is not None, "write after close"

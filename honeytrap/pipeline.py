@@ -355,7 +355,7 @@ class Pipeline:
                     continue
                 worker.writing = (write, self._clock())
             try:
-                write(b"".join(records))
+                write(records)
             except Exception as exc:
                 self._write_failed(write, exc)
             with worker.lock:

@@ -9,6 +9,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from honeytrap import background, writebatch
 from honeytrap.attack import Attack
@@ -87,7 +88,7 @@ class Worker:
     batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
     # The batch's writes not made yet, per output, and (output, started) while one is made:
     # the watchdog hands them on to another worker when that write hangs.
-    flush: deque[tuple[writebatch.Write, list[bytes]]] = field(default_factory=deque)
+    flush: deque[tuple[writebatch.Write, list[Any]]] = field(default_factory=deque)
     writing: tuple[writebatch.Write, float] | None = None
 
 
@@ -97,7 +98,7 @@ class Flush:
 
     __slots__ = ("flush", "done")
 
-    def __init__(self, flush: list[tuple[writebatch.Write, list[bytes]]],
+    def __init__(self, flush: list[tuple[writebatch.Write, list[Any]]],
                  done: list[Job]) -> None:
         self.flush = flush
         self.done = done

@@ -54,9 +54,23 @@ READ_SIZE = 256 * 1024
 # Attacks accepted but not yet through every hook: above this the recorder stops reading its
 # links (the servers' unacknowledged attacks then grow, and past their own bound they stop
 # accepting connections: the kernel's backlog holds the load, nothing is dropped); it reads again
-# once the pipeline is down to the low mark.
-MAX_QUEUED_ATTACKS = 20000
-QUEUED_LOW_MARK = 10000
+# once the pipeline is down to the low mark. A decoded attack takes ~2 KB (bench/'s, 200-byte
+# payloads; tracemalloc), five times its frame, and the heap keeps what the deepest queue took:
+# 20,000 queued took the recorder from 10 to 40 MiB of PSS, still 40 after the queue drained
+# (in the soak 15 -> 44 MiB with transient queues while it kept pace, 85 once it fell behind).
+# 4,096 (~10 MiB) is ~0.4 s of the hooks' work, ample to keep the workers busy while the loop
+# reads again (one read takes ~700 attacks); the servers hold the rest as frames, within
+# unacknowledged_limit, which also bounds the bytes queued here (big attacks: few of them).
+MAX_QUEUED_ATTACKS = 4096
+QUEUED_LOW_MARK = 2048
+# What MAX_QUEUED_ATTACKS of bench/'s attacks may take decoded and queued, at most
+# (tests/test_recorder_queue.py measures it): the recorder's memory follows its queue's bound,
+# not the number of attacks it has recorded.
+QUEUED_MEMORY = 16 * 1024 * 1024
+# A pause (and the resumption after it) is counted every time (recorder_pauses) and logged at
+# most this often (seconds), with the pauses since the last line: under a sustained overload
+# the recorder pauses several times a second.
+PAUSE_LOG_INTERVAL = 10.0
 # On stop, attacks in the pipeline get this long to finish.
 DRAIN_SECONDS = 30.0
 # A worker sends the acknowledgements itself at the end of a batch (pipeline.py) once this many
@@ -148,6 +162,9 @@ class Recorder:
         self.reading = True
         self.received = 0
         self.link_errors = 0
+        self.pauses = 0  # times the pipeline was full and the links paused
+        self._pauses_logged = 0
+        self._pause_logged_at = -PAUSE_LOG_INTERVAL  # monotonic time of the last pause line
         self._frame_limit = max_frame(spec.config)
         self._read_buffer = bytearray(READ_SIZE)  # the loop's alone
         self._read_view = memoryview(self._read_buffer)
@@ -389,8 +406,14 @@ class Recorder:
         if reading != self.reading:
             self.reading = reading
             if not reading:
-                log.warning("%d attacks waiting for the plugins: pausing the servers' links",
-                            pending)
+                self.pauses += 1
+                now = time.monotonic()
+                if now - self._pause_logged_at >= PAUSE_LOG_INTERVAL:
+                    log.warning("%d attacks waiting for the plugins: pausing the servers' links "
+                                "(%d pauses since the last such line; the servers keep the "
+                                "attacks meanwhile, nothing is lost)",
+                                pending, self.pauses - self._pauses_logged)
+                    self._pause_logged_at, self._pauses_logged = now, self.pauses
             for link in list(self.links.values()):
                 self._update(link)
 
@@ -402,6 +425,7 @@ class Recorder:
         stats.update({f"pipeline_{k}": v for k, v in self.pipeline.stats().items()})
         stats["pipeline_pending"] = self.pipeline.pending()
         stats["recorder_link_errors"] = self.link_errors
+        stats["recorder_pauses"] = self.pauses
         self.channel.send_stats(stats)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import Any
 
 from honeytrap import writebatch
 from honeytrap.pipelinejobs import Counters
@@ -32,7 +33,7 @@ class Stall:
     def __init__(self, name: str, since: float) -> None:
         self.name = name
         self.since = since
-        self.waiting: list[bytes] = []
+        self.waiting: list[Any] = []
         self.bytes = 0
         self.lost_logged = False
 
@@ -60,7 +61,7 @@ class StalledOutputs:
             self._stalled[write] = Stall(name, since)
             return True
 
-    def defer(self, write: writebatch.Write, records: list[bytes]) -> bool:
+    def defer(self, write: writebatch.Write, records: list[Any]) -> bool:
         """Keep the records of a stalled output for when its hung write returns (or count
         them lost past MAX_STALLED_BYTES). False if the output is not stalled."""
         if not self._stalled:
@@ -94,7 +95,7 @@ class StalledOutputs:
                     break
                 waiting, stall.waiting, stall.bytes = stall.waiting, [], 0
             try:
-                write(b"".join(waiting))
+                write(waiting)
             except Exception as exc:
                 self._write_failed(write, exc)
         log.warning("output %s writes again after %.0f s", stall.name,

@@ -17,7 +17,6 @@ import errno
 import logging
 import os
 import socket
-import uuid
 
 from honeytrap.errors import ConfigError
 
@@ -30,7 +29,7 @@ SENSOR_ID_MODE = 0o644
 # A sensor id is a name in logs and databases: printable ASCII, bounded (sensors.name, Elastic).
 MAX_SENSOR_ID = 128
 # A namespace for ids derived from the host name (uuid5), so they never look like made ones.
-_HOSTNAME_NAMESPACE = uuid.UUID("6b1f0a52-2f3c-4d0e-9a47-2d7c4f6a9e11")
+_HOSTNAME_NAMESPACE = "6b1f0a52-2f3c-4d0e-9a47-2d7c4f6a9e11"
 
 
 def check_sensor_id(text: str, where: str = "sensor_id") -> str:
@@ -58,6 +57,10 @@ def _read(path: str) -> str | None:
 
 def _create(state_dir: str, path: str) -> str:
     """A new id, linked into place unless another start got there first (then theirs)."""
+    # uuid imported here, in the master at start or reload only: at module level it (and the
+    # platform module it imports) were in every process's memory for an id made once.
+    import uuid
+
     os.makedirs(state_dir, STATE_DIR_MODE, exist_ok=True)
     made = str(uuid.uuid4())
     temporary = os.path.join(state_dir, f".{SENSOR_ID_FILE}.{os.getpid()}.{made[:8]}")
@@ -92,7 +95,9 @@ def sensor_id(configured: str, state_dir: str, warnings: list[str]) -> str:
         if exc.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT):
             raise ConfigError(f"cannot keep the sensor id in {state_dir}: {exc.strerror}",
                               key="state_dir") from exc
-        derived = str(uuid.uuid5(_HOSTNAME_NAMESPACE, socket.gethostname()))
+        import uuid  # as in _create
+
+        derived = str(uuid.uuid5(uuid.UUID(_HOSTNAME_NAMESPACE), socket.gethostname()))
         warnings.append(
             f"state_dir {state_dir} cannot be written ({errno.errorcode.get(exc.errno or 0)}): "
             f"sensor id {derived} derived from the host name, not kept; give state_dir a "

@@ -5,8 +5,11 @@ batch, pipeline.py) and acknowledges them only once the batch is written. A line
 (outfile.LineLog: logJSON, logAttacker) adds its lines to the worker's current batch instead of
 appending each at once; at the end of the batch they go out joined, one write per log instead
 of one per attack (a write to an O_APPEND file is a system call and an inode lock each; measured
-with bench/recorder.py). Outside a batch (a hook called directly, a test) nothing is held: the
-record is written at once.
+with bench/recorder.py). SaveFile adds its attack files the same way: they are created one after
+another at the batch's end, not between the hooks' Python of each attack (the kernel's file
+creation and the interpreter then each run on caches warm from the file or attack before: 8-13%
+of the recorder's CPU per attack, bench/recorder.py at a server's pace). Outside a batch (a hook
+called directly, a test) nothing is held: the record is written at once.
 
 A batch is bound to the thread running it (`running`). The pipeline's watchdog may `take` what a
 batch holds from another thread (a slow hook: the attacks before it in the batch are written and
@@ -18,8 +21,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
-Write = Callable[[bytes], None]
+# An output's write of its records, in the order they came, all at once: a line log's are
+# bytes, joined into one append; another output's are its own (SaveFile's files to create).
+# len() of a record is what it weighs (a stalled output's bound: stalls.py).
+Write = Callable[[list[Any]], None]
 
 _local = threading.local()
 
@@ -28,9 +35,9 @@ class WriteBatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         # Per output (its writer), its records in order.
-        self._held: dict[Write, list[bytes]] = {}
+        self._held: dict[Write, list[Any]] = {}
 
-    def add(self, write: Write, record: bytes) -> None:
+    def add(self, write: Write, record: Any) -> None:
         """Hold `record` for `write` (an output's "append these bytes whole" function)."""
         with self._lock:
             records = self._held.get(write)
@@ -49,23 +56,23 @@ class WriteBatch:
 class Held:
     """Records taken from a batch, to be written."""
 
-    def __init__(self, held: dict[Write, list[bytes]]) -> None:
+    def __init__(self, held: dict[Write, list[Any]]) -> None:
         self._held = held
 
     def __bool__(self) -> bool:
         return bool(self._held)
 
-    def items(self) -> list[tuple[Write, list[bytes]]]:
+    def items(self) -> list[tuple[Write, list[Any]]]:
         """Each output's records, in the order the outputs came (the pipeline writes them one
         output at a time, so the watchdog can see which one hangs)."""
         return list(self._held.items())
 
     def write(self, on_error: Callable[[Write, BaseException], None]) -> None:
-        """Each output's records joined, in one call per output, in the order they came.
-        A writer that raises is reported to `on_error`; the others are still written."""
+        """Each output's records, in one call per output, in the order they came. A writer
+        that raises is reported to `on_error`; the others are still written."""
         for write, records in self._held.items():
             try:
-                write(b"".join(records))
+                write(records)
             except Exception as exc:
                 on_error(write, exc)
         self._held = {}

@@ -12,9 +12,13 @@ At SAVEDATA:
 - each download's payload goes to `downloads_dir/<md5>` (the original's naming, without its
   attacker-chosen file name suffix): one file per content, published by rename so a reader
   never sees half a sample.
-Files are complete before their names appear (outfile.write_new). While a file cannot be
+Files are complete before their names appear (outfile.write_new). In the recorder's pipeline
+an attack's file is created at the end of its batch (writebatch.py), with the batch's others and
+before any of them is acknowledged, not between the attacks' hooks. While a file cannot be
 written (a full disk), it waits in memory with the later ones, in order, and is written when
-space returns (backlog.py); its path is recorded at once (the name is known in advance).
+space returns (backlog.py); its path is recorded at once (the name is known in advance: should
+it be taken, by the file of the same attack saved before a recorder died and its server sent it
+again, the file is saved under the next free name and the warning says which).
 The paths are recorded as `attack.analysis["SaveFile"]`, so logJSON (POSTPROC) lists them.
 At FOLLOWUP (the downloads ended after the attack was saved) the samples are saved the same
 way and their paths added there, so logJSON's follow-up line lists them.
@@ -27,7 +31,7 @@ import logging
 from collections.abc import Iterator
 from hashlib import sha256
 
-from honeytrap import outfile
+from honeytrap import outfile, writebatch
 from honeytrap.attack import Attack, Payload
 from honeytrap.backlog import Backlog
 from honeytrap.plugin import PluginContext
@@ -43,6 +47,7 @@ _stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
 class SaveFile:
     def __init__(self, ctx: PluginContext) -> None:
         self.log = ctx.log
+        self.name = ctx.name  # the pipeline's log names a hung batch write by it
         self.attacks_path = ctx.option("attacks_dir")
         self.downloads_path = ctx.option("downloads_dir")
         owner = outfile.server_owner(ctx.config, ctx.name)
@@ -55,6 +60,8 @@ class SaveFile:
             outfile.close_fd(self.attacks_fd)
             raise
         self.backlog = Backlog(ctx.name, f"{self.attacks_path} and {self.downloads_path}", ctx.log)
+        # The batch's key for the attack files: one bound method kept, not one made per attack.
+        self._creator: writebatch.Write = self._create
 
     def savedata(self, attack: Attack) -> None:
         if not attack.downloads:  # nearly every attack: its string alone, nothing else made
@@ -82,8 +89,26 @@ class SaveFile:
     def _save_attack(self, attack: Attack) -> str:
         assert self.attacks_fd is not None, "savedata after close"
         write = _AttackFile(self.attacks_fd, attack_file_name(attack), attack.payload, self.log)
-        self.backlog.submit(len(write.payload), write)
+        batch = writebatch.current()
+        if batch is None:
+            self.backlog.submit(len(write.payload), write)
+        else:
+            batch.add(self._creator, write)  # at the batch's end, before it is acknowledged
         return f"{self.attacks_path}/{write.name}"
+
+    def _create(self, files: list[_AttackFile]) -> None:
+        """A batch's attack files (writebatch.py), in order. One that raises (not a full
+        disk: the backlog holds those) does not keep the others from being written; the
+        first such error is raised once all were tried (the pipeline logs and counts it)."""
+        error: Exception | None = None
+        submit = self.backlog.submit
+        for write in files:
+            try:
+                submit(len(write.payload), write)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _save_downloads(self, attack: Attack) -> list[str]:
         assert self.downloads_fd is not None, "savedata after close"
@@ -122,6 +147,9 @@ class _AttackFile:
 
     def __init__(self, dir_fd: int, name: str, payload: bytes, log: logging.Logger) -> None:
         self.dir_fd, self.name, self.payload, self.log = dir_fd, name, payload, log
+
+    def __len__(self) -> int:  # what it weighs while its output is stalled (stalls.py)
+        return len(self.payload)
 
     def __call__(self) -> None:
         base = self.name

@@ -74,6 +74,20 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
 
 
 @pytest.mark.slow
+def test_the_file_floor_saves_one_file_per_connection(
+        quick: tuple[dict[str, Any], Path]) -> None:
+    """The file floor (one_port only) records and saves every connection it completed, and its
+    rows say where it stands against honeytrap."""
+    figures = quick[0]["results"]["one_port"]
+    completed = sum(rep["asyncio_files"]["completed"] for rep in figures["reps"])
+    assert completed > 0
+    assert figures["floor_records"]["asyncio_files"] == completed == figures["floor_files"]
+    assert "asyncio_files" not in quick[0]["results"]["sweep"]["reps"][0]
+    (table,) = quick[1].glob("bench-quick-*.md")
+    assert "against the file floor" in table.read_text()
+
+
+@pytest.mark.slow
 def test_all_idle_connections_are_served(quick: tuple[dict[str, Any], Path]) -> None:
     idle = quick[0]["results"]["idle"]["300"]
     assert idle["honeytrap"]["served"] == 300
@@ -241,3 +255,22 @@ def test_an_unknown_phase_is_a_usage_error(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
     )
     assert proc.returncode == 2 and "not warp" in proc.stderr
+
+
+def test_the_line_counter_reads_only_what_was_appended(tmp_path: Path) -> None:
+    """The soak's record count (bench/harness.py LineCounter) reads each byte of the growing
+    log once, not the whole file at every sample, and counts a line once it is complete."""
+    harness = importlib.import_module("harness")
+    log = tmp_path / "attackers.json"
+    counter = harness.LineCounter(log)
+    assert counter() == 0  # not written yet
+    log.write_bytes(b'{"a":1}\n{"a":2}\n{"a"')
+    assert counter() == 2
+    assert counter.offset == log.stat().st_size
+    with log.open("ab") as f:
+        f.write(b':3}\n' + b'{"a":4}\n' * 1000)
+    before = counter.offset
+    assert counter() == 1003
+    assert counter.offset - before == 4 + 8 * 1000  # the appended bytes alone
+    assert counter() == 1003
+    assert harness.wait_lines(counter, 1003, 0.0) >= 0

@@ -22,7 +22,7 @@ from honeytrap.dialogue.detect import classify
 from honeytrap.dialogue.framing import HttpFramer, RespFramer, TelnetFramer
 from honeytrap.dialogue.raw import RawDialogue
 from honeytrap.dialogue.script import load_script, parse_script, uses_id
-from honeytrap.dialogue.text import DATA_PORTS, ScriptDialogue
+from honeytrap.dialogue.text import DATA_PORTS, ScriptDialogue, rfc_date
 from honeytrap.errors import ConfigError
 from honeytrap.session import Closed, NormalSession
 
@@ -247,6 +247,13 @@ def test_http_status_follows_method_and_path() -> None:
     assert date is not None
     when = email.utils.parsedate_to_datetime(date[1].decode()).timestamp()
     assert abs(when - time.time()) < 5
+
+
+@given(st.floats(min_value=0, max_value=253402300799, allow_nan=False))  # to 9999-12-31
+def test_reply_dates_are_what_email_utils_writes(when: float) -> None:
+    """${date} and ${maildate}: the standard library's formatdate, without importing it."""
+    assert rfc_date(when, b"GMT") == email.utils.formatdate(when, usegmt=True).encode()
+    assert rfc_date(when, b"-0000") == email.utils.formatdate(when).encode()
 
 
 def test_http_head_has_no_body_and_http10_closes() -> None:

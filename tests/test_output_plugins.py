@@ -10,6 +10,7 @@ import random
 import re
 import select
 import signal
+import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from pipeline_run import process
 from honeytrap.attack import Attack, Connection, Download, Mode, Payload
 from honeytrap.config import Config, PluginSpec
 from honeytrap.errors import PluginError
+from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, Registry, load_module, load_plugins
 
 PLUGIN_DIR = str(Path(__file__).resolve().parent.parent / "plugins")
@@ -185,6 +187,66 @@ def test_savefile_records_its_paths_on_the_attack(tmp_path: Path) -> None:
         "attack_file": f"{tmp_path}/attacks/from_port_80-tcp_{STAMP}_{attack.id}",
         "downloads": [f"{tmp_path}/dl/{hashlib.md5(b'sample').hexdigest()}"],
     }
+
+
+class _BatchGate:
+    """ANALYZE blocks for the attack whose payload is b"gate" until opened: the attacks
+    submitted meanwhile are queued together and the worker runs them as one batch."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def analyze(self, attack: Attack) -> None:
+        if attack.payload == b"gate":
+            self.entered.set()
+            self.opened.wait(CHILD_TIMEOUT)
+
+
+def test_savefile_in_a_batch_has_every_file_whole_before_an_attack_is_done(
+    tmp_path: Path,
+) -> None:
+    """In the pipeline a batch's files are created at its end (writebatch.py): each attack
+    is done (acknowledged by the recorder) only once its file is there, whole, under the
+    path logJSON lists for it; SaveFile's hook itself left it to the batch."""
+    options = {"attacks_dir": str(tmp_path / "attacks"), "downloads_dir": str(tmp_path / "dl")}
+    registry = load(("SaveFile", options), ("logJSON", {"logfile": str(tmp_path / "a.json")}))
+    gate = _BatchGate()
+    registry.register(LoadedPlugin("Gate", types.ModuleType("Gate"), gate))
+    saved_at_hook: list[bool] = []
+
+    class _Look:  # a SAVEDATA hook after SaveFile's: is the file there yet?
+        def savedata(self, attack: Attack) -> None:
+            path = attack.analysis["SaveFile"]["attack_file"]
+            saved_at_hook.append(os.path.exists(path))
+
+    registry.register(LoadedPlugin("Look", types.ModuleType("Look"), _Look()))
+    pipeline = Pipeline(registry, workers=1)
+    whole_when_done: list[bool] = []
+
+    def done(attack: Attack) -> None:
+        path = attack.analysis["SaveFile"]["attack_file"]
+        whole_when_done.append(Path(path).read_bytes() == attack.payload)
+
+    attacks = [make_attack(b"gate")] + [make_attack(b"attack %d" % n) for n in range(20)]
+    try:
+        pipeline.submit(attacks[0], on_done=lambda: done(attacks[0]))
+        assert gate.entered.wait(CHILD_TIMEOUT)
+        for one in attacks[1:]:
+            pipeline.submit(one, on_done=lambda one=one: done(one))
+        gate.opened.set()
+        assert pipeline.drain(CHILD_TIMEOUT)
+    finally:
+        gate.opened.set()
+        assert pipeline.close(CHILD_TIMEOUT)
+        registry.close()
+    assert whole_when_done == [True] * len(attacks)
+    assert saved_at_hook == [False] * len(attacks)
+    records = read_json_lines(tmp_path / "a.json")
+    assert [r["analysis"]["SaveFile"]["attack_file"] for r in records] == [
+        f"{tmp_path}/attacks/from_port_80-tcp_{STAMP}_{one.id}" for one in attacks]
+    assert sorted(os.listdir(tmp_path / "attacks")) == sorted(
+        f"from_port_80-tcp_{STAMP}_{one.id}" for one in attacks)
 
 
 def test_savefile_gives_its_directories_to_the_server_user(tmp_path: Path) -> None:

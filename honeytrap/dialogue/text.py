@@ -8,7 +8,6 @@ order, one Reply per chunk received, delayed by the script's jitter.
 
 from __future__ import annotations
 
-import email.utils
 import time
 from typing import Any
 
@@ -25,6 +24,22 @@ _PRINTABLE = bytes(range(0x20, 0x7F))
 # FTP passive data ports are drawn from this range (a typical PassivePorts setting, above the
 # ephemeral ports Linux picks for outbound connections).
 DATA_PORTS = (61000, 64999)
+# Dates in replies are English whatever the locale (strftime's %a and %b follow LC_TIME).
+_DAYS = (b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun")
+_MONTHS = (b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+           b"Dec")
+
+
+def rfc_date(when: float, zone: bytes) -> bytes:
+    """`when` in UTC as RFC 5322 (3.3) writes a date, "Tue, 01 Dec 2026 23:14:23 <zone>": HTTP's
+    IMF-fixdate with zone GMT (RFC 9110 5.6.7), a mail header's with -0000 (UTC, no local
+    offset said). email.utils.formatdate writes the same, but importing it brought most of the
+    email package into every process (~340 KiB of the master's heap, shared by all)."""
+    t = time.gmtime(when)
+    return b"%s, %02d %s %04d %02d:%02d:%02d %s" % (
+        _DAYS[t.tm_wday], t.tm_mday, _MONTHS[t.tm_mon - 1], t.tm_year, t.tm_hour, t.tm_min,
+        t.tm_sec, zone,
+    )
 
 
 def clean(data: bytes) -> bytes:
@@ -169,9 +184,9 @@ class ScriptDialogue:
         if name == "hostname":
             return self.hostname.encode("ascii", "replace")
         if name == "date":
-            return email.utils.formatdate(time.time(), usegmt=True).encode()  # RFC 9110 5.6.7
+            return rfc_date(time.time(), b"GMT")
         if name == "maildate":
-            return email.utils.formatdate(localtime=False).encode()
+            return rfc_date(time.time(), b"-0000")
         if name == "id":
             return b"%010X" % self._id
         if name == "num":
