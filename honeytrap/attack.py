@@ -41,6 +41,11 @@ class Mode(enum.Enum):
 
 
 _MODE_LABELS = {mode.value: mode.name.lower() for mode in Mode}
+# The hashes of no bytes, made once: a scan's attacks carry no payload, and both line logs
+# print its hashes (hashlib's set-up cost 1.4 us for MD5, 2.9 for SHA-512, of nothing).
+_EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_EMPTY_SHA512 = hashlib.sha512(b"").hexdigest()
 
 
 class Payload:
@@ -63,22 +68,27 @@ class Payload:
     def md5(self) -> str:
         value: str | None = self.__dict__.get("md5")
         if value is None:
-            value = self.__dict__["md5"] = hashlib.md5(self.data,
-                                                       usedforsecurity=False).hexdigest()
+            data = self.data
+            value = self.__dict__["md5"] = (hashlib.md5(data, usedforsecurity=False).hexdigest()
+                                            if data else _EMPTY_MD5)
         return value
 
     @property
     def sha256(self) -> str:
         value: str | None = self.__dict__.get("sha256")
         if value is None:
-            value = self.__dict__["sha256"] = hashlib.sha256(self.data).hexdigest()
+            data = self.data
+            value = self.__dict__["sha256"] = (hashlib.sha256(data).hexdigest() if data
+                                               else _EMPTY_SHA256)
         return value
 
     @property
     def sha512(self) -> str:
         value: str | None = self.__dict__.get("sha512")
         if value is None:
-            value = self.__dict__["sha512"] = hashlib.sha512(self.data).hexdigest()
+            data = self.data
+            value = self.__dict__["sha512"] = (hashlib.sha512(data).hexdigest() if data
+                                               else _EMPTY_SHA512)
         return value
 
     def __eq__(self, other: object) -> bool:

@@ -35,6 +35,23 @@ log = logging.getLogger("honeytrap.server")
 
 # Connections accepted per wake-up of the listening socket, so one port cannot starve the loop.
 ACCEPT_BATCH = 64
+# ACCEPT_IN_C: why the accept is ours (Python) and not uvloop's create_server, which would save
+# ~7 us of user time per connection (bench/accept.py: 57 against 50 us of a minimal server's
+# CPU per connection, medians of 5 interleaved reps, three runs; ~6% of a server process's CPU
+# per connection on one port). The libuv uvloop 0.23 bundles (1.52) accepts one connection per
+# poll event of the listening socket and hands it to the protocol factory before anyone can
+# look at it; on EMFILE or ENFILE it closes its reserve descriptor and accepts and closes every
+# connection queued (they are lost, unrecorded: test_descriptor_exhaustion_is_survived_with_
+# back_off requires they wait and are served); other accept errors are dropped silently. So it
+# would keep every limit only with a guard around it: a port on it only while busy (a sweep's
+# ports, one connection per wake-up, stay here), only while its max_connections and the
+# process's descriptors (RLIMIT_NOFILE less what is open) have room for what one loop pass may
+# accept (libuv polls again, up to 48 times, when 1,024 events came at once: that many per
+# port), switched back here before that room is gone (the server closed at the end of the loop
+# pass: closed from the factory it would also close the connection being accepted); the
+# source's budget checked in connection_made (the address is not known before); the listening
+# socket handed over as a dup (closing uvloop's server closes its descriptor) and a new server
+# made on each resume (hold_back, a connection freed at max_connections).
 # A port woken to accept less than this long after its last wake-up is busy: it asks the kernel
 # how many connections wait (listener.ready_to_accept) and takes them in one batch. One woken
 # later takes the one that woke it and asks nothing: a sweep's ports get a connection now and

@@ -60,6 +60,8 @@ class SaveFile:
             outfile.close_fd(self.attacks_fd)
             raise
         self.backlog = Backlog(ctx.name, f"{self.attacks_path} and {self.downloads_path}", ctx.log)
+        # The batch's key for the attack files: one bound method kept, not one made per attack.
+        self._creator: writebatch.Write = self._create
 
     def savedata(self, attack: Attack) -> None:
         if not attack.downloads:  # nearly every attack: its string alone, nothing else made
@@ -91,7 +93,7 @@ class SaveFile:
         if batch is None:
             self.backlog.submit(len(write.payload), write)
         else:
-            batch.add(self._create, write)  # at the batch's end, before it is acknowledged
+            batch.add(self._creator, write)  # at the batch's end, before it is acknowledged
         return f"{self.attacks_path}/{write.name}"
 
     def _create(self, files: list[_AttackFile]) -> None:

@@ -8,6 +8,7 @@ plugin and output; each is compared with its class field for field, on arbitrary
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import threading
 
 from hypothesis import given
@@ -50,6 +51,15 @@ def test_made_payload_is_a_payload_of_the_same_bytes(data: bytes) -> None:
     assert made == Payload(data)
     built = Payload(data)
     assert (made.md5, made.sha512, made.size) == (built.md5, built.sha512, len(data))
+
+
+@given(st.one_of(st.just(b""), payloads))
+def test_payload_hashes_are_hashlibs(data: bytes) -> None:
+    """The empty payload's hashes are made once (attack.py), any other's by hashlib."""
+    for payload in (Payload(data), made_payload(data)):
+        assert (payload.md5, payload.sha256, payload.sha512) == (
+            hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest(),
+            hashlib.sha512(data).hexdigest())
 
 
 @given(connections())
