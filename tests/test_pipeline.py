@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from honeytrap import outfile
+from honeytrap import pipeline as pipeline_module
 from honeytrap.attack import Attack, Connection, Download, Payload
 from honeytrap.config import Config
 from honeytrap.pipeline import MAX_BATCH, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
@@ -663,3 +664,56 @@ def test_records_waiting_for_a_still_hung_output_at_close_are_counted_lost(
         fifo.read_exactly(fifo.filler + 3)  # the hung write returns: its thread may end
         os.close(fifo.fd)
         hung.close()
+
+
+class SlowDisk(CountingLog):
+    """A line log whose appends take `took` seconds of the pipeline's (fake) clock: a disk that
+    holds writes back, without waiting for one."""
+
+    def __init__(self, ctx: PluginContext, clock: FakeClock) -> None:
+        super().__init__(ctx)
+        self.clock, self.took = clock, 0.0
+
+    def _append(self, lines: bytes) -> None:
+        self.clock.now += self.took
+        super()._append(lines)
+
+
+def test_a_slow_batch_write_is_counted_and_logged_at_most_once_an_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An output's batch write longer than SLOW_WRITE is counted (slow_writes) and logged with
+    the output's name and time, at most once every SLOW_WRITE_LOG_INTERVAL with the count
+    since: the disk shows as the cause when the recorder falls behind. A quick one is not."""
+    clock = FakeClock()
+    ctx = PluginContext("Lines", {"logfile": str(tmp_path / "lines.log")}, Config(),
+                        logging.getLogger("test"))
+    disk = SlowDisk(ctx, clock)
+    pipeline = Pipeline(registry_of(("Lines", disk)), workers=1, clock=clock)
+    caplog.set_level(logging.WARNING, logger="honeytrap.pipeline")
+
+    def one_batch(n: int) -> None:
+        pipeline.submit(attack(b"a%d" % n))
+        assert pipeline.drain(WAIT)
+
+    def slow_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "holding writes back" in r.getMessage()]
+
+    try:
+        one_batch(0)
+        assert pipeline.stats()["slow_writes"] == 0 and slow_lines() == []
+        disk.took = 2 * pipeline_module.SLOW_WRITE
+        for n in range(1, 4):
+            one_batch(n)
+        assert pipeline.stats()["slow_writes"] == 3
+        assert len(slow_lines()) == 1
+        assert "(Lines) took 0.20 s" in slow_lines()[0]
+        assert "(1 slow writes since the last such line)" in slow_lines()[0]
+        clock.now += pipeline_module.SLOW_WRITE_LOG_INTERVAL
+        one_batch(4)
+        assert pipeline.stats()["slow_writes"] == 4
+        assert len(slow_lines()) == 2 and "(3 slow writes since" in slow_lines()[1]
+    finally:
+        assert pipeline.close(WAIT)
+        disk.close()
+    assert disk.appends == 5  # every record written, slow or not
