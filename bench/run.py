@@ -11,7 +11,8 @@ listed in PHASE_MODULES) run in order; --only picks some:
                    sweep, in --reps paired reps (each rep: asyncio floor, uvloop floor,
                    honeytrap, back to back), medians with min-max, CPU per connection, records
                    written vs connections completed (bench/throughput.py);
-  idle             idle connections held at once: how many were served, the PSS (bench/idle.py);
+  idle             idle connections held at once, in --reps paired reps: how many were served,
+                   the PSS (bench/idle.py);
   latency          first SYN to a fresh port until connect() completes, p50/p99
                    (bench/latency.py);
   soak             --soak-seconds at 80% of one_port's median rate: memory flat, everything
@@ -208,7 +209,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--only", metavar="PHASE[,PHASE]", type=phase_list,
                         default=PHASE_NAMES, help=f"run only these phases ({', '.join(PHASES)})")
     parser.add_argument("--reps", type=int, default=None,
-                        help=f"paired reps of the throughput phases (default {FULL.reps}, "
+                        help=f"paired reps of the throughput and idle phases (default {FULL.reps}, "
                              f"--quick {QUICK.reps})")
     parser.add_argument("--soak-seconds", type=float, default=None,
                         help=f"length of the soak (default {FULL.soak_seconds:.0f}, "

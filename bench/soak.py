@@ -45,7 +45,7 @@ def soak(bench: Bench) -> dict[str, Any]:
         while any(p.poll() is None for p in procs):
             roles = by_role(master, pss_kib)
             samples.append({"t": time.monotonic() - started, **roles,
-                            "records": records()})
+                            "records": records(), **why(bench)})
             time.sleep(every)
         load = bench.collect(procs, seconds + SETTLE_SECONDS)
         completed = int(load["completed"])
@@ -63,6 +63,30 @@ def soak(bench: Bench) -> dict[str, Any]:
     return {"rate_asked": rate, "seconds": seconds, "load": load, "samples": samples,
             "unacknowledged": figures.get("honeytrap_unacknowledged", -1),
             "attacks_reported": figures.get("honeytrap_attacks_total", -1), "outputs": outputs}
+
+
+# What each sample also reads, to tell why the recorder fell behind when it does: the daemon's
+# figures (its queue, its pauses, the servers' hold) and the kernel's dirty and writeback
+# pages (KiB) (dirty-page throttling would show as Dirty near the dirty limit; the journal
+# waits seen instead do not show here: bench/README.md).
+SAMPLED_METRICS = {
+    "pending": "honeytrap_pipeline_pending",
+    "pauses": "honeytrap_recorder_pauses_total",
+    "held_back": "honeytrap_held_back_total",
+    "unacked_bytes": "honeytrap_unacknowledged_bytes",
+}
+SAMPLED_MEMINFO = {"dirty_kib": "Dirty", "writeback_kib": "Writeback"}
+
+
+def why(bench: Bench) -> dict[str, float]:
+    try:
+        figures = scrape(bench.lab)
+    except (OSError, ValueError):  # the exporter busy or restarting: this sample without them
+        figures = {}
+    out = {key: figures.get(name, -1.0) for key, name in SAMPLED_METRICS.items()}
+    meminfo = dict(line.split(":", 1) for line in open("/proc/meminfo").read().splitlines())
+    out.update({key: float(meminfo[name].split()[0]) for key, name in SAMPLED_MEMINFO.items()})
+    return out
 
 
 def window(seconds: float) -> float:

@@ -2,7 +2,8 @@
 (`encode`) and one decoder (`decode`, which raises only ControlError). Their text, one message
 per line (control.py's Channel carries them):
 
-process -> master: busy <port> | idle <port> | expire <port> | released <port>
+process -> master: busy <port>... | idle <port>... (every port of the report that went busy, or
+                   idle again, in one message: portstate.py) | expire <port> | released <port>
                    | load <descriptors> (its connections' descriptors, at each control.LOAD_STEP)
                    | stats {json object of counters}
 master -> process: serve <port> <n> (with n descriptors: the bound socket, then the template
@@ -55,12 +56,17 @@ class Relink:
 
 @dataclass(frozen=True)
 class Busy:
-    key: Key
+    """Ports that went busy (a first connection) since the process's last report."""
+
+    keys: tuple[Key, ...]
 
 
 @dataclass(frozen=True)
 class Idle:
-    key: Key
+    """Ports idle again since the last report, in the order they first changed (the master's
+    order of use)."""
+
+    keys: tuple[Key, ...]
 
 
 @dataclass(frozen=True)
@@ -85,13 +91,16 @@ class Stats:
 
 Message = (Serve | Stop | Retire | Shutdown | Relink | Busy | Idle | Expire | Released | Load
            | Stats)
-_PORT_MESSAGES: dict[str, type[Stop | Busy | Idle | Expire | Released]] = {
-    "stop": Stop, "busy": Busy, "idle": Idle, "expire": Expire, "released": Released,
+_PORT_MESSAGES: dict[str, type[Stop | Expire | Released]] = {
+    "stop": Stop, "expire": Expire, "released": Released,
 }
+# Messages naming several ports (a report: one message, not one per port, each a decode and a
+# dispatch of the master's; a sweep's ports report several times each).
+_PORTS_MESSAGES: dict[str, type[Busy | Idle]] = {"busy": Busy, "idle": Idle}
 _WORDS: dict[str, type[Retire | Shutdown | Relink]] = {
     "retire": Retire, "shutdown": Shutdown, "relink": Relink,
 }
-_NAMES = {cls: name for name, cls in {**_PORT_MESSAGES, **_WORDS}.items()}
+_NAMES = {cls: name for name, cls in {**_PORT_MESSAGES, **_PORTS_MESSAGES, **_WORDS}.items()}
 
 
 def port_key(protocol: str, port: int) -> str:
@@ -114,8 +123,11 @@ def encode(message: Message) -> bytes:
         return f"load {message.descriptors}".encode()
     if isinstance(message, Stats):
         return b"stats " + json.dumps(message.values, separators=(",", ":")).encode()
-    if isinstance(message, (Stop, Busy, Idle, Expire, Released)):
+    if isinstance(message, (Stop, Expire, Released)):
         return f"{_NAMES[type(message)]} {port_key(*message.key)}".encode()
+    if isinstance(message, (Busy, Idle)):
+        ports = " ".join(port_key(*key) for key in message.keys)
+        return f"{_NAMES[type(message)]} {ports}".encode()
     return _NAMES[type(message)].encode()
 
 
@@ -130,6 +142,8 @@ def decode(data: bytes) -> Message:
         return _WORDS[word]()
     if word in _PORT_MESSAGES:
         return _PORT_MESSAGES[word](_key(rest))
+    if word in _PORTS_MESSAGES:
+        return _PORTS_MESSAGES[word](_keys(rest))
     if word == "serve":
         port, _, count = rest.rpartition(" ")
         if count not in ("1", "2"):
@@ -150,6 +164,14 @@ def _key(text: str) -> Key:
     if key == ("", 0):
         raise ControlError(f"bad port {text[:40]!r}")
     return key
+
+
+def _keys(text: str) -> tuple[Key, ...]:
+    """The ports of "tcp 80 udp 53" (at least one)."""
+    words = text.split(" ")
+    if len(words) % 2:
+        raise ControlError(f"bad ports {text[:40]!r}")
+    return tuple(_key(f"{words[i]} {words[i + 1]}") for i in range(0, len(words), 2))
 
 
 def parse_stats(message: str) -> dict[str, int] | None:

@@ -21,8 +21,9 @@ from honeytrap import control, templates
 from honeytrap.addresses import split
 from honeytrap.attack import Attack, Connection
 from honeytrap.config import PortConf
+from honeytrap.deadlines import Entry
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
-from honeytrap.listener import AcceptedSocket, UvAccepted, ready_to_accept
+from honeytrap.listener import AcceptedSocket, UvAccepted, raw_family, ready_to_accept
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent
 from honeytrap.relay import RELAY_MODES, RelayConnection
@@ -105,7 +106,7 @@ class DynamicServer:
         self.connections: dict[Finisher, None] = {}
         self.starting = 0  # accepted, transport not yet set up
         self._accepting = False
-        self._family = int(sock.family)
+        self._family = raw_family(sock)
         # The address every accepted connection reaches when the port is bound to one (not a
         # wildcard: bind_address); None: each connection asks its transport, which on uvloop
         # has it already (TCPTransport reads getsockname and getpeername once, before
@@ -125,7 +126,9 @@ class DynamicServer:
         self._woken = float("-inf")  # the loop's time at the last wake-up to accept
         self._expire_sent = False
         self._listener_closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        # The listen timeout's next check: an entry in the process's Deadlines (one loop timer
+        # for all), not a timer handle of the loop's own per port (a sweep starts thousands).
+        self._timer: Entry | None = None
         self.udp: UdpServer | None = None
 
     # --- life cycle -------------------------------------------------------------------------
@@ -144,7 +147,10 @@ class DynamicServer:
             self.udp = UdpServer(self)
             if not self.process.held_back:
                 self.udp.start()
-        self._timer = self.loop.call_later(self.config.listen_timeout, self._check_listen_timeout)
+        self._check_in(self.config.listen_timeout)
+
+    def _check_in(self, delay: float) -> None:
+        self._timer = self.deadlines.at(self.loop.time() + delay, self._check_listen_timeout)
 
     def _check_listen_timeout(self) -> None:
         if self.stopping:
@@ -155,7 +161,7 @@ class DynamicServer:
             # Not idle: its attackers wait in the backlog for the recorder to catch up
             # (unacked.py). Expired now, its stop would take that backlog in at once, past the
             # sensor's unacknowledged_limit.
-            self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
+            self._check_in(timeout)
             return
         if self.active == 0 and idle_for >= timeout:
             if not self._expire_sent:
@@ -163,10 +169,10 @@ class DynamicServer:
                 self.process.port_reports.report()  # its idle first, or the master says no
                 self.process.channel.send_message(control.Expire(self.port_key))
             # The master answers with "stop"; if it does not, we ask again next period.
-            self._timer = self.loop.call_later(timeout, self._check_listen_timeout)
+            self._check_in(timeout)
             return
         wait = timeout - idle_for if self.active == 0 else timeout
-        self._timer = self.loop.call_later(max(wait, 0.05), self._check_listen_timeout)
+        self._check_in(max(wait, 0.05))
 
     def stop(self, *, abort: bool) -> None:
         """Stop serving: take what the kernel already queued, close the port, tell the master
@@ -174,7 +180,7 @@ class DynamicServer:
         if not self.stopping:
             self.stopping = True
             if self._timer is not None:
-                self._timer.cancel()
+                self.deadlines.cancel(self._timer)
             self.loop.call_later(0 if abort else STOP_GRACE, self._close_listener)
         if abort:
             for conn in list(self.connections):

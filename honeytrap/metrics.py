@@ -148,6 +148,8 @@ METRICS: dict[str, MetricDef] = {
         "pipeline_plugin_timeouts", "Plugin hooks abandoned after plugin_timeout"),
     "pipeline_write_timeouts": _counter(
         "pipeline_write_timeouts", "Outputs whose batch write hung past plugin_timeout"),
+    "pipeline_slow_writes": _counter(
+        "pipeline_slow_writes", "Batch writes of an output that took longer than 0.1 s"),
     "pipeline_write_lost": _counter(
         "pipeline_write_lost", "Records for a hung output not kept (over the bound, or at stop)"),
     "pipeline_virtual_refused": _counter(

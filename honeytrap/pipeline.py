@@ -75,6 +75,12 @@ MAX_ABANDONED_WORKERS = 32
 # At close, downloads cancelled (sockets shut) get this long to end and their follow-ups this
 # long to be recorded, even when the drain time is spent.
 CANCEL_GRACE = 2.0
+# An output's batch write taking longer than this (seconds; a batch's usually take a few ms) is
+# counted (slow_writes) and logged, at most every SLOW_WRITE_LOG_INTERVAL, with its output and
+# time: a disk that holds writes back (ext4's journal full, on a directory of hundreds of
+# thousands of attack files: bench/README.md) shows as itself, not only as a recorder behind.
+SLOW_WRITE = 0.1
+SLOW_WRITE_LOG_INTERVAL = 10.0
 
 
 DEFAULT_DOWNLOAD_LIMITS = background.Limits()
@@ -129,6 +135,7 @@ class Pipeline:
         self._abandoned = 0
         self._pending = 0
         self._idle = threading.Condition()
+        self._slow_logged = (-SLOW_WRITE_LOG_INTERVAL, 0)  # (when, slow_writes then)
         self._stalls = StalledOutputs(self.counters, self._idle, clock, self._write_failed)
         self._stopping = False
         # Workers allowed to take jobs at once: one, plus one per slow job (check_hung).
@@ -353,17 +360,30 @@ class Pipeline:
                 write, records = worker.flush.popleft()
                 if self._stalls.defer(write, records):
                     continue
-                worker.writing = (write, self._clock())
+                worker.writing = (write, started := self._clock())
             try:
                 write(records)
             except Exception as exc:
                 self._write_failed(write, exc)
+            if (took := self._clock() - started) > SLOW_WRITE:
+                self._write_slow(write, len(records), took)
             with worker.lock:
                 worker.writing = None
                 abandoned = worker.abandoned
             if abandoned:
                 self._stalls.unstall(write)
                 return False
+
+    def _write_slow(self, write: writebatch.Write, records: int, took: float) -> None:
+        with self._idle:
+            self.counters.slow_writes += 1
+            now, last = self._clock(), self._slow_logged
+            if now - last[0] < SLOW_WRITE_LOG_INTERVAL:
+                return
+            self._slow_logged = (now, self.counters.slow_writes)
+        log.warning("writing %d records (%s) took %.2f s: the disk is holding writes back "
+                    "(%d slow writes since the last such line)", records,
+                    writebatch.name_of(write), took, self.counters.slow_writes - last[1])
 
     def _write_failed(self, write: writebatch.Write, exc: BaseException) -> None:
         with self._idle:

@@ -65,6 +65,7 @@ class Counters:
     virtual_refused: int = 0
     write_timeouts: int = 0  # an output's batch write hung past plugin_timeout (once a stall)
     write_lost: int = 0  # records for a stalled output past MAX_STALLED_BYTES, or at close
+    slow_writes: int = 0  # an output's batch write that took longer than SLOW_WRITE
     followups: int = 0  # attacks that went through the FOLLOWUP hooks
     downloads_run: int = 0  # download pool tasks that ran to their end
     downloads_refused: int = 0  # refused: pool full, or an attack's or a source's budget spent

@@ -7,10 +7,12 @@ Sent at once, a message per crossing was two per connection wherever connections
 overlap (a sweep: five connections to each of 1,000 ports), each a send() of the server process
 and a wake-up, recv() and decode of the master: 60-70% of the master's CPU on bench's sweep, and
 a sixth of the server process's. Gathered, a port whose connections come and go within the
-delay costs one "idle" (which still moves it to the end of the master's order of use), and one
+delay is one "idle" (which still moves it to the end of the master's order of use), and one
 that stays busy across reports costs nothing more; the master's view is at most
 PORT_STATE_DELAY old (an eviction may stop a port whose first connection is that recent: the
-port then drains, its connections are served to the end).
+port then drains, its connections are served to the end). A report names all its ports in one
+idle and one busy message, not a message per port: on bench's sweep each port was still in
+three or four reports, each port a message the master decoded and dispatched.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ Key = tuple[str, int]
 # How long a port's change waits for the others before the batch goes to the master: the
 # staleness of the master's busy/idle view, as server statistics' STATS_DELAY is of its figures.
 PORT_STATE_DELAY = 1.0
+# Ports one busy or idle message names at most: "udp 65535 " is 10 bytes, so a message stays
+# well within control.MAX_MESSAGE (a process has at most config.MAX_PORTS_PER_PROCESS ports).
+REPORT_PORTS = 4096
 
 
 class PortStates:
@@ -52,18 +57,25 @@ class PortStates:
         self._busy.discard(key)
 
     def due(self) -> list[control.Message]:
-        """The messages for the changes since the last report, in the order they first came:
-        busy for a port that is busy now and was not reported so, idle for one idle now (also
-        one reported idle that was used meanwhile: the master's order of use moves it last)."""
-        messages: list[control.Message] = []
-        for key, busy in self._changed.items():
-            if not busy:
+        """The messages for the changes since the last report: one Idle for the ports idle now
+        (also those reported idle and used meanwhile: the master's order of use moves them
+        last), in the order they first changed, and one Busy for those busy now and not reported
+        so (at most REPORT_PORTS ports a message)."""
+        idle: list[Key] = []
+        busy: list[Key] = []
+        for key, now_busy in self._changed.items():
+            if not now_busy:
                 self._busy.discard(key)
-                messages.append(control.Idle(key))
+                idle.append(key)
             elif key not in self._busy:
                 self._busy.add(key)
-                messages.append(control.Busy(key))
+                busy.append(key)
         self._changed.clear()
+        messages: list[control.Message] = []
+        for start in range(0, len(idle), REPORT_PORTS):
+            messages.append(control.Idle(tuple(idle[start:start + REPORT_PORTS])))
+        for start in range(0, len(busy), REPORT_PORTS):
+            messages.append(control.Busy(tuple(busy[start:start + REPORT_PORTS])))
         return messages
 
 

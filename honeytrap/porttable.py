@@ -365,9 +365,11 @@ class PortTable:
         """A message from process `pid` about its ports (control.py); Stats and the master's own
         messages are none of the table's."""
         if isinstance(message, control.Busy):
-            self.busy(pid, message.key)
+            for key in message.keys:
+                self.busy(pid, key)
         elif isinstance(message, control.Idle):
-            self.idle_again(pid, message.key)
+            for key in message.keys:
+                self.idle_again(pid, key)
         elif isinstance(message, control.Expire):
             return self.expire(pid, message.key)
         elif isinstance(message, control.Released):

@@ -3,6 +3,8 @@ for every hook, with the registry closed afterwards as the recorder closes it.""
 
 from __future__ import annotations
 
+import threading
+
 from honeytrap.attack import Attack, Connection, Payload
 from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import Registry
@@ -25,3 +27,19 @@ def process(registry: Registry, attack: Attack) -> Attack:
         pipeline.close(WAIT)
         registry.close()
     return attack
+
+
+class PayloadGate:
+    """An ANALYZE hook that blocks for the attack whose payload is `payload` until `opened` is
+    set (bounded by WAIT), `entered` set once it is blocked: what the worker does meanwhile, and
+    the attacks submitted meanwhile (queued together, taken as one batch), are the test's."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def analyze(self, attack: Attack) -> None:
+        if attack.payload == self.payload:
+            self.entered.set()
+            self.opened.wait(WAIT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import socket
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -71,8 +72,9 @@ def test_serve_carries_the_socket_and_the_template_in_order(tmp_path: object) ->
 KEYS = st.tuples(st.sampled_from(["tcp", "udp"]), st.integers(1, 65535))
 MESSAGES = st.one_of(
     st.builds(control.Serve, KEYS, st.sampled_from([1, 2])),
-    *[st.builds(cls, KEYS) for cls in (control.Stop, control.Busy, control.Idle, control.Expire,
-                                       control.Released)],
+    *[st.builds(cls, KEYS) for cls in (control.Stop, control.Expire, control.Released)],
+    *[st.builds(cls, st.lists(KEYS, min_size=1, max_size=8).map(tuple))
+      for cls in (control.Busy, control.Idle)],
     st.builds(control.Retire), st.builds(control.Shutdown), st.builds(control.Relink),
     st.builds(control.Load, st.integers(0, 10**12 - 1)),
     st.builds(control.Stats, st.dictionaries(st.text(max_size=20), st.integers(-2**63, 2**63))),
@@ -82,6 +84,26 @@ MESSAGES = st.one_of(
 @given(MESSAGES)
 def test_every_message_round_trips(message: control.Message) -> None:
     assert control.decode(control.encode(message)) == message
+
+
+@pytest.mark.parametrize("data", [b"idle", b"idle ", b"busy tcp", b"idle tcp 80 udp",
+                                  b"idle tcp 80 ", b"idle  tcp 80", b"busy tcp 80 udp 0",
+                                  b"idle tcp 80 tcp 8o"])
+def test_a_report_with_any_bad_port_is_refused_whole(data: bytes) -> None:
+    with pytest.raises(ControlError):
+        control.decode(data)
+
+
+@given(st.lists(st.sampled_from(["tcp", "udp", "80", "0", "65536", "", "x", "53"]), max_size=9))
+def test_any_words_after_busy_or_idle_are_a_report_or_a_control_error(words: list[str]) -> None:
+    for kind in (b"busy ", b"idle "):
+        data = kind + " ".join(words).encode()
+        try:
+            message = control.decode(data)
+        except ControlError:
+            continue
+        assert isinstance(message, (control.Busy, control.Idle))
+        assert control.encode(message) == data
 
 
 @given(st.binary(max_size=200))
@@ -131,7 +153,7 @@ def test_a_peer_that_never_reads_gets_its_channel_closed_not_unbounded_memory() 
     master_end, process_end = channel_pair()
     master = Channel(master_end)
     try:
-        while master.send_message(control.Busy(("tcp", 80))):
+        while master.send_message(control.Busy((("tcp", 80),))):
             pass
         assert master.closed and master.backlog == 0
     finally:

@@ -10,7 +10,6 @@ import random
 import re
 import select
 import signal
-import threading
 import types
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pipeline_run import process
+from pipeline_run import PayloadGate, process
 
 from honeytrap.attack import Attack, Connection, Download, Mode, Payload
 from honeytrap.config import Config, PluginSpec
@@ -189,19 +188,6 @@ def test_savefile_records_its_paths_on_the_attack(tmp_path: Path) -> None:
     }
 
 
-class _BatchGate:
-    """ANALYZE blocks for the attack whose payload is b"gate" until opened: the attacks
-    submitted meanwhile are queued together and the worker runs them as one batch."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def analyze(self, attack: Attack) -> None:
-        if attack.payload == b"gate":
-            self.entered.set()
-            self.opened.wait(CHILD_TIMEOUT)
-
 
 def test_savefile_in_a_batch_has_every_file_whole_before_an_attack_is_done(
     tmp_path: Path,
@@ -211,7 +197,7 @@ def test_savefile_in_a_batch_has_every_file_whole_before_an_attack_is_done(
     path logJSON lists for it; SaveFile's hook itself left it to the batch."""
     options = {"attacks_dir": str(tmp_path / "attacks"), "downloads_dir": str(tmp_path / "dl")}
     registry = load(("SaveFile", options), ("logJSON", {"logfile": str(tmp_path / "a.json")}))
-    gate = _BatchGate()
+    gate = PayloadGate(b"gate")
     registry.register(LoadedPlugin("Gate", types.ModuleType("Gate"), gate))
     saved_at_hook: list[bool] = []
 

@@ -11,15 +11,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from pipeline_run import WAIT, PayloadGate  # WAIT: the bound on every wait in these tests
 
 from honeytrap import outfile
+from honeytrap import pipeline as pipeline_module
 from honeytrap.attack import Attack, Connection, Download, Payload
 from honeytrap.config import Config
 from honeytrap.pipeline import MAX_BATCH, MAX_VIRTUAL_DEPTH, MAX_VIRTUAL_PER_ATTACK, Pipeline
 from honeytrap.plugin import ATTACK_HOOKS, LoadedPlugin, PluginContext, Registry
-
-# Bound on every wait in these tests: far above what any step needs, so only a bug reaches it.
-WAIT = 30.0
 
 
 class FakeClock:
@@ -397,23 +396,11 @@ def test_an_attack_with_no_plugins_finishes() -> None:
     assert pipeline.counters.attacks == pipeline.counters.finished == 1
 
 
-class SlowFirst:
-    """ANALYZE blocks for the attack whose payload is b"slow" (until released), else returns."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def analyze(self, attack: Attack) -> None:
-        if attack.payload == b"slow":
-            self.entered.set()
-            self.release.wait(WAIT)
-
 
 def test_a_slow_hook_lets_another_worker_take_the_next_attacks() -> None:
     """One worker takes jobs while hooks are quick; a hook slower than BOOST_AFTER lets one
     more run, so attacks queued behind a slow download still finish meanwhile."""
-    journal, slow = Journal(), SlowFirst()
+    journal, slow = Journal(), PayloadGate(b"slow")
     registry = registry_of(("Slow", slow), ("After", Recorder("After", journal)))
     pipeline = Pipeline(registry, workers=2, plugin_timeout=60.0)
     done: list[bytes] = []
@@ -428,7 +415,7 @@ def test_a_slow_hook_lets_another_worker_take_the_next_attacks() -> None:
         assert sorted(done) == [b"q%d" % n for n in range(5)]  # the slow one still runs
         assert pipeline.pending() == 1
     finally:
-        slow.release.set()
+        slow.opened.set()
         assert pipeline.close(WAIT)
     assert done[-1] == b"slow"
     assert pipeline.counters.finished == 6
@@ -438,7 +425,7 @@ def test_workers_start_when_a_slow_hook_wants_one_not_before() -> None:
     """At rest one worker thread runs, not `workers` of them (their stacks and arenas are the
     recorder's memory at rest); a slow hook starts one more, which takes the next attack, and
     only as many as the slow hooks want."""
-    slow = SlowFirst()
+    slow = PayloadGate(b"slow")
     pipeline = Pipeline(registry_of(("Slow", slow)), workers=4, plugin_timeout=60.0)
     quick = threading.Event()
     try:
@@ -450,13 +437,13 @@ def test_workers_start_when_a_slow_hook_wants_one_not_before() -> None:
         assert len(pipeline._workers) == 2
         assert sum(w.thread is not None and w.thread.is_alive() for w in pipeline._workers) == 2
     finally:
-        slow.release.set()
+        slow.opened.set()
         assert pipeline.close(WAIT)
 
 
 def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
     """The converse (so the test above can fail): no other worker, nothing overtakes."""
-    slow = SlowFirst()
+    slow = PayloadGate(b"slow")
     pipeline = Pipeline(registry_of(("Slow", slow)), workers=1, plugin_timeout=60.0)
     done: list[bytes] = []
     try:
@@ -466,26 +453,13 @@ def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
         time.sleep(0.3)  # several BOOST_AFTER periods
         assert done == []
     finally:
-        slow.release.set()
+        slow.opened.set()
         assert pipeline.close(WAIT)
     assert done == [b"slow", b"quick"]
 
 
 # --- batches: the line logs' lines of the attacks queued together, one append each ----------
 
-
-class BatchGate:
-    """ANALYZE blocks for the attack whose payload is b"gate" until opened: the attacks
-    submitted meanwhile are queued together, and the worker takes them as one batch."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.opened = threading.Event()
-
-    def analyze(self, attack: Attack) -> None:
-        if attack.payload == b"gate":
-            self.entered.set()
-            self.opened.wait(WAIT)
 
 
 class CountingLog(outfile.LineLog):
@@ -511,7 +485,7 @@ def counting_log(path: Path) -> CountingLog:
 def test_a_batch_is_appended_in_one_write_and_acknowledged_only_once_written(
     tmp_path: Path,
 ) -> None:
-    gate, log_path = BatchGate(), tmp_path / "lines.log"
+    gate, log_path = PayloadGate(b"gate"), tmp_path / "lines.log"
     lines = counting_log(log_path)
     pipeline = Pipeline(registry_of(("Gate", gate), ("Lines", lines)), workers=1)
     in_file_when_done: list[bool] = []
@@ -538,7 +512,7 @@ def test_a_batch_is_appended_in_one_write_and_acknowledged_only_once_written(
 def test_a_slow_hook_in_a_batch_holds_up_only_its_own_attack(tmp_path: Path) -> None:
     """The attacks of the batch before the slow one are written and acknowledged, the ones
     after it go to another worker, while the slow hook still runs."""
-    gate, slow, log_path = BatchGate(), SlowFirst(), tmp_path / "lines.log"
+    gate, slow, log_path = PayloadGate(b"gate"), PayloadGate(b"slow"), tmp_path / "lines.log"
     lines = counting_log(log_path)
     registry = registry_of(("Gate", gate), ("Slow", slow), ("Lines", lines))
     pipeline = Pipeline(registry, workers=2, plugin_timeout=60.0)
@@ -561,7 +535,7 @@ def test_a_slow_hook_in_a_batch_holds_up_only_its_own_attack(tmp_path: Path) -> 
         assert sorted(done) == [b"gate", b"q1", b"q2", b"q3", b"q4"]
         assert sorted(log_path.read_bytes().splitlines()) == sorted(done)
     finally:
-        slow.release.set()
+        slow.opened.set()
         gate.opened.set()
         assert pipeline.close(WAIT)
         lines.close()
@@ -663,3 +637,56 @@ def test_records_waiting_for_a_still_hung_output_at_close_are_counted_lost(
         fifo.read_exactly(fifo.filler + 3)  # the hung write returns: its thread may end
         os.close(fifo.fd)
         hung.close()
+
+
+class SlowDisk(CountingLog):
+    """A line log whose appends take `took` seconds of the pipeline's (fake) clock: a disk that
+    holds writes back, without waiting for one."""
+
+    def __init__(self, ctx: PluginContext, clock: FakeClock) -> None:
+        super().__init__(ctx)
+        self.clock, self.took = clock, 0.0
+
+    def _append(self, lines: bytes) -> None:
+        self.clock.now += self.took
+        super()._append(lines)
+
+
+def test_a_slow_batch_write_is_counted_and_logged_at_most_once_an_interval(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An output's batch write longer than SLOW_WRITE is counted (slow_writes) and logged with
+    the output's name and time, at most once every SLOW_WRITE_LOG_INTERVAL with the count
+    since: the disk shows as the cause when the recorder falls behind. A quick one is not."""
+    clock = FakeClock()
+    ctx = PluginContext("Lines", {"logfile": str(tmp_path / "lines.log")}, Config(),
+                        logging.getLogger("test"))
+    disk = SlowDisk(ctx, clock)
+    pipeline = Pipeline(registry_of(("Lines", disk)), workers=1, clock=clock)
+    caplog.set_level(logging.WARNING, logger="honeytrap.pipeline")
+
+    def one_batch(n: int) -> None:
+        pipeline.submit(attack(b"a%d" % n))
+        assert pipeline.drain(WAIT)
+
+    def slow_lines() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "holding writes back" in r.getMessage()]
+
+    try:
+        one_batch(0)
+        assert pipeline.stats()["slow_writes"] == 0 and slow_lines() == []
+        disk.took = 2 * pipeline_module.SLOW_WRITE
+        for n in range(1, 4):
+            one_batch(n)
+        assert pipeline.stats()["slow_writes"] == 3
+        assert len(slow_lines()) == 1
+        assert "(Lines) took 0.20 s" in slow_lines()[0]
+        assert "(1 slow writes since the last such line)" in slow_lines()[0]
+        clock.now += pipeline_module.SLOW_WRITE_LOG_INTERVAL
+        one_batch(4)
+        assert pipeline.stats()["slow_writes"] == 4
+        assert len(slow_lines()) == 2 and "(3 slow writes since" in slow_lines()[1]
+    finally:
+        assert pipeline.close(WAIT)
+        disk.close()
+    assert disk.appends == 5  # every record written, slow or not

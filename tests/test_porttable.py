@@ -10,6 +10,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from honeytrap import control
 from honeytrap.config import Config
 from honeytrap.limits import FD_RESERVE, SPARE_HEADROOM, Limits, process_fd_budget
 from honeytrap.porttable import Action, Fork, PortTable, Retire, Start, Stop, Verdict
@@ -135,6 +136,19 @@ def test_the_least_recently_used_idle_port_is_evicted() -> None:
     t.busy(100, tcp(81))  # busy: never evicted
     stop = [a for a in serve(t, 84) if isinstance(a, Stop)]
     assert stop == [Stop(tcp(82), 101, "evicted")]
+
+
+def test_one_report_names_several_ports_and_keeps_their_order_of_use() -> None:
+    """A process's report (portstate.py): one busy and one idle message for all its ports; the
+    idle ones move to the end of the order of use in the order named."""
+    t, clock = table()
+    for p in (80, 81, 82, 83):
+        serve(t, p)
+    clock.now += 1
+    t.message(100, control.Busy((tcp(80), tcp(81))))  # both busy: never evicted
+    t.message(101, control.Idle((tcp(83), tcp(82))))  # 83 used before 82: 83 is the oldest
+    stop = [a for a in serve(t, 84) if isinstance(a, Stop)]
+    assert stop == [Stop(tcp(83), 101, "evicted")]
 
 
 def test_no_idle_port_to_evict_refuses() -> None:
