@@ -3,7 +3,9 @@ run there, not in the dynamic servers, and no attack is lost when it dies."""
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import termios
 import threading
 import time
 import types
@@ -210,11 +213,15 @@ def test_a_full_pipeline_pauses_the_links_then_reads_again_and_acks_everything(
     try:
         rec._add_link(link_end)
         link = rec.links[link_end.fileno()]
-        for seq in range(1, 6):
-            server_end.sendall(wire.encode_attack(seq, Attack(
-                Connection("tcp", "192.0.2.1", 80, "198.51.100.7", 40000 + seq, Payload(b"x"))
-            )))
-        time.sleep(0.1)
+        frames = b"".join(wire.encode_attack(seq, Attack(
+            Connection("tcp", "192.0.2.1", 80, "198.51.100.7", 40000 + seq, Payload(b"x"))
+        )) for seq in range(1, 6))
+        server_end.sendall(frames)
+        # A unix socket queues what was sent on the peer before sendall returns: one read
+        # takes all five frames.
+        queued = array.array("i", [0])
+        fcntl.ioctl(link_end, termios.FIONREAD, queued)
+        assert queued[0] == len(frames)
         rec._on_link(link)
         assert rec.received == 5
         rec._submit()
