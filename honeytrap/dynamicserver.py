@@ -53,7 +53,7 @@ ACCEPT_BATCH = 64
 # source's budget checked in connection_made (the address is not known before); the listening
 # socket handed over as a dup (closing uvloop's server closes its descriptor) and a new server
 # made on each resume (hold_back, a connection freed at max_connections). That guard was built
-# and measured (branch wt/servers-fastaccept, session 8; its tests passed): the real daemon's
+# and measured (tag attempt/fastaccept, session 8; its tests passed): the real daemon's
 # servers cost MORE with it, 159.5 (142-175.5) against 122.5 (113-125.5) us per connection on
 # one port (3 interleaved reps), 174 us in a bench/run.py one_port rep. The likely reason: libuv
 # takes one connection per loop pass, this accept up to ACCEPT_BATCH, and a server process's
