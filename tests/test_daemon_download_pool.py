@@ -23,6 +23,8 @@ from daemon import Honeytrap, nfq_rules
 from download_servers import start
 from netns import Host, Lab, inside
 
+from honeytrap import pipeline
+
 pytestmark = pytest.mark.netns
 
 DRIPPING = 100  # dripping downloads at once (the figure)
@@ -188,9 +190,13 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
           f"threads {threads_before} before, {threads_during} during, {threads_after} after")
     assert max(during) <= max(before) + DELAY, (before, during)
     assert max(cuts) <= CAP + 2 * DELAY, cuts  # the cut, plus the follow-up's own recording
-    # the pool's threads came with the downloads, one each (download_workers of them), and
-    # stayed: none piled up
-    assert threads_after == threads_during <= threads_before + DRIPPING + 1
+    # the pool's threads came with the downloads, one each (download_workers of them, and its
+    # watchdog), and stayed: none piled up. The pipeline's own workers start as slow hooks
+    # need them (pipeline.py: one at start, up to DEFAULT_WORKERS), more of them on a busy
+    # machine, at any time: they are the only other threads that may come (seen: 3 before,
+    # 106 during and after), and none of either kind ends.
+    pipeline_room = pipeline.DEFAULT_WORKERS - 1
+    assert threads_during <= threads_after <= threads_before + DRIPPING + 1 + pipeline_room
 
 
 def _seconds(stamp: str) -> float:
