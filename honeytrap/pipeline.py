@@ -22,7 +22,7 @@ A worker takes the jobs queued at once together (a batch, at most MAX_BATCH) and
 after another in a write batch (writebatch.py): the line logs append the batch's lines in one
 write at its end, and only then are its attacks finished (acknowledged). A hook of the batch
 that turns slow does not hold the others: the watchdog writes and finishes the jobs done before
-it and queues the ones not started again (`_split`).
+it and queues the ones not started again (watchdog.py).
 
 A batch's write to one output that hangs (a stalled NFS mount, a FIFO nobody reads) is watched
 like a hook: past BOOST_AFTER one more worker may run; past `plugin_timeout` the output is marked
@@ -49,17 +49,17 @@ from honeytrap.config import Config
 from honeytrap.pipelinejobs import Counters, Flush, Job, Step, Worker
 from honeytrap.plugin import ATTACK_HOOKS, FOLLOWUP_HOOK, Registry
 from honeytrap.stalls import StalledOutputs
+from honeytrap.watchdog import Watchdog
 
 log = logging.getLogger("honeytrap.pipeline")
 
 # Worker threads: at most this many hooks run at once. Only one takes jobs while hooks are
 # quick (threads contending for the GIL cost more than they give: measured +60 us per attack
-# with 4 busy workers); a hook running longer than BOOST_AFTER (a download, a database write)
-# lets one more worker go on, so slow hooks do not hold up the others. One starts with the
+# with 4 busy workers); a hook running longer than watchdog.BOOST_AFTER (a download, a database
+# write) lets one more worker go on, so slow hooks do not hold up the others. One starts with the
 # pipeline, the others when a slow hook lets one more run and none waits (15 idle threads were
 # ~0.4 MiB of the recorder's PSS at rest: stacks, malloc arenas, pages copied from the master).
 DEFAULT_WORKERS = 16
-BOOST_AFTER = 0.05
 # Jobs a worker takes from the queue at once (those already queued, it never waits for more):
 # their lines are appended in one write per log and they are finished together. Bounded so
 # the first of a long queue is not held back long (a few ms of hooks).
@@ -143,8 +143,8 @@ class Pipeline:
         if workers > 0:
             self._spawn()  # the others when a slow hook wants them (_more_workers)
         self.downloads = DownloadPool(downloads, timeout=plugin_timeout, clock=clock)
-        self._watchdog = threading.Thread(target=self._watch, name="pipeline-watchdog", daemon=True)
-        self._watchdog.start()
+        self._watchdog = Watchdog(self)
+        threading.Thread(target=self._watchdog.run, name="pipeline-watchdog", daemon=True).start()
 
     def submit(self, attack: Attack, on_done: Callable[[], None] | None = None) -> None:
         """Queue a finished attack. Never blocks the caller. `on_done` is called (from a worker
@@ -215,13 +215,14 @@ class Pipeline:
         return [Step(attack, FOLLOWUP_HOOK, name, call, 0) for name, call in ordered]
 
     def stats(self) -> dict[str, int]:
-        """The counters, the download pool's included, and the pending gauges."""
+        """The counters, the download pool's included, and the gauges: pending, threads."""
         pool = self.downloads.counters
         self.counters.downloads_run = pool.tasks
         self.counters.downloads_refused = pool.refused
         self.counters.downloads_abandoned = pool.abandoned
         self.counters.downloads_dropped = pool.dropped
-        return {**self.counters.__dict__, "downloads_pending": self.downloads.pending()}
+        return {**self.counters.__dict__, "downloads_pending": self.downloads.pending(),
+                "download_threads": self.downloads.threads()}
 
     def pending(self) -> int:
         with self._idle:
@@ -258,6 +259,25 @@ class Pipeline:
 
     def _steps(self, attack: Attack, depth: int) -> list[Step]:
         return [Step(attack, hook, name, call, depth) for hook, name, call in self._attack_hooks]
+
+    def check_hung(self) -> None:
+        """The watchdog's look at the workers now (its thread does it every BOOST_AFTER)."""
+        self._watchdog.check()
+
+    def _boost(self) -> None:
+        """(The watchdog) a hook or write of a worker runs long: let one more worker run."""
+        self._slots.release()
+        self._more_workers()
+
+    def _replace(self, worker: Worker) -> None:
+        """(The watchdog) a worker written off in a hung hook or write: a fresh one instead,
+        up to MAX_ABANDONED_WORKERS."""
+        self._workers.remove(worker)
+        self._abandoned += 1
+        if self._abandoned <= MAX_ABANDONED_WORKERS:
+            self._spawn()
+        else:
+            log.critical("%d hung plugin threads: not replacing more", self._abandoned)
 
     def _more_workers(self) -> None:
         """A slot was let go for a slow hook: a worker for it, unless one waits already."""
@@ -488,112 +508,3 @@ class Pipeline:
                 self.on_finished(pending)
             except Exception:
                 log.exception("batch completion callback failed")
-
-    def _split(self, worker: Worker) -> tuple[list[Job], Flush]:
-        """Under worker.lock, while one of its hooks runs long: take from its batch the jobs
-        not started (queued again), the ones done and what they held (written and finished
-        by another worker now, not when the slow hook ends)."""
-        todo, done = list(worker.todo), worker.done
-        worker.todo.clear()
-        worker.done = []
-        flush = list(worker.flush)
-        worker.flush.clear()
-        flush.extend(worker.batch.take().items())
-        return todo, Flush(flush, done)
-
-    def _finish_split(self, todo: list[Job], flush: Flush) -> None:
-        if flush.flush or flush.done:
-            self._queue.put(flush)
-        for job in todo:
-            self._queue.put(job)
-
-    def _watch(self) -> None:
-        interval = min(BOOST_AFTER, self.plugin_timeout / 4)
-        while not self._stopping:
-            time.sleep(interval)
-            self.check_hung()
-
-    def check_hung(self) -> None:
-        """Let one more worker run beside each slow hook; abandon workers stuck in one hook
-        past the timeout (their jobs go on elsewhere)."""
-        now = self._clock()
-        for worker in list(self._workers):
-            with worker.lock:
-                if worker.writing is None or worker.abandoned:
-                    continue
-                flush = self._check_write(worker, now)
-            if flush is not None:
-                self._write_hung(worker, flush)
-        for worker in list(self._workers):
-            with worker.lock:
-                current = worker.current
-                if current is None or worker.abandoned:
-                    continue
-                step, job, started = current
-                boost = not worker.boosted and now - started >= min(BOOST_AFTER,
-                                                                    self.plugin_timeout)
-                if boost:
-                    worker.boosted = True
-                    self._slots.release()
-                    self._more_workers()
-                hung = now - started >= self.plugin_timeout
-                if hung:
-                    worker.abandoned = True
-                split = self._split(worker) if boost or hung else None
-            if split is not None:
-                self._finish_split(*split)
-            if not hung:
-                continue
-            with self._idle:
-                self.counters.plugin_timeouts += 1
-            self._workers.remove(worker)
-            self._abandoned += 1
-            log.error(
-                "plugin %s hung in %s for attack %s for over %.0f s: abandoned, going on",
-                step.plugin, step.hook, (job.attack if step.attack is None else step.attack).id,
-                self.plugin_timeout,
-            )
-            if self._abandoned <= MAX_ABANDONED_WORKERS:
-                self._spawn()
-            else:
-                log.critical("%d hung plugin threads: not replacing more", self._abandoned)
-            self._queue.put(job)
-
-
-    def _check_write(self, worker: Worker, now: float) -> Flush | None:
-        """Under worker.lock, while it makes a batch's write: let one more worker run past
-        BOOST_AFTER; past plugin_timeout write it off and take its batch's rest (returned)."""
-        assert worker.writing is not None
-        write, started = worker.writing
-        if not worker.boosted and now - started >= min(BOOST_AFTER, self.plugin_timeout):
-            worker.boosted = True
-            self._slots.release()
-            self._more_workers()
-        if now - started < self.plugin_timeout:
-            return None
-        worker.abandoned = True
-        flush = Flush(list(worker.flush), worker.done)
-        worker.flush.clear()
-        worker.done = []
-        name = writebatch.name_of(write)
-        if not self._stalls.mark(write, name, started):
-            return flush  # another worker's write to it hung first: said already
-        with self._idle:
-            self.counters.write_timeouts += 1
-        log.error(
-            "output %s: a batch write hung for over %.0f s: its worker abandoned, the other "
-            "outputs and later attacks go on; its records wait until it returns",
-            name, self.plugin_timeout,
-        )
-        return flush
-
-    def _write_hung(self, worker: Worker, flush: Flush) -> None:
-        """A worker written off in a hung write: a fresh one makes the batch's other writes
-        and finishes its jobs."""
-        self._workers.remove(worker)
-        self._abandoned += 1
-        if self._abandoned <= MAX_ABANDONED_WORKERS:
-            self._spawn()
-        else:
-            log.critical("%d hung plugin threads: not replacing more", self._abandoned)
-        self._queue.put(flush)
