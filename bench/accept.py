@@ -7,9 +7,11 @@ socket._accept(), the descriptor handed to uvloop's connect_accepted_socket, who
 driven by hand); uvloop's create_server accepts in libuv and makes the transport in C. Each mode
 here serves the same minimal protocol (a banner, read until EOF, close) on a loopback port to
 bench/loadgen.py's burst (200 bytes, half-close, 64 in flight), in a fresh interpreter per rep,
-the modes interleaved (A B, B A, ...); printed: the server's CPU per connection (user and system
+the modes interleaved (A B C, C B A, ...); printed: the server's CPU per connection (user and system
 time from getrusage), medians and all reps. The difference is what create_server would save per
-connection, before what it costs us: it is not used (dynamicserver.py says why).
+connection, before what it costs us: it is not used (dynamicserver.py says why). The third mode,
+"direct", is how normal mode serves a connection: the same accept, then the socket served on
+the process's epoll with no loop transport (sockettransport.py).
 """
 
 from __future__ import annotations
@@ -31,8 +33,9 @@ BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
 from honeytrap.listener import LISTEN_BACKLOG, UvAccepted  # noqa: E402
+from honeytrap.sockettransport import Poller  # noqa: E402
 
-MODES = ("honeytrap", "create_server")
+MODES = ("honeytrap", "create_server", "direct")
 # As dynamicserver.ACCEPT_BATCH: accepted per wake-up of the listening socket at most.
 ACCEPT_BATCH = 64
 CONCURRENCY = 64
@@ -86,6 +89,22 @@ def accept_in_python(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> No
     loop.add_reader(sock.fileno(), batch)
 
 
+def accept_direct(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+    """Normal mode's way: the same accept, the connection served on the
+    process's epoll without a loop transport (sockettransport.py)."""
+    poller = Poller(loop)
+
+    def batch() -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # as dynamicserver.py
+            except BlockingIOError:
+                return
+            poller.transport(fd, sock.family, Minimal())
+
+    loop.add_reader(sock.fileno(), batch)
+
+
 async def serve(mode: str, count: int) -> dict[str, float]:
     loop = asyncio.get_running_loop()
     Minimal.wanted, Minimal.finished = count, asyncio.Event()
@@ -96,6 +115,9 @@ async def serve(mode: str, count: int) -> dict[str, float]:
     sock.listen(LISTEN_BACKLOG)
     if mode == "honeytrap":
         accept_in_python(loop, sock)
+    elif mode == "direct":
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as listener.bind_port
+        accept_direct(loop, sock)
     else:
         await loop.create_server(Minimal, sock=sock, backlog=LISTEN_BACKLOG)
     before = resource.getrusage(resource.RUSAGE_SELF)

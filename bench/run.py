@@ -9,8 +9,9 @@ listed in PHASE_MODULES) run in order; --only picks some:
 
   one_port, sweep  connections/s (200-byte payload, half-close) on one port and across a port
                    sweep, in --reps paired reps (each rep: asyncio floor, uvloop floor,
-                   honeytrap, back to back), medians with min-max, CPU per connection, records
-                   written vs connections completed (bench/throughput.py);
+                   honeytrap, back to back; the sweep: twice the reps, each a palindrome with
+                   the floors after honeytrap too), medians with min-max, CPU per connection,
+                   records written vs connections completed (bench/throughput.py);
   idle             idle connections held at once, in --reps paired reps: how many were served,
                    the PSS (bench/idle.py);
   latency          first SYN to a fresh port until connect() completes, p50/p99

@@ -13,10 +13,21 @@ one_port keeps one daemon for all its reps (its PSS after each rep shows whether
 from rep to rep); sweep starts a fresh daemon per rep, so that each port's first connection
 starts its server (a handover to a running server process, or every ports_per_process ports a
 fork). The floors listen on ports of their own the whole phase.
+
+A sweep rep is short (5,000 connections: ~0.6 s for the asyncio floor, ~1 s for honeytrap) on a
+machine whose speed moves by a fifth from one such burst to the next (two identical asyncio floor
+bursts back to back: 122 and 156 us of CPU per connection; a fixed loop's CPU time 17-31 ms over
+a minute under load), and the floor's rate is its CPU per connection (it is one process on one
+core: rate x CPU ~0.95 in every rep of the runs that swung 5,607-9,304/s). So each sweep rep
+measures the floors on both sides of honeytrap, in a palindrome (asyncio, uvloop, honeytrap,
+uvloop, asyncio: each floor's two bursts are centred on honeytrap's), and honeytrap's ratio is to
+the geometric mean of the floor's two rates (a drift across the rep cancels); and the sweep runs
+SWEEP_REPS_PER_REP times --reps reps (its reps cost ~12 s each).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from harness import FLOORS, Bench
@@ -32,6 +43,10 @@ FILE_FLOOR = "asyncio_files"  # its key in a rep
 TARGET_THROUGHPUT = 0.9
 # The recorder's CPU per attack against the servers': it keeps up with this much margin.
 TARGET_RECORDER_HEADROOM = 1.5
+# The sweep's reps per --reps: its ratio's noise is the machine's, over bursts of ~1 s (above).
+SWEEP_REPS_PER_REP = 2
+# A floor's second burst of a sweep rep (after honeytrap's): its key in the rep.
+AFTER = "_after"
 
 
 def _floors(bench: Bench, ports: int) -> dict[str, Any]:
@@ -63,11 +78,15 @@ def sweep(bench: Bench) -> dict[str, Any]:
     reps: list[dict[str, Any]] = []
     outputs: list[dict[str, Any]] = []
     try:
-        for _ in range(bench.sizes.reps):
+        for _ in range(bench.sizes.reps * SWEEP_REPS_PER_REP):
             rep = {loop: bench.measure_floor(floor, count) for loop, floor in floors.items()}
             ht = bench.honeytrap()
             try:
                 rep["honeytrap"] = bench.measure_honeytrap(ht, SWEEP_BASE, ports, count)
+                # The palindrome's second half, while the daemon is up and idle (its stop's
+                # work would fall in the first floor's burst otherwise, not in the next rep's).
+                for loop in reversed(FLOORS):
+                    rep[loop + AFTER] = bench.measure_floor(floors[loop], count)
             finally:
                 outputs.append(bench.stop_honeytrap(ht))
             reps.append(rep)
@@ -77,7 +96,29 @@ def sweep(bench: Bench) -> dict[str, Any]:
 
 
 def _series(reps: list[dict[str, Any]], target: str, key: str) -> list[float]:
-    return [float(rep[target][key]) for rep in reps]
+    """A figure of `target` in each rep; a floor measured on both sides of honeytrap (the
+    sweep): the geometric mean of its two bursts' figures."""
+    return [_bracketed(rep, target, key) for rep in reps]
+
+
+def _bracketed(rep: dict[str, Any], target: str, key: str) -> float:
+    value = float(rep[target][key])
+    after = rep.get(target + AFTER)
+    return value if after is None else math.sqrt(value * float(after[key]))
+
+
+def _completed(reps: list[dict[str, Any]], target: str) -> float:
+    """The connections `target` completed over the reps, in every burst (a floor's records
+    count both of a sweep rep's)."""
+    return sum(float(rep[name]["completed"]) for rep in reps
+               for name in (target, target + AFTER) if name in rep)
+
+
+def _drift(reps: list[dict[str, Any]], loop: str) -> list[float]:
+    """The floor's rate after honeytrap against before it, in each sweep rep: how much the
+    machine moved within a rep (the ratio's own noise)."""
+    return [rep[loop + AFTER]["rate"] / rep[loop]["rate"] for rep in reps
+            if loop + AFTER in rep and rep[loop]["rate"]]
 
 
 def rows(label: str, fresh_ports: bool = False) -> Any:
@@ -100,6 +141,9 @@ def rows(label: str, fresh_ports: bool = False) -> Any:
                 ratio_text(ratios(cpu["honeytrap"], cpu["asyncio"])),
                 ratio_text(ratios(cpu["honeytrap"], cpu["uvloop"]))),
         ]
+        if any(loop + AFTER in reps[0] for loop in FLOORS):
+            out.append(row(f"floor's rate after honeytrap / before it, in each rep, {label}",
+                           *(ratio_text(_drift(reps, loop)) for loop in FLOORS)))
         if FILE_FLOOR in reps[0]:
             out += _file_floor_rows(r, label, rate["honeytrap"], cpu["honeytrap"])
         roles = {k: [rep["honeytrap"]["cpu_roles_us"][k] for rep in reps]
@@ -119,7 +163,7 @@ def rows(label: str, fresh_ports: bool = False) -> Any:
         out.append(row(f"recorder's speed / the servers' (their CPU per attack), {label}",
                        honeytrap=ratio_text(headroom),
                        target=verdict(ok, f">= {TARGET_RECORDER_HEADROOM}x")))
-        completed = {t: sum(_series(reps, t, "completed")) for t in (*FLOORS, "honeytrap")}
+        completed = {t: _completed(reps, t) for t in (*FLOORS, "honeytrap")}
         outputs = r["honeytrap_outputs"]
         written = {k: sum(o[k] for o in outputs) for k in ("json", "log", "files")}
         recorded = all(v == completed["honeytrap"] for v in written.values())
@@ -148,7 +192,7 @@ def _file_floor_rows(r: dict[str, Any], label: str, rate: list[float],
     reps = r["reps"]
     rate_files = _series(reps, FILE_FLOOR, "rate")
     cpu_files = _series(reps, FILE_FLOOR, "cpu_us")
-    completed = sum(_series(reps, FILE_FLOOR, "completed"))
+    completed = _completed(reps, FILE_FLOOR)
     return [
         row(f"connections/s, {label}, against the file floor (the asyncio floor saving one "
             "atomic file per connection, as SaveFile)", spread(rate_files), "", spread(rate),

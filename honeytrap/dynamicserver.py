@@ -28,6 +28,7 @@ from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
+from honeytrap.sockettransport import Poller
 
 if TYPE_CHECKING:
     from honeytrap.server import ServerProcess
@@ -96,6 +97,7 @@ class DynamicServer:
         self.stats = process.stats
         self.mirror = process.mirror
         assert process.loop is not None and process.deadlines is not None
+        assert process.poller is not None
         self.loop: asyncio.AbstractEventLoop = process.loop
         self.deadlines = process.deadlines
         self.active = 0
@@ -122,6 +124,10 @@ class DynamicServer:
         self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
             UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse
             if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
+        # Normal mode's connections are served on the process's epoll (sockettransport.py);
+        # mirror and proxy ones on the loop's transports (relay.py needs them).
+        self._relays = conf.mode in RELAY_MODES
+        self._poller: Poller = process.poller
         self._backoff = ACCEPT_BACKOFF_MIN
         self._woken = float("-inf")  # the loop's time at the last wake-up to accept
         self._expire_sent = False
@@ -324,8 +330,12 @@ class DynamicServer:
                 continue
             # The record's address: the string the source's other open connections share.
             remote = (budget.shared(source), remote[1])
-            self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd), remote,
-                                   self._local)
+            if self._relays:
+                self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd),
+                                       remote, self._local)
+            else:  # served on its socket, without a loop transport (sockettransport.py)
+                self._poller.transport(fd, self._family,
+                                       NormalConnection(self, remote=remote, local=self._local))
         self._backoff = ACCEPT_BACKOFF_MIN  # accept() works again
 
     def _refused_over_budget(self, source: str, why: str) -> None:
@@ -350,9 +360,9 @@ class DynamicServer:
 
     def _start_connection(self, sock: AcceptedSocket | UvAccepted, remote: tuple[str, int],
                           local: tuple[str, int] | None = None) -> None:
-        """Hand an accepted socket to the loop. Both loops make it non-blocking themselves
-        (uvloop's uv_tcp_open, asyncio's transport set-up), and SO_OOBINLINE came with it from
-        the listening socket (start): no system call here."""
+        """Hand an accepted socket to the loop (mirror and proxy mode). Both loops make it
+        non-blocking themselves (uvloop's uv_tcp_open, asyncio's transport set-up), and
+        SO_OOBINLINE came with it from the listening socket (start): no system call here."""
         handler = self.handler_factory(remote, local)
         self.starting += 1
         self._set_up(self.loop.connect_accepted_socket(

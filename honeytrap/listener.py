@@ -54,6 +54,10 @@ def _new(family: int, protocol: str) -> socket.socket:
         # the handshake completes, so also those queued before the server process takes the
         # port): one setsockopt per port, none per connection.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_OOBINLINE, 1)
+        # Replies go out as the dialogue writes them, as the loops' transports sent them (they
+        # set TCP_NODELAY per connection): inherited the same way, so normal mode's
+        # connections, served without a loop transport (sockettransport.py), need no call.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     return sock
 
 

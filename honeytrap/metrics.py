@@ -168,6 +168,9 @@ METRICS: dict[str, MetricDef] = {
         "pipeline_downloads_dropped", "Downloads not started before the recorder stopped"),
     "pipeline_downloads_pending": _gauge(
         "pipeline_downloads_pending", "Downloads admitted to the download pool, not yet ended"),
+    "pipeline_download_threads": _gauge(
+        "pipeline_download_threads",
+        "Threads of the download pool running: its workers and written-off ones still running"),
     "recorder_link_errors": _counter(
         "recorder_link_errors", "Malformed messages on server-to-recorder links"),
     "recorder_pauses": _counter(

@@ -8,6 +8,7 @@ server hosting them only through host.py's `Host`, so server.py imports them and
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
@@ -242,7 +243,10 @@ class NormalConnection(asyncio.Protocol, Finisher):
             return
         for _ in range(ABORT_READS):
             try:
-                data = os.read(sock.fileno(), ABORT_READ_SIZE)  # non-blocking: asyncio's socket
+                if isinstance(sock, _socket.socket):  # sockettransport.py's, in blocking mode
+                    data = sock.recv(ABORT_READ_SIZE, socket.MSG_DONTWAIT)
+                else:  # a loop transport's (non-blocking)
+                    data = os.read(sock.fileno(), ABORT_READ_SIZE)
             except OSError:
                 return
             if not data or self.session is None or self.session.closed is not Closed.OPEN:

@@ -220,13 +220,14 @@ class Pipeline:
         return [Step(attack, FOLLOWUP_HOOK, name, call, 0) for name, call in ordered]
 
     def stats(self) -> dict[str, int]:
-        """The counters, the download pool's included, and the pending gauges."""
+        """The counters, the download pool's included, and the gauges: pending, threads."""
         pool = self.downloads.counters
         self.counters.downloads_run = pool.tasks
         self.counters.downloads_refused = pool.refused
         self.counters.downloads_abandoned = pool.abandoned
         self.counters.downloads_dropped = pool.dropped
-        return {**self.counters.__dict__, "downloads_pending": self.downloads.pending()}
+        return {**self.counters.__dict__, "downloads_pending": self.downloads.pending(),
+                "download_threads": self.downloads.threads()}
 
     def pending(self) -> int:
         with self._idle:

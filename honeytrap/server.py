@@ -44,6 +44,7 @@ from honeytrap.plugin import Registry
 from honeytrap.portstate import PortReporter
 from honeytrap.recorderlink import RecorderClient
 from honeytrap.reflector import ReflectorGuard, SensorBudget
+from honeytrap.sockettransport import Poller
 from honeytrap.unacked import Share
 
 log = logging.getLogger("honeytrap.server")
@@ -127,6 +128,8 @@ class ServerProcess:
         self.stats = ServerStats()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.deadlines: Deadlines | None = None  # the connections' deadlines, on self.loop
+        # The epoll of the normal-mode TCP connections, on self.loop (sockettransport.py).
+        self.poller: Poller | None = None
         self.finished: asyncio.Event | None = None
         self.channel = control.Channel(spec.control, self._control_backlog)
         self.connection_fds = 0  # descriptors of this process's connections (Load)
@@ -152,6 +155,7 @@ class ServerProcess:
         acknowledged every attack."""
         self.loop = asyncio.get_running_loop()
         self.deadlines = Deadlines(self.loop)
+        self.poller = Poller(self.loop)
         self.finished = asyncio.Event()
         self.recorder.start(self.loop)
         self.loop.add_signal_handler(signal.SIGTERM, self.shutdown)
@@ -159,6 +163,7 @@ class ServerProcess:
         self.port_reports.start(self.loop)
         self.channel.flush()  # what was queued before the loop ran
         await self.finished.wait()
+        self.poller.close()  # every connection has ended
         if await self.recorder.drained(RECORDER_DRAIN_SECONDS):
             return True
         log.error("server process: %d attacks not acknowledged by the recorder at exit",

@@ -55,14 +55,19 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
 @pytest.mark.parametrize("phase", ["one_port", "sweep"])
 def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Path],
                                                 phase: str) -> None:
-    """In every rep, honeytrap and both floors completed connections; honeytrap's three outputs
-    hold one record per connection completed over all the reps."""
+    """In every rep, honeytrap and both floors completed connections (the sweep's floors on
+    both sides of honeytrap, twice the reps); honeytrap's three outputs hold one record per
+    connection completed over all the reps."""
     figures = quick[0]["results"][phase]
     reps = figures["reps"]
-    assert len(reps) == quick[0]["sizes"]["reps"] >= 2  # paired reps, medians over them
+    bursts = ("asyncio", "uvloop") + (("asyncio_after", "uvloop_after") if phase == "sweep" else ())
+    per_rep = 2 if phase == "sweep" else 1
+    assert len(reps) == per_rep * quick[0]["sizes"]["reps"] >= 2  # paired reps, medians
     for rep in reps:
-        for target in ("asyncio", "uvloop", "honeytrap"):
+        for target in ("honeytrap", *bursts):
             assert rep[target]["completed"] > 0
+        assert {"honeytrap", *bursts} <= set(rep)
+        assert phase == "sweep" or not [name for name in rep if name.endswith("_after")]
         assert rep["honeytrap"]["records_wait"] >= 0  # the recorder caught up after each
     completed = sum(rep["honeytrap"]["completed"] for rep in reps)
     outputs = {k: sum(o[k] for o in figures["honeytrap_outputs"]) for k in ("json", "log", "files")}
@@ -70,7 +75,8 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
     assert all(o["exit"] == 0 and o["server_crashes"] == 0
                for o in figures["honeytrap_outputs"])
     for loop in ("asyncio", "uvloop"):
-        assert figures["floor_records"][loop] == sum(rep[loop]["completed"] for rep in reps)
+        assert figures["floor_records"][loop] == sum(
+            rep[name]["completed"] for rep in reps for name in bursts if name.startswith(loop))
 
 
 @pytest.mark.slow
@@ -125,6 +131,7 @@ def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
     assert "first SYN to accept" in text and "PSS at 300 idle" in text
     assert "CPU per connection, one port (us)" in text and "soak: unacknowledged" in text
     assert "master's CPU per fresh port" in text
+    assert "floor's rate after honeytrap / before it, in each rep, 1000-port sweep" in text
     assert "Machine load average" in text
 
 

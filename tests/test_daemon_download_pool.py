@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon import Honeytrap, nfq_rules
+from daemon import Honeytrap, nfq_rules, statistics
 from download_servers import start
 from netns import Host, Lab, inside
 
@@ -33,6 +33,7 @@ CAP = 15.0  # httpDownload's time cap, seconds
 DELAY = 1.0  # an ordinary attack may be recorded at most this much later while they drip
 WAIT = 60.0  # bound on every wait: only a bug reaches it
 DOWNLOAD_PORT, ORDINARY_PORT, RECOVERY_PORT = 80, 8080, 8081
+METRICS_PORT = 9131  # metrics_listen, inside the sensor namespace
 
 
 @pytest.fixture
@@ -97,6 +98,18 @@ def threads(pid: int) -> int:
     return int(match.group(1))
 
 
+def pool_threads(lab: Lab) -> int:
+    """The download pool's threads once the recorder has reported all of them: its gauge rises
+    to download_workers (DRIPPING) when every download ran, the pool never starting more."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        value = statistics(lab, METRICS_PORT).get("pipeline_download_threads", 0.0)
+        assert value <= DRIPPING, f"the download pool runs {value:g} threads"
+        if value == DRIPPING or time.monotonic() > deadline:
+            return int(value)
+        time.sleep(0.2)
+
+
 def wait_connections(proc: Any, count: int) -> None:
     """The hostile server prints `conn <n>` per client: wait until `count` have connected."""
     deadline = time.monotonic() + WAIT
@@ -129,6 +142,7 @@ def test_a_hundred_dripping_downloads_do_not_delay_recording(lab: Lab, tmp_path:
     ht.extra_config = f"""
 download_allow = ["198.18.0.0/15"]
 download_workers = "{DRIPPING}"
+metrics_listen = "127.0.0.1:{METRICS_PORT}"
 """
     ht.plugins = f"""
 plugin-httpDownload = {{ timeout = "{CAP:g}" }}
@@ -158,6 +172,9 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
             assert time.monotonic() < deadline, "dripping downloads not followed up"
             time.sleep(0.1)
         threads_after = threads(recorder)
+        # the pool's own gauge (the recorder reports it every STATS_INTERVAL): one thread per
+        # download, exactly, and they stayed
+        pool_after = pool_threads(lab)
         # the pool recovered: a real sample is fetched again
         url = f"http://{lab.attacker.ip4}:{plain}/bot.exe"
         send(lab.attacker, lab.sensor.ip4, RECOVERY_PORT, f"wget {url}\r\n".encode())
@@ -165,6 +182,7 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
         while len([r for r in records(ht) if r.get("follow_up")]) < DRIPPING + 1:
             assert time.monotonic() < deadline, "the pool did not fetch again"
             time.sleep(0.1)
+        pool_recovered = pool_threads(lab)
     finally:
         assert ht.stop() == 0
     final = records(ht)
@@ -187,7 +205,9 @@ plugin-logJSON = {{ logfile = "{ht.attackers_json}" }}
           f" {max(during):.3f} s at most while {DRIPPING} dripped; attacks recorded "
           f"{len(attacks)}, follow-ups {len(followups)}; dripping downloads cut "
           f"{min(cuts):.2f}-{max(cuts):.2f} s after their attacks (cap {CAP:g} s); recorder "
-          f"threads {threads_before} before, {threads_during} during, {threads_after} after")
+          f"threads {threads_before} before, {threads_during} during, {threads_after} after; "
+          f"the pool's {pool_after} after, {pool_recovered} once it fetched again")
+    assert pool_after == pool_recovered == DRIPPING  # one per download; the fetch took an idle one
     assert max(during) <= max(before) + DELAY, (before, during)
     assert max(cuts) <= CAP + 2 * DELAY, cuts  # the cut, plus the follow-up's own recording
     # the pool's threads came with the downloads, one each (download_workers of them, and its
