@@ -206,7 +206,9 @@ class Pipeline:
         with self._idle:
             self._pending += 1
             self.counters.followups += 1
-        self._queue.put(Job(deque(steps), root))
+        job = Job(deque(steps), root)
+        job.followup = True
+        self._queue.put(job)
 
     def _followup_steps(self, attack: Attack) -> list[Step]:
         """The FOLLOWUP hooks, by their plugin's first attack hook, then configuration order."""
@@ -365,8 +367,8 @@ class Pipeline:
                     job = worker.todo.popleft()
                 if not self._run(worker, job):
                     return False
-                with worker.lock:
-                    (worker.ran if tail_steps else worker.done).append(job)
+                with worker.lock:  # a follow-up's job: its FOLLOWUP hooks were all it had
+                    (worker.ran if tail_steps and not job.followup else worker.done).append(job)
             if tail_steps:
                 with worker.lock:
                     ran, worker.ran = worker.ran, []

@@ -50,7 +50,7 @@ class Job:
     """An attack's steps still to run, and what its end needs (slots: one per attack)."""
 
     __slots__ = ("steps", "attack", "virtuals", "made", "on_done", "token", "downloads",
-                 "recorded")
+                 "recorded", "followup")
 
     def __init__(self, steps: deque[Step], attack: Attack,
                  on_done: Callable[[], None] | None = None, token: object = None) -> None:
@@ -69,6 +69,8 @@ class Job:
         # Downloads and download tries on the attack when it was recorded: a follow-up records
         # only when its tasks added to them.
         self.recorded: tuple[int, int] = (0, 0)
+        # A follow-up's job (the FOLLOWUP hooks): the batch hooks are not for it.
+        self.followup = False
 
 
 class Tail:

@@ -13,7 +13,8 @@ import pytest
 from pipeline_run import WAIT, PayloadGate
 
 from honeytrap import outfile, writebatch
-from honeytrap.attack import Attack, Connection, Payload
+from honeytrap.attack import Attack, Connection, Download, Payload
+from honeytrap.background import Task
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline
 from honeytrap.plugin import LoadedPlugin, PluginContext, Registry
@@ -286,3 +287,37 @@ def test_a_slow_per_attack_hook_splits_the_batch_and_the_batch_hooks_see_every_a
         lines.close()
     assert done[-1] == b"slow"
     assert sorted(path.read_bytes().splitlines()) == [b"q1", b"q2", b"q3", b"q4", b"slow"]
+
+
+class Finder:
+    """A downloader whose task finds a sample."""
+
+    def analyze(self, attack: Attack) -> list[Task]:
+        def fetch() -> None:
+            attack.add_download(Download("http", "198.51.100.9", 80, "x", "http://x/",
+                                         Payload(b"MZ sample")))
+        return [Task("fetch", fetch)]
+
+
+class BatchedWithFollowUp(Batched):
+    def __init__(self, name: str, journal: Journal) -> None:
+        super().__init__(name, journal)
+        self.followed = threading.Event()
+
+    def followup(self, attack: Attack) -> None:
+        self.journal.add(self.name, "followup", [attack])
+        self.followed.set()
+
+
+def test_a_follow_up_goes_through_the_followup_hooks_only_not_the_batch_hooks_again() -> None:
+    journal = Journal()
+    output = BatchedWithFollowUp("Out", journal)
+    pipeline = Pipeline(registry_of(("Finder", Finder()), ("Out", output)), workers=1)
+    try:
+        pipeline.submit(attack(b"a"))
+        assert output.followed.wait(WAIT)
+        assert pipeline.drain(WAIT)
+    finally:
+        assert pipeline.close(WAIT)
+    assert journal.entries == [("Out", "savedata_batch", [b"a"]),
+                               ("Out", "postproc_batch", [b"a"]), ("Out", "followup", [b"a"])]
