@@ -20,7 +20,7 @@ from typing import Any
 
 from honeytrap import entropy
 from honeytrap.filetype import file_type
-from honeytrap.jsontext import dict_text, iso, list_text, str_text, text
+from honeytrap.jsontext import dict_text, escape, iso, list_text, str_text, text
 
 
 class Mode(enum.Enum):
@@ -399,17 +399,26 @@ class Attack:
             analysis_text = dict_text(analysis) if type(analysis) is dict else text(analysis)
         conn = self.attack_connection
         payload = conn.payload
+        hashes = payload.__dict__  # made by logAttacker's line: read here without the property
         virtual = self.is_virtual
         proxy = self.proxy_connection
+        # The usual kinds (exact str, int, bool) written here, the rest through jsontext's
+        # text: a call less for each field (f"{x}" of an exact int is its repr, as json's).
+        ident, protocol, local, remote = self.id, conn.protocol, conn.local_addr, conn.remote_addr
+        local_port, remote_port = conn.local_port, conn.remote_port
         return (
-            f'{{"@timestamp":"{start}","id":{str_text(self.id)},"start_time":"{start}",'
+            f'{{"@timestamp":"{start}","id":'
+            f'{escape(ident) if type(ident) is str else text(ident)},"start_time":"{start}",'
             f'"end_time":"{end}","is_virtual":'
             f'{("true" if virtual else "false") if type(virtual) is bool else text(virtual)},'
-            f'{_MODE_TEXT[self.mode._value_]},'
-            f'"attack_connection":{{"protocol":{str_text(conn.protocol)},'
-            f'"local_ip":{str_text(conn.local_addr)},"local_port":{text(conn.local_port)},'
-            f'"remote_ip":{str_text(conn.remote_addr)},"remote_port":{text(conn.remote_port)},'
-            f'"payload":{{"md5_hash":"{payload.md5}","sha512_hash":"{payload.sha512}",'
+            f'{_MODE_TEXT[self.mode._value_]},"attack_connection":{{"protocol":'
+            f'{escape(protocol) if type(protocol) is str else text(protocol)},"local_ip":'
+            f'{escape(local) if type(local) is str else text(local)},"local_port":'
+            f'{local_port if type(local_port) is int else text(local_port)},"remote_ip":'
+            f'{escape(remote) if type(remote) is str else text(remote)},"remote_port":'
+            f'{remote_port if type(remote_port) is int else text(remote_port)},'
+            f'"payload":{{"md5_hash":"{hashes.get("md5") or payload.md5}",'
+            f'"sha512_hash":"{hashes.get("sha512") or payload.sha512}",'
             f'"length":{len(payload.data)},"data_hex":"{payload.data.hex()}"}}}},'
             f'"proxy_connection":'
             f'{_NO_CONNECTION_TEXT if proxy is None else _connection_text(proxy)},'
@@ -559,8 +568,10 @@ def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
     fields = record.fields
     sent = record.sent.data
+    protocol = record.protocol
     return (
-        f'{{"protocol":{str_text(record.protocol)},"turns":{list_text(record.turns)},'
-        f'"sent":{{"length":{len(sent)},"data_hex":"{sent.hex()}"}},'
+        f'{{"protocol":{escape(protocol) if type(protocol) is str else text(protocol)},'
+        f'"turns":{list_text(record.turns)},"sent":{{"length":{len(sent)},'
+        f'"data_hex":"{sent.hex()}"}},'
         f'"fields":{dict_text(fields) if type(fields) is dict else text(fields)}}}'
     )

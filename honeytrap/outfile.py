@@ -339,15 +339,23 @@ def utc_formatter(layout: str) -> Callable[[float], str]:
     text, with each second's text remembered (strftime is the slowest step of an output line,
     and most attacks start in a second formatted just before). `layout` has no sub-second
     field, so the whole second is all that matters."""
-
-    @functools.lru_cache(maxsize=RECENT_SECONDS)
-    def second(whole: int) -> str:
-        return time.strftime(layout, time.gmtime(whole))
+    second = utc_second_formatter(layout)
 
     def text(when: float) -> str:
         return second(math.floor(when))  # time.gmtime rounds a float toward minus infinity
 
     return text
+
+
+def utc_second_formatter(layout: str) -> Callable[[int], str]:
+    """utc_formatter's function of the whole second (`math.floor(when)`): a caller that
+    floors the time itself makes one call less."""
+
+    @functools.lru_cache(maxsize=RECENT_SECONDS)
+    def second(whole: int) -> str:
+        return time.strftime(layout, time.gmtime(whole))
+
+    return second
 
 
 def close_fd(fd: int | None) -> None:
