@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from honeytrap import privileges, writebatch
@@ -172,6 +172,42 @@ def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
         raise FileExistsError(errno.EEXIST, "every candidate name is taken")
     finally:
         os.close(fd)
+
+
+def write_numbered(dir_fd: int, name: str, data: bytes) -> str:
+    """write_new(dir_fd, numbered(name), data), its usual case made in one call: the unnamed
+    file written and linked under `name` (SaveFile's attack file: one per attack; the name is
+    unique, so taken only by a file left from an earlier run). Anything else (the name taken,
+    no O_TMPFILE, a short write, a kernel refusing AT_EMPTY_PATH) goes write_new's way."""
+    linkat = _linkat
+    if linkat is None:
+        return write_new(dir_fd, numbered(name), data)
+    try:
+        fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in _NO_TMPFILE:
+            raise
+        return _write_new_by_temp(dir_fd, numbered(name), data)
+    try:
+        written = os.write(fd, data)
+        if written < len(data):
+            _write_rest(fd, data, written)
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
+        if b"\0" not in encoded and linkat(fd, b"", dir_fd, encoded, _AT_EMPTY_PATH) == 0:
+            return name
+        for candidate in numbered(name):  # `name` again: _link_unnamed says why it failed
+            if _link_unnamed(fd, dir_fd, candidate):
+                return candidate
+        raise FileExistsError(errno.EEXIST, "every candidate name is taken")
+    finally:
+        os.close(fd)
+
+
+def numbered(name: str) -> Iterator[str]:
+    """`name`, then `name.1` ... (MAX_NAME_ATTEMPTS names in all)."""
+    yield name
+    for n in range(1, MAX_NAME_ATTEMPTS):
+        yield f"{name}.{n}"
 
 
 def _link_unnamed(fd: int, dir_fd: int, name: str) -> bool:
