@@ -51,10 +51,10 @@ log = logging.getLogger("honeytrap.recorder")
 # recv(READ_SIZE) allocated a new one per read, above malloc's mmap threshold, so each read cost
 # an mmap, an mremap to shrink it and an munmap, and page faults for what it held). One read's
 # attacks are decoded at once and may go past MAX_QUEUED_ATTACKS (a read is taken while the
-# pipeline is below it), so this also bounds the queue's overshoot: 32 KiB is ~90 of bench/'s
-# attacks (~360 bytes a frame), ~0.25 MiB decoded (256 KiB overshot by ~700, ~1.9 MiB); at
-# 5,000 attacks/s that is ~55 reads a second.
-READ_SIZE = 32 * 1024
+# pipeline is below it), so this also bounds the queue's overshoot: 16 KiB is ~45 of bench/'s
+# attacks (~360 bytes a frame), ~0.12 MiB decoded (256 KiB overshot by ~700, ~1.9 MiB); at
+# 5,000 attacks/s that is ~110 reads a second, ~1 us of a recv each per attack's ~80.
+READ_SIZE = 16 * 1024
 # Attacks accepted but not yet through every hook: above this the recorder stops reading its
 # links (the servers' unacknowledged attacks then grow, and past their own bound they stop
 # accepting connections: the kernel's backlog holds the load, nothing is dropped); it reads again
@@ -64,16 +64,17 @@ READ_SIZE = 32 * 1024
 # first ext4 journal stall (a file call of 0.4-0.9 s) that filled a queue of 4,096, and stayed
 # there. What the recorder has not read waits in the servers anyway (each keeps every frame
 # until it is acknowledged, unacknowledged_limit) and in the link's socket buffer, so a deep
-# queue here only held a second, decoded copy of it. 384 is three of the pipeline's batches
-# (pipeline.MAX_BATCH), ~20 ms of the hooks' work, enough to keep a worker busy until the loop
-# reads again: at the low mark, a batch and a half, a worker wakes it.
-MAX_QUEUED_ATTACKS = 384
-QUEUED_LOW_MARK = 192
+# queue here only held a second, decoded copy of it. 256 is two of the pipeline's batches
+# (pipeline.MAX_BATCH), ~15 ms of the hooks' work, enough to keep a worker busy until the loop
+# reads again: at the low mark, one batch, a worker wakes it. It also bounds the workers that a
+# journal stall can keep busy at once (each takes a batch), and so their threads' arenas.
+MAX_QUEUED_ATTACKS = 256
+QUEUED_LOW_MARK = 128
 # What the recorder holds decoded at its fullest (MAX_QUEUED_ATTACKS and one read's overshoot
 # on one link) of bench/'s attacks, at most (tests/test_recorder_queue.py measures it): the
 # recorder's memory follows its queue's bound, not the number of attacks it has recorded, and
 # a bound this far under its ~17 MiB at rest keeps a soak's memory flat (within 10%).
-QUEUED_MEMORY = 3 * 512 * 1024
+QUEUED_MEMORY = 1024 * 1024
 # A pause (and the resumption after it) is counted every time (recorder_pauses) and logged at
 # most this often (seconds), with the pauses since the last line: under a sustained overload
 # the recorder pauses several times a second.
