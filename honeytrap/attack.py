@@ -12,6 +12,7 @@ used by logJSON, hpfeeds and the spools, so every output agrees.
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import threading
 import time
@@ -20,7 +21,7 @@ from typing import Any
 
 from honeytrap import entropy
 from honeytrap.filetype import file_type
-from honeytrap.jsontext import dict_text, iso, list_text, str_text, text
+from honeytrap.jsontext import dict_text, escape, iso, list_text, str_text, text
 
 
 class Mode(enum.Enum):
@@ -41,11 +42,23 @@ class Mode(enum.Enum):
 
 
 _MODE_LABELS = {mode.value: mode.name.lower() for mode in Mode}
-# The hashes of no bytes, made once: a scan's attacks carry no payload, and both line logs
-# print its hashes (hashlib's set-up cost 1.4 us for MD5, 2.9 for SHA-512, of nothing).
-_EMPTY_MD5 = hashlib.md5(b"", usedforsecurity=False).hexdigest()
+# The hashes of no bytes, made once (hashlib's set-up cost 1.4 us for MD5, 2.9 for SHA-512, of
+# nothing).
 _EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-_EMPTY_SHA512 = hashlib.sha512(b"").hexdigest()
+# Payloads whose MD5 and SHA-512 (the two the line logs print for every attack) are remembered,
+# by their bytes: attackers send the same bytes again and again (a scanner's probe, a worm's
+# exploit, no bytes at all), and the two digests of 200 bytes cost ~18,000 instructions (3-4 us)
+# where looking them up costs ~1,000. Only payloads up to DIGESTS_MAX_BYTES, so that what is
+# kept is bounded (256 KiB of payloads at most, and their digests' text); a larger payload's
+# digests are made when asked for, each on its own, as before.
+DIGESTS_REMEMBERED = 256
+DIGESTS_MAX_BYTES = 1024
+
+
+@functools.lru_cache(maxsize=DIGESTS_REMEMBERED)
+def _small_digests(data: bytes) -> tuple[str, str]:
+    """MD5 and SHA-512 of a small payload, in hex."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest(), hashlib.sha512(data).hexdigest()
 
 
 class Payload:
@@ -69,8 +82,11 @@ class Payload:
         value: str | None = self.__dict__.get("md5")
         if value is None:
             data = self.data
-            value = self.__dict__["md5"] = (hashlib.md5(data, usedforsecurity=False).hexdigest()
-                                            if data else _EMPTY_MD5)
+            if len(data) <= DIGESTS_MAX_BYTES and type(data) is bytes:  # (and b"")
+                value, self.__dict__["sha512"] = _small_digests(data)
+            else:
+                value = hashlib.md5(data, usedforsecurity=False).hexdigest()
+            self.__dict__["md5"] = value
         return value
 
     @property
@@ -87,8 +103,11 @@ class Payload:
         value: str | None = self.__dict__.get("sha512")
         if value is None:
             data = self.data
-            value = self.__dict__["sha512"] = (hashlib.sha512(data).hexdigest() if data
-                                               else _EMPTY_SHA512)
+            if len(data) <= DIGESTS_MAX_BYTES and type(data) is bytes:
+                self.__dict__["md5"], value = _small_digests(data)
+            else:
+                value = hashlib.sha512(data).hexdigest()
+            self.__dict__["sha512"] = value
         return value
 
     def __eq__(self, other: object) -> bool:
@@ -399,17 +418,26 @@ class Attack:
             analysis_text = dict_text(analysis) if type(analysis) is dict else text(analysis)
         conn = self.attack_connection
         payload = conn.payload
+        hashes = payload.__dict__  # made by logAttacker's line: read here without the property
         virtual = self.is_virtual
         proxy = self.proxy_connection
+        # The usual kinds (exact str, int, bool) written here, the rest through jsontext's
+        # text: a call less for each field (f"{x}" of an exact int is its repr, as json's).
+        ident, protocol, local, remote = self.id, conn.protocol, conn.local_addr, conn.remote_addr
+        local_port, remote_port = conn.local_port, conn.remote_port
         return (
-            f'{{"@timestamp":"{start}","id":{str_text(self.id)},"start_time":"{start}",'
+            f'{{"@timestamp":"{start}","id":'
+            f'{escape(ident) if type(ident) is str else text(ident)},"start_time":"{start}",'
             f'"end_time":"{end}","is_virtual":'
             f'{("true" if virtual else "false") if type(virtual) is bool else text(virtual)},'
-            f'{_MODE_TEXT[self.mode._value_]},'
-            f'"attack_connection":{{"protocol":{str_text(conn.protocol)},'
-            f'"local_ip":{str_text(conn.local_addr)},"local_port":{text(conn.local_port)},'
-            f'"remote_ip":{str_text(conn.remote_addr)},"remote_port":{text(conn.remote_port)},'
-            f'"payload":{{"md5_hash":"{payload.md5}","sha512_hash":"{payload.sha512}",'
+            f'{_MODE_TEXT[self.mode._value_]},"attack_connection":{{"protocol":'
+            f'{escape(protocol) if type(protocol) is str else text(protocol)},"local_ip":'
+            f'{escape(local) if type(local) is str else text(local)},"local_port":'
+            f'{local_port if type(local_port) is int else text(local_port)},"remote_ip":'
+            f'{escape(remote) if type(remote) is str else text(remote)},"remote_port":'
+            f'{remote_port if type(remote_port) is int else text(remote_port)},'
+            f'"payload":{{"md5_hash":"{hashes.get("md5") or payload.md5}",'
+            f'"sha512_hash":"{hashes.get("sha512") or payload.sha512}",'
             f'"length":{len(payload.data)},"data_hex":"{payload.data.hex()}"}}}},'
             f'"proxy_connection":'
             f'{_NO_CONNECTION_TEXT if proxy is None else _connection_text(proxy)},'
@@ -559,8 +587,10 @@ def _dialogue_text(record: DialogueRecord) -> str:
     """DialogueRecord.to_json() as json.dumps writes it."""
     fields = record.fields
     sent = record.sent.data
+    protocol = record.protocol
     return (
-        f'{{"protocol":{str_text(record.protocol)},"turns":{list_text(record.turns)},'
-        f'"sent":{{"length":{len(sent)},"data_hex":"{sent.hex()}"}},'
+        f'{{"protocol":{escape(protocol) if type(protocol) is str else text(protocol)},'
+        f'"turns":{list_text(record.turns)},"sent":{{"length":{len(sent)},'
+        f'"data_hex":"{sent.hex()}"}},'
         f'"fields":{dict_text(fields) if type(fields) is dict else text(fields)}}}'
     )

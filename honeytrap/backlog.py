@@ -27,8 +27,9 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 # Bounds per output: a few minutes of a busy sensor's attacks with small payloads, and a memory
 # budget the recorder can afford three times over (SaveFile, logJSON, logAttacker each hold
@@ -45,6 +46,14 @@ LOG_INTERVAL = 60.0
 CLOSE_WAIT = 2.0
 
 Write = Callable[[], None]
+
+
+class SizedWrite(Protocol):
+    """A write that knows what it weighs (its record's size)."""
+
+    def __call__(self) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass
@@ -102,6 +111,36 @@ class Backlog:
             self._hold(size, write)
         self._start_retrier()
         return False
+
+    def submit_each(self, writes: Sequence[SizedWrite]) -> None:
+        """submit(len(write), write) for each, in order, under one lock (SaveFile's attack
+        files of a batch). Once one fails (OSError) it and every later one are held, not
+        tried each in turn. Another exception costs that record only (as submit's, it is
+        neither written nor held): the others are written, then the first such is raised."""
+        error: Exception | None = None
+        with self._lock:
+            if self._held:
+                self._drain_locked()
+            start = 0
+            if not self._held:
+                for write in writes:
+                    try:
+                        write()
+                    except OSError as exc:
+                        self._failed(exc)
+                        break
+                    except Exception as exc:
+                        error = error or exc
+                    start += 1
+                if start and self._failing_since is not None:
+                    self._recovered()  # what failed last was refused, not held
+            for write in writes[start:]:
+                self._hold(len(write), write)
+            holding = bool(self._held)
+        if holding:
+            self._start_retrier()
+        if error is not None:
+            raise error
 
     def drain(self) -> bool:
         """Write held records, oldest first, until one fails. True when none is left."""

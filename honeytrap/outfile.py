@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from honeytrap import privileges, writebatch
@@ -174,6 +174,42 @@ def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
         os.close(fd)
 
 
+def write_numbered(dir_fd: int, name: str, data: bytes) -> str:
+    """write_new(dir_fd, numbered(name), data), its usual case made in one call: the unnamed
+    file written and linked under `name` (SaveFile's attack file: one per attack; the name is
+    unique, so taken only by a file left from an earlier run). Anything else (the name taken,
+    no O_TMPFILE, a short write, a kernel refusing AT_EMPTY_PATH) goes write_new's way."""
+    linkat = _linkat
+    if linkat is None:
+        return write_new(dir_fd, numbered(name), data)
+    try:
+        fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in _NO_TMPFILE:
+            raise
+        return _write_new_by_temp(dir_fd, numbered(name), data)
+    try:
+        written = os.write(fd, data)
+        if written < len(data):
+            _write_rest(fd, data, written)
+        encoded = name.encode(_FS_ENCODING, _FS_ERRORS)
+        if b"\0" not in encoded and linkat(fd, b"", dir_fd, encoded, _AT_EMPTY_PATH) == 0:
+            return name
+        for candidate in numbered(name):  # `name` again: _link_unnamed says why it failed
+            if _link_unnamed(fd, dir_fd, candidate):
+                return candidate
+        raise FileExistsError(errno.EEXIST, "every candidate name is taken")
+    finally:
+        os.close(fd)
+
+
+def numbered(name: str) -> Iterator[str]:
+    """`name`, then `name.1` ... (MAX_NAME_ATTEMPTS names in all)."""
+    yield name
+    for n in range(1, MAX_NAME_ATTEMPTS):
+        yield f"{name}.{n}"
+
+
 def _link_unnamed(fd: int, dir_fd: int, name: str) -> bool:
     """Give the unnamed file `fd` the name `name` in the directory; False if the name is
     taken: link(2) never replaces an existing name, as O_EXCL did not. AT_EMPTY_PATH where
@@ -279,6 +315,33 @@ class LineLog:
             assert self.fd is not None, "write after close"
             batch.add(self._appender, line)
 
+    def postproc_batch(self, attacks: Sequence[Attack]) -> None:
+        """postproc for a batch (hooks.PostProcBatch: the pipeline calls this instead): the
+        lines of its attacks that are not virtual, held in the write batch. An attack whose
+        line cannot be made costs its own line only: the others are held, then the first error
+        is raised (the pipeline logs and counts it)."""
+        line = self.line
+        error: Exception | None = None
+        try:
+            lines = [line(attack) for attack in attacks if not attack.is_virtual]
+        except Exception:
+            lines = []
+            for attack in attacks:
+                if not attack.is_virtual:
+                    try:
+                        lines.append(line(attack))
+                    except Exception as exc:
+                        error = error or exc
+        if lines:
+            batch = writebatch.current()
+            if batch is None:
+                self._append(b"".join(lines))
+            else:
+                assert self.fd is not None, "write after close"
+                batch.add_all(self._appender, lines)  # one record a line, as postproc's
+        if error is not None:
+            raise error
+
     def write_line(self, line: bytes) -> None:
         """Append one whole line, or keep it in the backlog until the disk takes it. In a
         pipeline's batch (writebatch.py) the line waits for the batch's end, then goes out
@@ -312,15 +375,23 @@ def utc_formatter(layout: str) -> Callable[[float], str]:
     text, with each second's text remembered (strftime is the slowest step of an output line,
     and most attacks start in a second formatted just before). `layout` has no sub-second
     field, so the whole second is all that matters."""
-
-    @functools.lru_cache(maxsize=RECENT_SECONDS)
-    def second(whole: int) -> str:
-        return time.strftime(layout, time.gmtime(whole))
+    second = utc_second_formatter(layout)
 
     def text(when: float) -> str:
         return second(math.floor(when))  # time.gmtime rounds a float toward minus infinity
 
     return text
+
+
+def utc_second_formatter(layout: str) -> Callable[[int], str]:
+    """utc_formatter's function of the whole second (`math.floor(when)`): a caller that
+    floors the time itself makes one call less."""
+
+    @functools.lru_cache(maxsize=RECENT_SECONDS)
+    def second(whole: int) -> str:
+        return time.strftime(layout, time.gmtime(whole))
+
+    return second
 
 
 def close_fd(fd: int | None) -> None:

@@ -323,21 +323,35 @@ class PortTable:
 
     # --- messages from a server process ------------------------------------------------------
 
-    def busy(self, pid: int, key: Key) -> None:
-        port = self._port(pid, key)
-        if port is not None:
-            port.busy = True
-            port.last_used = self.clock()
-            self.idle.pop(key, None)
+    def busy(self, pid: int, *keys: Key) -> None:
+        """`keys` of process `pid` went busy (one report: one clock reading for all)."""
+        process = self.processes.get(pid)
+        if process is None:
+            return
+        now, ports, idle = self.clock(), process.ports, self.idle
+        for key in keys:
+            port = ports.get(key)
+            if port is not None:
+                port.busy = True
+                port.last_used = now
+                idle.pop(key, None)
 
-    def idle_again(self, pid: int, key: Key) -> None:
-        port = self._port(pid, key)
-        if port is not None:
-            port.busy = False
-            port.last_used = self.clock()
-            if not port.stopping:
-                self.idle[key] = port
-                self.idle.move_to_end(key)
+    def idle_again(self, pid: int, *keys: Key) -> None:
+        """`keys` of process `pid` are idle again, in their order of use (a sweep's report names
+        every port of the process: a lookup of the process and a clock reading per port were
+        half of the table's cost per key)."""
+        process = self.processes.get(pid)
+        if process is None:
+            return
+        now, ports, idle = self.clock(), process.ports, self.idle
+        for key in keys:
+            port = ports.get(key)
+            if port is not None:
+                port.busy = False
+                port.last_used = now
+                if not port.stopping:
+                    idle[key] = port
+                    idle.move_to_end(key)
 
     def expire(self, pid: int, key: Key) -> list[Action]:
         """The port was idle for the listen timeout: stop it (unless it is busy again)."""
@@ -365,11 +379,9 @@ class PortTable:
         """A message from process `pid` about its ports (control.py); Stats and the master's own
         messages are none of the table's."""
         if isinstance(message, control.Busy):
-            for key in message.keys:
-                self.busy(pid, key)
+            self.busy(pid, *message.keys)
         elif isinstance(message, control.Idle):
-            for key in message.keys:
-                self.idle_again(pid, key)
+            self.idle_again(pid, *message.keys)
         elif isinstance(message, control.Expire):
             return self.expire(pid, message.key)
         elif isinstance(message, control.Released):

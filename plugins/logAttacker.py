@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import math
 import socket
 
 from honeytrap import outfile
@@ -37,17 +38,23 @@ def format_line(attack: Attack) -> str:
     payload = conn.payload
     count = len(attack.downloads)
     protocol = conn.protocol
+    when = attack.start_time
+    remote, remote_port = _host_text(conn.remote_addr), conn.remote_port
+    # _timestamp's and _endpoint's texts made here, not through their calls (one line per
+    # attack); the hashes are made here first (logJSON reads them after).
     return (
-        f"[{_timestamp(attack.start_time)} GMT] {_MODE_WORDS[attack.mode._value_]} "
+        f"[{_second(math.floor(when))}{_DOT_MILLIS[int(when * 1000) % 1000]} GMT] "
+        f"{_MODE_WORDS[attack.mode._value_]} "
         f"{protocol if protocol in _PROTOCOLS else _word(protocol)} "
-        f"{_endpoint(conn.remote_addr, conn.remote_port)} -> "
+        f"{remote}:{remote_port if type(remote_port) is int else int(remote_port)} -> "
         f"{_local_endpoint(conn.local_addr, conn.local_port)} "
         f"{payload.md5} {payload.sha512} ({len(payload.data)} bytes) "
         f"{_DOWNLOADS[count] if count < _COUNTS_MADE else _downloads(count)}\n"
     )
 
 
-_seconds = outfile.utc_formatter("%Y-%m-%d %H:%M:%S")
+# The text of each whole second (a float time's: math.floor(when), as time.gmtime rounds it).
+_second = outfile.utc_second_formatter("%Y-%m-%d %H:%M:%S")
 # Texts made once rather than per line: the mode's word, the usual protocols (_word's answer
 # for them is themselves), the download counts most attacks have, a time's milliseconds.
 _MODE_WORDS = {mode.value: mode.label for mode in Mode}
@@ -65,16 +72,11 @@ _DOT_MILLIS = tuple(f".{millis:03d}" for millis in range(1000))
 
 def _timestamp(when: float) -> str:
     millis = int(when * 1000) % 1000
-    return _seconds(when) + _DOT_MILLIS[millis]
+    return _second(math.floor(when)) + _DOT_MILLIS[millis]
 
 
 def _endpoint(addr: str, port: int) -> str:
-    host = _host(addr)
-    if host is None:
-        return f"?:{int(port)}"  # not an address: never copy it into the log
-    if ":" in host:
-        return f"[{host}]:{int(port)}"
-    return f"{host}:{int(port)}"
+    return f"{_host_text(addr)}:{int(port)}"
 
 
 # The sensor's side: its few addresses and ports, the same text line after line.
@@ -82,6 +84,15 @@ _local_endpoint = functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)(_endpoint)
 
 
 @functools.lru_cache(maxsize=ADDRESSES_REMEMBERED)
+def _host_text(addr: str) -> str:
+    """`addr` as the log writes it: bracketed if IPv6, "?" if not an address (never copied
+    into the log)."""
+    host = _host(addr)
+    if host is None:
+        return "?"
+    return f"[{host}]" if ":" in host else host
+
+
 def _host(addr: str) -> str | None:
     """`addr` without its %scope, rendered as ipaddress renders it; None if not an address."""
     text = addr.split("%", 1)[0]

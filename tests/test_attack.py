@@ -11,10 +11,13 @@ import dataclasses
 import hashlib
 import threading
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from honeytrap import attack
 from honeytrap.attack import (
+    DIGESTS_MAX_BYTES,
+    DIGESTS_REMEMBERED,
     Attack,
     Connection,
     DialogueRecord,
@@ -51,6 +54,43 @@ def test_made_payload_is_a_payload_of_the_same_bytes(data: bytes) -> None:
     assert made == Payload(data)
     built = Payload(data)
     assert (made.md5, made.sha512, made.size) == (built.md5, built.sha512, len(data))
+
+
+# Around the size up to which a payload's MD5 and SHA-512 are remembered (attack.py), with the
+# same bytes coming back (a remembered payload) or not.
+BOUND_SIZES = st.integers(DIGESTS_MAX_BYTES - 2, DIGESTS_MAX_BYTES + 2)
+SMALL_OR_BOUND = st.binary(max_size=8) | BOUND_SIZES.flatmap(
+    lambda size: st.binary(min_size=size, max_size=size))
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(SMALL_OR_BOUND, st.permutations(["md5", "sha256", "sha512"])),
+                max_size=8), st.integers(0, 3))
+def test_remembered_digests_are_hashlibs_in_any_order_again_and_again(
+    reads: list[tuple[bytes, list[str]]], again: int,
+) -> None:
+    """Each payload's hashes read in any order, its bytes again (remembered then) or new, in
+    a Payload or a bytearray's copy of them: always hashlib's of the bytes."""
+    for data, order in reads * (again + 1):
+        for payload in (Payload(data), made_payload(data), Payload(bytearray(data))):
+            expected = {"md5": hashlib.md5(data).hexdigest(),
+                        "sha256": hashlib.sha256(data).hexdigest(),
+                        "sha512": hashlib.sha512(data).hexdigest()}
+            assert {name: getattr(payload, name) for name in order} == expected
+
+
+def test_remembering_digests_is_bounded() -> None:
+    """More distinct small payloads than are remembered: each still gets its own digests."""
+    datas = [n.to_bytes(4, "big") for n in range(DIGESTS_REMEMBERED * 3)]
+    for data in datas + datas[:5]:
+        payload = made_payload(data)
+        assert (payload.sha512, payload.md5) == (hashlib.sha512(data).hexdigest(),
+                                                 hashlib.md5(data).hexdigest())
+    assert attack._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
+    big = made_payload(bytes(DIGESTS_MAX_BYTES + 1))
+    assert big.md5 == hashlib.md5(big.data).hexdigest()
+    assert attack._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
+    assert "sha512" not in big.__dict__  # a large payload's digests are made when asked for
 
 
 @given(st.one_of(st.just(b""), payloads))

@@ -106,6 +106,21 @@ def test_any_words_after_busy_or_idle_are_a_report_or_a_control_error(words: lis
         assert control.encode(message) == data
 
 
+@given(st.lists(st.sampled_from(["tcp", "udp", "80", "080", "0", "65535", "65536", "", "x", "٣",
+                                  "-1", "+1", "TCP"]), max_size=9))
+def test_a_report_decodes_as_its_ports_one_by_one(words: list[str]) -> None:
+    """The report's ports, checked all at once, are what parse_key makes of each pair, or a
+    ControlError where it refuses one (or the words do not pair up)."""
+    pairs = [f"{words[i]} {words[i + 1]}" for i in range(0, len(words) - 1, 2)]
+    expected = [control.parse_key(pair) for pair in pairs]
+    data = b"idle " + " ".join(words).encode()
+    if not words or len(words) % 2 or ("", 0) in expected:
+        with pytest.raises(ControlError):
+            control.decode(data)
+    else:
+        assert control.decode(data) == control.Idle(tuple(expected))
+
+
 @given(st.binary(max_size=200))
 def test_any_bytes_are_a_message_or_a_control_error(data: bytes) -> None:
     try:

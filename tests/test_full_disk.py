@@ -116,6 +116,50 @@ def test_a_new_file_never_replaces_an_existing_one(tmp_path: Path, link_way: str
     assert sorted(os.listdir(tmp_path)) == ["taken", "taken.1"]
 
 
+def test_a_numbered_file_is_write_new_of_its_numbered_names(tmp_path: Path,
+                                                             link_way: str) -> None:
+    """write_numbered (SaveFile's attack file in one call) names the file as write_new names
+    it with the names numbered() gives: the first free one, never replacing a file, a NUL
+    refused, and FileExistsError with nothing left once every one is taken."""
+    assert list(outfile.numbered("a"))[:3] == ["a", "a.1", "a.2"]
+    assert len(list(outfile.numbered("a"))) == outfile.MAX_NAME_ATTEMPTS
+    (tmp_path / "taken").write_bytes(b"old")
+    (tmp_path / "taken.1").write_bytes(b"old too")
+    dir_fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert outfile.write_numbered(dir_fd, "free", b"one") == "free"
+        assert outfile.write_numbered(dir_fd, "taken", b"two") == "taken.2"
+        assert outfile.write_new(dir_fd, outfile.numbered("taken"), b"three") == "taken.3"
+        with pytest.raises(ValueError):
+            outfile.write_numbered(dir_fd, "cut\x00here", b"data")
+        for name in outfile.numbered("full"):
+            (tmp_path / name).write_bytes(b"")
+        with pytest.raises(FileExistsError):
+            outfile.write_numbered(dir_fd, "full", b"data")
+    finally:
+        os.close(dir_fd)
+    assert (tmp_path / "free").read_bytes() == b"one"
+    assert (tmp_path / "taken").read_bytes() == b"old"
+    assert (tmp_path / "taken.2").read_bytes() == b"two"
+    assert (tmp_path / "taken.3").read_bytes() == b"three"
+    assert len(os.listdir(tmp_path)) == 5 + outfile.MAX_NAME_ATTEMPTS
+
+
+def test_a_numbered_file_that_does_not_fit_leaves_nothing(disk: Disk) -> None:
+    dir_fd = os.open(disk.path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        disk.fill()
+        with pytest.raises(OSError) as info:
+            outfile.write_numbered(dir_fd, "final", b"x" * (3 * PAGE))
+        assert info.value.errno == errno.ENOSPC
+        assert sorted(os.listdir(disk.path)) == ["filler"]
+        disk.free()
+        assert outfile.write_numbered(dir_fd, "final", b"x" * (3 * PAGE)) == "final"
+    finally:
+        os.close(dir_fd)
+    assert (disk.path / "final").read_bytes() == b"x" * (3 * PAGE)
+
+
 # --- the backlog, with an injected clock and writes that fail on demand ------------------------
 
 
@@ -156,6 +200,72 @@ def test_backlog_keeps_the_order_through_an_outage() -> None:
     assert queue.submit(1, sink.writer(5))  # the held ones first, then this one
     assert sink.written == [0, 1, 2, 3, 4, 5]
     assert queue.stats() == {"spool_depth": 0, "spool_refused": 0, "write_failures": 4}
+
+
+class SizedWriter:
+    """Sink.writer with a size (Backlog.submit_each weighs its writes by len())."""
+
+    def __init__(self, sink: Sink, n: int, size: int = 1) -> None:
+        self.write, self.size = sink.writer(n), size
+
+    def __call__(self) -> None:
+        self.write()  # type: ignore[operator]
+
+    def __len__(self) -> int:
+        return self.size
+
+
+def test_backlog_submit_each_keeps_the_order_through_an_outage() -> None:
+    """A batch's writes: those before the first failure written, it and the later ones held
+    (not each tried in turn: one failed write), then written in order before the next."""
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    queue.submit_each([SizedWriter(sink, n) for n in range(3)])
+    assert sink.written == [0, 1, 2]
+    writes = [SizedWriter(sink, n) for n in range(3, 8)]
+    calls = []
+    def fill_at_five() -> None:
+        calls.append(5)
+        sink.full = True
+        raise OSError(errno.ENOSPC, "No space left on device")
+    writes[2].write = fill_at_five
+    queue.submit_each(writes)
+    assert sink.written == [0, 1, 2, 3, 4]
+    assert calls == [5]
+    assert queue.stats() == {"spool_depth": 3, "spool_refused": 0, "write_failures": 1}
+    queue.submit_each([SizedWriter(sink, 8)])  # held behind them: one more failed try
+    assert queue.stats() == {"spool_depth": 4, "spool_refused": 0, "write_failures": 2}
+    sink.full = False
+    writes[2].write = sink.writer(5)
+    queue.submit_each([SizedWriter(sink, 9)])
+    assert sink.written == list(range(10))
+    assert queue.stats()["spool_depth"] == 0
+
+
+def test_backlog_submit_each_loses_only_the_record_that_raises_otherwise() -> None:
+    """A write raising what is not an OSError (a bug, a name with a NUL) costs its record
+    only, as submit's would: the others are written, then the first such error is raised."""
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock)
+    writes = [SizedWriter(sink, n) for n in range(4)]
+    def broken() -> None:
+        raise ValueError("embedded null byte")
+    writes[1].write = writes[2].write = broken
+    with pytest.raises(ValueError):
+        queue.submit_each(writes)
+    assert sink.written == [0, 3]
+    assert queue.stats() == {"spool_depth": 0, "spool_refused": 0, "write_failures": 0}
+
+
+def test_backlog_submit_each_refuses_past_its_bounds() -> None:
+    sink, clock = Sink(), Clock()
+    queue = backlog(clock, max_records=3, max_bytes=100)
+    sink.full = True
+    queue.submit_each([SizedWriter(sink, n, 10) for n in range(5)] + [SizedWriter(sink, 5, 95)])
+    assert queue.stats() == {"spool_depth": 3, "spool_refused": 3, "write_failures": 1}
+    sink.full = False
+    assert queue.drain()
+    assert sink.written == [0, 1, 2]
 
 
 def test_backlog_drains_without_new_records() -> None:
