@@ -64,6 +64,8 @@ class Sizes:
     fresh_ports: int
     reps: int
     soak_seconds: float
+    # The soak's load (connections/s); 0: SOAK_LOAD times one_port's median (bench/soak.py).
+    soak_rate: float = 0.0
 
 
 FULL = Sizes(20000, 1000, 5000, (5000, 15000), 200, 5, 600.0)

@@ -182,10 +182,13 @@ def phase_list(text: str) -> tuple[str, ...]:
     return tuple(p for p in PHASES if p in names)
 
 
-def with_prerequisites(phases: Sequence[str]) -> tuple[str, ...]:
-    """The phases asked for and those whose figures they read (Phase.after), in order."""
+def with_prerequisites(phases: Sequence[str], soak_rate: float = 0.0) -> tuple[str, ...]:
+    """The phases asked for and those whose figures they read (Phase.after), in order; the
+    soak reads one_port's rate only when --soak-rate does not give it one."""
     wanted = set(phases)
     for name in phases:
+        if name == "soak" and soak_rate > 0:
+            continue
         wanted.update(PHASES[name].after)
     return tuple(p for p in PHASES if p in wanted)
 
@@ -215,6 +218,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--soak-seconds", type=float, default=None,
                         help=f"length of the soak (default {FULL.soak_seconds:.0f}, "
                              f"--quick {QUICK.soak_seconds:.0f})")
+    parser.add_argument("--soak-rate", type=float, default=None, metavar="N",
+                        help="the soak's load in connections/s, instead of 80%% of one_port's "
+                             "median (one_port is then not run for it): soaks of different "
+                             "runs at one rate on a machine whose load drifts")
     return parser.parse_args()
 
 
@@ -282,8 +289,10 @@ def main() -> int:
         sizes = dataclasses.replace(sizes, reps=max(1, args.reps))
     if args.soak_seconds is not None:
         sizes = dataclasses.replace(sizes, soak_seconds=max(1.0, args.soak_seconds))
+    if args.soak_rate is not None:
+        sizes = dataclasses.replace(sizes, soak_rate=max(1.0, args.soak_rate))
     mode = "quick" if args.quick else "full"
-    phases = with_prerequisites(args.only)
+    phases = with_prerequisites(args.only, sizes.soak_rate)
     started = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     load_start = os.getloadavg()
     signal.signal(signal.SIGTERM, terminated)

@@ -30,8 +30,11 @@ SETTLE_SECONDS = 60.0
 
 
 def soak(bench: Bench) -> dict[str, Any]:
-    top = median([rep["honeytrap"]["rate"] for rep in bench.results["one_port"]["reps"]])
-    rate = SOAK_LOAD * top
+    if bench.sizes.soak_rate > 0:  # --soak-rate
+        rate = bench.sizes.soak_rate
+    else:
+        top = median([rep["honeytrap"]["rate"] for rep in bench.results["one_port"]["reps"]])
+        rate = SOAK_LOAD * top
     seconds = bench.sizes.soak_seconds
     ht = bench.honeytrap(extra=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\n')
     try:
@@ -101,8 +104,9 @@ def window_mean(samples: list[dict[str, float]], key: str, start: float, end: fl
 def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row]:
     seconds, load, outputs = r["seconds"], r["load"], r["outputs"]
     span = window(seconds)
-    out = [row(f"soak: {seconds:.0f} s at {SOAK_LOAD:.0%} of one port's median "
-               f"({r['rate_asked']:.0f}/s asked)",
+    asked = (f"{r['rate_asked']:.0f}/s asked (--soak-rate)" if bench.sizes.soak_rate > 0 else
+             f"{SOAK_LOAD:.0%} of one port's median ({r['rate_asked']:.0f}/s asked)")
+    out = [row(f"soak: {seconds:.0f} s at {asked}",
                honeytrap=f"{load['rate']:.0f}/s, {load['completed']:.0f} completed, "
                          f"{load['failed'] + load['timeout']:.0f} failed")]
     for key in ("servers", "recorder"):

@@ -17,7 +17,7 @@ and the loader warns about each.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -28,9 +28,12 @@ ATTACK_HOOKS = ("preproc", "analyze", "savedata", "postproc")
 # After an attack was recorded, what the downloads it started found later (pipeline.py).
 FOLLOWUP_HOOK = "followup"
 HOOKS = ("perread", *ATTACK_HOOKS, FOLLOWUP_HOOK)
+# An output's hook for a whole batch of attacks at once, in place of its per-attack hook of
+# that stage (pipeline.py, docs/plugins.md): one call per batch, not one per attack.
+BATCH_HOOKS = {"savedata": "savedata_batch", "postproc": "postproc_batch"}
 # Methods the registry calls besides the hooks.
 LIFECYCLE = ("after_fork", "close", "stats")
-KNOWN = (*HOOKS, *LIFECYCLE)
+KNOWN = (*HOOKS, *BATCH_HOOKS.values(), *LIFECYCLE)
 # How alike a method's name and a hook's must be to look like a misspelling of it
 # (difflib's ratio: "anaylze"/"analyze" 0.86, "postprocess"/"postproc" 0.84, "process" 0.67).
 MISSPELLING_CUTOFF = 0.8
@@ -86,6 +89,38 @@ class PostProc(Protocol):
     """Last: loggers. May return virtual attacks."""
 
     def postproc(self, attack: Attack) -> Iterable[Attack] | None: ...
+
+
+@runtime_checkable
+class SaveDataBatch(Protocol):
+    """SAVEDATA for a batch of attacks at once (an output's choice, for its CPU: one call per
+    batch instead of one per attack). When a plugin has it, the pipeline calls it instead of
+    the plugin's `savedata`, which stays for direct callers (tests, tools).
+
+    `attacks` are the batch's, in order (each root attack after the virtual attacks made from
+    it, in the order they were made), every one acknowledged only once every hook of the batch
+    ran and the batch's writes were made: hold the records in the current write batch
+    (writebatch.current(), as outfile.LineLog and SaveFile do) and they are written at its end.
+    A batch hook returns nothing (no virtual attacks, no tasks). Raising is logged and counted
+    (plugin_failures) and costs this plugin's records of the batch (those it had not yet given
+    to the write batch) and nothing else: the other plugins still see every attack. A call
+    hanging past `plugin_timeout` is abandoned as a per-attack hook is; the batch goes on.
+
+    It is called once the batch's attacks went through every hook before it, when every hook
+    after it (the later batch hooks, of any stage) is a batch hook too: the attacks see the
+    same hooks in the same order as they would one at a time. A batch hook followed by a
+    per-attack hook is called once per attack instead (with a list of one), so the hooks'
+    order holds for each attack: configure the batch outputs last to have them take batches."""
+
+    def savedata_batch(self, attacks: Sequence[Attack]) -> None: ...
+
+
+@runtime_checkable
+class PostProcBatch(Protocol):
+    """POSTPROC for a batch of attacks at once, as SaveDataBatch is for SAVEDATA (the same
+    terms): the line logs' (logJSON, logAttacker) one call per batch."""
+
+    def postproc_batch(self, attacks: Sequence[Attack]) -> None: ...
 
 
 @runtime_checkable

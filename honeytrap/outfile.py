@@ -29,7 +29,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from honeytrap import privileges, writebatch
@@ -314,6 +314,33 @@ class LineLog:
         else:
             assert self.fd is not None, "write after close"
             batch.add(self._appender, line)
+
+    def postproc_batch(self, attacks: Sequence[Attack]) -> None:
+        """postproc for a batch (hooks.PostProcBatch: the pipeline calls this instead): the
+        lines of its attacks that are not virtual, held in the write batch. An attack whose
+        line cannot be made costs its own line only: the others are held, then the first error
+        is raised (the pipeline logs and counts it)."""
+        line = self.line
+        error: Exception | None = None
+        try:
+            lines = [line(attack) for attack in attacks if not attack.is_virtual]
+        except Exception:
+            lines = []
+            for attack in attacks:
+                if not attack.is_virtual:
+                    try:
+                        lines.append(line(attack))
+                    except Exception as exc:
+                        error = error or exc
+        if lines:
+            batch = writebatch.current()
+            if batch is None:
+                self._append(b"".join(lines))
+            else:
+                assert self.fd is not None, "write after close"
+                batch.add_all(self._appender, lines)  # one record a line, as postproc's
+        if error is not None:
+            raise error
 
     def write_line(self, line: bytes) -> None:
         """Append one whole line, or keep it in the backlog until the disk takes it. In a

@@ -20,9 +20,12 @@ loggers), then in configuration order.
 
 A worker takes the jobs queued at once together (a batch, at most MAX_BATCH) and runs them one
 after another in a write batch (writebatch.py): the line logs append the batch's lines in one
-write at its end, and only then are its attacks finished (acknowledged). A hook of the batch
-that turns slow does not hold the others: the watchdog writes and finishes the jobs done before
-it and queues the ones not started again (watchdog.py).
+write at its end, and only then are its attacks finished (acknowledged). The outputs' batch
+hooks (hooks.SaveDataBatch, PostProcBatch) that no per-attack hook follows are called once for
+the batch's attacks after their per-attack steps (a Tail; Registry.attack_order says which). A
+hook of the batch that turns slow does not hold the others: the watchdog writes and finishes
+the jobs done before it (through the batch hooks first) and queues the ones not started again
+(watchdog.py).
 
 A batch's write to one output that hangs (a stalled NFS mount, a FIFO nobody reads) is watched
 like a hook: past BOOST_AFTER one more worker may run; past `plugin_timeout` the output is marked
@@ -46,8 +49,8 @@ from honeytrap import background, writebatch
 from honeytrap.attack import Attack
 from honeytrap.background import DownloadPool, Task
 from honeytrap.config import Config
-from honeytrap.pipelinejobs import Counters, Flush, Job, Step, Worker
-from honeytrap.plugin import ATTACK_HOOKS, FOLLOWUP_HOOK, Registry
+from honeytrap.pipelinejobs import BatchStep, Counters, Flush, Job, Step, Tail, Worker
+from honeytrap.plugin import ATTACK_HOOKS, BATCH_HOOKS, FOLLOWUP_HOOK, Registry
 from honeytrap.stalls import StalledOutputs
 from honeytrap.watchdog import Watchdog
 
@@ -116,10 +119,11 @@ class Pipeline:
         self.on_finished = on_finished
         self.on_tokens = on_tokens
         # The attack hooks in the order they run, listed once (the registry is complete before
-        # a pipeline is made): every attack's steps are made from it.
-        self._attack_hooks = tuple(
-            (hook, name, call) for hook in ATTACK_HOOKS for name, call in registry.hooks[hook]
-        )
+        # a pipeline is made): every attack's steps are made from it; the batch hooks at the
+        # end, called once per batch (_tail_steps: Registry.attack_order).
+        each, batched = registry.attack_order()
+        self._attack_hooks = each
+        self._tail_steps = tuple(BatchStep(hook, name, call) for hook, name, call in batched)
         # A submitted attack's steps, shared by every job (their attack is the job's): no Step
         # made per hook per attack; a virtual attack's steps are made for it (_steps).
         self._root_steps = tuple(Step(None, hook, name, call, 0)
@@ -202,14 +206,17 @@ class Pipeline:
         with self._idle:
             self._pending += 1
             self.counters.followups += 1
-        self._queue.put(Job(deque(steps), root))
+        job = Job(deque(steps), root)
+        job.followup = True
+        self._queue.put(job)
 
     def _followup_steps(self, attack: Attack) -> list[Step]:
         """The FOLLOWUP hooks, by their plugin's first attack hook, then configuration order."""
         hooks = self.registry.hooks
         rank: dict[str, int] = {}
         for index, hook in enumerate(ATTACK_HOOKS):
-            for name, _call in hooks[hook]:
+            batch_hook = BATCH_HOOKS.get(hook)
+            for name, _call in [*hooks[hook], *(hooks[batch_hook] if batch_hook else ())]:
                 rank.setdefault(name, index)
         ordered = sorted(hooks[FOLLOWUP_HOOK], key=lambda item: rank.get(item[0], 0))
         return [Step(attack, FOLLOWUP_HOOK, name, call, 0) for name, call in ordered]
@@ -316,7 +323,11 @@ class Pipeline:
                 if type(item) is list:  # submitted together (_put_jobs)
                     jobs += item
                 elif isinstance(item, Flush):
-                    adopted.append(item)
+                    if item.tail is not None:  # batch hooks to call first: on its own
+                        if not self._run_tail_pass(worker, item):
+                            return
+                    else:
+                        adopted.append(item)
                 else:
                     assert isinstance(item, Job)
                     jobs.append(item)
@@ -338,7 +349,8 @@ class Pipeline:
         self._slots.release()
 
     def _run_batch(self, worker: Worker, jobs: list[Job], adopted: list[Flush]) -> bool:
-        """Run the jobs, write what they held, finish them (and the adopted writes and jobs
+        """Run the jobs (their per-attack steps one job after another, then the batch hooks
+        once for them all), write what they held, finish them (and the adopted writes and jobs
         first). False if abandoned meanwhile."""
         with worker.lock:
             worker.todo.extend(jobs)
@@ -346,17 +358,68 @@ class Pipeline:
                 worker.flush.extend(flush.flush)
                 worker.done.extend(flush.done)
         batch = worker.batch
+        tail_steps = self._tail_steps
         with writebatch.running(batch):
             while True:
                 with worker.lock:
-                    if not worker.todo:
+                    todo = worker.todo
+                    # Jobs with no per-attack step (every hook a batch hook: the default
+                    # outputs) wait for the batch hooks at once, not one lock each.
+                    while todo and not todo[0].steps:
+                        job = todo.popleft()
+                        (worker.ran if tail_steps and not job.followup else worker.done).append(
+                            job)
+                    if not todo:
                         break
-                    job = worker.todo.popleft()
+                    job = todo.popleft()
                 if not self._run(worker, job):
                     return False
+                with worker.lock:  # a follow-up's job: its FOLLOWUP hooks were all it had
+                    (worker.ran if tail_steps and not job.followup else worker.done).append(job)
+            if tail_steps:
                 with worker.lock:
-                    worker.done.append(job)
-        held = batch.take().items()
+                    ran, worker.ran = worker.ran, []
+                if ran and not self._run_tail(worker, Tail(deque(tail_steps), ran)):
+                    return False
+        return self._write_and_finish(worker)
+
+    def _run_tail_pass(self, worker: Worker, flush: Flush) -> bool:
+        """A batch handed on from another worker with batch hooks still to call (watchdog.py):
+        call them, then write what it and they held, then finish its jobs."""
+        assert flush.tail is not None
+        with worker.lock:
+            worker.flush.extend(flush.flush)
+            worker.done.extend(flush.done)
+        with writebatch.running(worker.batch):
+            if not self._run_tail(worker, flush.tail):
+                return False
+        return self._write_and_finish(worker)
+
+    def _run_tail(self, worker: Worker, tail: Tail) -> bool:
+        """Call the batch hooks still to call with the tail's attacks, each isolated as a hook
+        is; its jobs are then done. False if abandoned meanwhile (the tail went on elsewhere)."""
+        steps = tail.steps
+        while steps:
+            step = steps.popleft()
+            worker.current = (step, tail, self._clock())
+            try:
+                step.call(tail.attacks)
+            except BaseException:  # as _call: a plugin's sys.exit() must not end the worker
+                with self._idle:
+                    self.counters.plugin_failures += 1
+                log.exception("plugin %s failed in %s for a batch of %d attacks (from %s)",
+                              step.plugin, step.hook, len(tail.attacks), tail.attack.id)
+            with worker.lock:
+                worker.current = None
+                if worker.abandoned:
+                    return False
+        with worker.lock:
+            worker.done.extend(tail.jobs)
+        return True
+
+    def _write_and_finish(self, worker: Worker) -> bool:
+        """Write what the worker's batch holds, then finish its done jobs."""
+        held = worker.batch.take().items()
         with worker.lock:
             worker.flush.extend(held)
         if not self._flush(worker):
@@ -460,6 +523,7 @@ class Pipeline:
 
     def _splice(self, job: Job, step: Step, attack: Attack, virtuals: list[Attack]) -> None:
         extra: list[Step] = []
+        made = job.made
         for virtual in virtuals:
             if step.depth + 1 > MAX_VIRTUAL_DEPTH or job.virtuals >= MAX_VIRTUAL_PER_ATTACK:
                 with self._idle:
@@ -470,6 +534,10 @@ class Pipeline:
                 )
                 continue
             job.virtuals += 1
+            if self._tail_steps:  # the batch hooks see it too, before its root (Tail)
+                if made is None:
+                    made = job.made = []
+                made.append(virtual)
             extra.extend(self._steps(virtual, step.depth + 1))
         job.steps.extendleft(reversed(extra))
 

@@ -1,13 +1,14 @@
 """The pipeline's records (pipeline.py): a Job per attack with the Steps (one per hook) still to
-run, a Worker's batch (its jobs, the writes it holds, what the watchdog reads of it), a Flush the
-watchdog hands from one worker to another, and the pipeline's Counters. Plain classes with
-slots where one is made per attack or per hook."""
+run, a Tail (a batch's jobs and the batch hooks still to call for them all), a Worker's batch
+(its jobs, the writes it holds, what the watchdog reads of it), a Flush the watchdog hands from
+one worker to another, and the pipeline's Counters. Plain classes with slots where one is made
+per attack or per hook."""
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,16 +34,31 @@ class Step:
         self.depth = depth
 
 
+class BatchStep:
+    """One batch hook (hooks.SaveDataBatch, PostProcBatch) to call for a whole batch."""
+
+    __slots__ = ("hook", "plugin", "call")
+
+    def __init__(self, hook: str, plugin: str,
+                 call: Callable[[Sequence[Attack]], None]) -> None:
+        self.hook = hook
+        self.plugin = plugin
+        self.call = call
+
+
 class Job:
     """An attack's steps still to run, and what its end needs (slots: one per attack)."""
 
-    __slots__ = ("steps", "attack", "virtuals", "on_done", "token", "downloads", "recorded")
+    __slots__ = ("steps", "attack", "virtuals", "made", "on_done", "token", "downloads",
+                 "recorded", "followup")
 
     def __init__(self, steps: deque[Step], attack: Attack,
                  on_done: Callable[[], None] | None = None, token: object = None) -> None:
         self.steps = steps
         self.attack = attack
         self.virtuals = 0
+        # The virtual attacks made for it, in order, when any (the batch hooks see them too).
+        self.made: list[Attack] | None = None
         # Called once, from the worker thread, when every step ran (the recorder acknowledges
         # the attack to its server then: recorder.py).
         self.on_done = on_done
@@ -53,6 +69,32 @@ class Job:
         # Downloads and download tries on the attack when it was recorded: a follow-up records
         # only when its tasks added to them.
         self.recorded: tuple[int, int] = (0, 0)
+        # A follow-up's job (the FOLLOWUP hooks): the batch hooks are not for it.
+        self.followup = False
+
+
+class Tail:
+    """A batch's jobs, every per-attack step of theirs run, and the batch hooks still to call
+    with their attacks (`attacks`: each root after its virtual attacks), then the writes, then
+    their end. A worker written off in a hung batch hook, or split in a slow per-attack one,
+    hands it on in a Flush with the writes it held, to a worker that goes on from the next
+    batch hook (watchdog.py)."""
+
+    __slots__ = ("steps", "jobs", "attacks")
+
+    def __init__(self, steps: deque[BatchStep], jobs: list[Job]) -> None:
+        self.steps = steps
+        self.jobs = jobs
+        attacks: list[Attack] = []
+        for job in jobs:
+            if job.made:
+                attacks += job.made
+            attacks.append(job.attack)
+        self.attacks = attacks
+
+    @property
+    def attack(self) -> Attack:  # what the watchdog's log line names
+        return self.attacks[0]
 
 
 @dataclass
@@ -76,15 +118,18 @@ class Counters:
 @dataclass
 class Worker:
     thread: threading.Thread | None = None
-    # (step, job, started) while a hook runs: rebound by the worker (one atomic store), read by
-    # the watchdog. Cleared, and `abandoned` checked, under `lock` after each hook returns.
-    current: tuple[Step, Job, float] | None = None
+    # (step, job, started) while a hook runs (a batch hook: (batch step, tail, started)):
+    # rebound by the worker (one atomic store), read by the watchdog. Cleared, and `abandoned`
+    # checked, under `lock` after each hook returns.
+    current: tuple[Step, Job, float] | tuple[BatchStep, Tail, float] | None = None
     abandoned: bool = False
     boosted: bool = False  # its job is slow: the watchdog let one more worker run meanwhile
     lock: threading.Lock = field(default_factory=threading.Lock)
-    # The batch it runs: the jobs not started yet, the ones done (not finished before the
+    # The batch it runs: the jobs not started yet, the ones whose per-attack steps ran (when
+    # there are batch hooks: they wait for them), the ones done (not finished before the
     # batch is written), the writes held. Changed under `lock` (the watchdog splits it).
     todo: deque[Job] = field(default_factory=deque)
+    ran: list[Job] = field(default_factory=list)
     done: list[Job] = field(default_factory=list)
     batch: writebatch.WriteBatch = field(default_factory=writebatch.WriteBatch)
     # The batch's writes not made yet, per output, and (output, started) while one is made:
@@ -95,11 +140,14 @@ class Worker:
 
 class Flush:
     """Writes and done jobs of a batch, handed from the watchdog to a worker (a split, or a
-    worker written off in a hung write): the worker makes the writes, then finishes the jobs."""
+    worker written off in a hung hook or write): the worker makes the writes, then finishes the
+    jobs. With a `tail`, its batch hooks first (the jobs whose per-attack steps ran, the batch
+    hooks still to call for them), on their own, not with other jobs (pipeline.py)."""
 
-    __slots__ = ("flush", "done")
+    __slots__ = ("flush", "done", "tail")
 
     def __init__(self, flush: list[tuple[writebatch.Write, list[Any]]],
-                 done: list[Job]) -> None:
+                 done: list[Job], tail: Tail | None = None) -> None:
         self.flush = flush
         self.done = done
+        self.tail = tail

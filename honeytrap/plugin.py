@@ -10,6 +10,11 @@ typed Protocol is in hooks.py; a method that looks like a misspelt hook is warne
     analyze(self, attack: Attack) -> Iterable[Attack | background.Task] | None
     savedata(self, attack: Attack) -> Iterable[Attack] | None
     postproc(self, attack: Attack) -> Iterable[Attack] | None
+    savedata_batch(self, attacks: Sequence[Attack]) -> None
+    postproc_batch(self, attacks: Sequence[Attack]) -> None
+                                 an output's SAVEDATA or POSTPROC for a batch of attacks at once,
+                                 called instead of its per-attack hook (hooks.SaveDataBatch says
+                                 when, in what order, and what a failure costs)
     followup(self, attack: Attack) -> None
                                  the attack again, once the downloads its hooks started
                                  (background.Task) ended and added downloads or tries to it:
@@ -40,12 +45,13 @@ those in its GAUGES are gauges, every other one a counter that only goes up). A 
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -60,6 +66,7 @@ from honeytrap.metrics import NAME as STAT_NAME
 ATTACK_HOOKS = hooks.ATTACK_HOOKS
 FOLLOWUP_HOOK = hooks.FOLLOWUP_HOOK
 HOOKS = hooks.HOOKS
+BATCH_HOOKS = hooks.BATCH_HOOKS
 ReadEvent = hooks.ReadEvent
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -114,6 +121,16 @@ class PluginContext:
         raise PluginError(f"plugin {self.name}: option {key!r} must be yes or no, not {raw!r}")
 
 
+# (hook, plugin, call): an attack hook as the pipeline runs it; a batch hook's call takes a list.
+OrderedHook = tuple[str, str, Callable[[Attack], Iterable[Any] | None]]
+OrderedBatchHook = tuple[str, str, Callable[[Sequence[Attack]], None]]
+
+
+def _call_one(call: Callable[[Sequence[Attack]], None], attack: Attack) -> None:
+    """A batch hook called for one attack (a per-attack hook follows it: attack_order)."""
+    call([attack])
+
+
 @dataclass
 class LoadedPlugin:
     name: str
@@ -127,7 +144,7 @@ class Registry:
 
     plugins: list[LoadedPlugin] = field(default_factory=list)
     hooks: dict[str, list[tuple[str, Callable[..., Any]]]] = field(
-        default_factory=lambda: {hook: [] for hook in HOOKS}
+        default_factory=lambda: {hook: [] for hook in (*HOOKS, *BATCH_HOOKS.values())}
     )
     stats_hooks: list[tuple[str, StatsHook]] = field(default_factory=list)
     # What stats() already complained about (plugin and problem): logged once, not every time.
@@ -139,13 +156,38 @@ class Registry:
         for name, like in hooks.misspelt_hooks(plugin.instance):
             log.warning("plugin %s: method %s() is no hook and is never called: did you mean "
                         "%s()?", plugin.name, name, like)
-        for hook in HOOKS:
+        for hook in (*HOOKS, *BATCH_HOOKS.values()):
             method = getattr(plugin.instance, hook, None)
             if callable(method):
                 self.hooks[hook].append((plugin.name, method))
         method = getattr(plugin.instance, "stats", None)
         if callable(method):
             self.stats_hooks.append((plugin.name, method))
+
+    def attack_order(self) -> tuple[tuple[OrderedHook, ...], tuple[OrderedBatchHook, ...]]:
+        """The attack hooks in the order they run ((hook, plugin, call) each), and the batch
+        hooks called once at the end of a batch (hooks.SaveDataBatch): those that no per-attack
+        hook follows. Within each stage, plugins in configuration order, a plugin's batch hook
+        instead of its per-attack hook of that stage. A batch hook that a per-attack hook
+        follows is called once per attack in its place (with a list of one), so each attack
+        sees every hook in order."""
+        order = {plugin.name: index for index, plugin in enumerate(self.plugins)}
+        found: list[tuple[str, str, Callable[..., Any], bool]] = []
+        for stage in ATTACK_HOOKS:
+            batch_hook = BATCH_HOOKS.get(stage)
+            batched = dict(self.hooks[batch_hook]) if batch_hook is not None else {}
+            stage_hooks = [(stage, name, call, False) for name, call in self.hooks[stage]
+                           if name not in batched]
+            stage_hooks += [(str(batch_hook), name, call, True) for name, call in batched.items()]
+            # Configuration order (hooks added by hand, of plugins not listed, after those).
+            stage_hooks.sort(key=lambda item: order.get(item[1], len(order)))
+            found += stage_hooks
+        tail = len(found)
+        while tail and found[tail - 1][3]:
+            tail -= 1
+        each = tuple((hook, name, functools.partial(_call_one, call) if batch else call)
+                     for hook, name, call, batch in found[:tail])
+        return each, tuple((hook, name, call) for hook, name, call, _batch in found[tail:])
 
     def stats(self) -> dict[str, int]:
         """Every plugin's statistics, summed by name. Never raises: a plugin whose stats()

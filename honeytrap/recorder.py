@@ -38,7 +38,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from honeytrap import control, forked, privileges, proctitle, wire
+from honeytrap import control, forked, heaptrim, privileges, proctitle, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
 from honeytrap.pipeline import Pipeline, download_limits
@@ -49,24 +49,31 @@ log = logging.getLogger("honeytrap.recorder")
 
 # Bytes read from a link at a time (the recorder reads into one buffer of this size: a
 # recv(READ_SIZE) allocated a new one per read, above malloc's mmap threshold, so each read cost
-# an mmap, an mremap to shrink it and an munmap, and page faults for what it held).
-READ_SIZE = 256 * 1024
+# an mmap, an mremap to shrink it and an munmap, and page faults for what it held). One read's
+# attacks are decoded at once and may go past MAX_QUEUED_ATTACKS (a read is taken while the
+# pipeline is below it), so this also bounds the queue's overshoot: 32 KiB is ~90 of bench/'s
+# attacks (~360 bytes a frame), ~0.25 MiB decoded (256 KiB overshot by ~700, ~1.9 MiB); at
+# 5,000 attacks/s that is ~55 reads a second.
+READ_SIZE = 32 * 1024
 # Attacks accepted but not yet through every hook: above this the recorder stops reading its
 # links (the servers' unacknowledged attacks then grow, and past their own bound they stop
 # accepting connections: the kernel's backlog holds the load, nothing is dropped); it reads again
-# once the pipeline is down to the low mark. A decoded attack takes ~2 KB (bench/'s, 200-byte
-# payloads; tracemalloc), five times its frame, and the heap keeps what the deepest queue took:
-# 20,000 queued took the recorder from 10 to 40 MiB of PSS, still 40 after the queue drained
-# (in the soak 15 -> 44 MiB with transient queues while it kept pace, 85 once it fell behind).
-# 4,096 (~10 MiB) is ~0.4 s of the hooks' work, ample to keep the workers busy while the loop
-# reads again (one read takes ~700 attacks); the servers hold the rest as frames, within
-# unacknowledged_limit, which also bounds the bytes queued here (big attacks: few of them).
-MAX_QUEUED_ATTACKS = 4096
-QUEUED_LOW_MARK = 2048
-# What MAX_QUEUED_ATTACKS of bench/'s attacks may take decoded and queued, at most
-# (tests/test_recorder_queue.py measures it): the recorder's memory follows its queue's bound,
-# not the number of attacks it has recorded.
-QUEUED_MEMORY = 16 * 1024 * 1024
+# once the pipeline is down to the low mark. A decoded, queued attack takes ~2.8 KB (bench/'s,
+# 200-byte payloads; tracemalloc), seven times its frame, and the heap keeps what the deepest
+# queue took: in the 600-s soak (bench/README.md) the recorder's PSS rose by ~9 MiB at the
+# first ext4 journal stall (a file call of 0.4-0.9 s) that filled a queue of 4,096, and stayed
+# there. What the recorder has not read waits in the servers anyway (each keeps every frame
+# until it is acknowledged, unacknowledged_limit) and in the link's socket buffer, so a deep
+# queue here only held a second, decoded copy of it. 384 is three of the pipeline's batches
+# (pipeline.MAX_BATCH), ~20 ms of the hooks' work, enough to keep a worker busy until the loop
+# reads again: at the low mark, a batch and a half, a worker wakes it.
+MAX_QUEUED_ATTACKS = 384
+QUEUED_LOW_MARK = 192
+# What the recorder holds decoded at its fullest (MAX_QUEUED_ATTACKS and one read's overshoot
+# on one link) of bench/'s attacks, at most (tests/test_recorder_queue.py measures it): the
+# recorder's memory follows its queue's bound, not the number of attacks it has recorded, and
+# a bound this far under its ~17 MiB at rest keeps a soak's memory flat (within 10%).
+QUEUED_MEMORY = 3 * 512 * 1024
 # A pause (and the resumption after it) is counted every time (recorder_pauses) and logged at
 # most this often (seconds), with the pauses since the last line: under a sustained overload
 # the recorder pauses several times a second.
@@ -179,6 +186,7 @@ class Recorder:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._woken = False  # a wake-up byte is pending: later wake-ups ride on it
         self._last_stats = time.monotonic()
+        self._last_trim = time.monotonic()
         pipeline.on_finished = self._finished
         pipeline.on_tokens = self._done  # type: ignore[assignment]  # its tokens: (link, seq)
 
@@ -216,8 +224,13 @@ class Recorder:
                 self._send_acks()
                 self._take_blocked()
             self._pace()
-            if time.monotonic() - self._last_stats >= STATS_INTERVAL:
+            now = time.monotonic()
+            if now - self._last_stats >= STATS_INTERVAL:
                 self.send_stats()
+            if now - self._last_trim >= heaptrim.TRIM_INTERVAL:
+                # The workers' arenas and the heap keep pages a burst freed (heaptrim.py).
+                self._last_trim = now
+                heaptrim.trim()
         self._on_wake()
 
     def _dispatch(self, ready: list[tuple[selectors.SelectorKey, int]]) -> None:

@@ -8,18 +8,21 @@ now and the ones not started are queued again (`_split`), not kept until the slo
 Past `plugin_timeout` the worker is written off: a hung hook's job goes on on a fresh worker from
 the next step; a hung write's output is marked stalled (stalls.py: its later records wait in
 memory, nobody calls its write) and the batch's other writes and its jobs go on on a fresh
-worker. The watchdog itself never calls a hook or a write (what it takes from a worker goes to
-another as a `Flush`), so neither can stall it.
+worker. A batch hook (hooks.SaveDataBatch) is watched the same way; hung, the batch's jobs go on
+on a fresh worker from the next batch hook, with the writes they held. The watchdog itself
+never calls a hook or a write (what it takes from a worker goes to another as a `Flush`), so
+neither can stall it.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from honeytrap import writebatch
-from honeytrap.pipelinejobs import Flush, Job, Worker
+from honeytrap.pipelinejobs import BatchStep, Flush, Job, Step, Tail, Worker
 
 if TYPE_CHECKING:
     from honeytrap.pipeline import Pipeline
@@ -74,10 +77,17 @@ class Watchdog:
             hung = now - started >= timeout
             if hung:
                 worker.abandoned = True
-            split = _split(worker) if boost or hung else None
+            split: tuple[list[Job], Flush] | None = None
+            if isinstance(job, Tail):
+                # A batch hook: the batch's jobs are all in it, nothing to split off. Hung:
+                # the tail goes on elsewhere from its next batch hook, with the batch's writes.
+                if hung:
+                    split = ([], _handed_on(worker, job))
+            elif boost or hung:
+                split = _split(worker, pipeline._tail_steps)
         if split is not None:
             todo, flush = split
-            if flush.flush or flush.done:
+            if flush.flush or flush.done or flush.tail is not None:
                 pipeline._queue.put(flush)
             for queued in todo:
                 pipeline._queue.put(queued)
@@ -85,6 +95,13 @@ class Watchdog:
             return
         with pipeline._idle:
             pipeline.counters.plugin_timeouts += 1
+        if isinstance(job, Tail):
+            log.error("plugin %s hung in %s for a batch of %d attacks (from %s) for over %.0f s: "
+                      "abandoned, going on", step.plugin, step.hook, len(job.attacks),
+                      job.attack.id, timeout)
+            pipeline._replace(worker)
+            return
+        assert isinstance(step, Step)
         log.error(
             "plugin %s hung in %s for attack %s for over %.0f s: abandoned, going on",
             step.plugin, step.hook, (job.attack if step.attack is None else step.attack).id,
@@ -121,14 +138,21 @@ class Watchdog:
         return flush
 
 
-def _split(worker: Worker) -> tuple[list[Job], Flush]:
-    """Under worker.lock, while one of its hooks runs long: take from its batch the jobs not
-    started (queued again), the ones done and what they held (written and finished by another
-    worker now, not when the slow hook ends)."""
-    todo, done = list(worker.todo), worker.done
+def _split(worker: Worker, tail_steps: tuple[BatchStep, ...]) -> tuple[list[Job], Flush]:
+    """Under worker.lock, while one of its per-attack hooks runs long: take from its batch the
+    jobs not started (queued again), the ones done and what they held (written and finished
+    by another worker now, not when the slow hook ends), and those that wait for the batch
+    hooks (called for them by that worker first)."""
+    todo = list(worker.todo)
     worker.todo.clear()
-    worker.done = []
+    ran, worker.ran = worker.ran, []
+    return todo, _handed_on(worker, Tail(deque(tail_steps), ran) if ran else None)
+
+
+def _handed_on(worker: Worker, tail: Tail | None) -> Flush:
+    """Under worker.lock: the worker's done jobs and held writes, and `tail`, for another."""
+    done, worker.done = worker.done, []
     flush = list(worker.flush)
     worker.flush.clear()
     flush.extend(worker.batch.take().items())
-    return todo, Flush(flush, done)
+    return Flush(flush, done, tail)

@@ -46,6 +46,16 @@ class WriteBatch:
             else:
                 records.append(record)
 
+    def add_all(self, write: Write, records: list[Any]) -> None:
+        """add() for each of `records`, in order, under one lock (a batch hook's records:
+        hooks.PostProcBatch). The batch may keep the list itself: the caller lets it go."""
+        with self._lock:
+            held = self._held.get(write)
+            if held is None:
+                self._held[write] = records
+            else:
+                held += records
+
     def take(self) -> Held:
         """What is held now; the batch goes on empty."""
         with self._lock:

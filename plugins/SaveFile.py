@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from hashlib import sha256
 
 from honeytrap import outfile, writebatch
@@ -75,6 +76,20 @@ class SaveFile:
             result["downloads"] = samples
         if result:
             attack.set_analysis("SaveFile", result)
+
+    def savedata_batch(self, attacks: Sequence[Attack]) -> None:
+        """savedata for a batch (hooks.SaveDataBatch: the pipeline calls this instead). An
+        attack that raises costs its own files only; the first error is raised once every
+        attack was tried (the pipeline logs and counts it)."""
+        savedata = self.savedata
+        error: Exception | None = None
+        for attack in attacks:
+            try:
+                savedata(attack)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def followup(self, attack: Attack) -> None:
         """The samples downloaded after the attack was saved."""
