@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import math
 import socket
+from collections.abc import Sequence
 
 from honeytrap import outfile
 from honeytrap.attack import Attack, Mode
@@ -31,6 +32,11 @@ ADDRESSES_REMEMBERED = 256
 class LogAttacker(outfile.LineLog):
     def line(self, attack: Attack) -> bytes:
         return format_line(attack).encode("ascii")
+
+    def lines(self, attacks: Sequence[Attack]) -> list[bytes]:
+        """A batch's lines (postproc_batch), made here rather than by a line() call each."""
+        return [format_line(attack).encode("ascii") for attack in attacks
+                if not attack.is_virtual]
 
 
 def format_line(attack: Attack) -> str:
