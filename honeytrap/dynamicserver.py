@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from honeytrap import control, templates
 from honeytrap.addresses import split
-from honeytrap.attack import Attack, Connection
+from honeytrap.attack import Attack
 from honeytrap.config import PortConf
 from honeytrap.deadlines import Entry
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
@@ -29,6 +29,7 @@ from honeytrap.plugin import ReadEvent
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
 from honeytrap.sockettransport import Poller
+from honeytrap.wire import Endpoints
 
 if TYPE_CHECKING:
     from honeytrap.server import ServerProcess
@@ -226,7 +227,7 @@ class DynamicServer:
         self.process.attack_finished(attack)
         self._closed(conn, attack.attack_connection.remote_addr)
 
-    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+    def normal_closed(self, handler: Finisher, conn: Endpoints, payload: bytes, start: float,
                       end: float, dialogue: str, turns: Sequence[int], sent: bytes,
                       fields: dict[str, Any], notes: Sequence[str]) -> None:
         """A normal-mode TCP connection ended: connection_closed with its attack's figures,
@@ -253,7 +254,7 @@ class DynamicServer:
             self._resume_accepting()
         self._maybe_done()
 
-    def perread(self, conn: Connection, direction: str, data: bytes) -> None:
+    def perread(self, conn: Endpoints, direction: str, data: bytes) -> None:
         registry = self.process.registry
         if registry.hooks["perread"]:
             registry.perread(

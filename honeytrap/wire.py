@@ -46,7 +46,7 @@ import io
 import json
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .attack import (
     Attack,
@@ -128,6 +128,22 @@ FIELDS_REMEMBERED = 64
 FIELDS_REMEMBERED_BYTES = 256
 
 
+class Endpoints(Protocol):
+    """A connection's two ends as a frame carries them: an attack.Connection, or a normal-mode
+    TCP connection's handler itself (normal.py: no Connection made for its record)."""
+
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def local_addr(self) -> str: ...
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def remote_addr(self) -> str: ...
+    @property
+    def remote_port(self) -> int: ...
+
+
 class WireError(ValueError):
     """A malformed frame or record (the message says what), or an attack that cannot be encoded
     faithfully."""
@@ -190,12 +206,12 @@ def _encode_attack(seq: int, attack: Attack, max_frame: int) -> bytes:
                   conn, conn.payload.data, extra, tuple(attack.notes), max_frame)
 
 
-def encode_normal(seq: int, ident: str, conn: Connection, payload: bytes, start: float,
+def encode_normal(seq: int, ident: str, conn: Endpoints, payload: bytes, start: float,
                   end: float, dialogue: str, turns: Sequence[int], sent: bytes,
                   fields: dict[str, Any], notes: Sequence[str], *,
                   max_frame: int = MAX_FRAME) -> bytes:
-    """The frame encode_attack makes of a normal-mode attack with this id, connection (its own
-    payload ignored: `payload`), times, dialogue record (protocol, turns, sent, fields) and
+    """The frame encode_attack makes of a normal-mode attack with this id, connection's ends
+    (with `payload`), times, dialogue record (protocol, turns, sent, fields) and
     notes, byte for byte, without the Attack, its Connection, Payloads and DialogueRecord made
     first (a server process finishes one per connection: ~4 us of its CPU, measured). The
     same WireError for what the frame cannot carry."""
@@ -209,7 +225,7 @@ def encode_normal(seq: int, ident: str, conn: Connection, payload: bytes, start:
 
 
 def _frame(seq: int, ident: str, mode: int, flags: int, start: float, end: float,
-           conn: Connection, payload: bytes, extra: tuple[bytes, ...], notes: Sequence[str],
+           conn: Endpoints, payload: bytes, extra: tuple[bytes, ...], notes: Sequence[str],
            max_frame: int) -> bytes:
     """The frame: fixed fields, the attack connection (with `payload`), `extra` (the proxy
     connection's and the dialogue record's parts, as flags say), the notes."""
@@ -266,7 +282,7 @@ def _dialogue_parts(name: str, turns: Sequence[int], sent: bytes,
     return fixed, protocol, packed, sent, text
 
 
-def _unencodable(seq: int, conn: Connection) -> str:
+def _unencodable(seq: int, conn: Endpoints) -> str:
     """Which field made struct refuse (the slow path, for the message only)."""
     if not 0 <= seq < 1 << 64:
         return f"sequence number {seq!r} is not a u64"
