@@ -1,17 +1,19 @@
-"""What accepting in C would save a server process: our accept path against uvloop's own.
+"""How a server process's accept and connection set-up cost, three ways.
 
     python bench/accept.py [--reps 5] [--count 20000]
 
-A server process accepts in Python (dynamicserver.py: a reader on the listening socket,
-socket._accept(), the descriptor handed to uvloop's connect_accepted_socket, whose coroutine is
-driven by hand); uvloop's create_server accepts in libuv and makes the transport in C. Each mode
-here serves the same minimal protocol (a banner, read until EOF, close) on a loopback port to
-bench/loadgen.py's burst (200 bytes, half-close, 64 in flight), in a fresh interpreter per rep,
-the modes interleaved (A B C, C B A, ...); printed: the server's CPU per connection (user and system
-time from getrusage), medians and all reps. The difference is what create_server would save per
-connection, before what it costs us: it is not used (dynamicserver.py says why). The third mode,
-"direct", is how normal mode serves a connection: the same accept, then the socket served on
-the process's epoll with no loop transport (sockettransport.py).
+Each mode serves the same minimal protocol (a banner, read until EOF, close) on a loopback port
+to bench/loadgen.py's burst (200 bytes, half-close, 64 in flight), in a fresh interpreter per
+rep, the modes interleaved (A B C, C B A, ...); printed: the server's CPU per connection (user
+and system time from getrusage), medians and all reps.
+- "direct" is how normal mode serves a connection now (dynamicserver.py): a reader on the
+  listening socket, socket._accept() in batches, then the socket served on the process's epoll
+  with no loop transport (sockettransport.py).
+- "transport" was the way before it: the same accept, the descriptor handed to uvloop's
+  connect_accepted_socket, whose coroutine is driven by hand (relay modes still take a loop
+  transport, on asyncio's loop).
+- "create_server" is uvloop's own: libuv accepts and makes the transport in C. It is not used
+  (ACCEPT_IN_C in dynamicserver.py says why).
 """
 
 from __future__ import annotations
@@ -32,14 +34,46 @@ from typing import Any
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))
 
-from honeytrap.listener import LISTEN_BACKLOG, UvAccepted  # noqa: E402
+from honeytrap.listener import LISTEN_BACKLOG  # noqa: E402
 from honeytrap.sockettransport import Poller  # noqa: E402
 
-MODES = ("honeytrap", "create_server", "direct")
+MODES = ("transport", "create_server", "direct")
 # As dynamicserver.ACCEPT_BATCH: accepted per wake-up of the listening socket at most.
 ACCEPT_BATCH = 64
 CONCURRENCY = 64
 LOADGEN_DEADLINE = 120.0
+
+
+class UvAccepted:
+    """(How dynamicserver.py handed a connection to uvloop before sockettransport.py.) An
+    accepted connection's descriptor as uvloop's connect_accepted_socket takes it (built
+    like a socket.socket: family, type, proto, fileno): it reads `type` and `family`, opens its
+    own handle on `fileno()`, keeps the object and, once libuv closed the descriptor, calls
+    `close()` on it (a socket.socket it would `detach()`). A socket.socket's Python __init__ and
+    detach() were ~2% of a server process's CPU under load (py-spy); nothing else of a socket is
+    used. close() does nothing: the descriptor is libuv's from the handle's opening, and closing
+    it again here could close a descriptor reused meanwhile. (asyncio's loop uses the socket
+    itself: AcceptedSocket.) As uvloop reads `fileno()` only while connect_accepted_socket sets
+    the handle up (before its first await), one object serves every connection of a listening
+    socket (`reuse`): not one kept per open connection (~50 bytes each, bench/idle.py)."""
+
+    __slots__ = ("family", "_fd")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, family: int, type: int, proto: int, fileno: int) -> None:  # noqa: A002
+        self.family = family
+        self._fd = fileno
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def reuse(self, family: int, type: int, proto: int, fileno: int) -> UvAccepted:  # noqa: A002
+        """This object for the next accepted descriptor (the constructor's arguments)."""
+        self._fd = fileno
+        return self
+
+    def close(self) -> None:
+        pass
 
 
 class Minimal(asyncio.Protocol):
@@ -66,7 +100,8 @@ def itself(protocol: Minimal) -> Callable[[], Minimal]:
 
 
 def accept_in_python(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """DynamicServer's way (its budget, records and limits left out)."""
+    """DynamicServer's way until session 9 (its budget, records and limits left out): our
+    accept, then a uvloop transport per connection."""
     accepted = UvAccepted(sock.family, socket.SOCK_STREAM, 0, -1).reuse
 
     def set_up(setup: Coroutine[Any, Any, object], _: object = None) -> None:
@@ -113,7 +148,7 @@ async def serve(mode: str, count: int) -> dict[str, float]:
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     sock.bind(("::", 0))
     sock.listen(LISTEN_BACKLOG)
-    if mode == "honeytrap":
+    if mode == "transport":
         accept_in_python(loop, sock)
     elif mode == "direct":
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as listener.bind_port

@@ -14,21 +14,22 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 from honeytrap import control, templates
 from honeytrap.addresses import split
-from honeytrap.attack import Attack, Connection
+from honeytrap.attack import Attack
 from honeytrap.config import PortConf
 from honeytrap.deadlines import Entry
 from honeytrap.host import RESOURCE_ERRNOS, Finisher
-from honeytrap.listener import AcceptedSocket, UvAccepted, raw_family, ready_to_accept
+from honeytrap.listener import AcceptedSocket, raw_family, ready_to_accept
 from honeytrap.normal import NormalConnection, UdpServer
 from honeytrap.plugin import ReadEvent
 from honeytrap.relay import RELAY_MODES, RelayConnection
 from honeytrap.session import Closed
 from honeytrap.sockettransport import Poller
+from honeytrap.wire import Endpoints
 
 if TYPE_CHECKING:
     from honeytrap.server import ServerProcess
@@ -119,11 +120,6 @@ class DynamicServer:
         if self.config.bind_address and sock.family in (socket.AF_INET, socket.AF_INET6):
             bound = split(sock.getsockname())
             self._local = bound if bound[0] not in ("", "0.0.0.0", "::") else None
-        # What an accepted descriptor is handed to the loop as (see UvAccepted: on uvloop one
-        # object for every connection, its descriptor set per accept).
-        self._accepted: Callable[[int, int, int, int], AcceptedSocket | UvAccepted] = (
-            UvAccepted(self._family, socket.SOCK_STREAM, 0, -1).reuse
-            if type(self.loop).__module__.startswith("uvloop") else AcceptedSocket)
         # Normal mode's connections are served on the process's epoll (sockettransport.py);
         # mirror and proxy ones on the loop's transports (relay.py needs them).
         self._relays = conf.mode in RELAY_MODES
@@ -226,7 +222,7 @@ class DynamicServer:
         self.process.attack_finished(attack)
         self._closed(conn, attack.attack_connection.remote_addr)
 
-    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+    def normal_closed(self, handler: Finisher, conn: Endpoints, payload: bytes, start: float,
                       end: float, dialogue: str, turns: Sequence[int], sent: bytes,
                       fields: dict[str, Any], notes: Sequence[str]) -> None:
         """A normal-mode TCP connection ended: connection_closed with its attack's figures,
@@ -253,7 +249,7 @@ class DynamicServer:
             self._resume_accepting()
         self._maybe_done()
 
-    def perread(self, conn: Connection, direction: str, data: bytes) -> None:
+    def perread(self, conn: Endpoints, direction: str, data: bytes) -> None:
         registry = self.process.registry
         if registry.hooks["perread"]:
             registry.perread(
@@ -331,7 +327,7 @@ class DynamicServer:
             # The record's address: the string the source's other open connections share.
             remote = (budget.shared(source), remote[1])
             if self._relays:
-                self._start_connection(self._accepted(self._family, socket.SOCK_STREAM, 0, fd),
+                self._start_connection(AcceptedSocket(self._family, socket.SOCK_STREAM, 0, fd),
                                        remote, self._local)
             else:  # served on its socket, without a loop transport (sockettransport.py)
                 self._poller.transport(fd, self._family,
@@ -358,15 +354,15 @@ class DynamicServer:
         self.loop.call_later(self._backoff, self._resume_accepting)
         self._backoff = min(self._backoff * 2, ACCEPT_BACKOFF_MAX)
 
-    def _start_connection(self, sock: AcceptedSocket | UvAccepted, remote: tuple[str, int],
+    def _start_connection(self, sock: AcceptedSocket, remote: tuple[str, int],
                           local: tuple[str, int] | None = None) -> None:
-        """Hand an accepted socket to the loop (mirror and proxy mode). Both loops make it
-        non-blocking themselves (uvloop's uv_tcp_open, asyncio's transport set-up), and
-        SO_OOBINLINE came with it from the listening socket (start): no system call here."""
+        """Hand an accepted socket to the loop (mirror and proxy mode, which run on asyncio's
+        loop: eventloop.py). Its transport set-up makes it non-blocking, and SO_OOBINLINE came
+        with it from the listening socket (start): no system call here."""
         handler = self.handler_factory(remote, local)
         self.starting += 1
         self._set_up(self.loop.connect_accepted_socket(
-            lambda: handler, sock), remote[0])  # type: ignore[arg-type]  # UvAccepted: see it
+            lambda: handler, sock), remote[0])
 
     def _set_up(self, setup: Coroutine[Any, Any, object], source: str, _: object = None) -> None:
         """Run the loop's set-up of a connection (connect_accepted_socket: a coroutine that

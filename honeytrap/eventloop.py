@@ -1,11 +1,12 @@
 """The event loop the server processes run on (`event_loop`): uvloop or plain asyncio.
 
-uvloop's transports are written in C: measured here (bench/), a server process spends ~90 us of
-CPU per connection on it against ~118 us on asyncio's, and the bench's uvloop floor serves a
-connection in ~60 us against the asyncio floor's ~95 us. The connection code is the same on
-both: it only uses the asyncio Protocol/Transport API and loop.add_reader & co., which uvloop
-implements. "auto" takes uvloop when it is installed (a dependency of the package, but an
-install from a distribution may lack it), asyncio otherwise.
+uvloop's loop is written in C. Normal-mode connections no longer take a loop transport each
+(sockettransport.py serves them on the process's own epoll, one reader on the loop; uvloop's C
+transports had cost a server process ~90 us of CPU per connection against ~118 us on asyncio's,
+measured before that, bench/); the loop still runs the readers, the timers and the recorder's
+link. The code is the same on both: it only uses the asyncio Protocol/Transport API and
+loop.add_reader & co., which uvloop implements. "auto" takes uvloop when it is installed (a
+dependency of the package, but an install from a distribution may lack it), asyncio otherwise.
 
 Mirror and proxy mode (relay.py) hand a connection from one protocol object to another and
 pause and resume its reading mid-stream; on uvloop that loses data (tests/test_modes.py fails

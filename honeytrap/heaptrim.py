@@ -20,7 +20,6 @@ Elsewhere than glibc (musl, other systems) there is no malloc_trim: trim() does 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 from collections.abc import Callable
 
@@ -33,8 +32,9 @@ TRIM_INTERVAL = 10.0
 
 def _find() -> Callable[[int], int] | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        function = libc.malloc_trim
+        # The process's own symbols (libc's among them), as outfile.py finds linkat: no
+        # ctypes.util.find_library, which runs ldconfig or a compiler in a subprocess.
+        function = ctypes.CDLL(None, use_errno=True).malloc_trim
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_size_t]

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from honeytrap.attack import Attack, Connection
+    from honeytrap.attack import Attack
     from honeytrap.config import Config, PortConf
     from honeytrap.deadlines import Deadlines
     from honeytrap.dialogue.base import DialogueFactory
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from honeytrap.mirror import MirrorPolicy
     from honeytrap.reflector import ReflectorGuard
     from honeytrap.session import Closed
+    from honeytrap.wire import Endpoints
 
 # accept()/recvmsg() failing for lack of fds or memory: back off, do not crash.
 RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -65,12 +66,12 @@ class Host(Protocol):
 
     def connection_closed(self, conn: Finisher, attack: Attack) -> None: ...
 
-    def normal_closed(self, handler: Finisher, conn: Connection, payload: bytes, start: float,
+    def normal_closed(self, handler: Finisher, conn: Endpoints, payload: bytes, start: float,
                       end: float, dialogue: str, turns: Sequence[int], sent: bytes,
                       fields: dict[str, Any], notes: Sequence[str]) -> None:
         """A normal-mode TCP connection's end: its attack's figures (not an Attack)."""
 
-    def perread(self, conn: Connection, direction: str, data: bytes) -> None: ...
+    def perread(self, conn: Endpoints, direction: str, data: bytes) -> None: ...
 
     def fall_back_to_normal(
         self, old: Finisher, transport: asyncio.Transport, note: str, start: float

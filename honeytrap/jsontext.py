@@ -107,7 +107,26 @@ def iso(timestamp: float) -> str:
 
     The text of `datetime.fromtimestamp(timestamp, tz=UTC)`, built faster: the timestamp is
     split as fromtimestamp splits it (whole seconds and microseconds rounded half to even,
-    CPython's _PyTime_DoubleToDenominator), and each second's text is remembered."""
+    CPython's _PyTime_DoubleToDenominator), and each second's text is remembered.
+
+    A time in the second written last (nearly every one: an attack's start and end, the
+    attacks before it) takes float operators only, no call: its fraction `timestamp - second`
+    is modf's, exactly (Sterbenz: second >= 1); the microseconds' rounding (half to even) can
+    only carry into the next millisecond when the rest past the millisecond is >= 999.5 us
+    (the millisecond's micros are even), left to the general way; dividing by a power of ten
+    below 2**53 is exact."""
+    second, second_text = _last_second
+    fraction = timestamp - second
+    if 0.0 <= fraction < 1.0:
+        micros = fraction * 1e6
+        millis = micros // 1000.0
+        if micros - millis * 1000.0 < 999.5:
+            return second_text + _MILLIS_Z_BY_VALUE[millis]
+    return _iso(timestamp)
+
+
+def _iso(timestamp: float) -> str:
+    global _last_second
     fraction, whole = math.modf(timestamp)
     micros = round(fraction * _MICROS)
     second = int(whole)
@@ -115,9 +134,19 @@ def iso(timestamp: float) -> str:
         second, micros = second + 1, micros - _MICROS
     elif micros < 0:
         second, micros = second - 1, micros + _MICROS
-    return _iso_second(second) + _MILLIS_Z[micros // 1000]
+    second_text = _iso_second(second)
+    if second >= 1:
+        _last_second = (float(second), second_text)  # one store: read whole by any thread
+    return second_text + _MILLIS_Z[micros // 1000]
 
 
 @functools.lru_cache(maxsize=RECENT_SECONDS)
 def _iso_second(second: int) -> str:
     return datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+
+
+# The millisecond's text by its number as an int or a float (an integral float hashes and
+# compares as its int: iso's float operators need no int() call).
+_MILLIS_Z_BY_VALUE = {float(millis): text for millis, text in enumerate(_MILLIS_Z)}
+# The second iso wrote last, and its text (any second >= 1 will do to start with).
+_last_second: tuple[float, str] = (86400.0, _iso_second(86400))

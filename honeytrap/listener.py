@@ -120,34 +120,3 @@ class AcceptedSocket(socket.socket):
     __slots__ = ()
     family = _socket.socket.family  # type: ignore[assignment]
     type = _socket.socket.type  # type: ignore[assignment]
-
-
-class UvAccepted:
-    """An accepted connection's descriptor as uvloop's connect_accepted_socket takes it (built
-    like a socket.socket: family, type, proto, fileno): it reads `type` and `family`, opens its
-    own handle on `fileno()`, keeps the object and, once libuv closed the descriptor, calls
-    `close()` on it (a socket.socket it would `detach()`). A socket.socket's Python __init__ and
-    detach() were ~2% of a server process's CPU under load (py-spy); nothing else of a socket is
-    used. close() does nothing: the descriptor is libuv's from the handle's opening, and closing
-    it again here could close a descriptor reused meanwhile. (asyncio's loop uses the socket
-    itself: AcceptedSocket.) As uvloop reads `fileno()` only while connect_accepted_socket sets
-    the handle up (before its first await), one object serves every connection of a listening
-    socket (`reuse`): not one kept per open connection (~50 bytes each, bench/idle.py)."""
-
-    __slots__ = ("family", "_fd")
-    type = socket.SOCK_STREAM
-
-    def __init__(self, family: int, type: int, proto: int, fileno: int) -> None:  # noqa: A002
-        self.family = family
-        self._fd = fileno
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def reuse(self, family: int, type: int, proto: int, fileno: int) -> UvAccepted:  # noqa: A002
-        """This object for the next accepted descriptor (the constructor's arguments)."""
-        self._fd = fileno
-        return self
-
-    def close(self) -> None:
-        pass

@@ -26,7 +26,6 @@ from honeytrap.attack import (
     Mode,
     Payload,
     jsonable,
-    made_connection,
 )
 from honeytrap.datachannel import FtpData
 from honeytrap.deadlines import Entry
@@ -50,9 +49,6 @@ UDP_BUFFER = 65535
 # in6_pktinfo / in_pktinfo ancillary data for the local address of a datagram.
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 CMSG_SPACE = socket.CMSG_SPACE(32)
-# The payload of an open connection's Connection (the record's own is made when it ends): one
-# for all of them, not an empty Payload each (~70 bytes per open connection).
-NO_PAYLOAD = Payload()
 
 
 _recent_time = float("-inf")
@@ -76,21 +72,22 @@ class NormalConnection(asyncio.Protocol, Finisher):
 
     # One per open connection, most of them idle: no instance dict (bench/idle.py).
     # The loop and the deadlines are the server's (self.server.loop, .deadlines), the deadline's
-    # time its entry's: not three slots more each. Its addresses in slots of its own, the
-    # record's Connection made when first asked for (`conn`: at its first bytes if a perread
-    # hook wants them, else when it ends), not held by every idle connection (~64 bytes each).
+    # time its entry's: not three slots more each. Its addresses in slots of its own: it is
+    # the record's connection itself (wire.Endpoints, with `protocol`), no Connection made for
+    # the frame or the perread hooks (~2 us of a server process's CPU per connection, py-spy).
     __slots__ = ("server", "local_addr", "local_port", "remote_addr", "remote_port", "notes",
-                 "session", "transport", "_conn", "start", "opened", "deadline", "send_at", "data",
+                 "session", "transport", "start", "opened", "deadline", "send_at", "data",
                  "uploaded", "done")
+    protocol = "tcp"
 
     def __init__(self, server: Host, notes: Sequence[str] = (),
                  remote: tuple[str, int] | None = None,
                  local: tuple[str, int] | None = None) -> None:
         self.server = server
         # The peer's address as accept gave it, the one it reached if the server knows it
-        # (None: attach asks the transport).
-        self.remote_addr: str | None = None
-        self.local_addr: str | None = None
+        # ("": attach asks the transport).
+        self.remote_addr = ""
+        self.local_addr = ""
         self.remote_port = self.local_port = 0
         if remote is not None:
             self.remote_addr, self.remote_port = remote
@@ -99,7 +96,6 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self.notes = tuple(notes)  # e.g. why a mirror connection fell back (mostly the one ())
         self.session: NormalSession | None = None
         self.transport: asyncio.Transport | None = None
-        self._conn: Connection | None = None
         self.start = time.time()
         self.opened = _shared_time(server.loop.time())
         # The session's next deadline: an entry in the process's one heap (deadlines.py; its
@@ -119,7 +115,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
         """Take over the connection (from connection_made, or from a relay falling back)."""
         self.transport = transport
         local_addr, port = self.local_addr, self.local_port
-        if local_addr is None:
+        if not local_addr:
             local_addr, port = split_local(transport.get_extra_info("sockname"))
             # The port's own int, not the one getsockname made (above 256 an int of its own per
             # connection, 32 bytes, in the record and the dialogue's context).
@@ -127,7 +123,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
                 port = self.server.port.port
             self.local_addr, self.local_port = local_addr, port
         remote_addr, remote_port = self.remote_addr, self.remote_port
-        if remote_addr is None:
+        if not remote_addr:
             remote_addr, remote_port = split(transport.get_extra_info("peername"))
             self.remote_addr, self.remote_port = remote_addr, remote_port
         config = self.server.config
@@ -142,20 +138,9 @@ class NormalConnection(asyncio.Protocol, Finisher):
         self._apply(self.session.start())
         self._arm()
 
-    @property
-    def conn(self) -> Connection:
-        """The record's connection (attach has set the addresses)."""
-        conn = self._conn
-        if conn is None:
-            assert self.local_addr is not None and self.remote_addr is not None
-            # made_connection: Connection(...) without its frozen __init__ (~1.6 -> ~0.75 us).
-            conn = self._conn = made_connection("tcp", self.local_addr, self.local_port,
-                                                self.remote_addr, self.remote_port, NO_PAYLOAD)
-        return conn
-
     def data_received(self, data: bytes) -> None:
         assert self.session is not None
-        self.server.perread(self.conn, "in", data)
+        self.server.perread(self, "in", data)
         self._apply(self.session.on_data(data, self.server.loop.time()))
         self._arm()
 
@@ -218,7 +203,7 @@ class NormalConnection(asyncio.Protocol, Finisher):
             session = self.session
             uploaded = self.uploaded = bytearray()
             self.data = FtpData(
-                self.conn.local_addr, self.conn.remote_addr,
+                self.local_addr, self.remote_addr,
                 room=lambda: session.read_limit - len(uploaded), sink=uploaded.extend,
                 done=lambda then: self._apply(session.later(then)),
             )
@@ -266,7 +251,6 @@ class NormalConnection(asyncio.Protocol, Finisher):
         assert session is not None
         if session.closed is Closed.OPEN:
             session.abort(Closed.RESET if exc else Closed.EOF)
-        conn = self.conn
         fields = session.record()
         if self.uploaded:
             fields["data_received"] = bytes(self.uploaded)
@@ -275,8 +259,8 @@ class NormalConnection(asyncio.Protocol, Finisher):
             notes = (*notes, *self._limit_notes(session))
         transcript = session.transcript
         # Encoded for the recorder straight from these figures (the frame an Attack of them
-        # would make: wire.encode_normal), not through an Attack.
-        self.server.normal_closed(self, conn, session.payload, self.start, time.time(),
+        # would make: wire.encode_normal), not through an Attack; its ends are this handler's.
+        self.server.normal_closed(self, self, session.payload, self.start, time.time(),
                                   session.dialogue.name, transcript.turns,
                                   bytes(transcript.sent), jsonable(fields), notes)
 

@@ -315,17 +315,23 @@ class LineLog:
             assert self.fd is not None, "write after close"
             batch.add(self._appender, line)
 
+    def lines(self, attacks: Sequence[Attack]) -> list[bytes]:
+        """The lines of the attacks that are not virtual (postproc_batch's); raises if one
+        cannot be made. A subclass may make them in a way of its own (the same bytes)."""
+        line = self.line
+        return [line(attack) for attack in attacks if not attack.is_virtual]
+
     def postproc_batch(self, attacks: Sequence[Attack]) -> None:
         """postproc for a batch (hooks.PostProcBatch: the pipeline calls this instead): the
         lines of its attacks that are not virtual, held in the write batch. An attack whose
         line cannot be made costs its own line only: the others are held, then the first error
         is raised (the pipeline logs and counts it)."""
-        line = self.line
         error: Exception | None = None
         try:
-            lines = [line(attack) for attack in attacks if not attack.is_virtual]
+            lines = self.lines(attacks)
         except Exception:
             lines = []
+            line = self.line
             for attack in attacks:
                 if not attack.is_virtual:
                     try:
@@ -338,7 +344,8 @@ class LineLog:
                 self._append(b"".join(lines))
             else:
                 assert self.fd is not None, "write after close"
-                batch.add_all(self._appender, lines)  # one record a line, as postproc's
+                # One record a line, as postproc's (a stalled output counts lines lost).
+                batch.add_all(self._appender, lines)
         if error is not None:
             raise error
 

@@ -362,9 +362,16 @@ class Pipeline:
         with writebatch.running(batch):
             while True:
                 with worker.lock:
-                    if not worker.todo:
+                    todo = worker.todo
+                    # Jobs with no per-attack step (every hook a batch hook: the default
+                    # outputs) wait for the batch hooks at once, not one lock each.
+                    while todo and not todo[0].steps:
+                        job = todo.popleft()
+                        (worker.ran if tail_steps and not job.followup else worker.done).append(
+                            job)
+                    if not todo:
                         break
-                    job = worker.todo.popleft()
+                    job = todo.popleft()
                 if not self._run(worker, job):
                     return False
                 with worker.lock:  # a follow-up's job: its FOLLOWUP hooks were all it had

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from honeytrap import control, eventloop, forked, privileges, proctitle, templates, wire
-from honeytrap.attack import Attack, Connection, new_id
+from honeytrap.attack import Attack, new_id
 from honeytrap.budget import SourceBudget
 from honeytrap.config import Config, PortConf
 from honeytrap.deadlines import Deadlines
@@ -309,7 +309,7 @@ class ServerProcess:
             log.exception("attack %s cannot be handed to the recorder", attack.id)
         self.stats_changed()
 
-    def normal_finished(self, conn: Connection, payload: bytes, start: float, end: float,
+    def normal_finished(self, conn: wire.Endpoints, payload: bytes, start: float, end: float,
                         dialogue: str, turns: Sequence[int], sent: bytes,
                         fields: dict[str, Any], notes: Sequence[str]) -> None:
         """A normal-mode TCP attack, as attack_finished takes the Attack of one, encoded

@@ -52,6 +52,9 @@ class Poller:
         self.loop = loop
         self.epoll = select.epoll()
         self.transports: dict[int, SocketTransport] = {}
+        # Connections closed since the loop's last pass, their connection_lost due (with its
+        # exception): one loop callback for them all, not a handle each.
+        self._lost: list[tuple[SocketTransport, Exception | None]] = []
         loop.add_reader(self.epoll.fileno(), self._ready)
 
     def transport(self, fd: int, family: int, protocol: asyncio.Protocol) -> SocketTransport:
@@ -68,6 +71,22 @@ class Poller:
     def close(self) -> None:
         self.loop.remove_reader(self.epoll.fileno())
         self.epoll.close()
+
+    def lost(self, transport: SocketTransport, exc: Exception | None) -> None:
+        """Call transport's connection_lost(exc) from the loop, soon."""
+        if not self._lost:
+            self.loop.call_soon(self._call_lost)
+        self._lost.append((transport, exc))
+
+    def _call_lost(self) -> None:
+        lost, self._lost = self._lost, []
+        for transport, exc in lost:
+            try:
+                transport._connection_lost(exc)
+            except Exception as failure:  # noqa: BLE001 - as the loop does with a callback
+                self.loop.call_exception_handler(
+                    {"message": "protocol.connection_lost() failed", "exception": failure,
+                     "transport": transport})
 
     def _ready(self) -> None:
         transports = self.transports
@@ -218,7 +237,7 @@ class SocketTransport:
         self._buffer = None
         self._poller.transports.pop(self._fd, None)
         self._sock.close()  # out of the epoll with it
-        self._poller.loop.call_soon(self._connection_lost, exc)
+        self._poller.lost(self, exc)
 
     def _connection_lost(self, exc: Exception | None) -> None:
         protocol, self._protocol = self._protocol, None  # no cycle left with the protocol

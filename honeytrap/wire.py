@@ -46,7 +46,7 @@ import io
 import json
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from .attack import (
     Attack,
@@ -128,6 +128,22 @@ FIELDS_REMEMBERED = 64
 FIELDS_REMEMBERED_BYTES = 256
 
 
+class Endpoints(Protocol):
+    """A connection's two ends as a frame carries them: an attack.Connection, or a normal-mode
+    TCP connection's handler itself (normal.py: no Connection made for its record)."""
+
+    @property
+    def protocol(self) -> str: ...
+    @property
+    def local_addr(self) -> str: ...
+    @property
+    def local_port(self) -> int: ...
+    @property
+    def remote_addr(self) -> str: ...
+    @property
+    def remote_port(self) -> int: ...
+
+
 class WireError(ValueError):
     """A malformed frame or record (the message says what), or an attack that cannot be encoded
     faithfully."""
@@ -190,26 +206,64 @@ def _encode_attack(seq: int, attack: Attack, max_frame: int) -> bytes:
                   conn, conn.payload.data, extra, tuple(attack.notes), max_frame)
 
 
-def encode_normal(seq: int, ident: str, conn: Connection, payload: bytes, start: float,
+def encode_normal(seq: int, ident: str, conn: Endpoints, payload: bytes, start: float,
                   end: float, dialogue: str, turns: Sequence[int], sent: bytes,
                   fields: dict[str, Any], notes: Sequence[str], *,
                   max_frame: int = MAX_FRAME) -> bytes:
-    """The frame encode_attack makes of a normal-mode attack with this id, connection (its own
-    payload ignored: `payload`), times, dialogue record (protocol, turns, sent, fields) and
+    """The frame encode_attack makes of a normal-mode attack with this id, connection's ends
+    (with `payload`), times, dialogue record (protocol, turns, sent, fields) and
     notes, byte for byte, without the Attack, its Connection, Payloads and DialogueRecord made
     first (a server process finishes one per connection: ~4 us of its CPU, measured). The
     same WireError for what the frame cannot carry."""
     try:
-        extra = _dialogue_parts(dialogue, turns, sent, fields)
-        return _frame(seq, ident, _NORMAL, _FLAG_DIALOGUE, start, end, conn, payload, extra,
-                      notes, max_frame)
+        if notes or not (0.0 <= start <= MAX_TIME and 0.0 <= end <= MAX_TIME):
+            # Notes, and the refusal of bad times (said in _frame's order of checks).
+            extra = _dialogue_parts(dialogue, turns, sent, fields)
+            return _frame(seq, ident, _NORMAL, _FLAG_DIALOGUE, start, end, conn, payload,
+                          extra, notes, max_frame)
+        return _normal_frame(seq, ident, conn, payload, start, end, dialogue, turns, sent,
+                             fields, max_frame)
     except UnicodeEncodeError as exc:
         raise WireError(f"attack {ident!r}: a string is not {exc.encoding}: "
                         f"{exc.reason}") from exc
 
 
+def _normal_frame(seq: int, ident: str, conn: Endpoints, payload: bytes, start: float,
+                  end: float, dialogue: str, turns: Sequence[int], sent: bytes,
+                  fields: dict[str, Any], max_frame: int) -> bytes:
+    """_frame(..., _dialogue_parts(...), no notes) in one piece, the same checks in the same
+    order (most connections' frame: ~1 us less than building it in parts, timeit)."""
+    name = dialogue.encode("ascii")
+    try:
+        text = _FIELDS_JSON(fields).encode()
+        count = len(turns)
+        packed = (_TURNS[count].pack(*turns) if count <= SMALL_TURNS
+                  else struct.pack(f"<{count}q", *turns))
+    except (TypeError, ValueError, struct.error) as exc:
+        raise WireError(f"dialogue record not encodable: {exc}") from exc
+    ident_bytes = ident.encode()
+    protocol = conn.protocol.encode("ascii")
+    local = conn.local_addr.encode("ascii")
+    remote = conn.remote_addr.encode("ascii")
+    length = (_ATTACK_BODY.size + len(ident_bytes) + len(protocol) + len(local) + len(remote)
+              + len(payload) + _DIALOGUE.size + len(name) + len(packed) + len(sent) + len(text))
+    if length > max_frame:
+        raise WireError(f"attack {ident!r}: frame body of {length} bytes is over the "
+                        f"limit of {max_frame}")
+    try:
+        head = _ATTACK_FRAME.pack(
+            length, _TYPE_ATTACK, seq, _NORMAL, _FLAG_DIALOGUE, start, end, len(ident_bytes), 0,
+            len(protocol), len(local), len(remote), len(payload), conn.local_port,
+            conn.remote_port)
+    except struct.error as exc:
+        raise WireError(f"attack {ident!r}: {_unencodable(seq, conn)}") from exc
+    return b"".join((head, ident_bytes, protocol, local, remote, payload,
+                     _DIALOGUE.pack(len(name), len(sent), len(text), count), name, packed, sent,
+                     text))
+
+
 def _frame(seq: int, ident: str, mode: int, flags: int, start: float, end: float,
-           conn: Connection, payload: bytes, extra: tuple[bytes, ...], notes: Sequence[str],
+           conn: Endpoints, payload: bytes, extra: tuple[bytes, ...], notes: Sequence[str],
            max_frame: int) -> bytes:
     """The frame: fixed fields, the attack connection (with `payload`), `extra` (the proxy
     connection's and the dialogue record's parts, as flags say), the notes."""
@@ -266,7 +320,7 @@ def _dialogue_parts(name: str, turns: Sequence[int], sent: bytes,
     return fixed, protocol, packed, sent, text
 
 
-def _unencodable(seq: int, conn: Connection) -> str:
+def _unencodable(seq: int, conn: Endpoints) -> str:
     """Which field made struct refuse (the slow path, for the message only)."""
     if not 0 <= seq < 1 << 64:
         return f"sequence number {seq!r} is not a u64"

@@ -78,16 +78,44 @@ class SaveFile:
             attack.set_analysis("SaveFile", result)
 
     def savedata_batch(self, attacks: Sequence[Attack]) -> None:
-        """savedata for a batch (hooks.SaveDataBatch: the pipeline calls this instead). An
-        attack that raises costs its own files only; the first error is raised once every
-        attack was tried (the pipeline logs and counts it)."""
+        """savedata for a batch (hooks.SaveDataBatch: the pipeline calls this instead): the
+        usual attack (no downloads, its own bytes) made here, its file held with the batch's
+        others in one call to the write batch, in the attacks' order. An attack that raises
+        costs its own files only; the first error is raised once every attack was tried (the
+        pipeline logs and counts it)."""
+        batch = writebatch.current()
         savedata = self.savedata
         error: Exception | None = None
+        if batch is None:  # a direct caller: each written at once
+            for attack in attacks:
+                try:
+                    savedata(attack)
+                except Exception as exc:
+                    error = error or exc
+            if error is not None:
+                raise error
+            return
+        assert self.attacks_fd is not None, "savedata after close"
+        files: list[_AttackFile] = []
+        dir_fd, log, directory = self.attacks_fd, self.log, self.attacks_path
         for attack in attacks:
             try:
-                savedata(attack)
+                if attack.downloads:
+                    if files:  # held first: the files stay in the attacks' order
+                        batch.add_all(self._creator, files)
+                        files = []
+                    savedata(attack)
+                    continue
+                data = attack.attack_connection.payload.data
+                if attack.is_virtual or not data:
+                    continue
+                write = _AttackFile(dir_fd, attack_file_name(attack), data, log)
+                files.append(write)
+                attack.set_analysis("SaveFile", {"attack_file": f"{directory}/{write.name}"})
             except Exception as exc:
                 error = error or exc
+        if files:
+            batch.add_all(self._creator, files)
         if error is not None:
             raise error
 

@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import math
 import socket
+from collections.abc import Sequence
 
 from honeytrap import outfile
 from honeytrap.attack import Attack, Mode
@@ -32,6 +33,11 @@ class LogAttacker(outfile.LineLog):
     def line(self, attack: Attack) -> bytes:
         return format_line(attack).encode("ascii")
 
+    def lines(self, attacks: Sequence[Attack]) -> list[bytes]:
+        """A batch's lines (postproc_batch), made here rather than by a line() call each."""
+        return [format_line(attack).encode("ascii") for attack in attacks
+                if not attack.is_virtual]
+
 
 def format_line(attack: Attack) -> str:
     conn = attack.attack_connection
@@ -40,10 +46,10 @@ def format_line(attack: Attack) -> str:
     protocol = conn.protocol
     when = attack.start_time
     remote, remote_port = _host_text(conn.remote_addr), conn.remote_port
-    # _timestamp's and _endpoint's texts made here, not through their calls (one line per
-    # attack); the hashes are made here first (logJSON reads them after).
+    # _endpoint's text made here, not through its call (one line per attack); the hashes are
+    # made here first (logJSON reads them after).
     return (
-        f"[{_second(math.floor(when))}{_DOT_MILLIS[int(when * 1000) % 1000]} GMT] "
+        f"[{_timestamp(when)} GMT] "
         f"{_MODE_WORDS[attack.mode._value_]} "
         f"{protocol if protocol in _PROTOCOLS else _word(protocol)} "
         f"{remote}:{remote_port if type(remote_port) is int else int(remote_port)} -> "
@@ -68,11 +74,31 @@ def _downloads(count: int) -> str:
 
 _DOWNLOADS = tuple(_downloads(count) for count in range(_COUNTS_MADE))
 _DOT_MILLIS = tuple(f".{millis:03d}" for millis in range(1000))
+# By the number as an int or an integral float (which hashes and compares as its int).
+_DOT_MILLIS_BY_VALUE = {float(millis): text for millis, text in enumerate(_DOT_MILLIS)}
+# The second _timestamp wrote last, and its text (any second will do to start with).
+_last_second: tuple[float, str] = (0.0, _second(0))
 
 
 def _timestamp(when: float) -> str:
-    millis = int(when * 1000) % 1000
-    return _second(math.floor(when)) + _DOT_MILLIS[millis]
+    """`time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(when))` and the milliseconds
+    `int(when * 1000) % 1000`. A time in the second written last (nearly every one) takes
+    float operators only, no call: its second's text is known, and for when * 1000 below
+    2**53 (every second strftime writes) flooring and the remainder are exact (seconds >= 0:
+    where int() truncates as floor does)."""
+    second, second_text = _last_second
+    if second <= when < second + 1.0:
+        return second_text + _DOT_MILLIS_BY_VALUE[when * 1000.0 // 1.0 % 1000.0]
+    return _any_timestamp(when)
+
+
+def _any_timestamp(when: float) -> str:
+    global _last_second
+    whole = math.floor(when)  # as time.gmtime rounds a float: toward minus infinity
+    second_text = _second(whole)
+    if whole >= 0:  # (int() below truncates toward zero: the floor for these only)
+        _last_second = (float(whole), second_text)  # one store: read whole by any thread
+    return second_text + _DOT_MILLIS[int(when * 1000) % 1000]
 
 
 def _endpoint(addr: str, port: int) -> str:

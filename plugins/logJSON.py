@@ -18,6 +18,7 @@ they end having found something, a follow-up line with the same `id` and `sensor
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from honeytrap import outfile
 from honeytrap.attack import Attack, extra_text
@@ -39,6 +40,13 @@ class LogJSON(outfile.LineLog):
         # The text of _ENCODER.encode({**attack.to_json(), "sensor_id": ...}), built directly
         # (attack.to_json_text's, with its end made once).
         return (attack.json_text_open(self.inline_samples) + self._line_end).encode("utf-8")
+
+    def lines(self, attacks: Sequence[Attack]) -> list[bytes]:
+        """A batch's lines (postproc_batch), made here rather than by a line() call each."""
+        inline = self.inline_samples
+        end = self._line_end
+        return [(attack.json_text_open(inline) + end).encode("utf-8") for attack in attacks
+                if not attack.is_virtual]
 
     def followup(self, attack: Attack) -> None:
         """The downloads found after the attack's line was written: a follow-up line."""

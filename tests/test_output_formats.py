@@ -78,6 +78,27 @@ def test_iso_is_the_datetime_text_for_times_in_a_row(times: list[float]) -> None
     assert [iso(t) for t in times] == [plain_iso(t) for t in times]
 
 
+# Fractions of a second where the rounding to the microsecond carries (or nearly) into the
+# next millisecond or second: iso's quick way (a time in the second written last) must agree.
+CARRY_FRACTIONS = [0.0, 0.0004995, 0.0009995, 0.00099949, 0.0009994999, 0.0015, 0.1235, 0.4995,
+                   0.5, 0.9989995, 0.9994999, 0.9995, 0.99949999, 0.9999995, 0.99999949,
+                   0.9999999999]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.integers(1, 253402300798), st.floats(0, 1, exclude_max=True)
+       | st.sampled_from(CARRY_FRACTIONS), st.integers(0, 999).map(lambda n: n / 1000))
+def test_iso_of_a_time_in_the_second_written_last_is_the_datetime_text(
+    second: int, fraction: float, other: float,
+) -> None:
+    """iso's quick way for a time in the second it wrote last: after any time of that
+    second, then after the whole second itself (an int too)."""
+    for primer in (second + other, second, float(second)):
+        assert iso(primer) == plain_iso(primer)
+        for when in (second + fraction, float(second), second):
+            assert iso(when) == plain_iso(when), (primer, when)
+
+
 def test_iso_rounds_to_the_microsecond_before_it_cuts_to_the_millisecond() -> None:
     """As datetime: .9999995 is the next second, not .999 of this one."""
     assert iso(0.9999995) == "1970-01-01T00:00:01.000Z"
@@ -108,6 +129,20 @@ def test_logattacker_time_is_the_strftime_text_for_any_time(when: float) -> None
 @given(NEARBY_TIMES)
 def test_logattacker_time_is_the_strftime_text_for_times_in_a_row(times: list[float]) -> None:
     assert [LOGATTACKER._timestamp(t) for t in times] == [plain_timestamp(t) for t in times]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.integers(-2, 253402300798), st.floats(0, 1, exclude_max=True)
+       | st.sampled_from(CARRY_FRACTIONS + [0.001, 0.0009999999, 0.999, 0.9989999999]),
+       st.integers(0, 999).map(lambda n: n / 1000))
+def test_logattacker_time_in_the_second_written_last_is_the_strftime_text(
+    second: int, fraction: float, other: float,
+) -> None:
+    """_timestamp's quick way for a time in the second it wrote last (negative ones: never)."""
+    for primer in (second + other, second, float(second)):
+        assert LOGATTACKER._timestamp(primer) == plain_timestamp(primer)
+        for when in (second + fraction, float(second), second, second - fraction):
+            assert LOGATTACKER._timestamp(when) == plain_timestamp(when), (primer, when)
 
 
 @settings(max_examples=1000, deadline=None)

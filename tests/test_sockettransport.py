@@ -228,3 +228,34 @@ def test_writes_after_close_are_dropped() -> None:
         poller.close()
 
     run(body)
+
+
+def test_a_failing_connection_lost_is_reported_and_the_others_still_run() -> None:
+    """Connections closed in one loop pass get connection_lost in one callback: one failing
+    does not keep it from the others."""
+
+    class Failing(Recording):
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            raise RuntimeError("a bug")
+
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        reported: list[dict[str, Any]] = []
+        loop.set_exception_handler(lambda _loop, context: reported.append(context))
+        poller = Poller(loop)
+        listener, first_client = pair()
+        second_client = socket.create_connection(listener.getsockname())
+        with listener, first_client, second_client:
+            first, second = Failing(loop), Recording(loop)
+            transports = []
+            for protocol in (first, second):
+                fd, _ = await accepted(listener)
+                transports.append(poller.transport(fd, socket.AF_INET, protocol))
+            for transport in transports:
+                transport.close()
+            await asyncio.wait_for(asyncio.gather(first.lost, second.lost), WAIT)
+            assert [c["transport"] for c in reported] == [transports[0]]
+        poller.close()
+
+    run(body)

@@ -552,3 +552,27 @@ def test_mutated_attack_frame_gives_message_or_wire_error(attack: Attack,
         frame[at] = data.draw(st.integers(0, 255))
     cut = data.draw(st.integers(0, len(frame)))
     feed_hostile(FrameReader(), [bytes(frame[:cut]), bytes(frame[cut:])])
+
+
+def test_normal_attack_encoder_without_notes_refuses_the_same() -> None:
+    """Most normal-mode frames have no notes: their one-piece encoding (_normal_frame) refuses
+    what the general one does, with the same messages."""
+
+    def normal(connection: Connection | None = None, start: float = 1.0, name: str = "raw",
+               fields: dict[str, Any] | None = None, max_frame: int = MAX_FRAME) -> bytes:
+        return encode_normal(1, "id", connection or conn(), b"x" * 500, start, start, name,
+                             [500], b"", {} if fields is None else fields, [],
+                             max_frame=max_frame)
+
+    with pytest.raises(WireError, match="times"):
+        normal(start=math.inf)
+    with pytest.raises(WireError, match="not ascii"):
+        normal(conn(remote="198.18.0.ü"))
+    with pytest.raises(WireError, match="not ascii"):
+        normal(name="rāw")
+    with pytest.raises(WireError, match="not encodable"):
+        normal(fields={"x": math.nan})
+    with pytest.raises(WireError, match="70000 is not in 0..65535"):
+        normal(conn(lport=70000))
+    with pytest.raises(WireError, match="over the limit of 500"):
+        normal(max_frame=500)

@@ -26,7 +26,9 @@ class RawDialogue:
     def __init__(self, template: bytes, ctx: Context, template_repeat: int = 10) -> None:
         self.template = template
         self.template_repeat = template_repeat
-        self.quiet = ctx.rng.uniform(*QUIET_SECONDS)
+        # rng.uniform(*QUIET_SECONDS), its formula without its call (once per connection)
+        low, high = QUIET_SECONDS
+        self.quiet = low + (high - low) * ctx.rng.random()
         self.sent = 0
         self.turn_pending = True  # nothing answered since the start or the last data
 
