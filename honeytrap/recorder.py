@@ -129,6 +129,7 @@ class RecorderSpec:
 def recorder_main(spec: RecorderSpec) -> int:
     """Runs in the forked recorder; returns the exit status."""
     forked.leave_master(spec.close_in_child, proctitle.RECORDER)
+    heaptrim.limit_arenas(heaptrim.RECORDER_ARENAS)  # before its first thread (heaptrim.py)
     privileges.drop(spec.identity)
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     spec.registry.after_fork()

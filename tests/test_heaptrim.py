@@ -40,3 +40,43 @@ def test_trim_returns_the_free_middle_of_the_heap() -> None:
     assert figures["released"] is True
     # free() left (nearly) all of it resident; the trim gave back at least 90% of it
     assert figures["freed"] - figures["trimmed"] >= 0.9 * HEAP, figures
+
+
+# In the child: THREADS threads each allocating from malloc (blocks past pymalloc's 512 bytes)
+# and holding it until all have, then glibc's own count of its arenas (malloc_stats, on stderr).
+THREADS_CHILD = """
+import sys, threading
+from honeytrap import heaptrim
+THREADS = int(sys.argv[2])
+if sys.argv[1] == "limited":
+    assert heaptrim.limit_arenas(heaptrim.RECORDER_ARENAS)
+barrier = threading.Barrier(THREADS + 1)
+def work():
+    kept = [b"x" * 4096 for _ in range(64)]
+    barrier.wait()
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(THREADS)]
+for thread in threads:
+    thread.start()
+barrier.wait()
+import ctypes
+ctypes.CDLL(None).malloc_stats()
+barrier.wait()
+for thread in threads:
+    thread.join()
+"""
+THREADS = 8
+
+
+def arenas(mode: str) -> int:
+    err = subprocess.run([sys.executable, "-c", THREADS_CHILD, mode, str(THREADS)],
+                         capture_output=True, text=True,
+                         check=True, timeout=60).stderr
+    return err.count("Arena ")
+
+
+@pytest.mark.skipif(not heaptrim.available(), reason="no malloc_trim: not glibc")
+def test_limited_arenas_are_shared_by_threads_started_later() -> None:
+    unlimited, limited = arenas("unlimited"), arenas("limited")
+    assert unlimited > heaptrim.RECORDER_ARENAS  # threads get arenas of their own by default
+    assert limited == heaptrim.RECORDER_ARENAS, (unlimited, limited)
