@@ -114,6 +114,13 @@ def _completed(reps: list[dict[str, Any]], target: str) -> float:
                for name in (target, target + AFTER) if name in rep)
 
 
+def _unserved(reps: list[dict[str, Any]], target: str) -> tuple[int, int]:
+    """A target's connections timed out and failed, over every rep (both of a floor's bursts)."""
+    bursts = [rep[key] for rep in reps for key in (target, target + AFTER) if key in rep]
+    return (sum(int(b.get("timeout", 0)) for b in bursts),
+            sum(int(b.get("failed", 0)) for b in bursts))
+
+
 def _drift(reps: list[dict[str, Any]], loop: str) -> list[float]:
     """The floor's rate after honeytrap against before it, in each sweep rep: how much the
     machine moved within a rep (the ratio's own noise)."""
@@ -177,6 +184,16 @@ def rows(label: str, fresh_ports: bool = False) -> Any:
             f"{completed['honeytrap']:.0f} / {written['json']}, {written['log']}, "
             f"{written['files']}",
             target=verdict(recorded, "equal"),
+        ))
+        # Every connection answered: one that timed out or failed is an attacker turned away
+        # (and none of it recorded), whatever the rates and records say.
+        lost = {t: _unserved(reps, t) for t in (*FLOORS, "honeytrap")}
+        served = lost["honeytrap"] == (0, 0)
+        met[f"all served {label}"] = served
+        out.append(row(
+            f"connections timed out (30 s) / failed, {label}",
+            *(f"{lost[t][0]} / {lost[t][1]}" for t in (*FLOORS, "honeytrap")),
+            target=verdict(served, "0 / 0"),
         ))
         if len(outputs) == 1 and len(reps) > 1:  # one daemon for every rep: memory per rep
             pss = [rep["honeytrap"]["pss_kib"] / 1024 for rep in reps]

@@ -56,8 +56,8 @@ def quick(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Pat
 def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Path],
                                                 phase: str) -> None:
     """In every rep, honeytrap and both floors completed connections (the sweep's floors on
-    both sides of honeytrap, twice the reps); honeytrap's three outputs hold one record per
-    connection completed over all the reps."""
+    both sides of honeytrap, twice the reps), none of honeytrap's timed out or failed; its three
+    outputs hold one record per connection completed over all the reps."""
     figures = quick[0]["results"][phase]
     reps = figures["reps"]
     bursts = ("asyncio", "uvloop") + (("asyncio_after", "uvloop_after") if phase == "sweep" else ())
@@ -69,6 +69,8 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
         assert {"honeytrap", *bursts} <= set(rep)
         assert phase == "sweep" or not [name for name in rep if name.endswith("_after")]
         assert rep["honeytrap"]["records_wait"] >= 0  # the recorder caught up after each
+        # every connection answered: none timed out, none failed (an attacker turned away)
+        assert (rep["honeytrap"]["timeout"], rep["honeytrap"]["failed"]) == (0, 0), rep
     completed = sum(rep["honeytrap"]["completed"] for rep in reps)
     outputs = {k: sum(o[k] for o in figures["honeytrap_outputs"]) for k in ("json", "log", "files")}
     assert outputs == {"json": completed, "log": completed, "files": completed}
