@@ -324,34 +324,32 @@ class PortTable:
     # --- messages from a server process ------------------------------------------------------
 
     def busy(self, pid: int, *keys: Key) -> None:
-        """`keys` of process `pid` went busy (one report: one clock reading for all)."""
-        process = self.processes.get(pid)
-        if process is None:
-            return
-        now, ports, idle = self.clock(), process.ports, self.idle
-        for key in keys:
-            port = ports.get(key)
-            if port is not None:
-                port.busy = True
-                port.last_used = now
-                idle.pop(key, None)
+        """`keys` of process `pid` went busy (one report)."""
+        self._used(pid, keys, True)
 
     def idle_again(self, pid: int, *keys: Key) -> None:
-        """`keys` of process `pid` are idle again, in their order of use (a sweep's report names
-        every port of the process: a lookup of the process and a clock reading per port were
-        half of the table's cost per key)."""
+        """`keys` of process `pid` are idle again, in their order of use."""
+        self._used(pid, keys, False)
+
+    def _used(self, pid: int, keys: tuple[Key, ...], busy: bool) -> None:
+        """One report's keys: one lookup of the process and one clock reading for all (a
+        sweep's report names every port of the process: per port, they were half of the
+        table's cost per key)."""
         process = self.processes.get(pid)
         if process is None:
             return
         now, ports, idle = self.clock(), process.ports, self.idle
         for key in keys:
             port = ports.get(key)
-            if port is not None:
-                port.busy = False
-                port.last_used = now
-                if not port.stopping:
-                    idle[key] = port
-                    idle.move_to_end(key)
+            if port is None:
+                continue
+            port.busy = busy
+            port.last_used = now
+            if busy:
+                idle.pop(key, None)
+            elif not port.stopping:
+                idle[key] = port
+                idle.move_to_end(key)
 
     def expire(self, pid: int, key: Key) -> list[Action]:
         """The port was idle for the listen timeout: stop it (unless it is busy again)."""
