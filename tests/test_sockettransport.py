@@ -7,9 +7,10 @@ protocol sets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from honeytrap import eventloop
@@ -75,6 +76,20 @@ def pair() -> tuple[socket.socket, socket.socket]:
     return listener, client
 
 
+@contextlib.asynccontextmanager
+async def connection() -> AsyncIterator[tuple[Poller, socket.socket, socket.socket, int]]:
+    """A poller, a listening socket made as the master makes one, a client connected to it and
+    the descriptor accepted for it; all closed at the end, also when the test fails."""
+    poller = Poller(asyncio.get_running_loop())
+    listener, client = pair()
+    try:
+        with listener, client:
+            fd, _ = await accepted(listener)
+            yield poller, listener, client, fd
+    finally:
+        poller.close()
+
+
 def data_of(calls: list[tuple[str, Any]]) -> bytes:
     return b"".join(arg for name, arg in calls if name == "data")
 
@@ -82,10 +97,7 @@ def data_of(calls: list[tuple[str, Any]]) -> bytes:
 def test_data_then_eof_then_lost_once_and_the_socket_closed() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(loop)
-        listener, client = pair()
-        with listener, client:
-            fd, addr = await accepted(listener)
+        async with connection() as (poller, listener, client, fd):
             protocol = Recording(loop)
             transport = poller.transport(fd, socket.AF_INET, protocol)
             assert protocol.calls == [("made", None)]
@@ -102,7 +114,6 @@ def test_data_then_eof_then_lost_once_and_the_socket_closed() -> None:
                 "made", "eof", "lost"]
             assert client.recv(10) == b""  # closed by the transport
             assert fd not in poller.transports
-        poller.close()
 
     run(body)
 
@@ -118,10 +129,7 @@ def test_what_the_socket_cannot_take_is_sent_before_the_close() -> None:
 
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(loop)
-        listener, client = pair()
-        with listener, client:
-            fd, _ = await accepted(listener)
+        async with connection() as (poller, listener, client, fd):
             protocol = Recording(loop, answer)
             poller.transport(fd, socket.AF_INET, protocol)
             client.sendall(b"go")
@@ -140,7 +148,6 @@ def test_what_the_socket_cannot_take_is_sent_before_the_close() -> None:
                 received += chunk
             assert received == reply
             assert await asyncio.wait_for(protocol.lost, WAIT) is None
-        poller.close()
 
     run(body)
 
@@ -167,10 +174,7 @@ def test_a_reset_closes_with_the_exception() -> None:
 def test_urgent_data_and_the_fin_are_read_in_order() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(loop)
-        listener, client = pair()
-        with listener, client:
-            fd, _ = await accepted(listener)
+        async with connection() as (poller, listener, client, fd):
             protocol = Recording(loop)
             client.sendall(b"ab")
             client.send(b"!", socket.MSG_OOB)  # inline (SO_OOBINLINE from the listener)
@@ -179,7 +183,6 @@ def test_urgent_data_and_the_fin_are_read_in_order() -> None:
             poller.transport(fd, socket.AF_INET, protocol)
             assert await asyncio.wait_for(protocol.lost, WAIT) is None
             assert data_of(protocol.calls) == b"ab!cd"
-        poller.close()
 
     run(body)
 
@@ -192,10 +195,7 @@ def test_a_failing_protocol_is_reported_and_closed() -> None:
         loop = asyncio.get_running_loop()
         reported: list[dict[str, Any]] = []
         loop.set_exception_handler(lambda _loop, context: reported.append(context))
-        poller = Poller(loop)
-        listener, client = pair()
-        with listener, client:
-            fd, _ = await accepted(listener)
+        async with connection() as (poller, listener, client, fd):
             protocol = Recording(loop, fail)
             transport = poller.transport(fd, socket.AF_INET, protocol)
             client.sendall(b"x")
@@ -203,7 +203,6 @@ def test_a_failing_protocol_is_reported_and_closed() -> None:
             assert isinstance(exc, RuntimeError)
             assert [c["transport"] for c in reported] == [transport]
             assert client.recv(10) == b""
-        poller.close()
 
     run(body)
 
@@ -211,10 +210,7 @@ def test_a_failing_protocol_is_reported_and_closed() -> None:
 def test_writes_after_close_are_dropped() -> None:
     async def body() -> None:
         loop = asyncio.get_running_loop()
-        poller = Poller(loop)
-        listener, client = pair()
-        with listener, client:
-            fd, _ = await accepted(listener)
+        async with connection() as (poller, listener, client, fd):
             protocol = Recording(loop)
             transport: SocketTransport = poller.transport(fd, socket.AF_INET, protocol)
             transport.write(b"one")
@@ -225,7 +221,6 @@ def test_writes_after_close_are_dropped() -> None:
             assert client.recv(10) == b"one"
             assert client.recv(10) == b""
             assert [name for name, _ in protocol.calls] == ["made", "lost"]
-        poller.close()
 
     run(body)
 
