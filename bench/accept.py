@@ -99,9 +99,25 @@ def itself(protocol: Minimal) -> Callable[[], Minimal]:
     return lambda: protocol
 
 
+def accept_batches(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                   serve: Callable[[int], None]) -> None:
+    """dynamicserver.py's accept (its budget, records and limits left out): a reader on the
+    listening socket taking up to ACCEPT_BATCH descriptors a wake-up, each handed to `serve`."""
+
+    def batch() -> None:
+        for _ in range(ACCEPT_BATCH):
+            try:
+                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # as dynamicserver.py
+            except BlockingIOError:
+                return
+            serve(fd)
+
+    loop.add_reader(sock.fileno(), batch)
+
+
 def accept_in_python(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """DynamicServer's way until session 9 (its budget, records and limits left out): our
-    accept, then a uvloop transport per connection."""
+    """DynamicServer's way until session 9: our accept, then a uvloop transport per
+    connection."""
     accepted = UvAccepted(sock.family, socket.SOCK_STREAM, 0, -1).reuse
 
     def set_up(setup: Coroutine[Any, Any, object], _: object = None) -> None:
@@ -111,33 +127,22 @@ def accept_in_python(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> No
             return
         waiter.add_done_callback(functools.partial(set_up, setup))
 
-    def batch() -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # as dynamicserver.py
-            except BlockingIOError:
-                return
-            handler = Minimal()
-            transport_socket: Any = accepted(sock.family, socket.SOCK_STREAM, 0, fd)
-            set_up(loop.connect_accepted_socket(itself(handler), transport_socket))
+    def serve(fd: int) -> None:
+        transport_socket: Any = accepted(sock.family, socket.SOCK_STREAM, 0, fd)
+        set_up(loop.connect_accepted_socket(itself(Minimal()), transport_socket))
 
-    loop.add_reader(sock.fileno(), batch)
+    accept_batches(loop, sock, serve)
 
 
 def accept_direct(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Normal mode's way: the same accept, the connection served on the
-    process's epoll without a loop transport (sockettransport.py)."""
+    """Normal mode's way: the same accept, the connection served on the process's epoll
+    without a loop transport (sockettransport.py)."""
     poller = Poller(loop)
 
-    def batch() -> None:
-        for _ in range(ACCEPT_BATCH):
-            try:
-                fd, _addr = sock._accept()  # type: ignore[attr-defined]  # as dynamicserver.py
-            except BlockingIOError:
-                return
-            poller.transport(fd, sock.family, Minimal())
+    def serve(fd: int) -> None:
+        poller.transport(fd, sock.family, Minimal())
 
-    loop.add_reader(sock.fileno(), batch)
+    accept_batches(loop, sock, serve)
 
 
 async def serve(mode: str, count: int) -> dict[str, float]:
