@@ -110,6 +110,10 @@ def test_the_soak_records_and_acknowledges_everything_and_stops_cleanly(
 ) -> None:
     soak = quick[0]["results"]["soak"]
     assert soak["load"]["completed"] > 0
+    # Every connection the load started ended served (none left in flight at the load
+    # generators' deadline, bench/loadgen.py --duration), and each served one recorded once.
+    assert soak["load"]["started"] == soak["load"]["completed"]
+    assert soak["load"]["unfinished"] == soak["load"]["timeout"] == soak["load"]["failed"] == 0
     assert soak["outputs"]["json"] == soak["load"]["completed"]
     assert soak["unacknowledged"] == 0
     assert soak["outputs"]["exit"] == 0 and soak["outputs"]["server_crashes"] == 0
