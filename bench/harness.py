@@ -334,7 +334,10 @@ class Bench:
         return self.collect(self.start_burst(port, ports, count, rate, deadline), deadline)
 
     def start_burst(self, port: int, ports: int, count: int, rate: float = 0.0,
-                    deadline: float = PHASE_DEADLINE) -> list[subprocess.Popen[bytes]]:
+                    deadline: float = PHASE_DEADLINE,
+                    duration: float = 0.0) -> list[subprocess.Popen[bytes]]:
+        """The load generators' bursts (bench/loadgen.py); `duration`: none started after
+        that many seconds, those in flight waited for until `deadline`."""
         self.fresh_table()
         return [
             self.loadgen(
@@ -342,7 +345,7 @@ class Bench:
                 "--count", str(count // LOADGEN_PROCS + (i < count % LOADGEN_PROCS)),
                 "--concurrency", str(CONCURRENCY), "--offset", str(i),
                 "--stride", str(LOADGEN_PROCS), "--rate", str(rate / LOADGEN_PROCS),
-                deadline=deadline,
+                "--duration", str(duration), deadline=deadline,
             )
             for i in range(LOADGEN_PROCS)
         ]
@@ -350,7 +353,8 @@ class Bench:
     def collect(self, procs: list[subprocess.Popen[bytes]],
                 deadline: float = PHASE_DEADLINE) -> dict[str, float]:
         results = [json.loads(p.communicate(timeout=deadline + 30)[0]) for p in procs]
-        total = {k: sum(r[k] for r in results) for k in ("completed", "failed", "timeout")}
+        total = {k: sum(r[k] for r in results)
+                 for k in ("completed", "failed", "timeout", "unfinished", "started")}
         elapsed = max(r["elapsed"] for r in results)
         return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed}
 

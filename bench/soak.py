@@ -40,8 +40,10 @@ def soak(bench: Bench) -> dict[str, Any]:
     try:
         master = ht.master_pid()
         started = time.monotonic()
+        # Started for `seconds` at most, then every connection in flight waited for (a server
+        # holding back takes them from its listen backlog once the recorder caught up).
         procs = bench.start_burst(SOAK_PORT, 1, int(rate * seconds), rate,
-                                  deadline=seconds + SETTLE_SECONDS)
+                                  deadline=seconds + SETTLE_SECONDS, duration=seconds)
         samples: list[dict[str, float]] = []
         records = LineCounter(ht.attackers_json)  # reads only what was appended since
         every = min(SAMPLE_SECONDS, window(seconds) / 4)  # a few samples in every window
@@ -106,9 +108,16 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
     span = window(seconds)
     asked = (f"{r['rate_asked']:.0f}/s asked (--soak-rate)" if bench.sizes.soak_rate > 0 else
              f"{SOAK_LOAD:.0%} of one port's median ({r['rate_asked']:.0f}/s asked)")
+    # What the load generators started, and how each connection ended (bench/loadgen.py):
+    # refused or reset, not finished in 30 s, in flight still at their deadline.
+    ended = (f"{load['failed']:.0f} failed, {load['timeout']:.0f} timed out, "
+             f"{load.get('unfinished', 0):.0f} unfinished")
+    served = load["failed"] + load["timeout"] + load.get("unfinished", 0) == 0
+    met["soak every connection served"] = served
     out = [row(f"soak: {seconds:.0f} s at {asked}",
-               honeytrap=f"{load['rate']:.0f}/s, {load['completed']:.0f} completed, "
-                         f"{load['failed'] + load['timeout']:.0f} failed")]
+               honeytrap=f"{load['rate']:.0f}/s, {load.get('started', 0):.0f} started, "
+                         f"{load['completed']:.0f} completed; {ended}",
+               target=verdict(served, "0 failed, timed out, unfinished"))]
     for key in ("servers", "recorder"):
         second = window_mean(r["samples"], key, span, 2 * span)
         last = window_mean(r["samples"], key, seconds - span, seconds + 1)

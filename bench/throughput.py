@@ -115,9 +115,10 @@ def _completed(reps: list[dict[str, Any]], target: str) -> float:
 
 
 def _unserved(reps: list[dict[str, Any]], target: str) -> tuple[int, int]:
-    """A target's connections timed out and failed, over every rep (both of a floor's bursts)."""
+    """A target's connections timed out (or still in flight at the load generator's deadline)
+    and failed, over every rep (both of a floor's bursts)."""
     bursts = [rep[key] for rep in reps for key in (target, target + AFTER) if key in rep]
-    return (sum(int(b.get("timeout", 0)) for b in bursts),
+    return (sum(int(b.get("timeout", 0)) + int(b.get("unfinished", 0)) for b in bursts),
             sum(int(b.get("failed", 0)) for b in bursts))
 
 
