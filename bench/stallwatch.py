@@ -13,15 +13,13 @@ rep on stdout (elapsed, completed, timed out, what the sensor's connection track
 the captures in --out/rep-N/.
 
 The one stall of issue 13 (a sweep rep of the full run: 360 connections never answered, 107 s)
-was the lab's connection tracking table full (bench/README.md; harness.flush_conntrack and
-CONNTRACK_TIME_WAIT now keep it from filling). To see it again: --fill R fills the table before
-each rep with connections to an asyncio floor (as the bench's own bursts did) up to R entries
-short of full, and the bench's flush before each load is left out (R < 5,000: the rep's last
-5,000 - R connections find no room; ~250,000 connections); --time-wait S sets how long the sensor
-tracks a closed connection (the kernel's 120 s needs the fill to run at more than
-nf_conntrack_max / 120 = 2,185 connections/s to fill the table at all: --time-wait 900 fills it
-on a busy machine); --burner N runs N CPU burners beside the reps (the full run's load).
-Everything started here is stopped by PID at the end, the lab removed.
+was the lab's connection tracking table full (bench/conntrack.py; the bench now flushes it
+before each load). To see it again: --fill R fills the table before each rep up to R entries
+short of full (conntrack.fill: entries the kernel does not evict, as a closed connection's) and
+leaves out the flush (R < 5,000: the rep's last 5,000 - R connections find no room); --time-wait
+S sets how long the sensor tracks a closed connection (the kernel's is 120 s); --burner N runs N
+CPU burners beside the reps (the full run's load). Everything started here is stopped by PID at
+the end, the lab removed.
 """
 
 from __future__ import annotations
@@ -42,16 +40,14 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
+import conntrack  # noqa: E402
 from daemon import metrics_text  # noqa: E402
 from harness import (  # noqa: E402
     FULL,
     METRICS_PORT,
     RECORDS_WAIT,
     Bench,
-    Floor,
     LineCounter,
-    conntrack,
-    conntrack_drops,
     descendants,
     prepare_lab,
     role,
@@ -67,9 +63,6 @@ LONG_SECONDS = 8.0
 POLL_SECONDS = 0.1
 # Each capture command is bounded (py-spy on a process stuck in the kernel may wait).
 CAPTURE_TIMEOUT = 20.0
-# --fill's connections go to the asyncio floor on this many ports from FILL_BASE (not the sweep's).
-FILL_BASE = 30000
-FILL_PORTS = 1000
 # The kernel's own TIME_WAIT for tracked TCP connections (what the lab had before).
 KERNEL_TIME_WAIT = 120
 
@@ -106,11 +99,10 @@ def main() -> int:
                                    f"nf_conntrack_tcp_timeout_time_wait={args.time_wait}")
                 bench = Bench(lab, wd.path, FULL)
                 bench.flush_conntrack = args.fill is None  # what it filled stays
-                floor = None if args.fill is None else bench.floor("asyncio", FILL_BASE,
-                                                                     FILL_PORTS)
                 for rep in range(args.reps):
-                    if floor is not None:
-                        fill(bench, floor, args.fill)
+                    if args.fill is not None:
+                        conntrack.flush(lab.sensor)  # the rep before's entries: R exactly
+                        conntrack.fill(lab.sensor, args.fill)
                     result = watched_rep(bench, args.out / f"rep-{rep}", args.long)
                     sys.stdout.write(json.dumps({"rep": rep, **result}) + "\n")
                     sys.stdout.flush()
@@ -129,7 +121,7 @@ def watched_rep(bench: Bench, where: Path, long: float) -> dict[str, Any]:
     captured = False
     try:
         records = LineCounter(ht.attackers_json)
-        tracked = conntrack(bench.lab.sensor)
+        tracked = conntrack.counters(bench.lab.sensor)
         sizes = bench.sizes
         started = time.monotonic()
         procs = bench.start_burst(SWEEP_BASE, sizes.sweep_ports, sizes.sweep_conns)
@@ -139,7 +131,8 @@ def watched_rep(bench: Bench, where: Path, long: float) -> dict[str, Any]:
                 captured = True
             time.sleep(POLL_SECONDS)
         result = bench.collect(procs)
-        result["conntrack_drops"] = conntrack_drops(tracked, conntrack(bench.lab.sensor))
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(bench.lab.sensor))
         result["records_wait"] = wait_lines(records, int(result["completed"]), RECORDS_WAIT)
     finally:
         stopped = bench.stop_honeytrap(ht)
@@ -152,7 +145,7 @@ def capture(bench: Bench, master: int, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
     lab = bench.lab
     summary = [f"captured at {time.strftime('%H:%M:%S')} UTC"]
-    tracked = conntrack(lab.sensor)
+    tracked = conntrack.counters(lab.sensor)
     summary.append(f"sensor conntrack: {tracked}")
     listening = lab.sensor.cmd("ss", "-ltn", check=False)
     (where / "ss-listen.txt").write_text(listening)
@@ -188,16 +181,6 @@ def states_of(host: Host) -> dict[str, int]:
         state = line.split()[0] if line.split() else "?"
         counts[state] = counts.get(state, 0) + 1
     return counts
-
-
-def fill(bench: Bench, floor: Floor, room: int) -> None:
-    """Connections to the asyncio floor (its FILL_PORTS ports: fresh 4-tuples, as the bench's
-    own bursts) until the sensor's conntrack table has `room` entries free: each stays there,
-    closed (TIME_WAIT) and assured (never evicted for a new one), for the kernel's timeout."""
-    tracked = conntrack(bench.lab.sensor)
-    wanted = tracked["max"] - tracked["entries"] - room
-    if wanted > 0:
-        bench.burst(floor.port, floor.ports, wanted)
 
 
 def run(argv: list[str]) -> str:
