@@ -14,7 +14,7 @@ import threading
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from honeytrap import attack
+from honeytrap import payload as payload_module
 from honeytrap.attack import (
     DIGESTS_MAX_BYTES,
     DIGESTS_REMEMBERED,
@@ -56,7 +56,7 @@ def test_made_payload_is_a_payload_of_the_same_bytes(data: bytes) -> None:
     assert (made.md5, made.sha512, made.size) == (built.md5, built.sha512, len(data))
 
 
-# Around the size up to which a payload's MD5 and SHA-512 are remembered (attack.py), with the
+# Around the size up to which a payload's MD5 and SHA-512 are remembered (payload.py), with the
 # same bytes coming back (a remembered payload) or not.
 BOUND_SIZES = st.integers(DIGESTS_MAX_BYTES - 2, DIGESTS_MAX_BYTES + 2)
 SMALL_OR_BOUND = st.binary(max_size=8) | BOUND_SIZES.flatmap(
@@ -86,16 +86,16 @@ def test_remembering_digests_is_bounded() -> None:
         payload = made_payload(data)
         assert (payload.sha512, payload.md5) == (hashlib.sha512(data).hexdigest(),
                                                  hashlib.md5(data).hexdigest())
-    assert attack._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
+    assert payload_module._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
     big = made_payload(bytes(DIGESTS_MAX_BYTES + 1))
     assert big.md5 == hashlib.md5(big.data).hexdigest()
-    assert attack._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
+    assert payload_module._small_digests.cache_info().currsize == DIGESTS_REMEMBERED
     assert "sha512" not in big.__dict__  # a large payload's digests are made when asked for
 
 
 @given(st.one_of(st.just(b""), payloads))
 def test_payload_hashes_are_hashlibs(data: bytes) -> None:
-    """The empty payload's hashes are made once (attack.py), any other's by hashlib."""
+    """The empty payload's hashes are made once (payload.py), any other's by hashlib."""
     for payload in (Payload(data), made_payload(data)):
         assert (payload.md5, payload.sha256, payload.sha512) == (
             hashlib.md5(data).hexdigest(), hashlib.sha256(data).hexdigest(),
