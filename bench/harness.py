@@ -21,7 +21,8 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from daemon import Honeytrap, metrics  # noqa: E402
+import conntrack  # noqa: E402
+from daemon import Honeytrap, metrics, nfq_rules  # noqa: E402
 from netns import Lab  # noqa: E402
 from workdir import DAEMON_GROUP, DAEMON_USER  # noqa: E402
 
@@ -157,6 +158,21 @@ def by_role(master: int, figure: Any, master_figure: Any = None) -> dict[str, fl
     return out
 
 
+# --- the lab -------------------------------------------------------------------------------------
+
+
+def prepare_lab(lab: Lab) -> None:
+    """The namespaces as every phase needs them: many short connections from one address (a
+    wide ephemeral range, TIME_WAIT reuse), new SYNs queued to NFQUEUE in the sensor as the
+    README says, and the sensor's connection tracking sized for the load (bench/conntrack.py)."""
+    for host in (lab.attacker, lab.sensor):
+        host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
+        host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
+    nfq_rules(lab.sensor)
+    lab.sensor.cmd("sysctl", "-qw",
+                   f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={conntrack.TIME_WAIT}")
+
+
 # --- the bench ---------------------------------------------------------------------------------
 
 
@@ -170,6 +186,9 @@ class Bench:
         self.banner = load_template(str(REPO / "templates"), "tcp", 4444) or DEFAULT_TEMPLATE
         self.runs = 0
         self.results: dict[str, Any] = {}  # the figures of the phases run so far
+        # Each load starts with the sensor's connection tracking empty (conntrack.flush);
+        # bench/stallwatch.py --fill keeps what it filled.
+        self.flush_conntrack = True
         self.failed: dict[str, str] = {}  # phases that raised: what they raised
 
     # --- servers ---
@@ -221,6 +240,12 @@ class Bench:
 
     # --- load ---
 
+    def fresh_table(self) -> None:
+        """Before a load (its load generators not started yet): the sensor's connection
+        tracking as a fresh lab's (conntrack.flush)."""
+        if self.flush_conntrack:
+            conntrack.flush(self.lab.sensor)
+
     def loadgen(self, *argv: str, stdin: bool = False,
                 deadline: float = PHASE_DEADLINE) -> subprocess.Popen[bytes]:
         return self.lab.spawn(
@@ -239,6 +264,7 @@ class Bench:
                     duration: float = 0.0) -> list[subprocess.Popen[bytes]]:
         """The load generators' bursts (bench/loadgen.py); `duration`: none started after
         that many seconds, those in flight waited for until `deadline`."""
+        self.fresh_table()
         return [
             self.loadgen(
                 "burst", "--port", str(port), "--ports", str(ports),
@@ -259,6 +285,7 @@ class Bench:
         return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed}
 
     def idle(self, port: int, count: int, server_pid: int) -> dict[str, Any]:
+        self.fresh_table()
         procs = [
             self.loadgen(
                 "idle", "--port", str(port),
@@ -283,6 +310,7 @@ class Bench:
         return {"served": served, "pss_kib": pss, "processes": processes, "pss_roles": roles}
 
     def latency(self, port: int, ports: int) -> list[float]:
+        self.fresh_table()
         proc = self.loadgen("latency", "--port", str(port), "--ports", str(ports))
         result = json.loads(proc.communicate(timeout=PHASE_DEADLINE + 30)[0])
         return list(result["samples_ms"])
@@ -291,9 +319,12 @@ class Bench:
 
     def measure_floor(self, floor: Floor, count: int, port: int | None = None) -> dict[str, Any]:
         before = single_thread_cpu_seconds(floor.proc.pid)
+        tracked = conntrack.counters(self.lab.sensor)
         result = self.burst(floor.port if port is None else port, floor.ports, count)
         after = single_thread_cpu_seconds(floor.proc.pid)
         result["cpu_us"] = (after - before) * 1e6 / max(1, count)
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(self.lab.sensor))
         return result
 
     def measure_honeytrap(self, ht: Honeytrap, port: int, ports: int,
@@ -304,7 +335,10 @@ class Bench:
         before = by_role(master, cpu_seconds, single_thread_cpu_seconds)
         records = LineCounter(ht.attackers_json)
         records_before = records()
+        tracked = conntrack.counters(self.lab.sensor)
         result = self.burst(port, ports, count)
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(self.lab.sensor))
         result["records_wait"] = wait_lines(
             records, records_before + int(result["completed"]), RECORDS_WAIT
         )

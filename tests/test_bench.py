@@ -296,3 +296,35 @@ def test_the_line_counter_reads_only_what_was_appended(tmp_path: Path) -> None:
     assert counter.offset - before == 4 + 8 * 1000  # the appended bytes alone
     assert counter() == 1003
     assert harness.wait_lines(counter, 1003, 0.0) >= 0
+
+
+def test_the_file_cost_bench_writes_every_file_each_way_and_leaves_nothing(
+    parent_dir: Path,
+) -> None:
+    """bench/filecost.py on a fresh filesystem: each way's line, every kept file under its name
+    with its bytes (the script checks, exit 0), the filesystem unmounted and removed."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "filecost.py"), "--files", "40", "--rounds", "2",
+         "--workdir", str(parent_dir)],
+        capture_output=True, text=True, timeout=ONLY_TIMEOUT, cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    filecost = importlib.import_module("filecost")
+    ways = [line.split()[0] for line in proc.stdout.splitlines()[1:]]
+    assert ways == list(filecost.WAYS)
+    assert "(fresh ext4;" in proc.stdout.splitlines()[0] or "not fresh" in proc.stdout
+    assert list(parent_dir.iterdir()) == []
+
+
+def test_the_file_cost_check_finds_a_temporary_name_or_a_short_file(tmp_path: Path) -> None:
+    """What filecost.check would report: a way that left a temporary name, a file short of its
+    bytes, a file missing."""
+    filecost = importlib.import_module("filecost")
+    (tmp_path / "a").write_bytes(b"x" * 200)
+    assert filecost.check(tmp_path, "excl", 1, 200) is None
+    assert filecost.check(tmp_path, "excl", 2, 200) == "excl: 1 files, 2 expected"
+    (tmp_path / "b").write_bytes(b"x" * 10)
+    assert filecost.check(tmp_path, "excl", 2, 200) == "excl: 1 files of the wrong size, e.g. b"
+    (tmp_path / ".tmp-c").write_bytes(b"")
+    assert filecost.check(tmp_path, "excl", 2, 200) == (
+        "excl: 1 temporary names left, e.g. .tmp-c")
