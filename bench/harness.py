@@ -48,6 +48,12 @@ PHASE_DEADLINE = 180.0
 # After a burst, honeytrap's records (the recorder works behind the servers) are waited for
 # this long at most before its CPU time is read.
 RECORDS_WAIT = 120.0
+# A honeytrap burst still running after max(CAPTURE_AFTER, its connections / CAPTURE_RATE)
+# seconds is captured (Bench.watched): a sweep rep's 5,000 take ~1 s, 10 s at that rate;
+# one_port's 20,000 ~3 s, 40 s. The one stall seen took 107 s.
+CAPTURE_AFTER = 8.0
+CAPTURE_RATE = 500.0
+WATCH_POLL = 0.1
 # honeytrap logs at its default level, as an operator runs it (the tests' harness says -t 6).
 LOGLEVEL = 3
 # The daemon's metrics port inside the sensor namespace (the soak reads `unacknowledged`).
@@ -189,6 +195,10 @@ class Bench:
         # Each load starts with the sensor's connection tracking empty (conntrack.flush);
         # bench/stallwatch.py --fill keeps what it filled.
         self.flush_conntrack = True
+        # Where a honeytrap burst that runs long is captured (watched); None: not watched.
+        self.captures: Path | None = None
+        self.capture_floor = CAPTURE_AFTER  # bench/stallwatch.py --long
+        self.captured = 0
         self.failed: dict[str, str] = {}  # phases that raised: what they raised
 
     # --- servers ---
@@ -327,6 +337,29 @@ class Bench:
                                                       conntrack.counters(self.lab.sensor))
         return result
 
+    def watched(self, procs: list[subprocess.Popen[bytes]], master: int,
+                count: int) -> dict[str, Any]:
+        """collect(procs), capturing what honeytrap's processes and the lab are doing
+        (bench/stallwatch.py capture) into `captures` once, while the burst still runs, if it
+        runs past capture_after(count): a stall is seen before it recovers."""
+        started = time.monotonic()
+        where = None
+        while self.captures is not None and any(p.poll() is None for p in procs):
+            if where is None and time.monotonic() - started > self.capture_after(count):
+                from stallwatch import capture  # it imports this module
+
+                self.captured += 1
+                where = self.captures / f"burst-{self.captured}"
+                capture(self, master, where)
+            time.sleep(WATCH_POLL)
+        result: dict[str, Any] = dict(self.collect(procs))
+        result["captured"] = None if where is None else str(where)
+        return result
+
+    def capture_after(self, count: int) -> float:
+        """How long a burst of `count` connections runs before it is captured."""
+        return max(self.capture_floor, count / CAPTURE_RATE)
+
     def measure_honeytrap(self, ht: Honeytrap, port: int, ports: int,
                           count: int) -> dict[str, Any]:
         """A burst, then the wait (bounded) for the recorder to write every record, so the CPU
@@ -336,7 +369,7 @@ class Bench:
         records = LineCounter(ht.attackers_json)
         records_before = records()
         tracked = conntrack.counters(self.lab.sensor)
-        result = self.burst(port, ports, count)
+        result = self.watched(self.start_burst(port, ports, count), master, count)
         result["conntrack_drops"] = conntrack.dropped(tracked,
                                                       conntrack.counters(self.lab.sensor))
         result["records_wait"] = wait_lines(

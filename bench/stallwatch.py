@@ -3,14 +3,15 @@
 The throughput phase's sweep rep (bench/throughput.py: a fresh daemon, 5,000 connections over
 1,000 ports, the load generator's 200 in flight) run again and again against honeytrap alone, in
 the lab bench/run.py makes (harness.prepare_lab). When a rep's burst runs past --long seconds
-(one takes ~1 s) it captures, once, while the rep is still stuck, what each part is doing
-(capture()): the sensor's listening sockets and their accept queues (Recv-Q of `ss -ltn`), the
+(one takes ~1 s) it captures (Bench.watched, which bench/run.py's honeytrap bursts use too,
+into bench/results/captures-<start>/), once, while the rep is still stuck, what each part is
+doing (capture()): the sensor's listening sockets and their accept queues (Recv-Q of `ss -ltn`), the
 sockets by state on both sides (a SYN never answered stays SYN-SENT on the attacker), the
 kernel's NFQUEUE and connection tracking counters and its log's netfilter lines, the daemon's
 /metrics (its port table, held-back and unacknowledged counters), and for every honeytrap
 process its state, kernel wait channel and a py-spy dump of its Python stack. One JSON line per
-rep on stdout (elapsed, completed, timed out, what the sensor's connection tracking dropped),
-the captures in --out/rep-N/.
+rep on stdout (elapsed, completed, timed out, what the sensor's connection tracking dropped,
+where its capture is: --out/burst-N/).
 
 The one stall of issue 13 (a sweep rep of the full run: 360 connections never answered, 107 s)
 was the lab's connection tracking table full (bench/conntrack.py; the bench now flushes it
@@ -43,6 +44,8 @@ sys.path.insert(0, str(BENCH))
 import conntrack  # noqa: E402
 from daemon import metrics_text  # noqa: E402
 from harness import (  # noqa: E402
+    CAPTURE_AFTER,
+    CAPTURE_RATE,
     FULL,
     METRICS_PORT,
     RECORDS_WAIT,
@@ -57,10 +60,6 @@ from netns import Host, Lab  # noqa: E402
 from throughput import SWEEP_BASE  # noqa: E402
 from workdir import work_directory  # noqa: E402
 
-# A rep's burst running longer than this is captured (one takes ~1 s, ~3 s on a loaded machine).
-LONG_SECONDS = 8.0
-# How often a running burst is looked at.
-POLL_SECONDS = 0.1
 # Each capture command is bounded (py-spy on a process stuck in the kernel may wait).
 CAPTURE_TIMEOUT = 20.0
 # The kernel's own TIME_WAIT for tracked TCP connections (what the lab had before).
@@ -71,8 +70,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=80, help="sweep reps (default 80)")
-    parser.add_argument("--long", type=float, default=LONG_SECONDS,
-                        help=f"capture a rep whose burst runs past this (s; {LONG_SECONDS})")
+    parser.add_argument("--long", type=float, default=CAPTURE_AFTER,
+                        help="capture a rep whose burst runs past this, or 1 s per "
+                             f"{CAPTURE_RATE:.0f} connections if longer (s; {CAPTURE_AFTER})")
     parser.add_argument("--out", type=Path, required=True, help="where captures go")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--burner", type=int, default=0, help="CPU burner processes beside")
@@ -99,11 +99,12 @@ def main() -> int:
                                    f"nf_conntrack_tcp_timeout_time_wait={args.time_wait}")
                 bench = Bench(lab, wd.path, FULL)
                 bench.flush_conntrack = args.fill is None  # what it filled stays
+                bench.captures, bench.capture_floor = args.out, args.long
                 for rep in range(args.reps):
                     if args.fill is not None:
                         conntrack.flush(lab.sensor)  # the rep before's entries: R exactly
                         conntrack.fill(lab.sensor, args.fill)
-                    result = watched_rep(bench, args.out / f"rep-{rep}", args.long)
+                    result = watched_rep(bench)
                     sys.stdout.write(json.dumps({"rep": rep, **result}) + "\n")
                     sys.stdout.flush()
             finally:
@@ -115,29 +116,21 @@ def main() -> int:
     return 0
 
 
-def watched_rep(bench: Bench, where: Path, long: float) -> dict[str, Any]:
-    """One sweep rep against a fresh daemon; captured into `where` if it runs past `long`."""
+def watched_rep(bench: Bench) -> dict[str, Any]:
+    """One sweep rep against a fresh daemon, captured (Bench.watched) if it runs long."""
     ht = bench.honeytrap(extra=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\n')
-    captured = False
     try:
         records = LineCounter(ht.attackers_json)
         tracked = conntrack.counters(bench.lab.sensor)
         sizes = bench.sizes
-        started = time.monotonic()
         procs = bench.start_burst(SWEEP_BASE, sizes.sweep_ports, sizes.sweep_conns)
-        while any(p.poll() is None for p in procs):
-            if not captured and time.monotonic() - started > long:
-                capture(bench, ht.master_pid(), where)
-                captured = True
-            time.sleep(POLL_SECONDS)
-        result = bench.collect(procs)
+        result = bench.watched(procs, ht.master_pid(), sizes.sweep_conns)
         result["conntrack_drops"] = conntrack.dropped(tracked,
                                                       conntrack.counters(bench.lab.sensor))
         result["records_wait"] = wait_lines(records, int(result["completed"]), RECORDS_WAIT)
     finally:
         stopped = bench.stop_honeytrap(ht)
-    return {**result, "captured": str(where) if captured else None, "records": stopped["json"],
-            "exit": stopped["exit"]}
+    return {**result, "records": stopped["json"], "exit": stopped["exit"]}
 
 
 def capture(bench: Bench, master: int, where: Path) -> None:

@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +36,8 @@ PORT = 4444
 # far below the kernel's default 120 s, which the lab had.
 FORGET_WAIT = conntrack.TIME_WAIT + 10.0
 POLL = 0.2
+# The longest wait for a capture to be written (py-spy dumps of a few processes).
+CAPTURE_WAIT = 60.0
 
 
 @pytest.fixture
@@ -155,3 +158,37 @@ def test_the_stall_watch_captures_every_process_of_a_running_daemon(
         assert dumps and all("Thread" in d.read_text() for d in dumps), name
     assert "honeytrap_" in (where / "metrics.txt").read_text()
     assert f":{PORT}" in (where / "ss-listen.txt").read_text()
+
+
+def flush_once(lab: Lab, summary: Path) -> None:
+    """Flush the sensor's table once `summary` (a capture's last file) is written."""
+    deadline = time.monotonic() + CAPTURE_WAIT
+    while not summary.exists() and time.monotonic() < deadline:
+        time.sleep(POLL)  # polling a file another thread writes: the capture has no event
+    conntrack.flush(lab.sensor)
+
+
+def test_a_honeytrap_burst_that_runs_long_is_captured_while_it_still_runs(
+        bench_lab: Lab, tmp_path: Path) -> None:
+    """Bench.watched (every honeytrap burst of bench/run.py): a burst stuck on a full table
+    (not flushed) is captured while it is stuck, and the capture shows the table full; the
+    table flushed once the capture is written, the burst ends served."""
+    captures = tmp_path / "captures"
+    bench = harness.Bench(bench_lab, tmp_path, harness.QUICK)
+    bench.captures, bench.capture_floor, bench.flush_conntrack = captures, 1.0, False
+    ht = bench.honeytrap()
+    unstall = threading.Thread(target=flush_once,
+                               args=(bench_lab, captures / "burst-1" / "summary.txt"))
+    try:
+        conntrack.fill(bench_lab.sensor, 0)
+        unstall.start()
+        result = bench.measure_honeytrap(ht, PORT, 1, 5)
+    finally:
+        unstall.join()
+        bench.stop_honeytrap(ht)
+    assert result["captured"] == str(captures / "burst-1")
+    assert (result["completed"], result["timeout"]) == (5, 0)
+    assert result["conntrack_drops"] > 0
+    summary = (captures / "burst-1" / "summary.txt").read_text()
+    full = conntrack.counters(bench_lab.sensor)["max"]
+    assert f"'entries': {full}, 'max': {full}" in summary
