@@ -15,7 +15,9 @@ A record is in its file whole or not at all (a full disk): a short append is tak
 ftruncate before the error is raised, so the next record never continues a fragment; a new file
 (an attack file, a sample) is written unnamed (O_TMPFILE) and linked under its final name only
 when complete, so no reader and no crash ever sees it half written under that name. Where the
-filesystem has no O_TMPFILE, a temporary name in the same directory does it, unlinked on failure.
+filesystem has no O_TMPFILE, a temporary name in the same directory does it, unlinked on failure
+(a process killed meanwhile leaves that hidden name, never a partial file under the final one:
+tests/test_outfile_crash.py).
 What could not be written is held by the output (backlog.py), not lost.
 """
 
