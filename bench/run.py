@@ -60,8 +60,7 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from daemon import nfq_rules  # noqa: E402
-from harness import FULL, QUICK, Bench, Sizes  # noqa: E402
+from harness import FULL, QUICK, Bench, Sizes, prepare_lab  # noqa: E402
 from netns import Lab  # noqa: E402
 from phases import PHASES  # noqa: E402
 from report import Row, markdown, percentile, row  # noqa: E402
@@ -230,11 +229,7 @@ def measure(sizes: Sizes, wd: WorkDir, phases: Sequence[str]) -> tuple[dict[str,
     calibration = calibrate(wd)
     lab = Lab.create()
     try:
-        for host in (lab.attacker, lab.sensor):
-            # Many short connections from one address: wide ephemeral range, TIME_WAIT reuse.
-            host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
-            host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
-        nfq_rules(lab.sensor)
+        prepare_lab(lab)
         bench = Bench(lab, wd.path, sizes)
         for name in phases:
             try:

@@ -190,6 +190,7 @@ def syn_sweep(bench: Bench) -> dict[str, Any]:
     try:
         master = ht.master_pid()
         with Sampler(bench, master) as sampler:
+            bench.fresh_table()
             drops_before = nfqueue_drops(bench)
             cpu_before = own_cpu_seconds(master)
             started = time.monotonic()
@@ -221,6 +222,7 @@ def connect_sweep(bench: Bench) -> dict[str, Any]:
     ht = default_honeytrap(bench)
     try:
         with Sampler(bench, ht.master_pid()) as sampler:
+            bench.fresh_table()
             procs = [
                 bench.loadgen(
                     "burst", "--port", str(first), "--ports", str(count),

@@ -122,6 +122,14 @@ def _unserved(reps: list[dict[str, Any]], target: str) -> tuple[int, int]:
             sum(int(b.get("failed", 0)) for b in bursts))
 
 
+def _conntrack_drops(reps: list[dict[str, Any]], target: str) -> int:
+    """Packets the sensor's connection tracking dropped during a target's bursts (a full table,
+    harness.CONNTRACK_TIME_WAIT), over every rep: connections the lab turned away, not the
+    target."""
+    return sum(int(rep[key].get("conntrack_drops", 0)) for rep in reps
+               for key in (target, target + AFTER) if key in rep)
+
+
 def _drift(reps: list[dict[str, Any]], loop: str) -> list[float]:
     """The floor's rate after honeytrap against before it, in each sweep rep: how much the
     machine moved within a rep (the ratio's own noise)."""
@@ -195,6 +203,14 @@ def rows(label: str, fresh_ports: bool = False) -> Any:
             f"connections timed out (30 s) / failed, {label}",
             *(f"{lost[t][0]} / {lost[t][1]}" for t in (*FLOORS, "honeytrap")),
             target=verdict(served, "0 / 0"),
+        ))
+        # A timeout with drops here is the lab's (the kernel's table was full), not the target's.
+        drops = {t: _conntrack_drops(reps, t) for t in (*FLOORS, "honeytrap")}
+        met[f"lab had room {label}"] = not any(drops.values())
+        out.append(row(
+            f"packets the sensor's connection tracking dropped (a full table), {label}",
+            *(str(drops[t]) for t in (*FLOORS, "honeytrap")),
+            target=verdict(not any(drops.values()), "0"),
         ))
         if len(outputs) == 1 and len(reps) > 1:  # one daemon for every rep: memory per rep
             pss = [rep["honeytrap"]["pss_kib"] / 1024 for rep in reps]
