@@ -9,8 +9,6 @@ import json
 import os
 import select
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import time
@@ -23,8 +21,9 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
+import conntrack  # noqa: E402
 from daemon import Honeytrap, metrics, nfq_rules  # noqa: E402
-from netns import Host, Lab, inside  # noqa: E402
+from netns import Lab  # noqa: E402
 from workdir import DAEMON_GROUP, DAEMON_USER  # noqa: E402
 
 from honeytrap.templates import DEFAULT_TEMPLATE, load_template  # noqa: E402
@@ -49,36 +48,16 @@ PHASE_DEADLINE = 180.0
 # After a burst, honeytrap's records (the recorder works behind the servers) are waited for
 # this long at most before its CPU time is read.
 RECORDS_WAIT = 120.0
+# A honeytrap burst still running after max(CAPTURE_AFTER, its connections / CAPTURE_RATE)
+# seconds is captured (Bench.watched): a sweep rep's 5,000 take ~1 s, 10 s at that rate;
+# one_port's 20,000 ~3 s, 40 s. The one stall seen took 107 s.
+CAPTURE_AFTER = 8.0
+CAPTURE_RATE = 500.0
+WATCH_POLL = 0.1
 # honeytrap logs at its default level, as an operator runs it (the tests' harness says -t 6).
 LOGLEVEL = 3
 # The daemon's metrics port inside the sensor namespace (the soak reads `unacknowledged`).
 METRICS_PORT = 9100
-# How long the sensor namespace's connection tracking keeps a closed TCP connection (seconds;
-# the kernel's nf_conntrack_tcp_timeout_time_wait, 120 by default, per namespace). The nfq rules
-# (`-m conntrack --ctstate NEW`) make the kernel track every connection, and one table holds at
-# most nf_conntrack_max entries (262,144 here, the host's; read-only in a namespace): past it the
-# kernel drops new SYNs before the listening socket or the master sees them ("nf_conntrack:
-# table full in netns ..., dropping packet" in dmesg). With 120 s the bench filled it: a sweep
-# rep makes 25,000 connections (five bursts of 5,000 to fresh 4-tuples) in ~12 s, one_port's
-# reps before it up to ~64,000 per port (the ephemeral range) on each of its four, so a sweep
-# rep of the full run found the table full, its last 360 connections were never answered
-# (timed out after 30 s, unrecorded) and the rep took 107 s, until the oldest entries expired
-# (issue 13). 5 s keeps it under a third of that at PEAK_RATE (the kernel's garbage collector
-# runs more often the shorter its entries' timeouts: expired ones do not linger).
-CONNTRACK_TIME_WAIT = 5
-# ctnetlink (linux/netfilter/nfnetlink.h, nfnetlink_conntrack.h), to flush the sensor's table
-# before each load (flush_conntrack): a netlink header, then nfnetlink's.
-NETLINK_NETFILTER = 12
-NLMSGHDR = struct.Struct("=IHHII")  # length, type, flags, sequence, port id
-NFGENMSG = struct.Struct("=BBH")  # family, version, resource id
-NFNETLINK_V0 = 0
-CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_DELETE
-NLM_F_REQUEST, NLM_F_ACK = 1, 4
-NLMSG_ERROR = 2  # the acknowledgement: an error message with error 0
-NETLINK_TIMEOUT = 10.0
-# The most connections a second any target of the bench takes (the C epoll floor of issue 13,
-# 14,960/s; the bench's own floors and honeytrap stay below it).
-PEAK_RATE = 15000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 RECORDER_NAME = "honeytrap-rec"  # /proc/<pid>/comm of the recorder (proctitle.RECORDER)
 
@@ -191,60 +170,13 @@ def by_role(master: int, figure: Any, master_figure: Any = None) -> dict[str, fl
 def prepare_lab(lab: Lab) -> None:
     """The namespaces as every phase needs them: many short connections from one address (a
     wide ephemeral range, TIME_WAIT reuse), new SYNs queued to NFQUEUE in the sensor as the
-    README says, and the sensor's connection tracking sized for the load (CONNTRACK_TIME_WAIT)."""
+    README says, and the sensor's connection tracking sized for the load (bench/conntrack.py)."""
     for host in (lab.attacker, lab.sensor):
         host.cmd("sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65000")
         host.cmd("sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1")
     nfq_rules(lab.sensor)
     lab.sensor.cmd("sysctl", "-qw",
-                   f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={CONNTRACK_TIME_WAIT}")
-
-
-def conntrack(host: Host) -> dict[str, int]:
-    """The host's connection tracking table: its entries now and their limit, and the packets
-    it dropped so far for want of room ("drop") or evicted an entry for ("early_drop"), summed
-    over the CPUs (/proc/net/stat/nf_conntrack, hexadecimal, per namespace). {} if the host has
-    no connection tracking."""
-    text = host.cmd("sh", "-c", "cat /proc/sys/net/netfilter/nf_conntrack_count "
-                    "/proc/sys/net/netfilter/nf_conntrack_max /proc/net/stat/nf_conntrack",
-                    check=False)
-    lines = text.splitlines()
-    if len(lines) < 3:
-        return {}
-    names = lines[2].split()
-    out = {"entries": int(lines[0]), "max": int(lines[1]), "drop": 0, "early_drop": 0}
-    for line in lines[3:]:
-        values = dict(zip(names, line.split(), strict=False))
-        for name in ("drop", "early_drop"):
-            out[name] += int(values.get(name, "0"), 16)
-    return out
-
-
-def conntrack_drops(before: dict[str, int], after: dict[str, int]) -> int:
-    """Packets the sensor's connection tracking dropped between two looks (a full table)."""
-    return after.get("drop", 0) - before.get("drop", 0)
-
-
-def flush_conntrack(host: Host) -> None:
-    """Forget every connection the host's kernel tracks (ctnetlink's delete without a tuple: a
-    flush, as `conntrack -F`), so a load starts with the table as a fresh lab has it: what the
-    loads before it left there (closed connections, CONNTRACK_TIME_WAIT) neither fills it nor
-    waits for the kernel's garbage collector, which runs up to a minute apart (the table is the
-    host's, one for every namespace) and meanwhile counts expired entries as taken. Live
-    connections lose nothing: their next packets match `-m socket` and are tracked again."""
-    with inside(host):
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    with sock:
-        sock.bind((0, 0))
-        sock.settimeout(NETLINK_TIMEOUT)
-        request = NFGENMSG.pack(socket.AF_UNSPEC, NFNETLINK_V0, 0)  # every family
-        sock.send(NLMSGHDR.pack(NLMSGHDR.size + len(request), CT_DELETE,
-                                NLM_F_REQUEST | NLM_F_ACK, 1, 0) + request)
-        reply = sock.recv(65536)
-    _length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(reply)
-    (error,) = struct.unpack_from("=i", reply, NLMSGHDR.size)
-    if kind != NLMSG_ERROR or error:
-        raise OSError(-error, f"conntrack flush in {host.name}: {os.strerror(-error)}")
+                   f"net.netfilter.nf_conntrack_tcp_timeout_time_wait={conntrack.TIME_WAIT}")
 
 
 # --- the bench ---------------------------------------------------------------------------------
@@ -260,9 +192,13 @@ class Bench:
         self.banner = load_template(str(REPO / "templates"), "tcp", 4444) or DEFAULT_TEMPLATE
         self.runs = 0
         self.results: dict[str, Any] = {}  # the figures of the phases run so far
-        # Each load starts with the sensor's connection tracking empty (flush_conntrack);
+        # Each load starts with the sensor's connection tracking empty (conntrack.flush);
         # bench/stallwatch.py --fill keeps what it filled.
         self.flush_conntrack = True
+        # Where a honeytrap burst that runs long is captured (watched); None: not watched.
+        self.captures: Path | None = None
+        self.capture_floor = CAPTURE_AFTER  # bench/stallwatch.py --long
+        self.captured = 0
         self.failed: dict[str, str] = {}  # phases that raised: what they raised
 
     # --- servers ---
@@ -316,9 +252,9 @@ class Bench:
 
     def fresh_table(self) -> None:
         """Before a load (its load generators not started yet): the sensor's connection
-        tracking as a fresh lab's (flush_conntrack)."""
+        tracking as a fresh lab's (conntrack.flush)."""
         if self.flush_conntrack:
-            flush_conntrack(self.lab.sensor)
+            conntrack.flush(self.lab.sensor)
 
     def loadgen(self, *argv: str, stdin: bool = False,
                 deadline: float = PHASE_DEADLINE) -> subprocess.Popen[bytes]:
@@ -393,12 +329,36 @@ class Bench:
 
     def measure_floor(self, floor: Floor, count: int, port: int | None = None) -> dict[str, Any]:
         before = single_thread_cpu_seconds(floor.proc.pid)
-        tracked = conntrack(self.lab.sensor)
+        tracked = conntrack.counters(self.lab.sensor)
         result = self.burst(floor.port if port is None else port, floor.ports, count)
         after = single_thread_cpu_seconds(floor.proc.pid)
         result["cpu_us"] = (after - before) * 1e6 / max(1, count)
-        result["conntrack_drops"] = conntrack_drops(tracked, conntrack(self.lab.sensor))
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(self.lab.sensor))
         return result
+
+    def watched(self, procs: list[subprocess.Popen[bytes]], master: int,
+                count: int) -> dict[str, Any]:
+        """collect(procs), capturing what honeytrap's processes and the lab are doing
+        (bench/stallwatch.py capture) into `captures` once, while the burst still runs, if it
+        runs past capture_after(count): a stall is seen before it recovers."""
+        started = time.monotonic()
+        where = None
+        while self.captures is not None and any(p.poll() is None for p in procs):
+            if where is None and time.monotonic() - started > self.capture_after(count):
+                from stallwatch import capture  # it imports this module
+
+                self.captured += 1
+                where = self.captures / f"burst-{self.captured}"
+                capture(self, master, where)
+            time.sleep(WATCH_POLL)
+        result: dict[str, Any] = dict(self.collect(procs))
+        result["captured"] = None if where is None else str(where)
+        return result
+
+    def capture_after(self, count: int) -> float:
+        """How long a burst of `count` connections runs before it is captured."""
+        return max(self.capture_floor, count / CAPTURE_RATE)
 
     def measure_honeytrap(self, ht: Honeytrap, port: int, ports: int,
                           count: int) -> dict[str, Any]:
@@ -408,9 +368,10 @@ class Bench:
         before = by_role(master, cpu_seconds, single_thread_cpu_seconds)
         records = LineCounter(ht.attackers_json)
         records_before = records()
-        tracked = conntrack(self.lab.sensor)
-        result = self.burst(port, ports, count)
-        result["conntrack_drops"] = conntrack_drops(tracked, conntrack(self.lab.sensor))
+        tracked = conntrack.counters(self.lab.sensor)
+        result = self.watched(self.start_burst(port, ports, count), master, count)
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(self.lab.sensor))
         result["records_wait"] = wait_lines(
             records, records_before + int(result["completed"]), RECORDS_WAIT
         )

@@ -224,13 +224,16 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def measure(sizes: Sizes, wd: WorkDir, phases: Sequence[str]) -> tuple[dict[str, object], Bench]:
-    """The calibration, then the phases, in a lab of their own."""
+def measure(sizes: Sizes, wd: WorkDir, phases: Sequence[str],
+            captures: Path) -> tuple[dict[str, object], Bench]:
+    """The calibration, then the phases, in a lab of their own; a honeytrap burst that runs
+    long is captured in `captures` (Bench.watched)."""
     calibration = calibrate(wd)
     lab = Lab.create()
     try:
         prepare_lab(lab)
         bench = Bench(lab, wd.path, sizes)
+        bench.captures = captures  # a honeytrap burst that runs long is captured there
         for name in phases:
             try:
                 bench.results[name] = PHASES[name].run(bench)
@@ -292,7 +295,8 @@ def main() -> int:
     load_start = os.getloadavg()
     signal.signal(signal.SIGTERM, terminated)
     with work_directory(parent, args.fresh_fs) as wd:
-        calibration, bench = measure(sizes, wd, phases)
+        calibration, bench = measure(sizes, wd, phases,
+                                     Path(args.out) / f"captures-{started}")
     load_end = os.getloadavg()
     text, met = table(bench, phases)
     header = (title(mode, phases, started)

@@ -3,25 +3,24 @@
 The throughput phase's sweep rep (bench/throughput.py: a fresh daemon, 5,000 connections over
 1,000 ports, the load generator's 200 in flight) run again and again against honeytrap alone, in
 the lab bench/run.py makes (harness.prepare_lab). When a rep's burst runs past --long seconds
-(one takes ~1 s) it captures, once, while the rep is still stuck, what each part is doing
-(capture()): the sensor's listening sockets and their accept queues (Recv-Q of `ss -ltn`), the
+(one takes ~1 s) it captures (Bench.watched, which bench/run.py's honeytrap bursts use too,
+into bench/results/captures-<start>/), once, while the rep is still stuck, what each part is
+doing (capture()): the sensor's listening sockets and their accept queues (Recv-Q of `ss -ltn`), the
 sockets by state on both sides (a SYN never answered stays SYN-SENT on the attacker), the
 kernel's NFQUEUE and connection tracking counters and its log's netfilter lines, the daemon's
 /metrics (its port table, held-back and unacknowledged counters), and for every honeytrap
 process its state, kernel wait channel and a py-spy dump of its Python stack. One JSON line per
-rep on stdout (elapsed, completed, timed out, what the sensor's connection tracking dropped),
-the captures in --out/rep-N/.
+rep on stdout (elapsed, completed, timed out, what the sensor's connection tracking dropped,
+where its capture is: --out/burst-N/).
 
 The one stall of issue 13 (a sweep rep of the full run: 360 connections never answered, 107 s)
-was the lab's connection tracking table full (bench/README.md; harness.flush_conntrack and
-CONNTRACK_TIME_WAIT now keep it from filling). To see it again: --fill R fills the table before
-each rep with connections to an asyncio floor (as the bench's own bursts did) up to R entries
-short of full, and the bench's flush before each load is left out (R < 5,000: the rep's last
-5,000 - R connections find no room; ~250,000 connections); --time-wait S sets how long the sensor
-tracks a closed connection (the kernel's 120 s needs the fill to run at more than
-nf_conntrack_max / 120 = 2,185 connections/s to fill the table at all: --time-wait 900 fills it
-on a busy machine); --burner N runs N CPU burners beside the reps (the full run's load).
-Everything started here is stopped by PID at the end, the lab removed.
+was the lab's connection tracking table full (bench/conntrack.py; the bench now flushes it
+before each load). To see it again: --fill R fills the table before each rep up to R entries
+short of full (conntrack.fill: entries the kernel does not evict, as a closed connection's) and
+leaves out the flush (R < 5,000: the rep's last 5,000 - R connections find no room); --time-wait
+S sets how long the sensor tracks a closed connection (the kernel's is 120 s); --burner N runs N
+CPU burners beside the reps (the full run's load). Everything started here is stopped by PID at
+the end, the lab removed.
 """
 
 from __future__ import annotations
@@ -42,16 +41,16 @@ sys.path.insert(0, str(BENCH.parent / "tests"))
 sys.path.insert(0, str(BENCH.parent))
 sys.path.insert(0, str(BENCH))
 
+import conntrack  # noqa: E402
 from daemon import metrics_text  # noqa: E402
 from harness import (  # noqa: E402
+    CAPTURE_AFTER,
+    CAPTURE_RATE,
     FULL,
     METRICS_PORT,
     RECORDS_WAIT,
     Bench,
-    Floor,
     LineCounter,
-    conntrack,
-    conntrack_drops,
     descendants,
     prepare_lab,
     role,
@@ -61,15 +60,8 @@ from netns import Host, Lab  # noqa: E402
 from throughput import SWEEP_BASE  # noqa: E402
 from workdir import work_directory  # noqa: E402
 
-# A rep's burst running longer than this is captured (one takes ~1 s, ~3 s on a loaded machine).
-LONG_SECONDS = 8.0
-# How often a running burst is looked at.
-POLL_SECONDS = 0.1
 # Each capture command is bounded (py-spy on a process stuck in the kernel may wait).
 CAPTURE_TIMEOUT = 20.0
-# --fill's connections go to the asyncio floor on this many ports from FILL_BASE (not the sweep's).
-FILL_BASE = 30000
-FILL_PORTS = 1000
 # The kernel's own TIME_WAIT for tracked TCP connections (what the lab had before).
 KERNEL_TIME_WAIT = 120
 
@@ -78,8 +70,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=80, help="sweep reps (default 80)")
-    parser.add_argument("--long", type=float, default=LONG_SECONDS,
-                        help=f"capture a rep whose burst runs past this (s; {LONG_SECONDS})")
+    parser.add_argument("--long", type=float, default=CAPTURE_AFTER,
+                        help="capture a rep whose burst runs past this, or 1 s per "
+                             f"{CAPTURE_RATE:.0f} connections if longer (s; {CAPTURE_AFTER})")
     parser.add_argument("--out", type=Path, required=True, help="where captures go")
     parser.add_argument("--workdir", type=Path, default=Path("/var/tmp"))
     parser.add_argument("--burner", type=int, default=0, help="CPU burner processes beside")
@@ -106,12 +99,12 @@ def main() -> int:
                                    f"nf_conntrack_tcp_timeout_time_wait={args.time_wait}")
                 bench = Bench(lab, wd.path, FULL)
                 bench.flush_conntrack = args.fill is None  # what it filled stays
-                floor = None if args.fill is None else bench.floor("asyncio", FILL_BASE,
-                                                                     FILL_PORTS)
+                bench.captures, bench.capture_floor = args.out, args.long
                 for rep in range(args.reps):
-                    if floor is not None:
-                        fill(bench, floor, args.fill)
-                    result = watched_rep(bench, args.out / f"rep-{rep}", args.long)
+                    if args.fill is not None:
+                        conntrack.flush(lab.sensor)  # the rep before's entries: R exactly
+                        conntrack.fill(lab.sensor, args.fill)
+                    result = watched_rep(bench)
                     sys.stdout.write(json.dumps({"rep": rep, **result}) + "\n")
                     sys.stdout.flush()
             finally:
@@ -123,28 +116,21 @@ def main() -> int:
     return 0
 
 
-def watched_rep(bench: Bench, where: Path, long: float) -> dict[str, Any]:
-    """One sweep rep against a fresh daemon; captured into `where` if it runs past `long`."""
+def watched_rep(bench: Bench) -> dict[str, Any]:
+    """One sweep rep against a fresh daemon, captured (Bench.watched) if it runs long."""
     ht = bench.honeytrap(extra=f'metrics_listen = "127.0.0.1:{METRICS_PORT}"\n')
-    captured = False
     try:
         records = LineCounter(ht.attackers_json)
-        tracked = conntrack(bench.lab.sensor)
+        tracked = conntrack.counters(bench.lab.sensor)
         sizes = bench.sizes
-        started = time.monotonic()
         procs = bench.start_burst(SWEEP_BASE, sizes.sweep_ports, sizes.sweep_conns)
-        while any(p.poll() is None for p in procs):
-            if not captured and time.monotonic() - started > long:
-                capture(bench, ht.master_pid(), where)
-                captured = True
-            time.sleep(POLL_SECONDS)
-        result = bench.collect(procs)
-        result["conntrack_drops"] = conntrack_drops(tracked, conntrack(bench.lab.sensor))
+        result = bench.watched(procs, ht.master_pid(), sizes.sweep_conns)
+        result["conntrack_drops"] = conntrack.dropped(tracked,
+                                                      conntrack.counters(bench.lab.sensor))
         result["records_wait"] = wait_lines(records, int(result["completed"]), RECORDS_WAIT)
     finally:
         stopped = bench.stop_honeytrap(ht)
-    return {**result, "captured": str(where) if captured else None, "records": stopped["json"],
-            "exit": stopped["exit"]}
+    return {**result, "records": stopped["json"], "exit": stopped["exit"]}
 
 
 def capture(bench: Bench, master: int, where: Path) -> None:
@@ -152,7 +138,7 @@ def capture(bench: Bench, master: int, where: Path) -> None:
     where.mkdir(parents=True, exist_ok=True)
     lab = bench.lab
     summary = [f"captured at {time.strftime('%H:%M:%S')} UTC"]
-    tracked = conntrack(lab.sensor)
+    tracked = conntrack.counters(lab.sensor)
     summary.append(f"sensor conntrack: {tracked}")
     listening = lab.sensor.cmd("ss", "-ltn", check=False)
     (where / "ss-listen.txt").write_text(listening)
@@ -188,16 +174,6 @@ def states_of(host: Host) -> dict[str, int]:
         state = line.split()[0] if line.split() else "?"
         counts[state] = counts.get(state, 0) + 1
     return counts
-
-
-def fill(bench: Bench, floor: Floor, room: int) -> None:
-    """Connections to the asyncio floor (its FILL_PORTS ports: fresh 4-tuples, as the bench's
-    own bursts) until the sensor's conntrack table has `room` entries free: each stays there,
-    closed (TIME_WAIT) and assured (never evicted for a new one), for the kernel's timeout."""
-    tracked = conntrack(bench.lab.sensor)
-    wanted = tracked["max"] - tracked["entries"] - room
-    if wanted > 0:
-        bench.burst(floor.port, floor.ports, wanted)
 
 
 def run(argv: list[str]) -> str:

@@ -43,6 +43,7 @@ from honeytrap import (
 from honeytrap import log as logs
 from honeytrap.attack import Mode
 from honeytrap.config import Config
+from honeytrap.conntrackdrops import ConntrackDrops
 from honeytrap.control import Channel
 from honeytrap.dialogue.catalog import load_catalog
 from honeytrap.errors import HoneytrapError
@@ -122,6 +123,7 @@ class Master:
         self.reload_config = reload_config
         self.keep_out_of_children = keep_out_of_children
         self.stats = MasterStats()
+        self.conntrack = ConntrackDrops()  # SYNs the kernel dropped, its table full
         self.table = PortTable(self._limits(config))
         self.finished_stats: dict[str, int] = {}
         self.children: dict[int, ProcessHandle] = {}  # every live server process, by pid
@@ -201,6 +203,7 @@ class Master:
             self._refill_spares(idle=not events)
             if self.metrics is not None:
                 self.metrics.tick()
+            self.conntrack.tick(time.monotonic())
             if time.monotonic() >= next_stats:
                 next_stats = time.monotonic() + STATS_LOG_INTERVAL
                 self.log_stats()
@@ -544,6 +547,7 @@ class Master:
         totals["control_queued"] = sum(p.channel.backlog for p in self.children.values())
         # What the server processes hold for the recorder (unacked.py), the sensor's total.
         totals["unacknowledged_bytes"] = self.unacked.total()
+        totals["conntrack_drops"] = self.conntrack.total
         return totals
 
     def log_stats(self) -> None:

@@ -192,6 +192,9 @@ METRICS: dict[str, MetricDef] = {
     "clamav_errors": _counter("clamav_errors", "ClamAV scans that failed (clamd down, bad reply)"),
     "clamav_skipped": _counter(
         "clamav_skipped", "ClamAV scans skipped: max_scans scans were waiting on a slow clamd"),
+    "conntrack_drops": _counter(
+        "conntrack_drops", "Packets the kernel dropped, its connection tracking table full "
+        "(nf_conntrack_max): attempts no socket or honeytrap saw"),
     "downloads": _counter("downloads", "Samples downloaded by the download plugins"),
     "download_failures": _counter(
         "download_failures", "Downloads refused by the download policy or failed"),

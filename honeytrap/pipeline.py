@@ -125,9 +125,10 @@ class Pipeline:
         self._attack_hooks = each
         self._tail_steps = tuple(BatchStep(hook, name, call) for hook, name, call in batched)
         # A submitted attack's steps, shared by every job (their attack is the job's): no Step
-        # made per hook per attack; a virtual attack's steps are made for it (_steps).
-        self._root_steps = tuple(Step(None, hook, name, call, 0)
-                                 for hook, name, call in self._attack_hooks)
+        # made per hook per attack; a virtual attack's steps are made for it (_steps). The
+        # next step last (Job.steps), so a job's steps are a copy of this list.
+        self._root_steps = [Step(None, hook, name, call, 0)
+                            for hook, name, call in reversed(self._attack_hooks)]
         self.plugin_timeout = plugin_timeout
         self.counters = Counters()
         self._clock = clock
@@ -157,7 +158,7 @@ class Pipeline:
             # No worker would ever take it, and drain() would wait for it forever.
             log.error("pipeline closed: attack %s not processed", attack.id)
             return
-        job = Job(deque(self._root_steps), attack, on_done=on_done)
+        job = Job(self._root_steps[:], attack, on_done=on_done)
         with self._idle:
             self._pending += 1
             self.counters.attacks += 1
@@ -171,7 +172,7 @@ class Pipeline:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
         steps = self._root_steps
-        self._put_jobs([Job(deque(steps), attack, on_done) for attack, on_done in attacks])
+        self._put_jobs([Job(steps[:], attack, on_done) for attack, on_done in attacks])
 
     def submit_tokens(self, attacks: Sequence[tuple[Attack, object]]) -> None:
         """submit_many for a caller that takes its attacks' ends by the batch: each (attack,
@@ -183,7 +184,7 @@ class Pipeline:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
         steps = self._root_steps
-        self._put_jobs([Job(deque(steps), attack, None, token) for attack, token in attacks])
+        self._put_jobs([Job(steps[:], attack, None, token) for attack, token in attacks])
 
     def _put_jobs(self, jobs: list[Job]) -> None:
         """Count the jobs pending, then queue them by MAX_BATCH: one put (and at most one
@@ -206,7 +207,8 @@ class Pipeline:
         with self._idle:
             self._pending += 1
             self.counters.followups += 1
-        job = Job(deque(steps), root)
+        steps.reverse()  # the next step last (Job.steps)
+        job = Job(steps, root)
         job.followup = True
         self._queue.put(job)
 
@@ -477,7 +479,7 @@ class Pipeline:
         """Run the job's steps. False if the watchdog abandoned this worker meanwhile."""
         steps = job.steps
         while steps:
-            step = steps.popleft()
+            step = steps.pop()  # the next step is the last (Job.steps)
             attack = job.attack if step.attack is None else step.attack
             worker.current = (step, job, self._clock())
             result = self._call(step, attack)
@@ -539,7 +541,7 @@ class Pipeline:
                     made = job.made = []
                 made.append(virtual)
             extra.extend(self._steps(virtual, step.depth + 1))
-        job.steps.extendleft(reversed(extra))
+        job.steps.extend(reversed(extra))  # next, in their order (the next step last)
 
     def _finished(self, jobs: list[Job]) -> None:
         """Finish a batch's jobs: each one's on_done and downloads, then the counters once

@@ -7,11 +7,13 @@ the master gets a new link ("relink") and everything not acknowledged is sent ag
 kept unacknowledged counts against the sensor's bound (unacked.py): past it the server holds
 back new connections until the recorder catches up.
 
-A frame is kept once, in `unacked`. What waits to be sent is copied into the send buffer only
-as far as SEND_BUFFER_BYTES: the rest is the frames from `unsent_from` on, taken from `unacked`
-as the socket drains. (Copying every frame into the buffer as it came kept a second copy of all
-that was unsent: while the recorder did not read, which is when the servers hold the most,
-their memory was unacknowledged_limit and that much again: bench/ soak, 15 -> 173 MiB.)
+A frame is kept once, in `unacked` (framestore.py: packed in chunks of their own mappings,
+each given back once every frame in it is acknowledged). What waits to be sent is copied into
+the send buffer only as far as SEND_BUFFER_BYTES: the rest is the frames from `unsent_from` on,
+taken from `unacked` as the socket drains. (Copying every frame into the buffer as it came
+kept a second copy of all that was unsent: while the recorder did not read, which is when the
+servers hold the most, their memory was unacknowledged_limit and that much again: bench/ soak,
+15 -> 173 MiB.)
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import logging
 import socket
 from collections.abc import Callable
 
-from honeytrap import unacked, wire
+from honeytrap import heaptrim, unacked, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
+from honeytrap.framestore import FrameStore
 
 log = logging.getLogger("honeytrap.recorder")
 
@@ -43,6 +46,12 @@ ACK_READ_SIZE = 64 * 1024
 # as fast as it comes sends as before, and a link it does not read costs no more than this
 # beside the frames kept for it in `unacked`.
 SEND_BUFFER_BYTES = FLUSH_BYTES
+# Once the frames held came down by this much from their high-water mark, the process's C heap
+# is trimmed (heaptrim.py; at most every heaptrim.TRIM_INTERVAL): the frames themselves go back
+# with their chunks (framestore.py), but the heap keeps the free pages between what a backlog
+# allocated beside them (a chunk's offsets, the acknowledgements' reads): ~1.5 MiB after 15 MB
+# held and given back three times (tests/test_recorderlink_memory.py).
+TRIM_BYTES = 4 * 1024 * 1024
 
 
 def max_frame(config: Config) -> int:
@@ -78,8 +87,9 @@ class RecorderClient:
         self.on_acked = on_acked
         self.frame_limit = max_frame(config)  # what a frame handed to send() may be at most
         self.reader = wire.FrameReader(max_frame=self.frame_limit)
-        self.unacked: dict[int, bytes] = {}
-        self.unacked_bytes = 0
+        self.unacked = FrameStore()
+        self._high = 0  # the most bytes held since the last trim
+        self._trimmed = 0.0  # when (the loop's clock)
         # This process's part of the sensor's bound (the master's share; None: its own alone).
         self.holdback = unacked.Holdback(
             share if share is not None else unacked.PrivateShare(config.unacknowledged_limit),
@@ -93,6 +103,10 @@ class RecorderClient:
         self._flush_soon = False  # a flush is scheduled (FLUSH_DELAY)
         self._idle = asyncio.Event()  # set while nothing is unacknowledged
         self._idle.set()
+
+    @property
+    def unacked_bytes(self) -> int:
+        return self.unacked.bytes
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -110,8 +124,10 @@ class RecorderClient:
         self.seq + 1 (wire.encode_normal: a server's normal-mode attacks are encoded without an
         Attack)."""
         self.seq = seq
-        self.unacked[seq] = frame
-        self.unacked_bytes += len(frame)
+        store = self.unacked
+        store.add(seq, frame)
+        if store.bytes > self._high:
+            self._high = store.bytes
         self._idle.clear()
         if self.sock is not None:
             out = self.out
@@ -133,7 +149,8 @@ class RecorderClient:
         self._attach(sock)
         # unacked is in sequence order (frames are added in it, only removed): its first is the
         # oldest one not acknowledged, and every frame from it on is sent again (_refill).
-        self.unsent_from = next(iter(self.unacked), self.seq + 1)
+        oldest = self.unacked.oldest()
+        self.unsent_from = self.seq + 1 if oldest is None else oldest
         log.warning("relinked to the recorder: %d attacks sent again", len(self.unacked))
         self._flush()
 
@@ -189,14 +206,9 @@ class RecorderClient:
     def _refill(self) -> bool:
         """Copy the next frames waiting in `unacked` into the empty send buffer, up to
         SEND_BUFFER_BYTES; False if none waits."""
-        out, frames, seq, last = self.out, self.unacked, self.unsent_from, self.seq
-        while seq <= last and len(out) < SEND_BUFFER_BYTES:
-            frame = frames.get(seq)  # None only for one acknowledged before a relink
-            seq += 1
-            if frame is not None:
-                out += frame
-        self.unsent_from = seq
-        return bool(out)
+        # (Frames acknowledged before a relink are skipped.)
+        self.unsent_from = self.unacked.copy_into(self.out, self.unsent_from, SEND_BUFFER_BYTES)
+        return bool(self.out)
 
     def _readable(self) -> None:
         assert self.sock is not None
@@ -218,17 +230,20 @@ class RecorderClient:
                 self._lost(f"malformed ack: {exc}")
                 return
             seqs = [seq for kind, seq, _attack in messages if kind == "ack"]
-        frames = self.unacked
-        freed = 0
-        for seq in seqs:
-            frame = frames.pop(seq, None)
-            if frame is not None:
-                freed += len(frame)
-        self.unacked_bytes -= freed
-        self.holdback.acked(freed)
+        self.holdback.acked(self.unacked.pop_many(seqs))
         if not self.unacked:
             self._idle.set()
+        if self._high - self.unacked.bytes >= TRIM_BYTES:
+            self._trim()
         self.on_acked()
+
+    def _trim(self) -> None:
+        assert self.loop is not None
+        now = self.loop.time()
+        if now - self._trimmed >= heaptrim.TRIM_INTERVAL or not self.unacked:
+            self._trimmed = now
+            self._high = self.unacked.bytes
+            heaptrim.trim()
 
     def _lost(self, why: str) -> None:
         log.error("link to the recorder lost (%s): %d attacks kept until the master relinks",

@@ -10,10 +10,13 @@ every part is doing."""
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import select
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from netns import Host, Lab, inside
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
+conntrack = importlib.import_module("conntrack")
 harness = importlib.import_module("harness")
 stallwatch = importlib.import_module("stallwatch")
 
@@ -30,8 +34,10 @@ PORT = 4444
 # The bound on waiting for the kernel to forget a closed connection: its timeout, then the
 # listing's own granularity (a second, /proc/net/nf_conntrack) with room for a loaded machine;
 # far below the kernel's default 120 s, which the lab had.
-FORGET_WAIT = harness.CONNTRACK_TIME_WAIT + 10.0
+FORGET_WAIT = conntrack.TIME_WAIT + 10.0
 POLL = 0.2
+# The longest wait for a capture to be written (py-spy dumps of a few processes).
+CAPTURE_WAIT = 60.0
 
 
 @pytest.fixture
@@ -85,32 +91,49 @@ def test_a_closed_connection_leaves_the_sensors_connection_tracking_in_time(
     while tracked_state(bench_lab.sensor, client_port) is not None:
         assert time.monotonic() < deadline, "the closed connection is still tracked"
         time.sleep(POLL)  # polling the kernel's table: no event says an entry expired
-    tracked = harness.conntrack(bench_lab.sensor)
-    assert tracked["max"] >= 3 * harness.CONNTRACK_TIME_WAIT * harness.PEAK_RATE
-    assert harness.conntrack_drops(tracked, harness.conntrack(bench_lab.sensor)) == 0
+    tracked = conntrack.counters(bench_lab.sensor)
+    assert tracked["max"] >= 3 * conntrack.TIME_WAIT * conntrack.PEAK_RATE
+    assert tracked["drop"] == 0
 
 
-def test_every_load_starts_with_the_sensors_connection_tracking_empty(
-        bench_lab: Lab, tmp_path: Path) -> None:
+def test_a_full_table_turns_a_connection_away_unanswered_until_it_is_flushed(
+        bench_lab: Lab) -> None:
+    """The stall's mechanism, made on purpose: with the sensor's table full the kernel drops
+    the SYN (counted) before any socket sees it, the client stays in SYN-SENT, and a flush lets
+    its next retransmission in."""
+    with inside(bench_lab.sensor):
+        listener = socket.create_server((bench_lab.sensor.ip4, PORT))
+    conntrack.fill(bench_lab.sensor, 0)
+    before = conntrack.counters(bench_lab.sensor)
+    assert before["entries"] == before["max"]
+    with inside(bench_lab.attacker):
+        client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with listener, client:
+        client.setblocking(False)
+        assert client.connect_ex((bench_lab.sensor.ip4, PORT)) == errno.EINPROGRESS
+        deadline = time.monotonic() + FORGET_WAIT
+        while conntrack.dropped(before, conntrack.counters(bench_lab.sensor)) == 0:
+            assert time.monotonic() < deadline, "the SYN was not dropped"
+            time.sleep(POLL)  # polling the kernel's counter: no event says it moved
+        assert select.select([], [client], [], 0) == ([], [], [])  # no answer: SYN-SENT
+        conntrack.flush(bench_lab.sensor)
+        _, writable, _ = select.select([], [client], [], FORGET_WAIT)  # the retransmission
+        assert writable and client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        listener.accept()[0].close()
+
+
+def test_every_load_starts_with_the_sensors_table_flushed(bench_lab: Lab, tmp_path: Path) -> None:
     """A burst (Bench.start_burst: every throughput, soak and sweep load) begins by flushing
-    the sensor's table: what the loads before it left there is gone at once, whatever its
-    timeout (the kernel's 120 s here, so only the flush can take it), and the burst's own
-    connections are tracked from an empty table."""
-    bench_lab.sensor.cmd("sysctl", "-qw", "net.netfilter.nf_conntrack_tcp_timeout_time_wait="
-                         f"{stallwatch.KERNEL_TIME_WAIT}")
-    earlier = completed_connection(bench_lab)
-    assert tracked_state(bench_lab.sensor, earlier) == "TIME_WAIT"
+    the sensor's table: whatever the loads before it left there (here a full table), its
+    connections are all answered, and the kernel drops none."""
     bench = harness.Bench(bench_lab, tmp_path, harness.QUICK)
     floor = bench.floor("asyncio", PORT, 1)
     try:
-        result = bench.burst(PORT, 1, 10)
+        conntrack.fill(bench_lab.sensor, 0)
+        result = bench.measure_floor(floor, 10)
     finally:
         floor.stop()
-    assert result["completed"] == 10
-    assert tracked_state(bench_lab.sensor, earlier) is None
-    tracked = harness.conntrack(bench_lab.sensor)
-    assert 10 <= tracked["entries"] < 20  # the burst's ten, and the floor's few of its own
-    assert tracked["drop"] == 0
+    assert (result["completed"], result["timeout"], result["conntrack_drops"]) == (10, 0, 0)
 
 
 def test_the_stall_watch_captures_every_process_of_a_running_daemon(
@@ -135,3 +158,37 @@ def test_the_stall_watch_captures_every_process_of_a_running_daemon(
         assert dumps and all("Thread" in d.read_text() for d in dumps), name
     assert "honeytrap_" in (where / "metrics.txt").read_text()
     assert f":{PORT}" in (where / "ss-listen.txt").read_text()
+
+
+def flush_once(lab: Lab, summary: Path) -> None:
+    """Flush the sensor's table once `summary` (a capture's last file) is written."""
+    deadline = time.monotonic() + CAPTURE_WAIT
+    while not summary.exists() and time.monotonic() < deadline:
+        time.sleep(POLL)  # polling a file another thread writes: the capture has no event
+    conntrack.flush(lab.sensor)
+
+
+def test_a_honeytrap_burst_that_runs_long_is_captured_while_it_still_runs(
+        bench_lab: Lab, tmp_path: Path) -> None:
+    """Bench.watched (every honeytrap burst of bench/run.py): a burst stuck on a full table
+    (not flushed) is captured while it is stuck, and the capture shows the table full; the
+    table flushed once the capture is written, the burst ends served."""
+    captures = tmp_path / "captures"
+    bench = harness.Bench(bench_lab, tmp_path, harness.QUICK)
+    bench.captures, bench.capture_floor, bench.flush_conntrack = captures, 1.0, False
+    ht = bench.honeytrap()
+    unstall = threading.Thread(target=flush_once,
+                               args=(bench_lab, captures / "burst-1" / "summary.txt"))
+    try:
+        conntrack.fill(bench_lab.sensor, 0)
+        unstall.start()
+        result = bench.measure_honeytrap(ht, PORT, 1, 5)
+    finally:
+        unstall.join()
+        bench.stop_honeytrap(ht)
+    assert result["captured"] == str(captures / "burst-1")
+    assert (result["completed"], result["timeout"]) == (5, 0)
+    assert result["conntrack_drops"] > 0
+    summary = (captures / "burst-1" / "summary.txt").read_text()
+    full = conntrack.counters(bench_lab.sensor)["max"]
+    assert f"'entries': {full}, 'max': {full}" in summary

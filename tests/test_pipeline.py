@@ -212,6 +212,23 @@ def test_a_virtual_attack_goes_through_every_hook_before_its_parent_goes_on() ->
     assert journal.seen_by("After") == every_hook(b"decoded") + every_hook(b"root")
 
 
+class TwoDecoder:
+    """PREPROC: the root attack yields two virtual attacks."""
+
+    def preproc(self, attack: Attack) -> Iterable[Attack]:
+        return [] if attack.is_virtual else [attack.derive(b"one", "first"),
+                                             attack.derive(b"two", "second")]
+
+
+def test_virtual_attacks_go_through_every_hook_in_the_order_they_were_made() -> None:
+    """A job's steps are kept with the next one last (Job.steps): the ones spliced in for
+    several virtual attacks still run first to last, before the parent's next step."""
+    journal = Journal()
+    registry = registry_of(("Decoder", TwoDecoder()), ("After", Recorder("After", journal)))
+    run(registry, attack())
+    assert journal.seen_by("After") == every_hook(b"one") + every_hook(b"two") + every_hook(b"root")
+
+
 class Finder:
     """ANALYZE: finds a download in virtual attacks only, as a download plugin would."""
 
