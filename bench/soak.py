@@ -8,6 +8,7 @@ second's (windows of a minute, a fifth of a shorter soak)."""
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any
 
@@ -127,6 +128,7 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
                        honeytrap=f"{second / 1024:.1f} -> {last / 1024:.1f}",
                        ratio=f"{last / second:.2f}x" if second else "-",
                        target=verdict(flat, f"within {MEMORY_TOLERANCE:.0%}")))
+    out.append(held_row(r, span, seconds))
     out.append(pace_row(r, span, met))
     recorded = outputs["json"] == load["completed"] and outputs["files"] == load["completed"]
     met["soak records"] = recorded
@@ -145,6 +147,22 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
                              f"{outputs['server_crashes']}",
                    target=verdict(clean, f"< {STOP_TARGET:.0f} s, 0, 0")))
     return out
+
+
+def held_row(r: dict[str, Any], span: float, seconds: float) -> Row:
+    """The servers' PSS less the attacks they hold for the recorder (unacknowledged_bytes,
+    bounded by unacknowledged_limit), second -> last window: what they keep beside a backlog.
+    Flat while the PSS row is not, the growth is the backlog itself (the recorder behind), not
+    memory the servers kept once a backlog had needed it (framestore.py)."""
+    samples = [{"t": s["t"], "rest": s["servers"] - s["unacked_bytes"] / 1024}
+               for s in r["samples"] if s.get("unacked_bytes", -1) >= 0]
+    second = window_mean(samples, "rest", span, 2 * span)
+    last = window_mean(samples, "rest", seconds - span, seconds + 1)
+    label = f"soak: servers PSS less their unacknowledged bytes, second -> last {span:.0f} s (MiB)"
+    if math.isnan(second) or math.isnan(last) or second <= 0:
+        return row(label, honeytrap="no figures (metrics not read)")
+    return row(label, honeytrap=f"{second / 1024:.1f} -> {last / 1024:.1f}",
+               ratio=f"{last / second:.2f}x")
 
 
 def pace_row(r: dict[str, Any], span: float, met: dict[str, bool]) -> Row:

@@ -173,6 +173,11 @@ class Backlog:
         finally:
             self._lock.release()
 
+    def holding(self) -> bool:
+        """Whether records wait (a hint, read without the lock: SaveFile's batch then starts
+        no file ahead of submit_each, which would hold it too)."""
+        return bool(self._held)
+
     def stats(self) -> dict[str, int]:
         return {
             "spool_depth": self.counters.held,

@@ -28,6 +28,18 @@ from collections.abc import Iterable, Iterator
 # idle link keeps mapped (its last chunk, reused once empty) is this at most. Past
 # FLUSH_BYTES-sized refills (recorderlink.py) a chunk is copied out in one or two slices.
 CHUNK_BYTES = 256 * 1024
+# Chunks a process's frames take at most (its share of unacknowledged_limit in chunks; past it,
+# larger chunks): each is a mapping of its own, and the kernel allows a process 65,530
+# (vm.max_map_count) in all. 64 MiB (the default limit) is 256 chunks; 64 GiB (the largest) would
+# be 262,144: chunks of 16 MiB instead.
+MAX_CHUNKS = 4096
+
+
+def chunk_bytes(limit: int) -> int:
+    """The chunk size for a process holding up to `limit` bytes of frames: CHUNK_BYTES, or
+    larger past MAX_CHUNKS chunks (whole pages)."""
+    size = max(CHUNK_BYTES, -(-limit // MAX_CHUNKS))
+    return -(-size // mmap.PAGESIZE) * mmap.PAGESIZE
 
 
 class _Chunk:
@@ -53,7 +65,8 @@ class _Chunk:
 class FrameStore:
     """Frames by sequence number, kept until popped (acknowledged)."""
 
-    def __init__(self) -> None:
+    def __init__(self, chunk_size: int = CHUNK_BYTES) -> None:
+        self.chunk_size = chunk_size
         self._chunks: list[_Chunk] = []  # in sequence order
         self._firsts: list[int] = []  # each chunk's first sequence number (bisect)
         self.count = 0  # frames held
@@ -90,7 +103,7 @@ class FrameStore:
         # before (the chunk after it, a large frame's own, was freed).
         if (chunk is None or chunk.used + size > len(chunk.memory)
                 or chunk.first + len(chunk.acked) != seq):
-            chunk = _Chunk(seq, max(CHUNK_BYTES, size))
+            chunk = _Chunk(seq, max(self.chunk_size, size))
             self._chunks.append(chunk)
             self._firsts.append(seq)
         at = chunk.used
@@ -168,7 +181,7 @@ class FrameStore:
     def _release(self, chunk: _Chunk) -> None:
         """Every frame of `chunk` is acknowledged."""
         position = self._chunks.index(chunk)
-        if position == len(self._chunks) - 1 and len(chunk.memory) == CHUNK_BYTES:
+        if position == len(self._chunks) - 1 and len(chunk.memory) == self.chunk_size:
             # The one being written (not a large frame's own): started again.
             chunk.first = self.last + 1
             self._firsts[position] = chunk.first

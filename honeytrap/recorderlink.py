@@ -26,7 +26,7 @@ from collections.abc import Callable
 from honeytrap import heaptrim, unacked, wire
 from honeytrap.attack import Attack
 from honeytrap.config import Config
-from honeytrap.framestore import FrameStore
+from honeytrap.framestore import FrameStore, chunk_bytes
 
 log = logging.getLogger("honeytrap.recorder")
 
@@ -87,7 +87,7 @@ class RecorderClient:
         self.on_acked = on_acked
         self.frame_limit = max_frame(config)  # what a frame handed to send() may be at most
         self.reader = wire.FrameReader(max_frame=self.frame_limit)
-        self.unacked = FrameStore()
+        self.unacked = FrameStore(chunk_bytes(config.unacknowledged_limit))
         self._high = 0  # the most bytes held since the last trim
         self._trimmed = 0.0  # when (the loop's clock)
         # This process's part of the sensor's bound (the master's share; None: its own alone).

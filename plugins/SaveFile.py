@@ -42,6 +42,10 @@ from honeytrap.plugin import PluginContext
 _MAX_ID = 64
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
 _stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
+# A batch's attack files written unnamed before the first is named, their data then put on
+# the disk together (outfile.start_unnamed, settle_all): one descriptor each meanwhile, so at
+# most this many (the pipeline's batches are at most 128 attacks; later ones settle each).
+STARTED_AHEAD = 128
 
 
 class SaveFile:
@@ -142,8 +146,21 @@ class SaveFile:
         """A batch's attack files (writebatch.py), in order, under one lock of the backlog's
         (Backlog.submit_each). One that raises (not a full disk: the backlog holds those) does
         not keep the others from being written; the first such error is raised once all were
-        tried (the pipeline logs and counts it)."""
-        self.backlog.submit_each(files)
+        tried (the pipeline logs and counts it). While the backlog holds nothing, up to
+        STARTED_AHEAD of the files are written unnamed first and their data put on the disk
+        at once (outfile.start_unnamed, settle_all), then each named (name_started); what the
+        backlog holds instead gives up its start and is written whole later."""
+        started = [] if self.backlog.holding() else files[:STARTED_AHEAD]
+        for write in started:
+            write.start()
+        if started and outfile.settle_all(started[0].dir_fd):
+            for write in started:
+                write.settled = True
+        try:
+            self.backlog.submit_each(files)
+        finally:
+            for write in started:
+                write.give_up()
 
     def _save_downloads(self, attack: Attack) -> list[str]:
         assert self.downloads_fd is not None, "savedata after close"
@@ -178,17 +195,40 @@ class _AttackFile:
     full); `name` is the name it got, known once written. A slotted object rather than a
     closure and a list for the name: one per attack."""
 
-    __slots__ = ("dir_fd", "name", "payload", "log")
+    __slots__ = ("dir_fd", "name", "payload", "log", "started", "settled")
 
     def __init__(self, dir_fd: int, name: str, payload: bytes, log: logging.Logger) -> None:
         self.dir_fd, self.name, self.payload, self.log = dir_fd, name, payload, log
+        # The unnamed file start() wrote, taken by one of __call__ and give_up only: a list's
+        # pop() is one step under the GIL (the backlog's retry thread may call a held file
+        # while its batch gives up the others).
+        self.started: list[int] = []
+        self.settled = False  # its started file's data is on the disk (settle_all)
 
     def __len__(self) -> int:  # what it weighs while its output is stalled (stalls.py)
         return len(self.payload)
 
+    def start(self) -> None:
+        fd = outfile.start_unnamed(self.dir_fd, self.payload)
+        if fd is not None:
+            self.started.append(fd)
+
+    def give_up(self) -> None:
+        """Not written by its batch (held by the backlog): the started file is dropped."""
+        try:
+            fd = self.started.pop()
+        except IndexError:
+            return
+        outfile.close_fd(fd)
+
     def __call__(self) -> None:
         base = self.name
-        self.name = outfile.write_numbered(self.dir_fd, base, self.payload)
+        try:
+            fd = self.started.pop()
+        except IndexError:
+            self.name = outfile.write_numbered(self.dir_fd, base, self.payload)
+        else:
+            self.name = outfile.name_started(fd, self.dir_fd, base, self.settled)
         if self.name != base:
             # Only a file left from an earlier run takes the name: names are unique.
             self.log.warning("attack file %s existed already: saved as %s", base, self.name)

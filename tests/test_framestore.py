@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from honeytrap.framestore import CHUNK_BYTES, FrameStore
+from honeytrap.config import MAX_UNACKNOWLEDGED_LIMIT, MIN_UNACKNOWLEDGED_LIMIT
+from honeytrap.framestore import CHUNK_BYTES, MAX_CHUNKS, FrameStore, chunk_bytes
 
 SIZES = st.one_of(st.integers(300, 420), st.sampled_from([1, 64, 5000, CHUNK_BYTES + 1]))
 STEPS = st.lists(st.one_of(
@@ -83,3 +84,14 @@ def test_a_frame_out_of_sequence_is_refused() -> None:
     with pytest.raises(ValueError, match="not the next one"):
         store.add(3, b"c")
     assert list(store) == [1]
+
+
+def test_a_large_limit_takes_larger_chunks_not_more_mappings() -> None:
+    """Each chunk is a mapping (vm.max_map_count allows 65,530 a process): the largest limit
+    is held in at most MAX_CHUNKS chunks, the default's in chunks of CHUNK_BYTES."""
+    assert chunk_bytes(MIN_UNACKNOWLEDGED_LIMIT) == chunk_bytes(64 * 1024 * 1024) == CHUNK_BYTES
+    size = chunk_bytes(MAX_UNACKNOWLEDGED_LIMIT)
+    assert MAX_UNACKNOWLEDGED_LIMIT / size <= MAX_CHUNKS
+    store = FrameStore(size)
+    store.add(1, b"x")
+    assert store.mapped() == size

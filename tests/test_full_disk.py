@@ -16,7 +16,7 @@ import pytest
 from test_output_plugins import instance, load, make_attack, make_download
 from tmpfs import PAGE, Disk
 
-from honeytrap import outfile
+from honeytrap import outfile, writebatch
 from honeytrap.backlog import LOG_INTERVAL, Backlog
 from honeytrap.log import AppendFileHandler
 
@@ -376,6 +376,39 @@ def test_file_outputs_on_a_full_disk_hold_and_then_write_everything(
         assert Path(path).read_bytes() == attack.payload
     sample = make_download(b"MZ" + b"s" * 5000).payload
     assert (disk.path / "dl" / sample.md5).read_bytes() == sample.data
+
+
+def test_a_batch_of_attack_files_on_a_disk_that_fills_holds_the_rest_in_order(
+    disk: Disk,
+) -> None:
+    """SaveFile's batch way (the files written unnamed first, settled at once, then named) on a
+    disk with room for 10 of 30: those 10 named, the other 20 held in order (no started file
+    left open), a later batch held behind them; once room returns, all 32 whole and in order."""
+    filler = disk.path / "filler"
+    filler.write_bytes(b"\0" * ((DISK_PAGES - 20) * PAGE))  # room for 10 files of 2 pages
+    registry = load(("SaveFile", {"attacks_dir": str(disk.path / "attacks"),
+                                  "downloads_dir": str(disk.path / "dl")}))
+    save = instance(registry, "SaveFile")
+    attacks = [make_attack(b"attack %d " % n + b"x" * (PAGE + 100)) for n in range(32)]
+    descriptors = len(os.listdir("/proc/self/fd"))
+    errors: list[BaseException] = []
+    try:
+        for part in (attacks[:30], attacks[30:]):
+            batch = writebatch.WriteBatch()
+            with writebatch.running(batch):
+                save.savedata_batch(part)
+            batch.take().write(lambda _write, exc: errors.append(exc))
+        assert errors == []  # a full disk is held, not raised
+        assert len(os.listdir(disk.path / "attacks")) == 10
+        assert save.stats()["spool_depth"] == 22
+        assert len(os.listdir("/proc/self/fd")) == descriptors  # no started file kept open
+        filler.unlink()
+        assert save.backlog.drain()
+    finally:
+        registry.close()
+    for attack in attacks:
+        assert Path(attack.analysis["SaveFile"]["attack_file"]).read_bytes() == attack.payload
+    assert len(os.listdir(disk.path / "attacks")) == 32
 
 
 def test_the_log_file_on_a_full_disk_loses_records_quietly(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ DISK_PAGES = 1024
 # The reader test: files written while another thread reads every name that appears.
 READER_FILES = 200
 READER_FILE_BYTES = 2 * PAGE + 100  # more than one write's page: a partial file would show
+# bindfs exits at once on SIGTERM; past this something is wrong.
+SERVER_EXIT_TIMEOUT = 10.0
 
 
 class NoTmpfile:
@@ -40,7 +44,9 @@ class NoTmpfile:
             # bindfs returns once the filesystem is mounted (then serves it in the background,
             # and exits when it is unmounted).
             subprocess.run(["bindfs", str(self.disk.path), str(self.path)], check=True)
+            self.server = os.pidfd_open(server_pid(self.path))
         except BaseException:
+            subprocess.run(["umount", str(self.path)], check=False)
             self.disk.unmount()
             raise
         self.dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
@@ -51,7 +57,29 @@ class NoTmpfile:
     def close(self) -> None:
         os.close(self.dir_fd)
         subprocess.run(["umount", str(self.path)], check=True)
-        self.disk.unmount()
+        try:
+            # A mount namespace another process made meanwhile (ip netns exec: other tests)
+            # holds a copy of the mount, and bindfs serves it while one does: it is stopped
+            # (by its pid), and holds the disk until it has exited.
+            signal.pidfd_send_signal(self.server, signal.SIGTERM)
+            ready, _, _ = select.select([self.server], [], [], SERVER_EXIT_TIMEOUT)
+            assert ready, f"bindfs did not exit {SERVER_EXIT_TIMEOUT:.0f} s after SIGTERM"
+        finally:
+            os.close(self.server)
+            self.disk.unmount()
+
+
+def server_pid(mount_point: Path) -> int:
+    """The bindfs process serving `mount_point` (the one whose arguments end with it)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue  # exited meanwhile
+            if argv[0].endswith(b"bindfs") and os.fsencode(mount_point) in argv:
+                return int(entry.name)
+    raise AssertionError(f"no bindfs process serves {mount_point}")
 
 
 @pytest.fixture
