@@ -267,11 +267,9 @@ def write_numbered(dir_fd: int, name: str, data: bytes) -> str:
 
 def start_unnamed(dir_fd: int, data: bytes) -> int | None:
     """write_numbered's first half, for a batch of files: the unnamed file written, not yet
-    settled (settle_all does a batch's at once); its descriptor, for name_started. None where
-    this way cannot be taken (no O_TMPFILE, no AT_EMPTY_PATH, any error: write_numbered then
-    does all of it, and raises what it must)."""
-    if _linkat is None:
-        return None
+    settled (settle_all does a batch's at once); its descriptor, for name_started (which names
+    it by AT_EMPTY_PATH or by /proc, as _link_unnamed). None where this way cannot be taken
+    (no O_TMPFILE, any error: write_numbered then does all of it, and raises what it must)."""
     try:
         fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     except OSError:

@@ -103,12 +103,16 @@ def test_files_named_before_a_crash_hold_their_bytes_after_it(ext4: Ext4) -> Non
     assert (downloads / "sample").read_bytes() == SAMPLE
 
 
+@pytest.mark.parametrize("link_way", ["AT_EMPTY_PATH", "/proc/self/fd"])
 def test_a_batch_settled_at_once_or_file_by_file_holds_its_bytes_after_a_crash(
-    ext4: Ext4,
+    ext4: Ext4, link_way: str, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """SaveFile's batch way: the batch's files written unnamed (start_unnamed), their data put
     on the disk at once (settle_all) and then named (name_started); and a started file named
-    without settle_all (it settles itself)."""
+    without settle_all (it settles itself). Both ways of naming them: linkat(AT_EMPTY_PATH),
+    and the /proc path of kernels before 6.10 for an unprivileged recorder."""
+    if link_way == "/proc/self/fd":
+        monkeypatch.setattr(outfile, "_linkat", None)
     attacks = ext4.path / "attacks"
     attacks.mkdir()
     dir_fd = os.open(attacks, os.O_RDONLY | os.O_DIRECTORY)
