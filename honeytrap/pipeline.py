@@ -49,7 +49,7 @@ from honeytrap import background, writebatch
 from honeytrap.attack import Attack
 from honeytrap.background import DownloadPool, Task
 from honeytrap.config import Config
-from honeytrap.pipelinejobs import BatchStep, Counters, Flush, Job, Step, Tail, Worker
+from honeytrap.pipelinejobs import NO_STEPS, BatchStep, Counters, Flush, Job, Step, Tail, Worker
 from honeytrap.plugin import ATTACK_HOOKS, BATCH_HOOKS, FOLLOWUP_HOOK, Registry
 from honeytrap.stalls import StalledOutputs
 from honeytrap.watchdog import Watchdog
@@ -184,6 +184,9 @@ class Pipeline:
                 log.error("pipeline closed: attack %s not processed", attack.id)
             return
         steps = self._root_steps
+        if not steps:  # every hook a batch hook (the default outputs), or none: no list each
+            self._put_jobs([Job(NO_STEPS, attack, None, token) for attack, token in attacks])
+            return
         self._put_jobs([Job(steps[:], attack, None, token) for attack, token in attacks])
 
     def _put_jobs(self, jobs: list[Job]) -> None:

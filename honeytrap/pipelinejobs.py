@@ -76,6 +76,12 @@ class Job:
         self.followup = False
 
 
+# The steps of a job that has none (its attack's hooks are all batch hooks: the default outputs'),
+# shared by every such job rather than an empty list each. Never changed: steps are only added
+# (_splice) for the virtual attacks a step returned, and such a job runs no step.
+NO_STEPS: list[Step] = []
+
+
 class Tail:
     """A batch's jobs, every per-attack step of theirs run, and the batch hooks still to call
     with their attacks (`attacks`: each root after its virtual attacks), then the writes, then
