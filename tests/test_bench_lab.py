@@ -154,8 +154,8 @@ def test_the_stall_watch_captures_every_process_of_a_running_daemon(
     assert "listening sockets with connections queued (Recv-Q > 0): 0" in summary
     for name in ("master", "recorder", "servers"):
         assert f" {name}: " in summary
-        dumps = list(where.glob(f"py-spy-{name}-*.txt"))
-        assert dumps and all("Thread" in d.read_text() for d in dumps), name
+        dumps = {d.name: d.read_text() for d in where.glob(f"py-spy-{name}-*.txt")}
+        assert dumps and all("Thread" in text for text in dumps.values()), dumps
     assert "honeytrap_" in (where / "metrics.txt").read_text()
     assert f":{PORT}" in (where / "ss-listen.txt").read_text()
 
