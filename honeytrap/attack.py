@@ -181,10 +181,11 @@ class Attack:
         is one f-string; the values of free shape (notes, analysis, dialogue fields, downloads)
         go through jsontext. `extra` keys come after to_json's (they must not be among them).
         Guarded by tests/test_output_formats.py against json.dumps for any attack."""
-        return self.json_text_open(inline_samples) + extra_text(extra) + "}"
+        return self.json_text_open(inline_samples, extra_text(extra) + "}")
 
-    # to_json_text without its closing brace (nor extra keys), attacktext.py's: a writer that
-    # adds the same keys to every line appends their text, made once (extra_text), and the brace.
+    # to_json_text without its closing brace (nor extra keys), then what it is given to close
+    # with (attacktext.py's): a writer that adds the same keys to every line gives their text,
+    # made once (extra_text), and the brace.
     json_text_open = attacktext.json_text_open
 
     def followup_json(

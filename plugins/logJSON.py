@@ -39,13 +39,13 @@ class LogJSON(outfile.LineLog):
     def line(self, attack: Attack) -> bytes:
         # The text of _ENCODER.encode({**attack.to_json(), "sensor_id": ...}), built directly
         # (attack.to_json_text's, with its end made once).
-        return (attack.json_text_open(self.inline_samples) + self._line_end).encode("utf-8")
+        return attack.json_text_open(self.inline_samples, self._line_end).encode("utf-8")
 
     def lines(self, attacks: Sequence[Attack]) -> list[bytes]:
         """A batch's lines (postproc_batch), made here rather than by a line() call each."""
         inline = self.inline_samples
         end = self._line_end
-        return [(attack.json_text_open(inline) + end).encode("utf-8") for attack in attacks
+        return [attack.json_text_open(inline, end).encode("utf-8") for attack in attacks
                 if not attack.is_virtual]
 
     def followup(self, attack: Attack) -> None:
