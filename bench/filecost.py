@@ -43,7 +43,7 @@ KEEP_NOTHING = frozenset({"tmpfile_nolink"})
 
 
 def way_write_numbered(dir_fd: int, name: str, data: bytes) -> None:
-    """What SaveFile does (outfile.write_numbered)."""
+    """outfile.write_numbered: a file alone, settled (sync_file_range) before its link."""
     outfile.write_numbered(dir_fd, name, data)
 
 

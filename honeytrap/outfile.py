@@ -19,16 +19,20 @@ filesystem has no O_TMPFILE, a temporary name in the same directory does it, unl
 (a process killed meanwhile leaves that hidden name, never a partial file under the final one:
 tests/test_outfile_crash.py).
 
-A new file's data is also on the disk before its name is given: with delayed allocation (ext4's
-default) a name links a file whose blocks do not exist yet, and the journal commits the name
-within seconds while the data waits up to 30 s for writeback, so a power loss or a kernel crash
-in between left every such file empty under its name (tests/test_outfile_power_loss.py: ext4
-shut down without its log's flush, as a crash does: 501 of 501 files empty; now all whole). One
-file is settled by sync_file_range(2) (its write-out started and waited for: the work the
-kernel's flusher did later anyway, ~20 us a file more in the writer); SaveFile's batch writes
-its files unnamed, then one syncfs(2) puts them all on the disk at once (the flusher writing
-them together; the journal committed, the disk's cache flushed, once per batch), then names
-them (start_unnamed, settle_all, name_started; bench/README.md has the costs).
+A new file may also be made durable (`durable=True`; SaveFile's `sync_files` option): its data
+on the disk before its name is given. Without it, as the original and as any log appended
+without fsync, a power loss or a kernel crash loses what the last seconds wrote: with delayed
+allocation (ext4's default) a name links a file whose blocks do not exist yet, and the journal
+commits the name within seconds while the data waits up to 30 s for writeback, so such a file is
+found empty under its name (tests/test_outfile_power_loss.py: ext4 shut down without its log's
+flush, as a crash does: 501 of 501 files empty; durable, all whole). One durable file is settled
+by sync_file_range(2) (its write-out started and waited for: the work the kernel's flusher did
+later anyway, ~20 us a file more in the writer); SaveFile's durable batch writes its files
+unnamed, then one syncfs(2) puts them all on the disk at once (the flusher writing them
+together; the journal committed, the disk's cache flushed, once per batch), then names them
+(start_unnamed, settle_all, name_started; bench/README.md has the costs). Not the default: it
+costs the recorder ~10% of its CPU per attack and a wait per batch, and syncfs writes out
+everything waiting on that filesystem, other programs' data included.
 What could not be written is held by the output (backlog.py), not lost.
 """
 
@@ -218,21 +222,23 @@ def open_directory(path: str, owner: Owner, plugin: str) -> int:
     return fd
 
 
-def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
+def write_new(dir_fd: int, names: Iterable[str], data: bytes, *, durable: bool = False) -> str:
     """Write `data` to a new file in the directory, under the first of `names` that does not
-    exist yet (never replacing a file), complete before the name appears. Returns the name
-    used; FileExistsError if every name is taken; any OSError leaves nothing behind."""
+    exist yet (never replacing a file), complete before the name appears (and `durable`: on
+    the disk before it, see the module docstring). Returns the name used; FileExistsError if
+    every name is taken; any OSError leaves nothing behind."""
     try:
         fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno not in _NO_TMPFILE:
             raise
-        return _write_new_by_temp(dir_fd, names, data)
+        return _write_new_by_temp(dir_fd, names, data, durable)
     try:
         written = os.write(fd, data)  # all of it, nearly always: nothing more to do then
         if written < len(data):
             _write_rest(fd, data, written)
-        settle(fd)
+        if durable:
+            settle(fd)
         for name in names:
             if _link_unnamed(fd, dir_fd, name):
                 return name
@@ -241,35 +247,37 @@ def write_new(dir_fd: int, names: Iterable[str], data: bytes) -> str:
         os.close(fd)
 
 
-def write_numbered(dir_fd: int, name: str, data: bytes) -> str:
+def write_numbered(dir_fd: int, name: str, data: bytes, *, durable: bool = False) -> str:
     """write_new(dir_fd, numbered(name), data), its usual case made in one call: the unnamed
     file written and linked under `name` (SaveFile's attack file: one per attack; the name is
     unique, so taken only by a file left from an earlier run). Anything else (the name taken,
     no O_TMPFILE, a short write, a kernel refusing AT_EMPTY_PATH) goes write_new's way."""
     linkat = _linkat
     if linkat is None:
-        return write_new(dir_fd, numbered(name), data)
+        return write_new(dir_fd, numbered(name), data, durable=durable)
     try:
         fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno not in _NO_TMPFILE:
             raise
-        return _write_new_by_temp(dir_fd, numbered(name), data)
+        return _write_new_by_temp(dir_fd, numbered(name), data, durable)
     try:
         written = os.write(fd, data)
         if written < len(data):
             _write_rest(fd, data, written)
-        settle(fd)
+        if durable:
+            settle(fd)
         return _name_numbered(fd, dir_fd, name, linkat)
     finally:
         os.close(fd)
 
 
 def start_unnamed(dir_fd: int, data: bytes) -> int | None:
-    """write_numbered's first half, for a batch of files: the unnamed file written, not yet
-    settled (settle_all does a batch's at once); its descriptor, for name_started (which names
-    it by AT_EMPTY_PATH or by /proc, as _link_unnamed). None where this way cannot be taken
-    (no O_TMPFILE, any error: write_numbered then does all of it, and raises what it must)."""
+    """A durable write_numbered's first half, for a batch of files: the unnamed file written,
+    not yet settled (settle_all does a batch's at once); its descriptor, for name_started
+    (which names it by AT_EMPTY_PATH or by /proc, as _link_unnamed). None where this way
+    cannot be taken (no O_TMPFILE, any error: write_numbered then does all of it, and raises
+    what it must)."""
     try:
         fd = os.open(".", _UNNAMED_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     except OSError:
@@ -349,14 +357,15 @@ def _link_by_proc(fd: int, dir_fd: int, name: str) -> bool:
     return True
 
 
-def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
+def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes, durable: bool) -> str:
     """write_new on a filesystem without O_TMPFILE: a temporary name, linked, then unlinked."""
     temp = f"{TEMP_PREFIX}{os.urandom(16).hex()}"  # not uuid's: that module is not loaded
     fd = os.open(temp, _CREATE_FLAGS, SAVED_FILE_MODE, dir_fd=dir_fd)
     try:
         try:
             _write_all(fd, data)
-            settle(fd)
+            if durable:
+                settle(fd)
         finally:
             os.close(fd)
         for name in names:
@@ -373,13 +382,14 @@ def _write_new_by_temp(dir_fd: int, names: Iterable[str], data: bytes) -> str:
             pass
 
 
-def publish(dir_fd: int, name: str, data: bytes) -> bool:
-    """Make `name` hold `data`, never visible half written. False (and nothing written) if
-    `name` exists already: the name is derived from the content, so it holds the same bytes."""
+def publish(dir_fd: int, name: str, data: bytes, *, durable: bool = False) -> bool:
+    """Make `name` hold `data`, never visible half written (`durable`: as write_new). False
+    (and nothing written) if `name` exists already: the name is derived from the content, so it
+    holds the same bytes."""
     if exists(dir_fd, name):
         return False
     try:
-        write_new(dir_fd, (name,), data)
+        write_new(dir_fd, (name,), data, durable=durable)
     except FileExistsError:
         return False  # written meanwhile by another process: the same content
     return True

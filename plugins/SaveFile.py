@@ -1,6 +1,10 @@
 """SaveFile: the attack string and every downloaded sample to disk (the original's SaveFile).
 
-Options (as the original's): `attacks_dir`, `downloads_dir`.
+Options (as the original's): `attacks_dir`, `downloads_dir`; and `sync_files` (yes/no, default
+no): each file's data on the disk before its name is given, so a power loss or a kernel crash
+leaves no file empty under its name (outfile.py's docstring says why one would be, and the cost:
+~10% of the recorder's CPU per attack, a wait per batch, and one syncfs(2) per batch writing out
+everything waiting on that filesystem, other programs' data included).
 
 At SAVEDATA:
 - the attack string goes to `attacks_dir/from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`
@@ -42,9 +46,10 @@ from honeytrap.plugin import PluginContext
 _MAX_ID = 64
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
 _stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
-# A batch's attack files written unnamed before the first is named, their data then put on
-# the disk together (outfile.start_unnamed, settle_all): one descriptor each meanwhile, so at
-# most this many (the pipeline's batches are at most 128 attacks; later ones settle each).
+# With sync_files, a batch's attack files written unnamed before the first is named, their
+# data then put on the disk together (outfile.start_unnamed, settle_all): one descriptor each
+# meanwhile, so at most this many (the pipeline's batches are at most 128 attacks; later ones
+# settle each).
 STARTED_AHEAD = 128
 
 
@@ -54,6 +59,7 @@ class SaveFile:
         self.name = ctx.name  # the pipeline's log names a hung batch write by it
         self.attacks_path = ctx.option("attacks_dir")
         self.downloads_path = ctx.option("downloads_dir")
+        self.sync_files = ctx.option_yes("sync_files", False)
         owner = outfile.server_owner(ctx.config, ctx.name)
         self.attacks_fd: int | None = outfile.open_directory(self.attacks_path, owner, ctx.name)
         try:
@@ -102,6 +108,7 @@ class SaveFile:
         assert self.attacks_fd is not None, "savedata after close"
         files: list[_AttackFile] = []
         dir_fd, log, directory = self.attacks_fd, self.log, self.attacks_path
+        durable = self.sync_files
         for attack in attacks:
             try:
                 if attack.downloads:
@@ -113,7 +120,7 @@ class SaveFile:
                 data = attack.attack_connection.payload.data
                 if attack.is_virtual or not data:
                     continue
-                write = _AttackFile(dir_fd, attack_file_name(attack), data, log)
+                write = _AttackFile(dir_fd, attack_file_name(attack), data, log, durable)
                 files.append(write)
                 attack.set_analysis("SaveFile", {"attack_file": f"{directory}/{write.name}"})
             except Exception as exc:
@@ -134,7 +141,8 @@ class SaveFile:
 
     def _save_attack(self, attack: Attack) -> str:
         assert self.attacks_fd is not None, "savedata after close"
-        write = _AttackFile(self.attacks_fd, attack_file_name(attack), attack.payload, self.log)
+        write = _AttackFile(self.attacks_fd, attack_file_name(attack), attack.payload, self.log,
+                            self.sync_files)
         batch = writebatch.current()
         if batch is None:
             self.backlog.submit(len(write.payload), write)
@@ -146,10 +154,14 @@ class SaveFile:
         """A batch's attack files (writebatch.py), in order, under one lock of the backlog's
         (Backlog.submit_each). One that raises (not a full disk: the backlog holds those) does
         not keep the others from being written; the first such error is raised once all were
-        tried (the pipeline logs and counts it). While the backlog holds nothing, up to
-        STARTED_AHEAD of the files are written unnamed first and their data put on the disk
-        at once (outfile.start_unnamed, settle_all), then each named (name_started); what the
-        backlog holds instead gives up its start and is written whole later."""
+        tried (the pipeline logs and counts it). With sync_files, while the backlog holds
+        nothing, up to STARTED_AHEAD of the files are written unnamed first and their data put
+        on the disk at once (outfile.start_unnamed, settle_all), then each named
+        (name_started); what the backlog holds instead gives up its start and is written whole
+        later."""
+        if not self.sync_files:
+            self.backlog.submit_each(files)
+            return
         started = [] if self.backlog.holding() else files[:STARTED_AHEAD]
         for write in started:
             write.start()
@@ -177,7 +189,8 @@ class SaveFile:
 
     def _publish(self, payload: Payload) -> None:
         assert self.downloads_fd is not None, "savedata after close"
-        if outfile.publish(self.downloads_fd, payload.md5, payload.data):
+        if outfile.publish(self.downloads_fd, payload.md5, payload.data,
+                           durable=self.sync_files):
             self.log.info("sample %s saved (%d bytes)", payload.md5, payload.size)
 
     def stats(self) -> dict[str, int]:
@@ -195,10 +208,12 @@ class _AttackFile:
     full); `name` is the name it got, known once written. A slotted object rather than a
     closure and a list for the name: one per attack."""
 
-    __slots__ = ("dir_fd", "name", "payload", "log", "started", "settled")
+    __slots__ = ("dir_fd", "name", "payload", "log", "durable", "started", "settled")
 
-    def __init__(self, dir_fd: int, name: str, payload: bytes, log: logging.Logger) -> None:
+    def __init__(self, dir_fd: int, name: str, payload: bytes, log: logging.Logger,
+                 durable: bool) -> None:
         self.dir_fd, self.name, self.payload, self.log = dir_fd, name, payload, log
+        self.durable = durable  # SaveFile's sync_files
         # The unnamed file start() wrote, taken by one of __call__ and give_up only: a list's
         # pop() is one step under the GIL (the backlog's retry thread may call a held file
         # while its batch gives up the others).
@@ -226,7 +241,8 @@ class _AttackFile:
         try:
             fd = self.started.pop()
         except IndexError:
-            self.name = outfile.write_numbered(self.dir_fd, base, self.payload)
+            self.name = outfile.write_numbered(self.dir_fd, base, self.payload,
+                                               durable=self.durable)
         else:
             self.name = outfile.name_started(fd, self.dir_fd, base, self.settled)
         if self.name != base:

@@ -378,16 +378,19 @@ def test_file_outputs_on_a_full_disk_hold_and_then_write_everything(
     assert (disk.path / "dl" / sample.md5).read_bytes() == sample.data
 
 
+@pytest.mark.parametrize("sync_files", ["yes", "no"])
 def test_a_batch_of_attack_files_on_a_disk_that_fills_holds_the_rest_in_order(
-    disk: Disk,
+    disk: Disk, sync_files: str,
 ) -> None:
-    """SaveFile's batch way (the files written unnamed first, settled at once, then named) on a
-    disk with room for 10 of 30: those 10 named, the other 20 held in order (no started file
-    left open), a later batch held behind them; once room returns, all 32 whole and in order."""
+    """SaveFile's batch way (with sync_files, the files written unnamed first, settled at once,
+    then named) on a disk with room for 10 of 30: those 10 named, the other 20 held in order (no
+    started file left open), a later batch held behind them; once room returns, all 32 whole
+    and in order."""
     filler = disk.path / "filler"
     filler.write_bytes(b"\0" * ((DISK_PAGES - 20) * PAGE))  # room for 10 files of 2 pages
     registry = load(("SaveFile", {"attacks_dir": str(disk.path / "attacks"),
-                                  "downloads_dir": str(disk.path / "dl")}))
+                                  "downloads_dir": str(disk.path / "dl"),
+                                  "sync_files": sync_files}))
     save = instance(registry, "SaveFile")
     attacks = [make_attack(b"attack %d " % n + b"x" * (PAGE + 100)) for n in range(32)]
     descriptors = len(os.listdir("/proc/self/fd"))
