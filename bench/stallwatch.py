@@ -62,10 +62,6 @@ from workdir import work_directory  # noqa: E402
 
 # Each capture command is bounded (py-spy on a process stuck in the kernel may wait).
 CAPTURE_TIMEOUT = 20.0
-# py-spy --nonblocking reads a running interpreter's memory without stopping it, so a read can
-# race the process changing its thread state and fail ("failed to get stack trace"); a busy
-# master did so once in a full suite run. Each dump is tried this many times.
-PY_SPY_TRIES = 3
 # The kernel's own TIME_WAIT for tracked TCP connections (what the lab had before).
 KERNEL_TIME_WAIT = 120
 
@@ -166,19 +162,9 @@ def capture(bench: Bench, master: int, where: Path) -> None:
         status = proc_line(pid, "status", "State:")
         wchan = proc_text(pid, "wchan")
         summary.append(f"pid {pid} {name}: {status} wchan {wchan}")
-        (where / f"py-spy-{name}-{pid}.txt").write_text(py_spy_dump(py_spy, pid))
+        (where / f"py-spy-{name}-{pid}.txt").write_text(
+            run([py_spy, "dump", "--nonblocking", "--pid", str(pid)]))
     (where / "summary.txt").write_text("\n".join(summary) + "\n")
-
-
-def py_spy_dump(py_spy: str, pid: int) -> str:
-    """The process's Python stacks; the failed tries' messages before them, if any."""
-    failed = []
-    for _ in range(PY_SPY_TRIES):
-        text = run([py_spy, "dump", "--nonblocking", "--pid", str(pid)])
-        if "Thread" in text:
-            return "".join(failed) + text
-        failed.append(text)
-    return "".join(failed)
 
 
 def states_of(host: Host) -> dict[str, int]:
