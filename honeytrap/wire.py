@@ -45,7 +45,6 @@ import functools
 import io
 import json
 import struct
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -55,7 +54,9 @@ from .attack import (
     DialogueRecord,
     Mode,
     Payload,
+    made_attack,
     made_connection,
+    made_dialogue,
     made_payload,
 )
 
@@ -408,10 +409,11 @@ def _decode_ack(data: bytes, pos: int, end: int) -> Message:
 
 
 def _decode_attack(data: bytes, pos: int, end: int) -> Message:
-    """An attack frame's body. The attack, its connection and their payload are made here
-    (attack.made_attack's, attackparts.made_connection's and payload.made_payload's way,
-    without their calls), not through _decode_connection: one call instead of six per attack
-    (the recorder decodes every attack: ~0.6 us of its ~4 in a loop, more in the recorder)."""
+    """An attack frame's body. Its connection and their payload are made here
+    (attackparts.made_connection's and payload.made_payload's way, without their calls), not
+    through _decode_connection (the recorder decodes every attack: ~0.6 us of its ~4 in a loop,
+    more in the recorder); the attack and its dialogue record by made_attack and made_dialogue,
+    the one copy of each one's fields."""
     try:
         if end - pos < _ATTACK_BODY.size:
             raise WireError(f"attack body of {end - pos} bytes is shorter than its fixed fields")
@@ -462,22 +464,9 @@ def _decode_attack(data: bytes, pos: int, end: int) -> Message:
             raise WireError(f"{end - pos} trailing bytes after the attack")
     except UnicodeDecodeError as exc:
         raise WireError(f"attack string not valid {exc.encoding}: {exc.reason}") from exc
-    # made_attack's, in the fields' order (the instance dicts share their keys).
-    attack: Attack = _new(Attack)
-    attack.attack_connection = connection
-    attack.mode = mode
-    attack.start_time = start
-    attack.end_time = finish
-    attack.proxy_connection = proxy
-    attack.dialogue = dialogue
-    attack.is_virtual = bool(flags & _FLAG_VIRTUAL)
-    attack.parent = None
-    attack.id = ident
-    attack.downloads = []
-    attack.download_tries = []
-    attack.notes = notes
-    attack.analysis = {}
-    attack._lock = _new_lock()
+    # made_attack's field list is the one copy of it (a field added to Attack goes there).
+    attack = made_attack(connection, mode, start, finish, proxy, dialogue,
+                         bool(flags & _FLAG_VIRTUAL), ident, notes)
     return "attack", seq, attack
 
 
@@ -520,16 +509,7 @@ def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueReco
         fields = dict(flat)  # a new dict per attack; its values are immutable
     else:
         fields = _decode_fields(raw)
-    # made_dialogue's and made_payload's, inline (one record per attack).
-    sent: Payload = _new(Payload)
-    sent.data = data[sent_at:fields_at]
-    record: DialogueRecord = _new(DialogueRecord)
-    values = record.__dict__  # frozen: its own dict, not its __setattr__
-    values["protocol"] = protocol
-    values["turns"] = turns
-    values["sent"] = sent
-    values["fields"] = fields
-    return stop, record
+    return stop, made_dialogue(protocol, turns, made_payload(data[sent_at:fields_at]), fields)
 
 
 @functools.lru_cache(maxsize=FIELDS_REMEMBERED)
@@ -585,7 +565,6 @@ def _decode_notes(data: bytes, pos: int, end: int, count: int, notes: list[str])
 _DECODERS = {_TYPE_ATTACK: _decode_attack, _TYPE_ACK: _decode_ack}
 # What the decoder makes its records with, inline (attack.py's made_attack says why).
 _new = object.__new__
-_new_lock = threading.Lock
 (_set_protocol, _set_local_addr, _set_local_port, _set_remote_addr, _set_remote_port,
  _set_payload) = (getattr(Connection, name).__set__ for name in (
     "protocol", "local_addr", "local_port", "remote_addr", "remote_port", "payload"))
