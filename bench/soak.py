@@ -9,6 +9,7 @@ second's (windows of a minute, a fifth of a shorter soak)."""
 from __future__ import annotations
 
 import math
+import os
 import time
 from typing import Any
 
@@ -51,7 +52,9 @@ def soak(bench: Bench) -> dict[str, Any]:
         while any(p.poll() is None for p in procs):
             roles = by_role(master, pss_kib)
             samples.append({"t": time.monotonic() - started, **roles,
-                            "records": records(), **why(bench)})
+                            "records": records(), **why(bench),
+                            "recorder_cpu_s": by_role(master, on_cpu)["recorder"],
+                            "recorder_runq_s": by_role(master, waiting_for_cpu)["recorder"]})
             time.sleep(every)
         load = bench.collect(procs, seconds + SETTLE_SECONDS)
         completed = int(load["completed"])
@@ -95,6 +98,32 @@ def why(bench: Bench) -> dict[str, float]:
     return out
 
 
+def _schedstat(pid: int, field: int) -> float:
+    """A field of /proc/PID/task/*/schedstat summed over the process's threads, in seconds: 0,
+    the time spent on a CPU; 1, the time spent runnable, waiting on a run queue for one. A
+    thread or process gone meanwhile counts 0."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[field])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total / 1e9
+
+
+def on_cpu(pid: int) -> float:
+    return _schedstat(pid, 0)
+
+
+def waiting_for_cpu(pid: int) -> float:
+    return _schedstat(pid, 1)
+
+
 def window(seconds: float) -> float:
     return min(WINDOW_SECONDS, seconds / 5)
 
@@ -130,6 +159,7 @@ def soak_rows(r: dict[str, Any], bench: Bench, met: dict[str, bool]) -> list[Row
                        target=verdict(flat, f"within {MEMORY_TOLERANCE:.0%}")))
     out.append(held_row(r, span, seconds))
     out.append(pace_row(r, span, met))
+    out.append(scheduling_row(r, span))
     recorded = outputs["json"] == load["completed"] and outputs["files"] == load["completed"]
     met["soak records"] = recorded
     out.append(row("soak: completed / records (JSON, files)",
@@ -186,3 +216,21 @@ def pace_row(r: dict[str, Any], span: float, met: dict[str, bool]) -> Row:
 
 
 register(Phase("soak", soak, soak_rows, after=("one_port",)))
+
+
+def scheduling_row(r: dict[str, Any], span: float) -> Row:
+    """Why the recorder fell behind, when it did: the cores it ran on, and those it waited for
+    while runnable (its threads' schedstat, from the end of the first window to the last sample).
+    Waiting about as long as it runs is a recorder starved of CPU (the machine full: on this
+    2-core machine the daemon's processes share one session's autogroup against the load
+    generator's), not one asleep on the disk or short of work."""
+    samples = [s for s in r["samples"] if s["t"] >= span and "recorder_cpu_s" in s]
+    label = "soak: the recorder's cores running / runnable and waiting for a core, under load"
+    if len(samples) < 2:
+        return row(label, honeytrap="too few samples")
+    first, last = samples[0], samples[-1]
+    elapsed = last["t"] - first["t"]
+    running = (last["recorder_cpu_s"] - first["recorder_cpu_s"]) / elapsed
+    waiting = (last["recorder_runq_s"] - first["recorder_runq_s"]) / elapsed
+    return row(label, honeytrap=f"{running:.2f} / {waiting:.2f}")
+

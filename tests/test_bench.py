@@ -125,6 +125,11 @@ def test_the_soak_records_and_acknowledges_everything_and_stops_cleanly(
     assert all(last[key] >= -1 for key in ("pending", "pauses", "held_back", "unacked_bytes"))
     assert max(s["unacked_bytes"] for s in soak["samples"]) >= 0  # the daemon's metrics read
     assert last["dirty_kib"] >= 0 and last["writeback_kib"] >= 0
+    # ... and the recorder's time on a core and waiting for one (schedstat): it recorded the
+    # load meanwhile, so its time on a core grew from the first sample to the last
+    first = soak["samples"][0]
+    assert last["recorder_cpu_s"] > first["recorder_cpu_s"] > 0
+    assert last["recorder_runq_s"] >= first["recorder_runq_s"] >= 0
 
 
 @pytest.mark.slow
@@ -136,6 +141,7 @@ def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
             "ratio to uvloop | target |") in text
     assert "first SYN to accept" in text and "PSS at 300 idle" in text
     assert "CPU per connection, one port (us)" in text and "soak: unacknowledged" in text
+    assert "soak: the recorder's cores running / runnable and waiting for a core" in text
     assert "master's CPU per fresh port" in text
     assert "floor's rate after honeytrap / before it, in each rep, 1000-port sweep" in text
     assert "Machine load average" in text
