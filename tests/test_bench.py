@@ -334,3 +334,28 @@ def test_the_file_cost_check_finds_a_temporary_name_or_a_short_file(tmp_path: Pa
     (tmp_path / ".tmp-c").write_bytes(b"")
     assert filecost.check(tmp_path, "excl", 2, 200) == (
         "excl: 1 temporary names left, e.g. .tmp-c")
+
+
+RECORDER_MEMORY_TIMEOUT = 60.0  # a 3-s run: the recorder's fork, its load and its stop
+
+
+def test_recorder_memory_samples_the_recorder_and_its_own_figures(
+    parent_dir: Path, tmp_path: Path,
+) -> None:
+    """bench/recordermemory.py: every sample has the recorder's smaps figures and, with
+    --probe, the ones it reports itself; every attack sent was acknowledged (it exits 0)."""
+    out = tmp_path / "samples.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "recordermemory.py"), "--seconds", "3",
+         "--sample", "1", "--warmup", "1", "--rate", "500", "--probe", "--no-fresh-fs",
+         "--workdir", str(parent_dir), "--json", str(out)],
+        capture_output=True, text=True, timeout=RECORDER_MEMORY_TIMEOUT, cwd=str(REPO),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    samples = json.loads(out.read_text())
+    assert len(samples) >= 3
+    assert all(s["Pss"] > 0 and s["rss_heap"] > 0 for s in samples)
+    assert all(s["blocks"] > 0 and s["threads"] >= 2 and "pymalloc_in_use" in s
+               for s in samples)
+    assert samples[-1]["sent"] > 0 and "Pss:" in proc.stdout
+    assert list(parent_dir.iterdir()) == []
