@@ -63,6 +63,13 @@ log = logging.getLogger("honeytrap.pipeline")
 # pipeline, the others when a slow hook lets one more run and none waits (15 idle threads were
 # ~0.4 MiB of the recorder's PSS at rest: stacks, malloc arenas, pages copied from the master).
 DEFAULT_WORKERS = 16
+# A worker that waited this long (seconds) for a slot ends (never the last); a slow hook or write
+# starts another. Workers started for a disk's stall (SaveFile's files held back 0.1-0.4 s, a
+# few times a minute under load) stayed for good, each with its glibc tcache (freed blocks only
+# it reuses), stack pages and thread state: glibc's bytes in use grew ~2.5 KiB/s at 4,000
+# attacks/s (bench/recordermemory.py; 0.15 with the tcache off, Python's allocations flat). 5 s
+# is past a stall's slow writes; a thread started again costs ~0.12 ms of CPU.
+WORKER_IDLE = 5.0
 # Jobs a worker takes from the queue at once (those already queued, it never waits for more):
 # their lines are appended in one write per log and they are finished together. Bounded so
 # the first of a long queue is not held back long (a few ms of hooks).
@@ -298,12 +305,25 @@ class Pipeline:
                 return
         self._spawn()
 
-    def _acquire_slot(self) -> None:
+    def _acquire_slot(self, worker: Worker) -> bool:
+        """Wait for a slot. False if the worker waited WORKER_IDLE in vain and is not the last:
+        it is out of the pipeline's workers, and its thread ends."""
         with self._waiting_lock:
             self._waiting += 1
-        self._slots.acquire()
+        while not self._slots.acquire(timeout=WORKER_IDLE):
+            # Decided under the lock _more_workers looks at `_waiting` under: a slot let go
+            # before is taken here (a boost that saw this worker waiting started none), one let
+            # go after finds it gone from `_waiting` and starts a worker.
+            with self._waiting_lock:
+                if self._slots.acquire(blocking=False):
+                    break
+                if len(self._workers) > 1 and worker in self._workers:
+                    self._waiting -= 1
+                    self._workers.remove(worker)
+                    return False
         with self._waiting_lock:
             self._waiting -= 1
+        return True
 
     def _spawn(self) -> None:
         worker = Worker()
@@ -316,7 +336,8 @@ class Pipeline:
         """Take jobs while holding a slot. A slot is kept from job to job (no hand-over on the
         quick path); after a slow job, for which one more slot was let in, this worker gives its
         slot up and waits for one again, so the number running falls back."""
-        self._acquire_slot()
+        if not self._acquire_slot(worker):
+            return
         stop = False
         while not stop:
             item = self._queue.get()
@@ -349,8 +370,8 @@ class Pipeline:
                 return  # abandoned: its slot went to the worker that took the job over
             with worker.lock:
                 boosted, worker.boosted = worker.boosted, False
-            if boosted:
-                self._acquire_slot()
+            if boosted and not self._acquire_slot(worker):
+                return  # idle since, and not the last: it holds no slot
         self._slots.release()
 
     def _run_batch(self, worker: Worker, jobs: list[Job], adopted: list[Flush]) -> bool:

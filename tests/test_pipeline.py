@@ -458,6 +458,38 @@ def test_workers_start_when_a_slow_hook_wants_one_not_before() -> None:
         assert pipeline.close(WAIT)
 
 
+def test_a_worker_started_for_a_slow_hook_ends_once_idle(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker a slow hook let in stays; the slow one, waiting WORKER_IDLE for a slot since,
+    ends (its thread's memory goes back), and the next slow hook starts one again."""
+    monkeypatch.setattr(pipeline_module, "WORKER_IDLE", 0.05)
+    slow = PayloadGate(b"slow")
+    pipeline = Pipeline(registry_of(("Slow", slow)), workers=4, plugin_timeout=60.0)
+    try:
+        for _round in range(2):
+            slow.entered.clear()
+            slow.opened.clear()
+            pipeline.submit(attack(b"slow"))
+            assert slow.entered.wait(WAIT)
+            quick = threading.Event()
+            pipeline.submit(attack(b"quick"), on_done=quick.set)
+            assert quick.wait(WAIT)  # taken by a worker started for the slow hook's slot
+            assert len(pipeline._workers) == 2
+            slowed = [w for w in pipeline._workers if w.current is not None]
+            assert len(slowed) == 1 and slowed[0].thread is not None
+            slow.opened.set()
+            slowed[0].thread.join(WAIT)
+            assert not slowed[0].thread.is_alive()
+            assert pipeline._workers == [w for w in pipeline._workers if w is not slowed[0]]
+            assert len(pipeline._workers) == 1
+        done = threading.Event()
+        pipeline.submit(attack(b"after"), on_done=done.set)
+        assert done.wait(WAIT)  # the one left takes the next attacks
+    finally:
+        slow.opened.set()
+        assert pipeline.close(WAIT)
+
+
 def test_with_one_worker_a_slow_hook_holds_up_the_attacks_behind_it() -> None:
     """The converse (so the test above can fail): no other worker, nothing overtakes."""
     slow = PayloadGate(b"slow")
