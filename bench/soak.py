@@ -13,7 +13,17 @@ import os
 import time
 from typing import Any
 
-from harness import METRICS_PORT, Bench, LineCounter, by_role, pss_kib, scrape, wait_lines
+from harness import (
+    METRICS_PORT,
+    Bench,
+    LineCounter,
+    by_role,
+    descendants,
+    pss_kib,
+    role,
+    scrape,
+    wait_lines,
+)
 from phases import Phase, register
 from report import Row, median, row, verdict
 
@@ -53,8 +63,7 @@ def soak(bench: Bench) -> dict[str, Any]:
             roles = by_role(master, pss_kib)
             samples.append({"t": time.monotonic() - started, **roles,
                             "records": records(), **why(bench),
-                            "recorder_cpu_s": by_role(master, on_cpu)["recorder"],
-                            "recorder_runq_s": by_role(master, waiting_for_cpu)["recorder"]})
+                            **recorder_scheduling(master)})
             time.sleep(every)
         load = bench.collect(procs, seconds + SETTLE_SECONDS)
         completed = int(load["completed"])
@@ -98,30 +107,28 @@ def why(bench: Bench) -> dict[str, float]:
     return out
 
 
-def _schedstat(pid: int, field: int) -> float:
-    """A field of /proc/PID/task/*/schedstat summed over the process's threads, in seconds: 0,
-    the time spent on a CPU; 1, the time spent runnable, waiting on a run queue for one. A
-    thread or process gone meanwhile counts 0."""
-    total = 0
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return 0.0
-    for task in tasks:
+def recorder_scheduling(master: int) -> dict[str, float]:
+    """The recorder's threads' schedstat (/proc/PID/task/*/schedstat) summed, in seconds:
+    `recorder_cpu_s` its time on a CPU, `recorder_runq_s` its time runnable, waiting on a run
+    queue for one. One walk of the daemon's processes, each thread's file read once; a thread
+    or process gone meanwhile counts 0."""
+    running = waiting = 0
+    for pid in descendants(master):
+        if role(pid, master) != "recorder":
+            continue
         try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
-                total += int(f.read().split()[field])
-        except (OSError, ValueError, IndexError):
-            pass
-    return total / 1e9
-
-
-def on_cpu(pid: int) -> float:
-    return _schedstat(pid, 0)
-
-
-def waiting_for_cpu(pid: int) -> float:
-    return _schedstat(pid, 1)
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                    fields = f.read().split()
+                running += int(fields[0])
+                waiting += int(fields[1])
+            except (OSError, ValueError, IndexError):
+                pass
+    return {"recorder_cpu_s": running / 1e9, "recorder_runq_s": waiting / 1e9}
 
 
 def window(seconds: float) -> float:
@@ -215,9 +222,6 @@ def pace_row(r: dict[str, Any], span: float, met: dict[str, bool]) -> Row:
                target=verdict(kept, f">= {PACE_TOLERANCE:.0%} of the load"))
 
 
-register(Phase("soak", soak, soak_rows, after=("one_port",)))
-
-
 def scheduling_row(r: dict[str, Any], span: float) -> Row:
     """Why the recorder fell behind, when it did: the cores it ran on, and those it waited for
     while runnable (its threads' schedstat, from the end of the first window to the last sample).
@@ -234,3 +238,5 @@ def scheduling_row(r: dict[str, Any], span: float) -> Row:
     waiting = (last["recorder_runq_s"] - first["recorder_runq_s"]) / elapsed
     return row(label, honeytrap=f"{running:.2f} / {waiting:.2f}")
 
+
+register(Phase("soak", soak, soak_rows, after=("one_port",)))
