@@ -127,6 +127,12 @@ MAX_FIELD_DEPTH = 8
 # FIELDS_REMEMBERED_BYTES each (a bounded cache whatever a server sends).
 FIELDS_REMEMBERED = 64
 FIELDS_REMEMBERED_BYTES = 256
+# The texts of the ASCII strings that repeat from attack to attack (the protocols, the dialogue's
+# name, the sensor's own addresses) are remembered by their bytes, up to this many (then new ones
+# are decoded each time): one str for all their attacks, not a new one each (and the outputs'
+# lookups of it hash it once). Not the attacker's address, which varies. Bounded whatever a
+# server sends.
+NAMES_REMEMBERED = 64
 
 
 class Endpoints(Protocol):
@@ -442,8 +448,10 @@ def _decode_attack(data: bytes, pos: int, end: int) -> Message:
         payload: Payload = _new(Payload)
         payload.data = data[payload_at:pos]
         connection: Connection = _new(Connection)
-        _set_protocol(connection, data[stop:local_at].decode("ascii"))
-        _set_local_addr(connection, data[local_at:remote_at].decode("ascii"))
+        name = data[stop:local_at]
+        _set_protocol(connection, _NAMES.get(name) or _name(name))
+        name = data[local_at:remote_at]
+        _set_local_addr(connection, _NAMES.get(name) or _name(name))
         _set_local_port(connection, local_port)
         _set_remote_addr(connection, data[remote_at:payload_at].decode("ascii"))
         _set_remote_port(connection, remote_port)
@@ -497,7 +505,8 @@ def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueReco
     stop = fields_at + fields_length
     if stop > end:
         raise WireError("dialogue record overruns the body")
-    protocol = data[pos:turns_at].decode("ascii")
+    name = data[pos:turns_at]
+    protocol = _NAMES.get(name) or _name(name)
     # One unpack for all the turns (struct keeps the compiled formats of recent counts).
     turns = (_TURNS[turn_count].unpack_from(data, turns_at) if turn_count < len(_TURNS)
              else struct.unpack_from(f"<{turn_count}q", data, turns_at))
@@ -506,20 +515,33 @@ def _decode_dialogue(data: bytes, pos: int, end: int) -> tuple[int, DialogueReco
     if raw == b"{}":  # many dialogues record no fields
         fields = {}
     elif len(raw) <= FIELDS_REMEMBERED_BYTES and (flat := _flat_fields(raw)) is not None:
-        fields = dict(flat)  # a new dict per attack; its values are immutable
+        fields = flat.copy()  # a new dict per attack; its values are immutable
     else:
         fields = _decode_fields(raw)
     return stop, made_dialogue(protocol, turns, made_payload(data[sent_at:fields_at]), fields)
 
 
+def _name(raw: bytes) -> str:
+    """An ASCII string's text (UnicodeDecodeError if it is not), remembered while fewer than
+    NAMES_REMEMBERED are (_NAMES: read without a call)."""
+    text = raw.decode("ascii")
+    if len(_NAMES) < NAMES_REMEMBERED:
+        _NAMES[raw] = text
+    return text
+
+
+_NAMES: dict[bytes, str] = {}
+
+
 @functools.lru_cache(maxsize=FIELDS_REMEMBERED)
-def _flat_fields(raw: bytes) -> tuple[tuple[str, Any], ...] | None:
-    """The fields' items if no value is a container (so copies cannot share anything
-    mutable); None otherwise. WireError (not remembered) as _decode_fields."""
+def _flat_fields(raw: bytes) -> dict[str, Any] | None:
+    """The fields if no value is a container (so copies cannot share anything mutable), to be
+    copied (never handed out: a dict's copy costs half of one made from its items); None
+    otherwise. WireError (not remembered) as _decode_fields."""
     fields = _decode_fields(raw)
     if any(isinstance(value, dict | list) for value in fields.values()):
         return None
-    return tuple(fields.items())
+    return fields
 
 
 def _decode_fields(raw: bytes) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import Sequence
 from hashlib import sha256
 
@@ -45,7 +46,8 @@ from honeytrap.plugin import PluginContext
 # bytes.isalnum() of an ASCII string's bytes is exactly that class).
 _MAX_ID = 64
 _PROTOCOLS = frozenset({"tcp", "udp", "raw"})
-_stamp = outfile.utc_formatter("%Y-%m-%dT%H%M%S")
+# The text of each whole second (a float time's: math.floor(when), as time.gmtime rounds it).
+_second = outfile.utc_second_formatter("%Y-%m-%dT%H%M%S")
 # With sync_files, a batch's attack files written unnamed before the first is named, their
 # data then put on the disk together (outfile.start_unnamed, settle_all): one descriptor each
 # meanwhile, so at most this many (the pipeline's batches are at most 128 attacks; later ones
@@ -203,6 +205,10 @@ class SaveFile:
         self.attacks_fd = self.downloads_fd = None
 
 
+# An attack file's `started` until its start(): empty, and never added to (start() makes its own).
+_NOT_STARTED: list[int] = []
+
+
 class _AttackFile:
     """Writing one attack file (the backlog's write: called now, or later, while a disk is
     full); `name` is the name it got, known once written. A slotted object rather than a
@@ -216,8 +222,9 @@ class _AttackFile:
         self.durable = durable  # SaveFile's sync_files
         # The unnamed file start() wrote, taken by one of __call__ and give_up only: a list's
         # pop() is one step under the GIL (the backlog's retry thread may call a held file
-        # while its batch gives up the others).
-        self.started: list[int] = []
+        # while its batch gives up the others). Until start() (only with sync_files) the
+        # shared empty list, never added to: no list made per attack file.
+        self.started: list[int] = _NOT_STARTED
         self.settled = False  # its started file's data is on the disk (settle_all)
 
     def __len__(self) -> int:  # what it weighs while its output is stalled (stalls.py)
@@ -225,7 +232,11 @@ class _AttackFile:
 
     def start(self) -> None:
         fd = outfile.start_unnamed(self.dir_fd, self.payload)
-        if fd is not None:
+        if fd is None:
+            return
+        if self.started is _NOT_STARTED:
+            self.started = [fd]
+        else:  # started again (its batch handed on meanwhile): as a list of its own would
             self.started.append(fd)
 
     def give_up(self) -> None:
@@ -253,12 +264,34 @@ class _AttackFile:
 def attack_file_name(attack: Attack) -> str:
     """`from_port_<port>-<proto>_<YYYY-MM-DDTHHMMSS>_<id>`: only our own data in it."""
     conn = attack.attack_connection
-    proto = conn.protocol if conn.protocol in _PROTOCOLS else "ip"
+    proto = conn.protocol
+    if proto not in _PROTOCOLS:
+        proto = "ip"
     ident = attack.id
     # (bytes' isalnum tests the id's 32 bytes in a third of str's instructions.)
     if not (len(ident) <= _MAX_ID and ident.isascii() and ident.encode().isalnum()):
         ident = sha256(ident.encode()).hexdigest()
-    return f"from_port_{int(conn.local_port)}-{proto}_{_stamp(attack.start_time)}_{ident}"
+    # The start's second: the one named last (nearly every attack's) by two comparisons, no
+    # call (floor(when) <= when < floor(when) + 1 is that second, for any float: + 1 is exact
+    # below 2**53, and above it every float is whole).
+    when = attack.start_time
+    second, stamp = _last_second
+    if not second <= when < second + 1.0:
+        stamp = _any_second(when)
+    port = conn.local_port
+    return f"from_port_{port if type(port) is int else int(port)}-{proto}_{stamp}_{ident}"
+
+
+def _any_second(when: float) -> str:
+    global _last_second
+    whole = math.floor(when)  # as time.gmtime rounds a float: toward minus infinity
+    stamp = _second(whole)
+    _last_second = (float(whole), stamp)  # one store: read whole by any thread
+    return stamp
+
+
+# The second attack_file_name named last, and its text (any second will do to start with).
+_last_second: tuple[float, str] = (0.0, _second(0))
 
 
 def load(ctx: PluginContext) -> SaveFile:

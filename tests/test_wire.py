@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from honeytrap import wire
 from honeytrap.attack import (
     Attack,
     Connection,
@@ -25,6 +26,7 @@ from honeytrap.wire import (
     MAX_FIELD_DEPTH,
     MAX_FRAME,
     MAX_TIME,
+    NAMES_REMEMBERED,
     SMALL_TURNS,
     FrameReader,
     WireError,
@@ -359,6 +361,23 @@ def test_remembered_flat_fields_give_each_attack_a_dict_of_its_own() -> None:
     assert third.dialogue is not None and fourth.dialogue is not None
     assert third.dialogue.fields["tls"] is not fourth.dialogue.fields["tls"]
     assert third.dialogue.fields == fourth.dialogue.fields == {"tls": {"version": "1.2"}}
+
+
+def test_remembered_names_stay_bounded_and_decode_to_what_was_sent() -> None:
+    """A server sending ever new protocols, dialogue names and sensor addresses (a compromised
+    one) fills the names' memory up to its bound only; each attack still decodes whole."""
+    for n in range(NAMES_REMEMBERED * 2):
+        record = DialogueRecord(f"d{n}", (1,), Payload(b""), {})
+        sent = Attack(Connection(f"p{n}", f"198.18.{n // 250}.{n % 250}", 80, "198.18.0.2", 1,
+                                 Payload(b"x")), dialogue=record)
+        assert state(round_trip(sent)) == state(sent)
+        assert len(wire._NAMES) <= NAMES_REMEMBERED
+    # A remembered name's bytes changed into non-ASCII ones are refused, as before.
+    frame = encode_attack(1, Attack(conn(), dialogue=DialogueRecord("raw", (), Payload(b""))))
+    decode_one(frame)
+    reject(frame.replace(b"198.18.0.1", b"198.18.0\xc3\xa9"), "not valid ascii")
+    reject(frame.replace(b"tcp", b"t\xc3\xa9"), "not valid ascii")
+    reject(frame.replace(b"raw", b"r\xc3\xa9"), "not valid ascii")
 
 
 def test_note_count_beyond_the_body_is_refused() -> None:
