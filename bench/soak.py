@@ -59,11 +59,12 @@ def soak(bench: Bench) -> dict[str, Any]:
         samples: list[dict[str, float]] = []
         records = LineCounter(ht.attackers_json)  # reads only what was appended since
         every = min(SAMPLE_SECONDS, window(seconds) / 4)  # a few samples in every window
+        threads_seen: dict[tuple[int, str], tuple[int, int]] = {}  # recorder_scheduling's
         while any(p.poll() is None for p in procs):
             roles = by_role(master, pss_kib)
             samples.append({"t": time.monotonic() - started, **roles,
                             "records": records(), **why(bench),
-                            **recorder_scheduling(master)})
+                            **recorder_scheduling(master, threads_seen)})
             time.sleep(every)
         load = bench.collect(procs, seconds + SETTLE_SECONDS)
         completed = int(load["completed"])
@@ -107,12 +108,15 @@ def why(bench: Bench) -> dict[str, float]:
     return out
 
 
-def recorder_scheduling(master: int) -> dict[str, float]:
+def recorder_scheduling(master: int, seen: dict[tuple[int, str], tuple[int, int]] | None = None
+                        ) -> dict[str, float]:
     """The recorder's threads' schedstat (/proc/PID/task/*/schedstat) summed, in seconds:
     `recorder_cpu_s` its time on a CPU, `recorder_runq_s` its time runnable, waiting on a run
-    queue for one. One walk of the daemon's processes, each thread's file read once; a thread
-    or process gone meanwhile counts 0."""
-    running = waiting = 0
+    queue for one. One walk of the daemon's processes, each thread's file read once. With
+    `seen` (kept by the caller from sample to sample), a thread that ended still counts what
+    it had at its last reading: the pipeline's extra workers end once idle (pipeline.WORKER_IDLE),
+    and a sum of the living alone fell by theirs (a 150-s soak read 0.05 / 0.10 cores)."""
+    seen = {} if seen is None else seen
     for pid in descendants(master):
         if role(pid, master) != "recorder":
             continue
@@ -124,10 +128,11 @@ def recorder_scheduling(master: int) -> dict[str, float]:
             try:
                 with open(f"/proc/{pid}/task/{task}/schedstat") as f:
                     fields = f.read().split()
-                running += int(fields[0])
-                waiting += int(fields[1])
+                seen[(pid, task)] = (int(fields[0]), int(fields[1]))
             except (OSError, ValueError, IndexError):
                 pass
+    running = sum(cpu for cpu, _runq in seen.values())
+    waiting = sum(runq for _cpu, runq in seen.values())
     return {"recorder_cpu_s": running / 1e9, "recorder_runq_s": waiting / 1e9}
 
 
