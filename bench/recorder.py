@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import selectors
+import socket
 import statistics
 import sys
 import time
@@ -43,7 +44,7 @@ from honeytrap import privileges, wire
 from honeytrap.attack import Attack, Connection, DialogueRecord, Mode, Payload
 from honeytrap.config import Config, PluginSpec
 from honeytrap.plugin import load_plugins
-from honeytrap.recorder import fork_recorder, max_frame
+from honeytrap.recorder import RecorderHandle, fork_recorder, max_frame
 
 REPO = Path(__file__).resolve().parent.parent
 # The load bench/run.py sends: a 200-byte payload per connection, answered with a newline.
@@ -83,6 +84,16 @@ def config(directory: Path, plugin_dir: str, outputs: bool = True) -> Config:
     return cfg
 
 
+def ready_link(handle: RecorderHandle) -> socket.socket:
+    """The forked recorder's link once it said it is ready (RuntimeError if it did not)."""
+    if not handle.wait_ready():
+        raise RuntimeError("the recorder did not say ready")
+    link = handle.link()
+    if link is None:
+        raise RuntimeError("no link to the recorder")
+    return link
+
+
 def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
             outputs: bool = True, rate: float = 0.0, flush: float = 0.0) -> tuple[float, float]:
     """CPU seconds the recorder spent on `count` attacks: user, system."""
@@ -94,11 +105,7 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
         raise RuntimeError("the recorder could not be forked")
     registry.close()  # the recorder has its own copy of the plugins' descriptors
     try:
-        if not handle.wait_ready():
-            raise RuntimeError("the recorder did not say ready")
-        link = handle.link()
-        if link is None:
-            raise RuntimeError("no link to the recorder")
+        link = ready_link(handle)
         acked = _feed(link, batch, window, rate, flush)
         link.close()
         if acked != count:
@@ -116,13 +123,11 @@ def run_rep(directory: Path, count: int, window: int, plugin_dir: str,
     return usage.ru_utime, usage.ru_stime
 
 
-def _feed(link: object, batch: list[bytes], window: int, rate: float = 0.0,
+def _feed(link: socket.socket, batch: list[bytes], window: int, rate: float = 0.0,
           flush: float = 0.0) -> int:
     """Send the frames, at most `window` unacknowledged (and with `rate`, no more than `rate`
     per second, as connections end on a server; with `flush` too, those due only every `flush`
     seconds, as a server sends them); return how many were acknowledged."""
-    import socket
-    assert isinstance(link, socket.socket)
     link.setblocking(False)
     reader = wire.FrameReader()
     selector = selectors.DefaultSelector()

@@ -45,7 +45,7 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
-from recorder import PAYLOAD_BYTES, REPO, config
+from recorder import PAYLOAD_BYTES, REPO, config, ready_link
 from workdir import work_directory
 
 from honeytrap import heaptrim, privileges, recorder, wire
@@ -321,11 +321,7 @@ def run(args: argparse.Namespace, directory: Path) -> list[dict[str, Any]]:
         theirs.close()
     samples: list[dict[str, Any]] = []
     try:
-        if not handle.wait_ready():
-            raise RuntimeError("the recorder did not say ready")
-        link = handle.link()
-        if link is None:
-            raise RuntimeError("no link to the recorder")
+        link = ready_link(handle)
         load = Load(link, args.rate, args.flush_ms / 1000, max_frame(cfg))
         began = time.monotonic()
         next_sample = began
