@@ -300,7 +300,11 @@ class Bench:
         total = {k: sum(r[k] for r in results)
                  for k in ("completed", "failed", "timeout", "unfinished", "started")}
         elapsed = max(r["elapsed"] for r in results)
-        return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed}
+        # The burst's span on the wall clock, from the first generator's start to the last's end.
+        started_at = min(r["ended_at"] - r["elapsed"] for r in results)
+        ended_at = max(r["ended_at"] for r in results)
+        return {**total, "elapsed": elapsed, "rate": total["completed"] / elapsed,
+                "started_at": started_at, "ended_at": ended_at}
 
     def idle(self, port: int, count: int, server_pid: int) -> dict[str, Any]:
         self.fresh_table()
@@ -343,6 +347,10 @@ class Bench:
         result["cpu_us"] = (after - before) * 1e6 / max(1, count)
         result["conntrack_drops"] = conntrack.dropped(tracked,
                                                       conntrack.counters(self.lab.sensor))
+        # A floor writes each record before it closes the connection: its last write is within
+        # the burst (the file floor's files too).
+        written = last_write([floor.out] + ([floor.files] if floor.files else []))
+        result["recorded_rate"] = recorded_rate(result, written)
         return result
 
     def watched(self, procs: list[subprocess.Popen[bytes]], master: int,
@@ -376,6 +384,8 @@ class Bench:
         before = by_role(master, cpu_seconds, single_thread_cpu_seconds)
         records = LineCounter(ht.attackers_json)
         records_before = records()
+        log = LineCounter(ht.attacker_log)
+        log_before = log()
         tracked = conntrack.counters(self.lab.sensor)
         result = self.watched(self.start_burst(port, ports, count), master, count)
         result["conntrack_drops"] = conntrack.dropped(tracked,
@@ -383,6 +393,12 @@ class Bench:
         result["records_wait"] = wait_lines(
             records, records_before + int(result["completed"]), RECORDS_WAIT
         )
+        if result["records_wait"] >= 0:  # and the other line output's (the files come first)
+            waited = wait_lines(log, log_before + int(result["completed"]), RECORDS_WAIT)
+            result["records_wait"] = -1.0 if waited < 0 else result["records_wait"] + waited
+        written = last_write([ht.attackers_json, ht.attacker_log, ht.attacks_dir])
+        result["recorded_rate"] = (recorded_rate(result, written)
+                                   if result["records_wait"] >= 0 else 0.0)
         after = by_role(master, cpu_seconds, single_thread_cpu_seconds)
         done = max(1, int(result["completed"]))
         result["cpu_roles_us"] = {k: (after[k] - before[k]) * 1e6 / done for k in after}
@@ -452,6 +468,28 @@ def wait_lines(path: Path | LineCounter, count: int, seconds: float) -> float:
             return -1.0
         time.sleep(0.05)
     return time.monotonic() - started
+
+
+def last_write(paths: list[Path]) -> float:
+    """The latest modification time (wall clock, seconds) of the paths that exist (0 if none):
+    an output's last record, or a directory's last file created in it."""
+    times = []
+    for path in paths:
+        try:
+            times.append(path.stat().st_mtime_ns)
+        except FileNotFoundError:
+            continue
+    return max(times, default=0) / 1e9
+
+
+def recorded_rate(burst: dict[str, Any], written: float) -> float:
+    """Connections per second from the burst's start until the last of its records was written
+    (or the burst's end, if that came later): what a target records, not only what it serves.
+    honeytrap's recorder writes behind its servers, so its served rate alone flatters it; the
+    floors write each record before they close the connection. The modification times are
+    exact, where the records wait polls (wait_lines, every 50 ms)."""
+    span = max(float(burst["ended_at"]), written) - float(burst["started_at"])
+    return float(burst["completed"]) / span if span > 0 else 0.0
 
 
 def server_crashes(ht: Honeytrap) -> int:

@@ -101,7 +101,10 @@ def burst(args: argparse.Namespace) -> dict[str, object]:
     for key in list(sel.get_map().values()):  # in flight at the deadline
         _finish(sel, key.fileobj)  # type: ignore[arg-type]
         counts["unfinished"] += 1
-    return {**counts, "started": started, "elapsed": time.monotonic() - t0}
+    # ended_at: the wall clock at the burst's end (bench/harness.py's recorded rate compares
+    # it with the outputs' modification times).
+    return {**counts, "started": started, "elapsed": time.monotonic() - t0,
+            "ended_at": time.time()}
 
 
 def _step(sel: selectors.BaseSelector, sock: socket.socket, state: list[float],

@@ -10,14 +10,16 @@ listed in PHASE_MODULES) run in order; --only picks some:
   one_port, sweep  connections/s (200-byte payload, half-close) on one port and across a port
                    sweep, in --reps paired reps (each rep: asyncio floor, uvloop floor,
                    honeytrap, back to back; the sweep: twice the reps, each a palindrome with
-                   the floors after honeytrap too), medians with min-max, CPU per connection,
-                   records written vs connections completed (bench/throughput.py);
+                   the floors after honeytrap too), medians with min-max, served and until
+                   the last record is written, CPU per connection, records written vs
+                   connections completed (bench/throughput.py);
   idle             idle connections held at once, in --reps paired reps: how many were served,
                    the PSS (bench/idle.py);
   latency          first SYN to a fresh port until connect() completes, p50/p99
                    (bench/latency.py);
-  soak             --soak-seconds at 80% of one_port's median rate: memory flat, everything
-                   recorded and acknowledged, SIGTERM quick and clean (bench/soak.py);
+  soak             --soak-seconds at 80% of one_port's median recorded rate: memory flat,
+                   everything recorded and acknowledged, SIGTERM quick and clean
+                   (bench/soak.py);
   syn_sweep,       all 65,535 ports with the default configuration: an nmap SYN sweep at 5,000
   connect_sweep    SYN/s (SYNs answered with a SYN-ACK) and a connect sweep with 200 in flight
                    (completed, recorded), peak processes, descriptors and PSS, another attacker
@@ -219,8 +221,8 @@ def parse_args() -> argparse.Namespace:
                              f"--quick {QUICK.soak_seconds:.0f})")
     parser.add_argument("--soak-rate", type=float, default=None, metavar="N",
                         help="the soak's load in connections/s, instead of 80%% of one_port's "
-                             "median (one_port is then not run for it): soaks of different "
-                             "runs at one rate on a machine whose load drifts")
+                             "median recorded rate (one_port is then not run for it): soaks "
+                             "of different runs at one rate on a machine whose load drifts")
     return parser.parse_args()
 
 

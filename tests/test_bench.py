@@ -69,6 +69,10 @@ def test_every_completed_connection_is_recorded(quick: tuple[dict[str, Any], Pat
         assert {"honeytrap", *bursts} <= set(rep)
         assert phase == "sweep" or not [name for name in rep if name.endswith("_after")]
         assert rep["honeytrap"]["records_wait"] >= 0  # the recorder caught up after each
+        # the rate until the last record is written: never above the rate served (the floors
+        # write before they close; honeytrap's recorder after its servers)
+        for target in ("honeytrap", *bursts):
+            assert 0 < rep[target]["recorded_rate"] <= rep[target]["rate"] * 1.001, rep
         # every connection answered: none timed out, none failed (an attacker turned away)
         assert (rep["honeytrap"]["timeout"], rep["honeytrap"]["failed"]) == (0, 0), rep
     completed = sum(rep["honeytrap"]["completed"] for rep in reps)
@@ -143,6 +147,7 @@ def test_the_table_is_written(quick: tuple[dict[str, Any], Path]) -> None:
     assert "CPU per connection, one port (us)" in text and "soak: unacknowledged" in text
     assert "soak: the recorder's cores running / runnable and waiting for a core" in text
     assert "master's CPU per fresh port" in text
+    assert "connections/s until the last record is written, one port" in text
     assert "floor's rate after honeytrap / before it, in each rep, 1000-port sweep" in text
     assert "Machine load average" in text
 
@@ -302,6 +307,23 @@ def test_the_line_counter_reads_only_what_was_appended(tmp_path: Path) -> None:
     assert counter.offset - before == 4 + 8 * 1000  # the appended bytes alone
     assert counter() == 1003
     assert harness.wait_lines(counter, 1003, 0.0) >= 0
+
+
+def test_the_recorded_rate_ends_with_the_last_write_after_the_burst(tmp_path: Path) -> None:
+    """bench/harness.py's rate until recorded: the burst's completed connections over the span
+    from its start to the last write of an output, or to its own end if every write came
+    before it; a path not written (yet) is left out."""
+    harness = importlib.import_module("harness")
+    out = tmp_path / "attackers.json"
+    out.write_text("{}\n")
+    os.utime(out, ns=(0, 1_010 * 10**9))
+    written = harness.last_write([out, tmp_path / "absent"])
+    assert written == 1_010.0
+    assert harness.last_write([tmp_path / "absent"]) == 0.0
+    burst = {"completed": 800, "started_at": 1_000.0, "ended_at": 1_008.0}
+    assert harness.recorded_rate(burst, written) == 80.0  # 800 over 10 s, not 8
+    assert harness.recorded_rate(burst, 1_004.0) == 100.0  # written within the burst
+    assert harness.recorded_rate({**burst, "ended_at": 1_000.0}, 0.0) == 0.0  # no span
 
 
 def test_the_file_cost_bench_writes_every_file_each_way_and_leaves_nothing(
