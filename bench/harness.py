@@ -487,7 +487,8 @@ def recorded_rate(burst: dict[str, Any], written: float) -> float:
     (or the burst's end, if that came later): what a target records, not only what it serves.
     honeytrap's recorder writes behind its servers, so its served rate alone flatters it; the
     floors write each record before they close the connection. The modification times are
-    exact, where the records wait polls (wait_lines, every 50 ms)."""
+    right to the kernel's coarse clock tick (a few ms: under 1% of a burst of ~0.5 s or more),
+    where the records wait polls every 50 ms (wait_lines)."""
     span = max(float(burst["ended_at"]), written) - float(burst["started_at"])
     return float(burst["completed"]) / span if span > 0 else 0.0
 
